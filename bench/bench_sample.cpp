@@ -1,0 +1,190 @@
+// cufm_bench_sample: sampling time of R1 (50,000 points, midpoint, 20 steps) and R4 (50,000
+// points, 8 classes, guidance 3, RK4, 32 steps) on every backend built, with the model FLOP/s
+// (2·P per point per model evaluation) against the GEMM ceiling measured in the same run.
+//
+// Sampling time does not depend on the weights, so the models are the seed-0 initialisations.
+// CPU: one warm-up call on 1,000 points, then full calls until --repeats are done or --budget
+// seconds are spent (at least one); GPU: one full warm-up call, then --repeats (default 10) calls.
+// The median wall time of sample() is reported (on the GPU it includes the 400 KB copy back).
+#include <cmath>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bench/bench_common.hpp"
+#include "cufm/error.hpp"
+#include "cufm/sampler.hpp"
+
+namespace cufm::bench {
+namespace {
+
+const char* kUsage =
+    "cufm_bench_sample: sampling time of R1 (midpoint 20 steps) and R4 (guided RK4 32 steps), 50,000 points.\n"
+    "  --threads N          CPU threads (0: all cores)\n"
+    "  --workloads R1,R4    subset (default: both)\n"
+    "  --backends LIST      subset of cpu,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
+    "  --repeats N          timed calls per row (default: CPU 3, GPU 10)\n"
+    "  --budget S           CPU: stop repeating a row once S seconds are spent (default 60)\n"
+    "  --warmup N           warm-up calls (default 1)\n"
+    "  --smoke              1,000 points, one repeat: checks every row runs (timings meaningless)\n"
+    "  --out FILE / --json FILE\n";
+
+struct SampleWorkload {
+  std::string id;
+  MlpConfig model;
+  Solver solver;
+  int steps;
+  std::optional<float> guidance;
+};
+
+std::vector<SampleWorkload> sample_workloads(const Options& opt) {
+  MlpConfig r1;
+  r1.data_dim = 2;
+  r1.hidden = {512, 512, 512, 512};
+  r1.activation = Activation::SiLU;
+  r1.time_features = 0;
+  MlpConfig r4 = r1;
+  r4.num_classes = 8;
+  std::vector<SampleWorkload> out;
+  if (selected(opt.workloads, "R1")) out.push_back({"R1", r1, Solver::Midpoint, 20, std::nullopt});
+  if (selected(opt.workloads, "R4")) out.push_back({"R4", r4, Solver::RK4, 32, 3.0f});
+  for (const std::string& id : opt.workloads) {
+    CUFM_REQUIRE(id == "R1" || id == "R4", "--workloads: cufm_bench_sample runs R1 and R4, got '" << id << "'");
+  }
+  return out;
+}
+
+int stages(Solver s) {
+  switch (s) {
+    case Solver::Euler: return 1;
+    case Solver::Midpoint:
+    case Solver::Heun: return 2;
+    case Solver::RK4: return 4;
+    default: return 6;
+  }
+}
+
+SampleConfig sample_config(const SampleWorkload& w, const Backend& b, int64_t count, int threads) {
+  SampleConfig sc;
+  sc.count = count;
+  sc.solver = w.solver;
+  sc.steps = w.steps;
+  sc.seed = 0;
+  sc.guidance = w.guidance;
+  if (w.model.num_classes > 0) {
+    sc.labels.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) sc.labels[static_cast<size_t>(i)] = static_cast<int32_t>(i % w.model.num_classes);
+  }
+  sc.device = b.device;
+  sc.precision = b.precision;
+  sc.threads = threads;
+  return sc;
+}
+
+void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, double>& ceilings, Report& rep) {
+  const Options& opt = rep.opt;
+  const int64_t count = opt.smoke ? 1000 : 50000;
+  Table t;
+  t.title = "Sampling " + std::to_string(count) + " points (seconds: median of timed calls after warm-up)";
+  t.header = {"Workload", "Solver", "Model evals", "Backend", "Repeats", "s median [min, max]", "samples/s",
+              "TFLOP/s", "% of ceiling", "vs CPU"};
+  nlohmann::json rows = nlohmann::json::array();
+  for (const SampleWorkload& w : sample_workloads(opt)) {
+    const Model model(w.model, 0);
+    const size_t params = model.num_params();
+    // Model forwards per point: stages x steps, twice with guidance (conditional and null).
+    const int64_t evals = int64_t{stages(w.solver)} * w.steps * (w.guidance ? 2 : 1);
+    const double flop = 2.0 * static_cast<double>(params) * static_cast<double>(count) * static_cast<double>(evals);
+    std::string solver = std::string(to_string(w.solver)) + " " + std::to_string(w.steps) + " steps";
+    if (w.guidance) solver += ", guidance " + fmt(*w.guidance, 3);
+    double cpu_s = NAN;
+    for (const Backend& b : bs) {
+      if (!b.available) continue;
+      const bool gpu = b.device == Device::CUDA;
+      nlohmann::json j = {{"workload", w.id},
+                          {"backend", b.name},
+                          {"mode", "native"},
+                          {"count", count},
+                          {"solver", to_string(w.solver)},
+                          {"steps", w.steps},
+                          {"guidance", w.guidance ? nlohmann::json(*w.guidance) : nlohmann::json()},
+                          {"params", params},
+                          {"model_evals", evals},
+                          {"flop", flop}};
+      std::cerr << "[sample] " << w.id << " on " << b.name << " ..." << std::flush;
+      try {
+        const int warmup = opt.warmup >= 0 ? opt.warmup : 1;
+        const int repeats = opt.steps > 0 ? opt.steps : (opt.smoke ? 1 : (gpu ? 10 : 3));
+        // The CPU warms up on a small batch: a full R4 call takes minutes there.
+        const SampleConfig warm = sample_config(w, b, gpu ? count : std::min<int64_t>(count, 1000), opt.threads);
+        for (int i = 0; i < warmup; ++i) sample(model, warm);
+        const SampleConfig sc = sample_config(w, b, count, opt.threads);
+        std::vector<double> times;
+        double spent = 0.0;
+        bool finite = true;
+        for (int i = 0; i < repeats && (gpu || i == 0 || spent < opt.budget_s); ++i) {
+          const double t0 = now_s();
+          const SampleResult res = sample(model, sc);
+          times.push_back(now_s() - t0);
+          spent += times.back();
+          for (float x : res.x) finite = finite && std::isfinite(x);
+        }
+        CUFM_REQUIRE(finite, "sampling " << w.id << " on " << b.name << " produced non-finite points");
+        const Stats st = summarize(times);
+        const double tflops = flop / st.median * 1e-12;
+        const auto ceil = ceilings.find(b.name);
+        const double frac = ceil != ceilings.end() ? tflops / ceil->second : NAN;
+        if (!gpu) cpu_s = st.median;
+        const double vs_cpu = cpu_s / st.median;
+        std::cerr << " " << fmt(st.median, 4) << " s\n";
+        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, std::to_string(st.repeats),
+                          fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]",
+                          fmt_si(count / st.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
+                          gpu ? fmt(vs_cpu, 3) + "x" : "1"});
+        j.update({{"status", "ok"},
+                  {"repeats", st.repeats},
+                  {"warmup", warmup},
+                  {"seconds", st.median},
+                  {"seconds_min", st.min},
+                  {"seconds_max", st.max},
+                  {"samples_per_s", count / st.median},
+                  {"tflops", tflops},
+                  {"ceiling_fraction", std::isfinite(frac) ? nlohmann::json(frac) : nlohmann::json()},
+                  {"speedup_vs_cpu", std::isfinite(vs_cpu) ? nlohmann::json(vs_cpu) : nlohmann::json()}});
+      } catch (const std::exception& e) {
+        std::cerr << " failed\n";
+        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, "-", std::string("failed: ") + e.what(), "-",
+                          "-", "-", "-"});
+        j.update({{"status", "failed"}, {"reason", e.what()}});
+      }
+      rows.push_back(j);
+    }
+  }
+  t.notes.push_back("Model evals: forward passes per point (solver stages x steps, x2 with guidance: conditional "
+                    "and null class); TFLOP/s counts 2·P FLOP per point per forward.");
+  t.notes.push_back("CPU rows repeat until --repeats calls are done or --budget seconds are spent (at least one "
+                    "call); the Repeats column says how many ran.");
+  note_skipped(bs, rep, t);
+  rep.json["sample"] = rows;
+  rep.tables.push_back(t);
+}
+
+}  // namespace
+}  // namespace cufm::bench
+
+int main(int argc, char** argv) {
+  using namespace cufm::bench;
+  try {
+    const Options opt = parse_options(argc, argv, kUsage);
+    Report rep("cufm_bench_sample", opt);
+    const std::vector<Backend> bs = backends(opt);
+    const std::map<std::string, double> ceilings = measure_ceilings(bs, rep);
+    run_sampling(bs, ceilings, rep);
+    rep.finish();
+  } catch (const std::exception& e) {
+    std::cerr << "cufm_bench_sample: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

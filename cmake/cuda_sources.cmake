@@ -1,0 +1,20 @@
+# The CUDA backend's sources: kernels (each with its launcher) and their host orchestration.
+set(CUFM_CUDA_SOURCES
+  ${PROJECT_SOURCE_DIR}/kernels/fm_prepare.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu
+  ${PROJECT_SOURCE_DIR}/kernels/activation.cu
+  ${PROJECT_SOURCE_DIR}/kernels/adam.cu
+  ${PROJECT_SOURCE_DIR}/kernels/convert.cu
+  ${PROJECT_SOURCE_DIR}/kernels/solver.cu
+  ${PROJECT_SOURCE_DIR}/host/cuda/device_cuda.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/lt_mlp.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/cuda_sampler.cpp
+)
+# Kernels that must round exactly as the CPU reference (compiled with -ffp-contract=off): no
+# contraction of a*b+c into an FMA. The shared math in fm_* already uses explicit _rn intrinsics.
+set_source_files_properties(
+  ${PROJECT_SOURCE_DIR}/kernels/adam.cu
+  ${PROJECT_SOURCE_DIR}/kernels/solver.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu
+  PROPERTIES COMPILE_OPTIONS "-fmad=false")

@@ -1,0 +1,37 @@
+// The seam between the public API and the backends (internal).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "cufm/dataset.hpp"
+#include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
+#include "cufm/trainer.hpp"
+
+namespace cufm::detail {
+
+class TrainBackend {
+ public:
+  virtual ~TrainBackend() = default;
+  // n training steps. The CUDA backend enqueues them without synchronising with the host.
+  virtual void run(uint64_t n) = 0;
+  // The loss of the latest step (waits for it).
+  virtual float loss() = 0;
+  virtual uint64_t step_count() const = 0;
+  // Copies parameters, moments and EMA to the host.
+  virtual TrainState state() const = 0;
+};
+
+// `state` holds params (and moments/EMA, or empty moments to start them at zero).
+std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
+                                               const Dataset& data, TrainState state);
+
+#if defined(CUFM_WITH_CUDA)
+std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
+                                                const Dataset& data, TrainState state);
+SampleResult cuda_sample(const Model& model, const SampleConfig& config);
+std::vector<DeviceInfo> cuda_device_list();
+#endif
+
+}  // namespace cufm::detail

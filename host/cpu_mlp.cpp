@@ -1,0 +1,188 @@
+// The CPU backend's MLP: every layer's GEMM through OpenBLAS sgemm (row-major, W as nn.Linear
+// stores it), and one fused, vectorised pass per layer for bias + activation (forward) and
+// activation derivative + bias gradient (backward). At width 512 and batch 4096 the GEMMs are
+// ~19 GFLOP per step and the fused passes move ~100 MB, so the step runs at the sgemm rate.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cufm/error.hpp"
+#include "cufm/math.hpp"
+#include "host/cpu_ops.hpp"
+#include "host/cpu_simd.hpp"
+
+namespace cufm::cpu {
+
+namespace {
+
+constexpr int kRowBlock = 256;  // rows per block of the deterministic bias-gradient sum
+
+// The activation is a template parameter so that each loop body is branch-free and vectorises.
+template <Activation A>
+CUFM_SIMD_CLONES void bias_act_rows(const float* bias, int64_t r0, int64_t r1, int width, float* pre,
+                                    float* act) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* z = pre + r * width;
+    float* y = act + r * width;
+    for (int j = 0; j < width; ++j) {
+      const float v = z[j] + bias[j];
+      z[j] = v;
+      y[j] = hd::activate(A, v);
+    }
+  }
+}
+
+void bias_act_rows(Activation a, const float* bias, int64_t r0, int64_t r1, int width, float* pre, float* act) {
+  switch (a) {
+    case Activation::ReLU: return bias_act_rows<Activation::ReLU>(bias, r0, r1, width, pre, act);
+    case Activation::GELU: return bias_act_rows<Activation::GELU>(bias, r0, r1, width, pre, act);
+    default: return bias_act_rows<Activation::SiLU>(bias, r0, r1, width, pre, act);
+  }
+}
+
+CUFM_SIMD_CLONES void bias_rows(const float* bias, int64_t r0, int64_t r1, int width, float* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* z = out + r * width;
+    for (int j = 0; j < width; ++j) z[j] += bias[j];
+  }
+}
+
+// dz = da * act'(pre) in place, and the block's column sums of dz into colsum.
+template <Activation A>
+CUFM_SIMD_CLONES void act_grad_rows(const float* pre, int64_t r0, int64_t r1, int width, float* da,
+                                    float* colsum) {
+  std::fill(colsum, colsum + width, 0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* z = pre + r * width;
+    float* d = da + r * width;
+    for (int j = 0; j < width; ++j) {
+      const float g = d[j] * hd::activate_grad(A, z[j]);
+      d[j] = g;
+      colsum[j] += g;
+    }
+  }
+}
+
+void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da, float* colsum) {
+  switch (a) {
+    case Activation::ReLU: return act_grad_rows<Activation::ReLU>(pre, r0, r1, width, da, colsum);
+    case Activation::GELU: return act_grad_rows<Activation::GELU>(pre, r0, r1, width, da, colsum);
+    default: return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum);
+  }
+}
+
+CUFM_SIMD_CLONES void colsum_rows(const float* x, int64_t r0, int64_t r1, int width, float* colsum) {
+  std::fill(colsum, colsum + width, 0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* z = x + r * width;
+    for (int j = 0; j < width; ++j) colsum[j] += z[j];
+  }
+}
+
+// Sums the per-block partial column sums in block order: the same bits for any thread count.
+void reduce_blocks(const std::vector<float>& partial, int blocks, int width, float* out) {
+  std::fill(out, out + width, 0.0f);
+  for (int b = 0; b < blocks; ++b) {
+    const float* p = partial.data() + static_cast<size_t>(b) * width;
+    for (int j = 0; j < width; ++j) out[j] += p[j];
+  }
+}
+
+// y[B, out] = x[B, in] * W^T.
+void linear(const float* x, const float* w, int64_t batch, int in, int out, float* y) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), out, in, 1.0f, x, in, w,
+              in, 0.0f, y, out);
+}
+
+}  // namespace
+
+void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
+  const size_t hidden = model.hidden.size();
+  pre.resize(hidden);
+  act.resize(hidden);
+  int widest = model.input_dim();
+  for (size_t l = 0; l < hidden; ++l) {
+    pre[l].resize(static_cast<size_t>(b) * model.hidden[l]);
+    act[l].resize(static_cast<size_t>(b) * model.hidden[l]);
+    widest = std::max(widest, model.hidden[l]);
+  }
+  out.resize(static_cast<size_t>(b) * model.data_dim);
+  dbuf0.resize(static_cast<size_t>(b) * widest);
+  dbuf1.resize(static_cast<size_t>(b) * widest);
+  batch = b;
+}
+
+void mlp_forward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
+                 MlpWorkspace& ws) {
+  if (ws.batch != batch) ws.resize(model, batch);
+  const ParamLayout layout(model);
+  const int L = model.num_layers();
+  const int64_t blocks = (batch + kRowBlock - 1) / kRowBlock;
+  const float* x = input;
+  for (int l = 0; l < L; ++l) {
+    const int in = model.layer_in(l), out = model.layer_out(l);
+    const float* w = params + layout.weight_offset(l);
+    const float* b = params + layout.bias_offset(l);
+    const bool last = l == L - 1;
+    float* z = last ? ws.out.data() : ws.pre[l].data();
+    linear(x, w, batch, in, out, z);
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
+      if (last) {
+        bias_rows(b, r0, r1, out, z);
+      } else {
+        bias_act_rows(model.activation, b, r0, r1, out, z, ws.act[l].data());
+      }
+    }
+    if (!last) x = ws.act[l].data();
+  }
+}
+
+void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
+                  const float* dout, MlpWorkspace& ws, float* grads) {
+  CUFM_REQUIRE(ws.batch == batch, "mlp_backward: workspace holds batch " << ws.batch << ", not " << batch);
+  const ParamLayout layout(model);
+  const int L = model.num_layers();
+  const int blocks = static_cast<int>((batch + kRowBlock - 1) / kRowBlock);
+  int widest = 0;
+  for (int l = 0; l < L; ++l) widest = std::max(widest, model.layer_out(l));
+  std::vector<float> partial(static_cast<size_t>(blocks) * widest);
+
+  // Bias gradient of the output layer.
+  {
+    const int D = model.data_dim;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = static_cast<int64_t>(blk) * kRowBlock, r1 = std::min<int64_t>(batch, r0 + kRowBlock);
+      colsum_rows(dout, r0, r1, D, partial.data() + static_cast<size_t>(blk) * D);
+    }
+    reduce_blocks(partial, blocks, D, grads + layout.bias_offset(L - 1));
+  }
+
+  const float* dz = dout;
+  for (int l = L - 1; l >= 0; --l) {
+    const int in = model.layer_in(l), out = model.layer_out(l);
+    const float* x = l == 0 ? input : ws.act[l - 1].data();
+    const float* w = params + layout.weight_offset(l);
+    // dW[out, in] = dz^T[out, B] * x[B, in]
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, static_cast<int>(batch), 1.0f, dz, out, x,
+                in, 0.0f, grads + layout.weight_offset(l), in);
+    if (l == 0) break;  // the input needs no gradient
+    // da[B, in] = dz[B, out] * W[out, in]; then dz_{l-1} = da * act'(pre_{l-1}) with its bias gradient.
+    float* da = (dz == ws.dbuf0.data()) ? ws.dbuf1.data() : ws.dbuf0.data();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(batch), in, out, 1.0f, dz, out, w,
+                in, 0.0f, da, in);
+    const float* pre = ws.pre[l - 1].data();
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = static_cast<int64_t>(blk) * kRowBlock, r1 = std::min<int64_t>(batch, r0 + kRowBlock);
+      act_grad_rows(model.activation, pre, r0, r1, in, da, partial.data() + static_cast<size_t>(blk) * in);
+    }
+    reduce_blocks(partial, blocks, in, grads + layout.bias_offset(l - 1));
+    dz = da;
+  }
+}
+
+}  // namespace cufm::cpu

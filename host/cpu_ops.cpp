@@ -1,0 +1,163 @@
+// The CPU backend's per-step elementwise work: drawing the batch, the loss and its gradient, and
+// the optimiser. Each loop runs on OpenMP threads and gives the same bits for any thread count.
+#include "host/cpu_ops.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cufm/error.hpp"
+#include "cufm/math.hpp"
+#include "cufm/philox.hpp"
+#include "host/cpu_simd.hpp"
+
+namespace cufm::cpu {
+
+namespace {
+// The part of an input row after x_t: the time features and the class one-hot.
+void write_input_tail(const MlpConfig& model, float t, int32_t label, float* row) {
+  const int D = model.data_dim;
+  const int tf = hd::time_feature_count(model.time_features);
+  for (int k = 0; k < tf; ++k) row[D + k] = hd::time_feature(t, model.time_features, k);
+  if (model.num_classes > 0) {
+    float* onehot = row + D + tf;
+    std::fill(onehot, onehot + model.num_classes + 1, 0.0f);
+    onehot[label] = 1.0f;
+  }
+}
+}  // namespace
+
+void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row) {
+  std::memcpy(row, x, sizeof(float) * model.data_dim);
+  write_input_tail(model, t, label, row);
+}
+
+void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
+                   uint64_t step, PreparedBatch& out) {
+  const int B = config.batch_size, D = model.data_dim, in = model.input_dim();
+  out.input.resize(static_cast<size_t>(B) * in);
+  out.t.resize(B);
+  out.index.resize(B);
+  out.label.resize(model.num_classes > 0 ? B : 0);
+  const PathConfig& path = config.path;
+  const uint32_t n_data = static_cast<uint32_t>(data.n);
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < B; ++i) {
+    const hd::SampleDraw d =
+        hd::draw_sample(config.seed, step, static_cast<uint32_t>(i), n_data, path.time_sampling,
+                        path.logit_mean, path.logit_std, config.label_dropout);
+    const float* x1 = data.x.data() + static_cast<size_t>(d.data_index) * D;
+    float xt[4];
+    float* row = out.input.data() + static_cast<size_t>(i) * in;
+    // x_t straight into the row; the time features and one-hot follow.
+    for (int g = 0; g < (D + 3) / 4; ++g) {
+      rng::normal4(config.seed, step, static_cast<uint32_t>(i), static_cast<uint32_t>(g), xt);
+      for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
+        row[4 * g + k] = hd::path_xt(d.t, x1[4 * g + k], xt[k], path.sigma_min);
+      }
+    }
+    int32_t label = -1;
+    if (model.num_classes > 0) {
+      label = d.drop_label ? model.null_class() : data.labels[d.data_index];
+      out.label[i] = label;
+    }
+    write_input_tail(model, d.t, label, row);
+    out.t[i] = d.t;
+    out.index[i] = d.data_index;
+  }
+}
+
+float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
+                uint64_t step, const PreparedBatch& batch, const float* v, float* grad) {
+  const int B = config.batch_size, D = model.data_dim;
+  constexpr int kRows = 256;
+  const int blocks = (B + kRows - 1) / kRows;
+  std::vector<double> partial(blocks);
+  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
+  const float sigma_min = config.path.sigma_min;
+#pragma omp parallel for schedule(static)
+  for (int blk = 0; blk < blocks; ++blk) {
+    double sum = 0.0;
+    for (int i = blk * kRows; i < std::min(B, (blk + 1) * kRows); ++i) {
+      const float* x1 = data.x.data() + static_cast<size_t>(batch.index[i]) * D;
+      float eps[4];
+      for (int g = 0; g < (D + 3) / 4; ++g) {
+        rng::normal4(config.seed, step, static_cast<uint32_t>(i), static_cast<uint32_t>(g), eps);
+        for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
+          const size_t j = static_cast<size_t>(i) * D + 4 * g + k;
+          const float diff = v[j] - hd::path_target(x1[4 * g + k], eps[k], sigma_min);
+          grad[j] = diff * scale;
+          sum += static_cast<double>(diff) * diff;
+        }
+      }
+    }
+    partial[blk] = sum;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return static_cast<float>(total / (static_cast<double>(B) * D));
+}
+
+hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm) {
+  hd::AdamCoeffs c{};
+  c.lr = o.lr;
+  c.beta1 = o.beta1;
+  c.beta2 = o.beta2;
+  c.eps = o.eps;
+  c.weight_decay = o.weight_decay;
+  c.decoupled = o.kind == Optimizer::AdamW;
+  c.bias_corr1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t)));
+  c.bias_corr2_sqrt =
+      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(t))));
+  // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+  c.grad_scale = 1.0f;
+  if (o.grad_clip > 0.0f) c.grad_scale = std::min(1.0f, o.grad_clip / (grad_norm + 1e-6f));
+  c.ema_decay = o.ema_decay;
+  return c;
+}
+
+double l2_norm(const float* g, size_t n) {
+  constexpr size_t kChunk = 1 << 14;
+  const size_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(chunks);
+#pragma omp parallel for schedule(static)
+  for (size_t c = 0; c < chunks; ++c) {
+    double s = 0.0;
+    for (size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) s += static_cast<double>(g[i]) * g[i];
+    partial[c] = s;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return std::sqrt(total);
+}
+
+namespace {
+CUFM_SIMD_CLONES void adam_range(const hd::AdamCoeffs& c, const float* grads, size_t begin, size_t end,
+                                 float* params, float* m, float* v, float* ema) {
+  for (size_t i = begin; i < end; ++i) hd::adam_update(c, grads[i], params[i], m[i], v[i]);
+  if (ema) {
+    for (size_t i = begin; i < end; ++i) ema[i] = hd::ema_update(ema[i], params[i], c.ema_decay);
+  }
+}
+}  // namespace
+
+void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m,
+               float* v, float* ema) {
+  constexpr size_t kChunk = 1 << 14;
+  const size_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (size_t ch = 0; ch < chunks; ++ch) {
+    adam_range(c, grads, ch * kChunk, std::min(n, (ch + 1) * kChunk), params, m, v, ema);
+  }
+}
+
+void set_threads(int threads) {
+  const int n = threads > 0 ? threads : omp_get_num_procs();
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+}  // namespace cufm::cpu

@@ -1,0 +1,76 @@
+// The CPU backend's training step: draw the batch, forward, loss and dL/dv, backward, optional
+// gradient clipping, Adam/AdamW and EMA. Float32 throughout, the reference for the CUDA backend.
+#include <cstring>
+
+#include "cufm/error.hpp"
+#include "host/backend.hpp"
+#include "host/cpu_ops.hpp"
+
+namespace cufm::detail {
+
+namespace {
+
+class CpuTrainer final : public TrainBackend {
+ public:
+  CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state)
+      : model_(model), config_(config), data_(data), state_(std::move(state)) {
+    const size_t n = ParamLayout(model).total();
+    CUFM_REQUIRE(state_.params.size() == n, "trainer: expected " << n << " parameters, got " << state_.params.size());
+    if (state_.adam_m.empty()) state_.adam_m.assign(n, 0.0f);
+    if (state_.adam_v.empty()) state_.adam_v.assign(n, 0.0f);
+    CUFM_REQUIRE(state_.adam_m.size() == n && state_.adam_v.size() == n,
+                 "trainer: Adam moments hold " << state_.adam_m.size() << " and " << state_.adam_v.size()
+                                               << " values, expected " << n);
+    if (config_.optim.ema_decay > 0.0f && state_.ema.empty()) state_.ema = state_.params;
+    if (config_.optim.ema_decay <= 0.0f) state_.ema.clear();
+    CUFM_REQUIRE(state_.ema.empty() || state_.ema.size() == n,
+                 "trainer: EMA holds " << state_.ema.size() << " values, expected " << n);
+    grads_.assign(n, 0.0f);
+    dout_.resize(static_cast<size_t>(config_.batch_size) * model_.data_dim);
+    ws_.resize(model_, config_.batch_size);
+  }
+
+  void run(uint64_t n) override {
+    cpu::set_threads(config_.threads);
+    for (uint64_t i = 0; i < n; ++i) one_step();
+  }
+
+  float loss() override { return loss_; }
+  uint64_t step_count() const override { return state_.step; }
+  TrainState state() const override { return state_; }
+
+ private:
+  void one_step() {
+    const uint64_t step = state_.step;
+    cpu::prepare_batch(model_, config_, data_, step, batch_);
+    cpu::mlp_forward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, ws_);
+    loss_ = cpu::loss_grad(model_, config_, data_, step, batch_, ws_.out.data(), dout_.data());
+    cpu::mlp_backward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, dout_.data(), ws_,
+                      grads_.data());
+    const float norm = config_.optim.grad_clip > 0.0f
+                           ? static_cast<float>(cpu::l2_norm(grads_.data(), grads_.size()))
+                           : 0.0f;
+    const hd::AdamCoeffs c = cpu::adam_coeffs(config_.optim, step + 1, norm);
+    cpu::adam_step(c, grads_.data(), grads_.size(), state_.params.data(), state_.adam_m.data(),
+                   state_.adam_v.data(), state_.ema.empty() ? nullptr : state_.ema.data());
+    state_.step = step + 1;
+  }
+
+  MlpConfig model_;
+  TrainConfig config_;
+  Dataset data_;  // a copy: the caller's may not outlive the trainer
+  TrainState state_;
+  cpu::PreparedBatch batch_;
+  cpu::MlpWorkspace ws_;
+  std::vector<float> grads_, dout_;
+  float loss_ = 0.0f;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
+                                               const Dataset& data, TrainState state) {
+  return std::make_unique<CpuTrainer>(model, config, data, std::move(state));
+}
+
+}  // namespace cufm::detail

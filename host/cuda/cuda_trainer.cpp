@@ -1,0 +1,250 @@
+// The CUDA training backend: the whole step (fm_prepare, forward, fm_loss_grad, backward, Adam)
+// is captured once as a CUDA graph and replayed, with the step index in device memory, so run(n)
+// enqueues n graph launches and never waits for the device. The loss is read back only when asked.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+#include "cufm/error.hpp"
+#include "cufm/kernels.hpp"
+#include "host/backend.hpp"
+#include "host/cuda/cuda_check.hpp"
+#include "host/cuda/cuda_trainer.hpp"
+#include "host/cuda/device_buffer.hpp"
+#include "host/cuda/lt_mlp.hpp"
+#include "host/cuda/ops.hpp"
+
+namespace cufm::detail {
+
+namespace {
+
+using cuda::DeviceBuffer;
+
+void upload(const DeviceBuffer& dst, const void* src, size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return;
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, bytes, cudaMemcpyHostToDevice, stream));
+}
+
+class CudaTrainer final : public TrainBackend {
+ public:
+  CudaTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state,
+              const CudaTrainerOptions& options)
+      : model_(model), config_(config), options_(options), layout_(model), step_(state.step) {
+    const size_t n = ParamLayout(model).total();
+    CUFM_REQUIRE(state.params.size() == n, "trainer: expected " << n << " parameters, got " << state.params.size());
+    if (state.adam_m.empty()) state.adam_m.assign(n, 0.0f);
+    if (state.adam_v.empty()) state.adam_v.assign(n, 0.0f);
+    CUFM_REQUIRE(state.adam_m.size() == n && state.adam_v.size() == n,
+                 "trainer: Adam moments hold " << state.adam_m.size() << " and " << state.adam_v.size()
+                                               << " values, expected " << n);
+    const bool ema_on = config.optim.ema_decay > 0.0f;
+    if (ema_on && state.ema.empty()) state.ema = state.params;
+    CUFM_REQUIRE(!ema_on || state.ema.size() == n,
+                 "trainer: EMA holds " << state.ema.size() << " values, expected " << n);
+    CUFM_REQUIRE(data.n >= 1 && data.n <= 0xFFFFFFFFll, "trainer: the dataset must hold 1 to 2^32 - 1 points");
+    CUFM_REQUIRE(data.dim == model.data_dim, "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
+
+    // The dataset lives on the device; refuse early, with numbers, when it cannot.
+    const size_t data_bytes = static_cast<size_t>(data.n) * data.dim * sizeof(float) +
+                              (model.num_classes > 0 ? static_cast<size_t>(data.n) * sizeof(int32_t) : 0);
+    size_t free_b = 0, total_b = 0;
+    CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
+    CUFM_REQUIRE(data_bytes < free_b, "the dataset needs " << (data_bytes >> 20) << " MiB on the GPU but only "
+                                                           << (free_b >> 20) << " of " << (total_b >> 20)
+                                                           << " MiB are free: train on a subset, or use device 'cpu'");
+
+    n_data_ = static_cast<uint32_t>(data.n);
+    cudaStream_t s = stream_.get();
+    const size_t np = layout_.total;
+    const size_t pbytes = np * sizeof(float);
+    data_x_ = DeviceBuffer(static_cast<size_t>(data.n) * data.dim * sizeof(float), "the dataset");
+    upload(data_x_, data.x.data(), data_x_.bytes(), s);
+    if (model.num_classes > 0) {
+      CUFM_REQUIRE(data.labels.size() == static_cast<size_t>(data.n), "trainer: the conditional model needs labels");
+      data_labels_ = DeviceBuffer(static_cast<size_t>(data.n) * sizeof(int32_t), "the dataset labels");
+      upload(data_labels_, data.labels.data(), data_labels_.bytes(), s);
+    }
+    params_ = DeviceBuffer(pbytes, "the parameters");
+    grads_ = DeviceBuffer(pbytes, "the gradients");
+    m_ = DeviceBuffer(pbytes, "Adam's first moments");
+    v_ = DeviceBuffer(pbytes, "Adam's second moments");
+    // pad() returns fresh vectors: keep them alive until the copies are done (synchronised below).
+    const std::vector<float> p = layout_.pad(state.params), pm = layout_.pad(state.adam_m),
+                             pv = layout_.pad(state.adam_v);
+    std::vector<float> pe;
+    upload(params_, p.data(), pbytes, s);
+    upload(m_, pm.data(), pbytes, s);
+    upload(v_, pv.data(), pbytes, s);
+    if (ema_on) {
+      pe = layout_.pad(state.ema);
+      ema_ = DeviceBuffer(pbytes, "the EMA weights");
+      upload(ema_, pe.data(), pbytes, s);
+    }
+    if (config.precision == Precision::BF16) {
+      params_bf16_ = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights");
+      cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), np, s);
+    }
+    cuda::AdamDeviceState st{};
+    st.step = state.step;
+    adam_state_ = DeviceBuffer(sizeof(st), "the optimiser state");
+    upload(adam_state_, &st, sizeof(st), s);
+    loss_ = DeviceBuffer(sizeof(float), "the loss");
+    loss_ws_ = DeviceBuffer(kernels::fm_loss_grad_workspace_bytes(config.batch_size, model.data_dim),
+                            "the loss workspace");
+    adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace");
+    mlp_ = std::make_unique<cuda::LtMlp>(model, config.precision, config.batch_size, cuda::MlpMode::Training,
+                                         params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
+    if (options_.launch == StepLaunch::Graph) capture();
+  }
+
+  ~CudaTrainer() override {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
+    }
+  }
+
+  void run(uint64_t n) override {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (exec_) {
+        CUFM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.get()));
+      } else {
+        enqueue_step(stream_.get());
+      }
+      ++step_;
+    }
+  }
+
+  float loss() override {
+    float l = 0.0f;
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(&l, loss_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return l;
+  }
+
+  uint64_t step_count() const override { return step_; }
+
+  TrainState state() const override {
+    TrainState s;
+    s.step = step_;
+    s.params = download(params_);
+    s.adam_m = download(m_);
+    s.adam_v = download(v_);
+    if (ema_.get()) s.ema = download(ema_);
+    return s;
+  }
+
+  std::string describe() const { return mlp_->describe(); }
+
+ private:
+  std::vector<float> download(const DeviceBuffer& b) const {
+    std::vector<float> padded(layout_.total);
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(padded.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return layout_.unpad(padded);
+  }
+
+  kernels::FmBatch batch_desc() const {
+    kernels::FmBatch b;
+    b.seed = config_.seed;
+    b.step = &adam_state_.as<cuda::AdamDeviceState>()->step;
+    b.batch = config_.batch_size;
+    b.dim = model_.data_dim;
+    b.data = data_x_.as<float>();
+    b.labels = data_labels_.as<int32_t>();
+    b.n_data = n_data_;
+    b.time_sampling = config_.path.time_sampling;
+    b.logit_mean = config_.path.logit_mean;
+    b.logit_std = config_.path.logit_std;
+    b.sigma_min = config_.path.sigma_min;
+    b.label_dropout = config_.label_dropout;
+    return b;
+  }
+
+  // One training step, all on `stream`, nothing read back.
+  void enqueue_step(cudaStream_t stream) {
+    const bool bf16 = mlp_->act_type() == cuda::DType::BF16;
+    const kernels::FmBatch b = batch_desc();
+    kernels::FmInputLayout in;
+    in.time_features = model_.time_features;
+    in.num_classes = model_.num_classes;
+    in.ld = mlp_->input_ld();
+    kernels::FmPrepareOutputs prep;
+    if (bf16) {
+      prep.input_bf16 = static_cast<__nv_bfloat16*>(mlp_->input());
+    } else {
+      prep.input = static_cast<float*>(mlp_->input());
+    }
+    kernels::fm_prepare(b, in, prep, stream);
+    mlp_->forward(stream);
+    kernels::FmLossOutputs lo;
+    if (bf16) {
+      lo.grad_bf16 = static_cast<__nv_bfloat16*>(mlp_->dout());
+    } else {
+      lo.grad = static_cast<float*>(mlp_->dout());
+    }
+    lo.ld = mlp_->output_ld();
+    lo.loss = loss_.as<float>();
+    kernels::fm_loss_grad(b, mlp_->output(), mlp_->output_ld(), lo, loss_ws_.get(), loss_ws_.bytes(), stream);
+    mlp_->backward(stream);
+    auto* st = adam_state_.as<cuda::AdamDeviceState>();
+    cuda::adam_prepare(config_.optim, grads_.as<float>(), layout_.total, st, adam_ws_.get(), stream);
+    cuda::adam_update(st, grads_.as<float>(), layout_.total, params_.as<float>(), m_.as<float>(), v_.as<float>(),
+                      ema_.as<float>(), params_bf16_.as<__nv_bfloat16>(), stream);
+  }
+
+  void capture() {
+    cudaStream_t s = stream_.get();
+    cudaGraph_t graph = nullptr;
+    CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue_step(s);
+    } catch (...) {
+      if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      (void)cudaGetLastError();
+      throw;
+    }
+    CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
+    cudaGraphDestroy(graph);
+    CUFM_CUDA_CHECK(e);
+  }
+
+  MlpConfig model_;
+  TrainConfig config_;
+  CudaTrainerOptions options_;
+  cuda::PaddedLayout layout_;
+  uint64_t step_;
+  uint32_t n_data_ = 0;
+  cuda::Stream stream_;
+  DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_, loss_ws_,
+      adam_ws_;
+  std::unique_ptr<cuda::LtMlp> mlp_;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainBackend> make_cuda_trainer_with(const MlpConfig& model, const TrainConfig& config,
+                                                     const Dataset& data, TrainState state,
+                                                     const CudaTrainerOptions& options) {
+  return std::make_unique<CudaTrainer>(model, config, data, std::move(state), options);
+}
+
+std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
+                                                const Dataset& data, TrainState state) {
+  return make_cuda_trainer_with(model, config, data, std::move(state), CudaTrainerOptions{});
+}
+
+std::string cuda_trainer_describe(const TrainBackend& backend) {
+  const auto* t = dynamic_cast<const CudaTrainer*>(&backend);
+  return t ? t->describe() : std::string();
+}
+
+}  // namespace cufm::detail

@@ -1,0 +1,79 @@
+// An owning device allocation (internal): zero-filled at creation, freed at destruction, with an
+// out-of-memory message that says what was being allocated and how much memory is free.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdio>
+#include <utility>
+
+#include "host/cuda/cuda_check.hpp"
+
+namespace cufm::cuda {
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(size_t bytes, const char* what) : bytes_(bytes) {
+    if (bytes == 0) return;
+    const cudaError_t e = cudaMalloc(&ptr_, bytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      ptr_ = nullptr;
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      (void)cudaGetLastError();
+      CUFM_FAIL("cannot allocate " << (bytes >> 20) << " MiB of GPU memory for " << what << " ("
+                                   << cudaGetErrorName(e) << "; " << (free_b >> 20) << " of " << (total_b >> 20)
+                                   << " MiB free): reduce the batch size, the sample count, the dataset or "
+                                      "the model, or use device 'cpu'");
+    }
+    CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes));
+  }
+  ~DeviceBuffer() {
+    if (ptr_ && cudaFree(ptr_) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "cufm: warning: cudaFree failed in ~DeviceBuffer\n");  // destructors log, never throw
+    }
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      DeviceBuffer tmp(std::move(*this));
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// An owning stream (internal).
+class Stream {
+ public:
+  Stream() { CUFM_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~Stream() {
+    if (s_ && cudaStreamDestroy(s_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+}  // namespace cufm::cuda

@@ -1,0 +1,466 @@
+// The MLP through cuBLASLt: layout padding, per-layer GEMM plans with fused epilogues where
+// cuBLASLt runs them, and cuFM's elementwise kernels where it does not. See lt_mlp.hpp.
+#include "host/cuda/lt_mlp.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "cufm/error.hpp"
+#include "host/cuda/cuda_check.hpp"
+
+namespace cufm::cuda {
+
+// ---- the padded layout ----------------------------------------------------------------------
+
+PaddedLayout::PaddedLayout(const MlpConfig& config) {
+  config.validate();
+  layers = config.num_layers();
+  constexpr size_t kAlign = 64;  // floats: 256 bytes
+  for (int l = 0; l < layers; ++l) {
+    in.push_back(config.layer_in(l));
+    out.push_back(config.layer_out(l));
+    in_pad.push_back(round_up(in.back(), 8));
+    out_pad.push_back(round_up(out.back(), 8));
+    w_off.push_back(total);
+    total += (static_cast<size_t>(in_pad.back()) * out_pad.back() + kAlign - 1) / kAlign * kAlign;
+    b_off.push_back(total);
+    total += (static_cast<size_t>(out_pad.back()) + kAlign - 1) / kAlign * kAlign;
+  }
+}
+
+int PaddedLayout::max_width_pad() const {
+  int w = in_pad[0];
+  for (int o : out_pad) w = std::max(w, o);
+  return w;
+}
+
+std::vector<float> PaddedLayout::pad(const std::vector<float>& flat) const {
+  std::vector<float> p(total, 0.0f);
+  size_t src = 0;
+  for (int l = 0; l < layers; ++l) {
+    for (int r = 0; r < out[l]; ++r) {
+      for (int c = 0; c < in[l]; ++c) p[w_off[l] + static_cast<size_t>(r) * in_pad[l] + c] = flat[src++];
+    }
+    for (int r = 0; r < out[l]; ++r) p[b_off[l] + r] = flat[src++];
+  }
+  CUFM_REQUIRE(src == flat.size(), "padded layout: expected " << src << " parameters, got " << flat.size());
+  return p;
+}
+
+std::vector<float> PaddedLayout::unpad(const std::vector<float>& padded) const {
+  std::vector<float> flat;
+  for (int l = 0; l < layers; ++l) {
+    for (int r = 0; r < out[l]; ++r) {
+      for (int c = 0; c < in[l]; ++c) flat.push_back(padded[w_off[l] + static_cast<size_t>(r) * in_pad[l] + c]);
+    }
+    for (int r = 0; r < out[l]; ++r) flat.push_back(padded[b_off[l] + r]);
+  }
+  return flat;
+}
+
+// ---- one cuBLASLt GEMM -------------------------------------------------------------------------
+
+namespace {
+
+struct GemmSpec {
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+  uint64_t m = 0, n = 0, k = 0;
+  cudaDataType_t a_type = CUDA_R_32F, b_type = CUDA_R_32F, d_type = CUDA_R_32F;
+  int64_t lda = 0, ldb = 0, ldd = 0;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  void* bias = nullptr;       // bias (input) or bias gradient (output)
+  int32_t bias_type = -1;     // -1: cuBLASLt's default (the output type)
+  void* aux = nullptr;
+  int64_t aux_ld = 0;
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* d = nullptr;
+};
+
+template <typename T>
+void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const T& value) {
+  CUFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
+}
+
+const char* epilogue_name(cublasLtEpilogue_t e) {
+  switch (e) {
+    case CUBLASLT_EPILOGUE_BIAS: return "bias";
+    case CUBLASLT_EPILOGUE_RELU_BIAS: return "relu+bias";
+    case CUBLASLT_EPILOGUE_GELU_BIAS: return "gelu+bias";
+    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS: return "relu+bias+aux";
+    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS: return "gelu+bias+aux";
+    case CUBLASLT_EPILOGUE_DRELU_BGRAD: return "drelu+bgrad";
+    case CUBLASLT_EPILOGUE_DGELU_BGRAD: return "dgelu+bgrad";
+    case CUBLASLT_EPILOGUE_BGRADB: return "bgradb";
+    default: return "plain";
+  }
+}
+
+}  // namespace
+
+class LtGemm {
+ public:
+  // The GEMM with the first heuristic algorithm that runs; nullptr when none does (the caller
+  // then falls back to a simpler epilogue). Test-runs on `stream` and waits for it: setup only.
+  static std::unique_ptr<LtGemm> try_create(cublasLtHandle_t handle, const GemmSpec& s, void* workspace,
+                                            size_t workspace_bytes, cudaStream_t stream) {
+    if (s.aux && s.aux_ld % 8 != 0) return nullptr;  // cuBLASLt's aux rule, checked before asking it
+    std::unique_ptr<LtGemm> g(new LtGemm(s, workspace, workspace_bytes));
+    g->handle_ = handle;
+    CUFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&g->desc_, s.compute, CUDA_R_32F));
+    set_attr(g->desc_, CUBLASLT_MATMUL_DESC_TRANSA, s.ta);
+    set_attr(g->desc_, CUBLASLT_MATMUL_DESC_TRANSB, s.tb);
+    set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE, s.epilogue);
+    if (s.bias) set_attr(g->desc_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, s.bias);
+    if (s.bias_type >= 0) set_attr(g->desc_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, s.bias_type);
+    if (s.aux) {
+      set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, s.aux);
+      set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, s.aux_ld);
+    }
+    const bool ta = s.ta == CUBLAS_OP_T, tb = s.tb == CUBLAS_OP_T;
+    CUFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&g->a_, s.a_type, ta ? s.k : s.m, ta ? s.m : s.k, s.lda));
+    CUFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&g->b_, s.b_type, tb ? s.n : s.k, tb ? s.k : s.n, s.ldb));
+    CUFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&g->d_, s.d_type, s.m, s.n, s.ldd));
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUFM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = workspace_bytes;
+    cublasStatus_t st =
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    constexpr int kRequested = 8;
+    cublasLtMatmulHeuristicResult_t results[kRequested] = {};
+    int returned = 0;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulAlgoGetHeuristic(handle, g->desc_, g->a_, g->b_, g->d_, g->d_, pref, kRequested, results,
+                                          &returned);
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS) return nullptr;
+    for (int i = 0; i < returned; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+      g->algo_ = results[i].algo;
+      if (g->launch(stream) != CUBLAS_STATUS_SUCCESS) continue;
+      CUFM_CUDA_CHECK(cudaStreamSynchronize(stream));  // a fault here is sticky: report it
+      return g;
+    }
+    return nullptr;
+  }
+
+  ~LtGemm() {
+    if (d_) cublasLtMatrixLayoutDestroy(d_);
+    if (b_) cublasLtMatrixLayoutDestroy(b_);
+    if (a_) cublasLtMatrixLayoutDestroy(a_);
+    if (desc_) cublasLtMatmulDescDestroy(desc_);
+  }
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  void run(cudaStream_t stream) const { CUFM_CUBLAS_CHECK(launch(stream)); }
+  const char* name() const { return epilogue_name(spec_.epilogue); }
+
+ private:
+  LtGemm(const GemmSpec& s, void* ws, size_t ws_bytes) : spec_(s), workspace_(ws), workspace_bytes_(ws_bytes) {}
+  cublasStatus_t launch(cudaStream_t stream) const {
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(handle_, desc_, &alpha, spec_.a, a_, spec_.b, b_, &beta, spec_.d, d_, spec_.d, d_, &algo_,
+                          workspace_, workspace_bytes_, stream);
+  }
+
+  GemmSpec spec_;
+  void* workspace_;
+  size_t workspace_bytes_;
+  cublasLtHandle_t handle_ = nullptr;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, d_ = nullptr;
+  cublasLtMatmulAlgo_t algo_{};
+};
+
+// ---- the MLP -----------------------------------------------------------------------------------
+
+struct LtMlp::Layer {
+  bool last = false;
+  bool act_fused = false;       // activation in the forward epilogue (and its derivative in the next dX)
+  bool bias_fused = false;      // bias in the forward epilogue
+  bool db_from_dw = false;      // this layer's bias gradient comes from its dW GEMM
+  bool bgradb_fused = false;    // ... via BGRADB (else column_sum)
+  DeviceBuffer z, a, mask;      // training: pre-activation, activation, ReLU bit-mask
+  void* y = nullptr;            // forward output: the activation (hidden) or the model output
+  void* zp = nullptr;           // pre-activation target of an unfused layer
+  int64_t mask_ld = 0;
+  std::unique_ptr<LtGemm> fwd, dw, dx;
+};
+
+namespace {
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's recommendation for Hopper
+}
+
+LtMlp::LtMlp(const MlpConfig& config, Precision precision, int64_t rows, MlpMode mode, const float* params,
+             const __nv_bfloat16* params_bf16, float* grads, cudaStream_t stream)
+    : config_(config),
+      layout_(config),
+      precision_(precision),
+      act_type_(precision == Precision::BF16 ? DType::BF16 : DType::F32),
+      rows_(rows),
+      mode_(mode),
+      params_(params),
+      params_bf16_(params_bf16),
+      grads_(grads) {
+  CUFM_REQUIRE(rows >= 1 && rows <= (int64_t{1} << 31), "LtMlp: rows must be in [1, 2^31], got " << rows);
+  CUFM_REQUIRE(params, "LtMlp: params must be a device buffer");
+  CUFM_REQUIRE(precision != Precision::BF16 || params_bf16, "LtMlp: bf16 precision needs the bf16 weight copy");
+  CUFM_REQUIRE(mode == MlpMode::Inference || grads, "LtMlp: training needs a gradient buffer");
+  CUFM_CUBLAS_CHECK(cublasLtCreate(&handle_));
+  try {
+    build(stream);
+  } catch (...) {
+    layer_.clear();
+    cublasLtDestroy(handle_);
+    handle_ = nullptr;
+    throw;
+  }
+}
+
+LtMlp::~LtMlp() {
+  layer_.clear();
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+const void* LtMlp::weight(int l) const {
+  return act_type_ == DType::BF16 ? static_cast<const void*>(params_bf16_ + layout_.w_off[l])
+                                  : static_cast<const void*>(params_ + layout_.w_off[l]);
+}
+
+const void* LtMlp::bias_for_epilogue(int l, bool fp32_output) const {
+  // cuBLASLt's bias has the output's type: fp32 master bias, or its bf16 copy for bf16 outputs.
+  return fp32_output || act_type_ == DType::F32 ? static_cast<const void*>(params_ + layout_.b_off[l])
+                                                : static_cast<const void*>(params_bf16_ + layout_.b_off[l]);
+}
+
+void LtMlp::build(cudaStream_t stream) {
+  const PaddedLayout& L = layout_;
+  const int n_layers = L.layers;
+  const size_t esize = dtype_size(act_type_);
+  const cudaDataType_t T = act_type_ == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute =
+      precision_ == Precision::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const size_t rows = static_cast<size_t>(rows_);
+  const size_t max_w = static_cast<size_t>(L.max_width_pad());
+  const Activation act = config_.activation;
+  const bool training = mode_ == MlpMode::Training;
+  const bool fusable_act = act == Activation::ReLU || act == Activation::GELU;
+
+  workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace");
+  input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input");
+  output_ = DeviceBuffer(rows * L.out_pad.back() * sizeof(float), "the model output");
+  if (training) {
+    dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient");
+    grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients");
+    grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients");
+  } else {
+    scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations");
+    scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations");
+    scratch_z_ = DeviceBuffer(rows * max_w * esize, "pre-activations");
+  }
+  void* ws = workspace_.get();
+
+  auto forward_spec = [&](int l, const void* x, void* d, bool last) {
+    GemmSpec s;
+    s.compute = compute;
+    s.ta = CUBLAS_OP_T;
+    s.tb = CUBLAS_OP_N;
+    s.m = L.out_pad[l];
+    s.n = rows;
+    s.k = L.in_pad[l];
+    s.a_type = s.b_type = T;
+    s.d_type = last ? CUDA_R_32F : T;
+    s.lda = s.ldb = L.in_pad[l];
+    s.ldd = L.out_pad[l];
+    s.a = weight(l);
+    s.b = x;
+    s.d = d;
+    return s;
+  };
+  // The unfused forward of a layer: bias epilogue into z (else plain GEMM + bias in the kernel).
+  auto build_unfused_forward = [&](int l, Layer& ly, const void* x) {
+    GemmSpec s = forward_spec(l, x, ly.zp, ly.last);
+    s.epilogue = CUBLASLT_EPILOGUE_BIAS;
+    s.bias = const_cast<void*>(bias_for_epilogue(l, ly.last));
+    ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    ly.bias_fused = ly.fwd != nullptr;
+    ly.act_fused = false;
+    if (!ly.fwd) {
+      s.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+      s.bias = nullptr;
+      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    }
+    CUFM_REQUIRE(ly.fwd, "cuBLASLt has no algorithm for layer " << l << " (" << L.out_pad[l] << " x " << rows_
+                                                                 << " x " << L.in_pad[l] << ", precision "
+                                                                 << to_string(precision_)
+                                                                 << "): try precision fp32 or other widths");
+  };
+
+  // ---- forward plans ----
+  for (int l = 0; l < n_layers; ++l) {
+    auto ly = std::make_unique<Layer>();
+    ly->last = l == n_layers - 1;
+    const void* x = l == 0 ? input_.get() : layer_[l - 1]->y;
+    const size_t width = static_cast<size_t>(L.out_pad[l]);
+    if (ly->last) {
+      ly->y = ly->zp = output_.get();
+      build_unfused_forward(l, *ly, x);
+    } else {
+      if (training) {
+        ly->a = DeviceBuffer(rows * width * esize, "activations");
+        ly->z = DeviceBuffer(rows * width * esize, "pre-activations");
+        ly->y = ly->a.get();
+        ly->zp = ly->z.get();
+      } else {
+        ly->y = (l % 2 == 0) ? scratch_a_.get() : scratch_b_.get();
+        ly->zp = scratch_z_.get();
+      }
+      if (fusable_act) {
+        GemmSpec s = forward_spec(l, x, ly->y, false);
+        s.bias = const_cast<void*>(bias_for_epilogue(l, false));
+        if (!training) {
+          s.epilogue = act == Activation::ReLU ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_GELU_BIAS;
+        } else if (act == Activation::ReLU) {
+          ly->mask_ld = round_up(static_cast<int>(width), 128);  // bits
+          ly->mask = DeviceBuffer(static_cast<size_t>(ly->mask_ld) / 8 * rows, "the ReLU mask");
+          s.epilogue = CUBLASLT_EPILOGUE_RELU_AUX_BIAS;
+          s.aux = ly->mask.get();
+          s.aux_ld = ly->mask_ld;
+        } else {
+          s.epilogue = CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+          s.aux = ly->zp;
+          s.aux_ld = static_cast<int64_t>(width);
+        }
+        ly->fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+        ly->act_fused = ly->bias_fused = ly->fwd != nullptr;
+      }
+      if (!ly->fwd) build_unfused_forward(l, *ly, x);
+    }
+    layer_.push_back(std::move(ly));
+  }
+  if (!training) return;
+
+  // ---- backward plans, from the last layer down ----
+  void* g = dout_.get();
+  for (int l = n_layers - 1; l >= 0; --l) {
+    Layer& ly = *layer_[l];
+    void* g_prev = (g == grad_a_.get()) ? grad_b_.get() : grad_a_.get();
+    if (l > 0) {
+      Layer& prev = *layer_[l - 1];
+      GemmSpec s;
+      s.compute = compute;
+      s.ta = CUBLAS_OP_N;
+      s.tb = CUBLAS_OP_N;
+      s.m = L.in_pad[l];
+      s.n = rows;
+      s.k = L.out_pad[l];
+      s.a_type = s.b_type = s.d_type = T;
+      s.lda = L.in_pad[l];
+      s.ldb = L.out_pad[l];
+      s.ldd = L.in_pad[l];
+      s.a = weight(l);
+      s.b = g;
+      s.d = g_prev;
+      if (prev.act_fused) {
+        GemmSpec f = s;
+        f.epilogue = act == Activation::ReLU ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
+        f.aux = act == Activation::ReLU ? prev.mask.get() : prev.zp;
+        f.aux_ld = act == Activation::ReLU ? prev.mask_ld : L.out_pad[l - 1];
+        f.bias = grads_ + L.b_off[l - 1];
+        if (act_type_ == DType::BF16) f.bias_type = CUDA_R_32F;  // fp32 gradient buffer
+        ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+        if (!ly.dx) {
+          // No fused derivative: the previous layer's forward stores z and runs the kernels instead.
+          const void* px = l - 1 == 0 ? input_.get() : layer_[l - 2]->y;
+          build_unfused_forward(l - 1, prev, px);
+        }
+      }
+      if (!ly.dx) ly.dx = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+      CUFM_REQUIRE(ly.dx, "cuBLASLt has no algorithm for the input gradient of layer "
+                              << l << " at precision " << to_string(precision_) << ": try precision fp32");
+    }
+    // dW = X^T G (column-major: dW^T[in, out] = X^T[in, rows] * G[rows, out]).
+    GemmSpec s;
+    s.compute = compute;
+    s.ta = CUBLAS_OP_N;
+    s.tb = CUBLAS_OP_T;
+    s.m = L.in_pad[l];
+    s.n = L.out_pad[l];
+    s.k = rows;
+    s.a_type = s.b_type = T;
+    s.d_type = CUDA_R_32F;
+    s.lda = L.in_pad[l];
+    s.ldb = L.out_pad[l];
+    s.ldd = L.in_pad[l];
+    s.a = l == 0 ? input_.get() : layer_[l - 1]->y;
+    s.b = g;
+    s.d = grads_ + L.w_off[l];
+    ly.db_from_dw = ly.last || !ly.act_fused;
+    if (ly.db_from_dw) {
+      GemmSpec f = s;
+      f.epilogue = CUBLASLT_EPILOGUE_BGRADB;
+      f.bias = grads_ + L.b_off[l];
+      ly.dw = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+      ly.bgradb_fused = ly.dw != nullptr;
+    }
+    if (!ly.dw) ly.dw = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    CUFM_REQUIRE(ly.dw, "cuBLASLt has no algorithm for the weight gradient of layer "
+                            << l << " at precision " << to_string(precision_) << ": try precision fp32");
+    g = g_prev;
+  }
+}
+
+void LtMlp::forward(cudaStream_t stream) {
+  for (int l = 0; l < layout_.layers; ++l) {
+    Layer& ly = *layer_[l];
+    ly.fwd->run(stream);
+    const float* bias = ly.bias_fused ? nullptr : params_ + layout_.b_off[l];
+    if (ly.last) {
+      if (bias) bias_add(DType::F32, ly.zp, bias, rows_, layout_.out_pad[l], stream);
+    } else if (!ly.act_fused) {
+      activation_forward(config_.activation, act_type_, ly.zp, ly.y, bias, rows_, layout_.out_pad[l], stream);
+    }
+  }
+}
+
+void LtMlp::backward(cudaStream_t stream) {
+  CUFM_REQUIRE(mode_ == MlpMode::Training, "LtMlp::backward: this MLP was built for inference");
+  void* g = dout_.get();
+  for (int l = layout_.layers - 1; l >= 0; --l) {
+    Layer& ly = *layer_[l];
+    void* g_prev = (g == grad_a_.get()) ? grad_b_.get() : grad_a_.get();
+    ly.dw->run(stream);
+    if (ly.db_from_dw && !ly.bgradb_fused) {
+      column_sum(act_type_, g, rows_, layout_.out_pad[l], grads_ + layout_.b_off[l], stream);
+    }
+    if (l > 0) {
+      ly.dx->run(stream);
+      const Layer& prev = *layer_[l - 1];
+      if (!prev.act_fused) {
+        activation_backward(config_.activation, act_type_, g_prev, prev.zp, rows_, layout_.in_pad[l], stream);
+      }
+    }
+    g = g_prev;
+  }
+}
+
+std::string LtMlp::describe() const {
+  std::ostringstream os;
+  os << "cuBLASLt MLP, precision " << to_string(precision_) << ", " << rows_ << " rows\n";
+  for (int l = 0; l < layout_.layers; ++l) {
+    const Layer& ly = *layer_[l];
+    os << "  layer " << l << " " << layout_.in[l] << "->" << layout_.out[l] << " (padded " << layout_.in_pad[l]
+       << "->" << layout_.out_pad[l] << "): forward " << ly.fwd->name();
+    if (!ly.last && !ly.act_fused) os << " + " << to_string(config_.activation) << " kernel";
+    if (ly.dw) os << ", dW " << ly.dw->name() << (ly.db_from_dw && !ly.bgradb_fused ? " + column sum" : "");
+    if (ly.dx) os << ", dX " << ly.dx->name();
+    os << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace cufm::cuda

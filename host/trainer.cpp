@@ -1,0 +1,124 @@
+#include "cufm/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+
+#include "cufm/error.hpp"
+#include "host/backend.hpp"
+
+namespace cufm {
+
+void TrainConfig::validate() const {
+  CUFM_REQUIRE(batch_size >= 1 && batch_size <= (1 << 26), "batch_size must be in [1, 2^26], got " << batch_size);
+  CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
+               "sigma_min must be in [0, 1), got " << path.sigma_min);
+  CUFM_REQUIRE(std::isfinite(path.logit_mean) && std::isfinite(path.logit_std) && path.logit_std > 0.0f,
+               "logit-normal time sampling needs a finite mean and a std > 0, got mean "
+                   << path.logit_mean << " std " << path.logit_std);
+  CUFM_REQUIRE(std::isfinite(optim.lr) && optim.lr > 0.0f, "learning rate must be > 0, got " << optim.lr);
+  CUFM_REQUIRE(optim.beta1 >= 0.0f && optim.beta1 < 1.0f, "beta1 must be in [0, 1), got " << optim.beta1);
+  CUFM_REQUIRE(optim.beta2 >= 0.0f && optim.beta2 < 1.0f, "beta2 must be in [0, 1), got " << optim.beta2);
+  CUFM_REQUIRE(optim.eps > 0.0f, "Adam eps must be > 0, got " << optim.eps);
+  CUFM_REQUIRE(std::isfinite(optim.weight_decay) && optim.weight_decay >= 0.0f,
+               "weight_decay must be >= 0, got " << optim.weight_decay);
+  CUFM_REQUIRE(std::isfinite(optim.grad_clip) && optim.grad_clip >= 0.0f,
+               "grad_clip must be >= 0 (0: off), got " << optim.grad_clip);
+  CUFM_REQUIRE(optim.ema_decay >= 0.0f && optim.ema_decay < 1.0f,
+               "ema_decay must be in [0, 1) (0: off), got " << optim.ema_decay);
+  CUFM_REQUIRE(label_dropout >= 0.0f && label_dropout <= 1.0f,
+               "label_dropout must be in [0, 1], got " << label_dropout);
+  CUFM_REQUIRE(threads >= 0, "threads must be >= 0 (0: all cores), got " << threads);
+}
+
+namespace {
+
+void check_data(const MlpConfig& model, const Dataset& data) {
+  data.validate();
+  CUFM_REQUIRE(data.dim == model.data_dim,
+               "the data has " << data.dim << " dims but the model's data_dim is " << model.data_dim);
+  CUFM_REQUIRE(data.n <= 0xFFFFFFFFll, "the data has " << data.n << " points; at most 2^32 - 1 are supported");
+  if (model.num_classes > 0) {
+    CUFM_REQUIRE(data.labelled(), "the model is conditional (" << model.num_classes
+                                                               << " classes) but the data has no labels");
+    CUFM_REQUIRE(data.num_classes <= model.num_classes,
+                 "the data has " << data.num_classes << " classes but the model only " << model.num_classes);
+  }
+}
+
+std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfig& model,
+                                                   const TrainConfig& config, const Dataset& data,
+                                                   TrainState state) {
+  if (device == Device::CUDA) {
+#if defined(CUFM_WITH_CUDA)
+    return detail::make_cuda_trainer(model, config, data, std::move(state));
+#endif
+  }
+  CUFM_REQUIRE(config.precision == Precision::FP32,
+               "precision " << to_string(config.precision)
+                            << " needs the CUDA backend; the CPU backend runs fp32 only");
+  return detail::make_cpu_trainer(model, config, data, std::move(state));
+}
+
+}  // namespace
+
+Trainer::Trainer(const Model& model, const Dataset& data, const TrainConfig& config)
+    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, data, config) {}
+
+Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const Dataset& data,
+                 const TrainConfig& config)
+    : model_config_(model_config), config_(config) {
+  model_config_.validate();
+  config_.validate();
+  check_data(model_config_, data);
+  for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
+    for (size_t i = 0; i < buf->size(); ++i) {
+      CUFM_REQUIRE(std::isfinite((*buf)[i]), "trainer: the initial state holds a non-finite value at index " << i);
+    }
+  }
+  device_ = resolve_device(config_.device);
+  backend_ = make_backend(device_, model_config_, config_, data, state);
+}
+
+Trainer::~Trainer() = default;
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
+
+float Trainer::step() {
+  backend_->run(1);
+  return backend_->loss();
+}
+
+void Trainer::run(uint64_t n) { backend_->run(n); }
+
+float Trainer::loss() {
+  CUFM_REQUIRE(backend_->step_count() > 0, "trainer: loss() asked before any step ran");
+  return backend_->loss();
+}
+
+void Trainer::fit(uint64_t steps, const std::function<void(const FitProgress&)>& callback, uint64_t every) {
+  CUFM_REQUIRE(every >= 1, "fit: the callback interval must be >= 1");
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t total = backend_->step_count() + steps;
+  uint64_t done = 0;
+  while (done < steps) {
+    const uint64_t chunk = std::min(every, steps - done);
+    backend_->run(chunk);
+    done += chunk;
+    if (callback) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      callback(FitProgress{backend_->step_count(), total, backend_->loss(), secs});
+    }
+  }
+}
+
+uint64_t Trainer::step_count() const { return backend_->step_count(); }
+TrainState Trainer::state() const { return backend_->state(); }
+Model Trainer::model() const { return Model(model_config_, backend_->state().params); }
+
+Model Trainer::ema_model() const {
+  TrainState s = backend_->state();
+  CUFM_REQUIRE(!s.ema.empty(), "ema_model: EMA is off (set optim.ema_decay > 0)");
+  return Model(model_config_, std::move(s.ema));
+}
+
+}  // namespace cufm

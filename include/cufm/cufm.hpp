@@ -1,0 +1,13 @@
+// The whole cuFM C++ API.
+#pragma once
+
+#include "cufm/checkpoint.hpp"
+#include "cufm/dataset.hpp"
+#include "cufm/device.hpp"
+#include "cufm/error.hpp"
+#include "cufm/math.hpp"
+#include "cufm/metrics.hpp"
+#include "cufm/model.hpp"
+#include "cufm/philox.hpp"
+#include "cufm/sampler.hpp"
+#include "cufm/trainer.hpp"

@@ -1,0 +1,87 @@
+// cuFM's CUDA-level API: the fused flow-matching kernels on raw device pointers, for a caller who
+// trains their own model (PyTorch, JAX, hand-written CUDA) with cuFM's path and random streams.
+//
+// A training step with your own model, all on one stream, nothing read back:
+//   fm_prepare(batch, layout, prep_out, stream);     // x_t, time features, one-hot -> model input
+//   ... your forward pass: input [B, ld] -> v [B, ldv] ...
+//   fm_loss_grad(batch, v, ldv, loss_out, ws, ws_bytes, stream);  // loss and dL/dv
+//   ... your backward pass from dL/dv, your optimiser; then increment *batch.step ...
+// The draws are the CPU backend's, bit for bit: the same (seed, step) gives the same t, eps, x_t.
+// Every launcher checks its arguments, launches on `stream` (last argument) and throws cufm::Error
+// on a bad argument or a failed launch. None synchronises with the host, so all are graph-capturable.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cufm/math.hpp"
+
+namespace cufm::kernels {
+
+// What one training step's batch is drawn from. fm_prepare and fm_loss_grad of a step must get
+// the same values (the loss regenerates eps and x1 from the counters instead of storing them).
+struct FmBatch {
+  uint64_t seed = 0;                  // the run's seed: the Philox key
+  const uint64_t* step = nullptr;     // DEVICE pointer to the 0-based index of the step being run.
+                                      // Read on the device, so a captured graph that increments it
+                                      // sees the current value at each replay.
+  int batch = 0;                      // B, rows of the batch (>= 1)
+  int dim = 0;                        // D, dimension of a data point (>= 1)
+  const float* data = nullptr;        // DEVICE [n_data, dim] row-major: the training points x1
+  const int32_t* labels = nullptr;    // DEVICE [n_data] class labels, or nullptr (unlabelled data)
+  uint32_t n_data = 0;                // rows of data (>= 1)
+  TimeSampling time_sampling = TimeSampling::Uniform;
+  float logit_mean = 0.0f;            // logit-normal time sampling: t = sigmoid(mean + std * z)
+  float logit_std = 1.0f;
+  float sigma_min = 0.0f;             // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
+  float label_dropout = 0.0f;         // per-row probability of the null class (conditional models)
+};
+
+// The model input's layout: row i = [x_t (D) | time features | one-hot (num_classes + 1) | zeros].
+struct FmInputLayout {
+  int time_features = 0;  // 0: one feature, raw t; K > 0 (even): K sinusoids (hd::time_feature)
+  int num_classes = 0;    // 0: no one-hot; else num_classes + 1 entries, the last the null class
+  int ld = 0;             // row stride in elements, >= fm_input_dim(); columns past the input are
+                          // written as zeros (pad to a multiple of 8 for tensor-core GEMMs)
+};
+
+// D + time features + (num_classes > 0 ? num_classes + 1 : 0): MlpConfig::input_dim().
+int fm_input_dim(int dim, const FmInputLayout& layout);
+
+// fm_prepare's outputs. Exactly one of input / input_bf16 is set; the others are optional.
+struct FmPrepareOutputs {
+  float* input = nullptr;               // DEVICE [batch, layout.ld] fp32 model input, or
+  __nv_bfloat16* input_bf16 = nullptr;  // DEVICE [batch, layout.ld] the same rounded to bf16
+  float* t = nullptr;                   // DEVICE [batch] each row's time, or nullptr
+  uint32_t* index = nullptr;            // DEVICE [batch] each row's data index, or nullptr
+  int32_t* label = nullptr;             // DEVICE [batch] the label after dropout (num_classes for
+                                        // the null class), or nullptr; needs num_classes > 0
+};
+
+// Draws t, the data index and eps for every row of the batch and writes the model input.
+// One pass: one thread per (row, 4 columns); reads B*D floats of data, writes B*ld values.
+void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepareOutputs& out,
+                cudaStream_t stream);
+
+// fm_loss_grad's outputs. Exactly one of grad / grad_bf16 is set; loss is required.
+struct FmLossOutputs {
+  float* grad = nullptr;                // DEVICE [batch, ld] dL/dv = 2 (v - u) / (B D), or
+  __nv_bfloat16* grad_bf16 = nullptr;   // DEVICE [batch, ld] the same rounded to bf16
+  int ld = 0;                           // row stride of grad, >= dim; columns past dim get zeros
+  float* loss = nullptr;                // DEVICE scalar: mean over B*D of (v - u)^2
+};
+
+// Bytes of workspace fm_loss_grad needs for a batch (a few KiB). The workspace must be zeroed
+// once before its first use (cudaMemsetAsync); each call leaves it zeroed again.
+size_t fm_loss_grad_workspace_bytes(int batch, int dim);
+
+// Regenerates eps and x1 from the counters, u = x1 - (1 - sigma_min) eps, and writes the MSE loss
+// and its gradient. v: DEVICE [batch, ldv] the model output (ldv >= dim). The sum is
+// deterministic: fixed per-block order, then the blocks in order (no float atomics).
+void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out,
+                  void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace cufm::kernels

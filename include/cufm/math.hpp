@@ -1,0 +1,195 @@
+// The math both backends run, once: the probability path, time sampling and features, the
+// activations and their derivatives, Adam's update and the ODE solvers' tableaux.
+// The CPU backend calls these functions and so do the kernels, so the CPU tests cover the GPU math.
+#pragma once
+
+#include <cstdint>
+
+#include "cufm/hd.hpp"
+#include "cufm/philox.hpp"
+
+namespace cufm {
+
+enum class Activation : int { SiLU = 0, ReLU = 1, GELU = 2 };
+enum class TimeSampling : int { Uniform = 0, LogitNormal = 1 };
+
+namespace hd {
+
+// ---- the path ----------------------------------------------------------------------------
+// x_t = t*x1 + (1 - (1 - s)*t)*eps and u = x1 - (1 - s)*eps; s = sigma_min (0: the OT path).
+CUFM_HD float path_xt(float t, float x1, float eps, float sigma_min) {
+  const float noise_scale = rn_sub(1.0f, rn_mul(rn_sub(1.0f, sigma_min), t));
+  return rn_add(rn_mul(t, x1), rn_mul(noise_scale, eps));
+}
+
+CUFM_HD float path_target(float x1, float eps, float sigma_min) {
+  return rn_sub(x1, rn_mul(rn_sub(1.0f, sigma_min), eps));
+}
+
+// ---- per-sample draws of a training step (block 0 of the sample's counter) -----------------
+struct SampleDraw {
+  float t;
+  uint32_t data_index;
+  bool drop_label;
+};
+
+CUFM_HD float logistic(float x) { return rn_div(1.0f, rn_add(1.0f, det_exp(-x))); }
+
+CUFM_HD SampleDraw draw_sample(uint64_t seed, uint64_t step, uint32_t sample, uint32_t n_data,
+                               TimeSampling ts, float ln_mean, float ln_std, float label_dropout) {
+  const Philox4x32 r = rng::draw(seed, step, sample, 0u);
+  SampleDraw d;
+  if (ts == TimeSampling::Uniform) {
+    d.t = uniform01(r.v[0]);
+  } else {
+    float z0, z1;
+    box_muller(r.v[0], r.v[1], z0, z1);
+    d.t = logistic(rn_fma(ln_std, z0, ln_mean));
+  }
+  d.data_index = uniform_index(r.v[2], n_data);
+  d.drop_label = uniform01(r.v[3]) < label_dropout;
+  return d;
+}
+
+// Number of time features the first layer sees.
+CUFM_HD int time_feature_count(int k) { return k <= 0 ? 1 : k; }
+
+// Time features: raw t (k <= 0), or k sinusoids sin(2*pi*2^j*t), cos(2*pi*2^j*t), j < k/2.
+// Scaling by 2^j is exact, so both backends reduce the argument identically.
+CUFM_HD float time_feature(float t, int k, int i) {
+  if (k <= 0) return t;
+  const int j = i >> 1;
+  const float turns = rn_mul(t, static_cast<float>(1u << j));
+  const float frac = rn_sub(turns, floorf(turns));
+  float s, c;
+  det_sincos_turns(frac < 1.0f ? frac : 0.0f, s, c);
+  return (i & 1) ? c : s;
+}
+
+// ---- activations -------------------------------------------------------------------------
+// exp for the activations: on the device the hardware approximation, on the host a branch-free
+// polynomial (~2 ulp) that the compiler vectorises, so the CPU backend's elementwise passes run at
+// SIMD speed. Neither needs to match the other to the bit: layer outputs are compared with tolerances.
+CUFM_HD float fast_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return __expf(x);
+#else
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float kf = std::floor(x * 1.44269504f + 0.5f);
+  float r = x - kf * 0.693145751953125f;
+  r = r - kf * 1.428606765330187e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t k = static_cast<int32_t>(kf);
+  return p * bits_to_float(static_cast<uint32_t>(k + 127) << 23);
+#endif
+}
+
+CUFM_HD float sigmoid_fast(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
+
+CUFM_HD float tanh_fast(float x) {
+#if defined(__CUDA_ARCH__)
+  return tanhf(x);
+#else
+  return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
+#endif
+}
+
+CUFM_HD float activate(Activation a, float z) {
+  switch (a) {
+    case Activation::ReLU: return z > 0.0f ? z : 0.0f;
+    case Activation::GELU: {  // tanh approximation, as cuBLASLt's GELU epilogue
+      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+      const float inner = k0 * (z + k1 * z * z * z);
+      return 0.5f * z * (1.0f + tanh_fast(inner));
+    }
+    default: return z * sigmoid_fast(z);
+  }
+}
+
+// d activate / dz at the pre-activation z.
+CUFM_HD float activate_grad(Activation a, float z) {
+  switch (a) {
+    case Activation::ReLU: return z > 0.0f ? 1.0f : 0.0f;
+    case Activation::GELU: {
+      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+      const float inner = k0 * (z + k1 * z * z * z);
+      const float th = tanh_fast(inner);
+      const float dinner = k0 * (1.0f + 3.0f * k1 * z * z);
+      return 0.5f * (1.0f + th) + 0.5f * z * (1.0f - th * th) * dinner;
+    }
+    default: {
+      const float sg = sigmoid_fast(z);
+      return sg * (1.0f + z * (1.0f - sg));
+    }
+  }
+}
+
+// ---- Adam / AdamW --------------------------------------------------------------------------
+// PyTorch's formulation: Adam folds weight decay into the gradient (L2), AdamW decays the weight.
+struct AdamCoeffs {
+  float lr, beta1, beta2, eps;
+  float weight_decay;
+  bool decoupled;        // AdamW
+  float bias_corr1;      // 1 - beta1^t
+  float bias_corr2_sqrt; // sqrt(1 - beta2^t)
+  float grad_scale;      // clipping factor (1 when off)
+  float ema_decay;       // 0: no EMA
+};
+
+CUFM_HD void adam_update(const AdamCoeffs& c, float g, float& p, float& m, float& v) {
+  g *= c.grad_scale;
+  if (c.weight_decay != 0.0f) {
+    if (c.decoupled) {
+      p -= c.lr * c.weight_decay * p;
+    } else {
+      g += c.weight_decay * p;
+    }
+  }
+  m = c.beta1 * m + (1.0f - c.beta1) * g;
+  v = c.beta2 * v + (1.0f - c.beta2) * g * g;
+  const float step_size = c.lr / c.bias_corr1;
+  const float denom = sqrtf(v) / c.bias_corr2_sqrt + c.eps;
+  p -= step_size * (m / denom);
+}
+
+CUFM_HD float ema_update(float ema, float p, float decay) { return decay * ema + (1.0f - decay) * p; }
+
+// ---- classifier-free guidance -------------------------------------------------------------
+CUFM_HD float guided(float v_null, float v_cond, float w) { return v_null + w * (v_cond - v_null); }
+
+// ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
+// The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b
+// (also the 7th stage's row: first same as last), and e = b - b_hat for the embedded error.
+namespace dopri5 {
+constexpr float c2 = 1.0f / 5, c3 = 3.0f / 10, c4 = 4.0f / 5, c5 = 8.0f / 9;
+constexpr float a21 = 1.0f / 5;
+constexpr float a31 = 3.0f / 40, a32 = 9.0f / 40;
+constexpr float a41 = 44.0f / 45, a42 = -56.0f / 15, a43 = 32.0f / 9;
+constexpr float a51 = 19372.0f / 6561, a52 = -25360.0f / 2187, a53 = 64448.0f / 6561, a54 = -212.0f / 729;
+constexpr float a61 = 9017.0f / 3168, a62 = -355.0f / 33, a63 = 46732.0f / 5247, a64 = 49.0f / 176,
+                a65 = -5103.0f / 18656;
+constexpr float b1 = 35.0f / 384, b3 = 500.0f / 1113, b4 = 125.0f / 192, b5 = -2187.0f / 6784, b6 = 11.0f / 84;
+constexpr float e1 = 71.0f / 57600, e3 = -71.0f / 16695, e4 = 71.0f / 1920, e5 = -17253.0f / 339200,
+                e6 = 22.0f / 525, e7 = -1.0f / 40;
+// Step-size controller: h *= clamp(safety * err^(-1/5), min, max).
+constexpr float kSafety = 0.9f, kMinFactor = 0.2f, kMaxFactor = 10.0f;
+}  // namespace dopri5
+
+// One element's scaled error term err / (atol + rtol * max(|x|, |x_new|)), squared; the solver
+// takes the RMS over the whole batch.
+CUFM_HD float scaled_error_sq(float err, float x, float x_new, float atol, float rtol) {
+  const float ax = x < 0.0f ? -x : x, an = x_new < 0.0f ? -x_new : x_new;
+  const float sc = atol + rtol * (ax > an ? ax : an);
+  const float r = err / sc;
+  return r * r;
+}
+
+}  // namespace hd
+}  // namespace cufm

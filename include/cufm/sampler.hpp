@@ -1,0 +1,67 @@
+// Sampling: integrates dx/dt = v(x, t) from t = 0 (x ~ N(0, I)) to t = 1, with fixed-step
+// Euler, midpoint, Heun or RK4, or adaptive Dormand-Prince 5(4); optional classifier-free guidance
+// v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cufm/device.hpp"
+#include "cufm/model.hpp"
+
+namespace cufm {
+
+enum class Solver : int { Euler = 0, Midpoint = 1, Heun = 2, RK4 = 3, Dopri5 = 4 };
+
+const char* to_string(Solver s);
+Solver parse_solver(const std::string& s);
+int solver_order(Solver s);
+
+struct SampleConfig {
+  int64_t count = 1000;
+  Solver solver = Solver::Midpoint;
+  int steps = 20;                      // fixed-step solvers
+  float atol = 1e-5f, rtol = 1e-5f;    // Dopri5
+  int max_steps = 100000;              // Dopri5: accepted + rejected steps before giving up
+  std::vector<int32_t> labels;         // empty, one label for all, or one per sample
+  std::optional<float> guidance;       // set: classifier-free guidance with this scale w
+  uint64_t seed = 0;
+  bool keep_trajectory = false;        // fixed-step solvers: keep x at every step
+  Device device = Device::Auto;
+  Precision precision = Precision::FP32;
+  int threads = 0;
+
+  void validate(const MlpConfig& model) const;
+};
+
+struct SampleResult {
+  int64_t count = 0;
+  int dim = 0;
+  std::vector<float> x;              // [count, dim] at t = 1
+  std::vector<float> times;          // with a trajectory: the times, steps + 1 of them
+  std::vector<float> trajectory;     // [steps + 1, count, dim]
+  int64_t evaluations = 0;           // velocity evaluations of the whole batch
+  int accepted_steps = 0, rejected_steps = 0;
+  Device device = Device::CPU;
+};
+
+// The initial noise of sample i, dims [0, D): a pure function of (seed, i).
+void sampler_noise(uint64_t seed, int64_t first, int64_t count, int dim, float* x0);
+
+SampleResult sample(const Model& model, const SampleConfig& config);
+
+// Integrates a caller's velocity field on the CPU with the same solvers (used by the tests to
+// measure each solver's order on fields with known solutions). v(t, x, out) fills out [n*dim].
+struct OdeResult {
+  std::vector<float> x;
+  int64_t evaluations = 0;
+  int accepted_steps = 0, rejected_steps = 0;
+};
+OdeResult integrate(const std::function<void(float t, const float* x, float* v)>& velocity,
+                    std::vector<float> x0, Solver solver, int steps, float atol, float rtol,
+                    int max_steps = 100000, float t0 = 0.0f, float t1 = 1.0f);
+
+}  // namespace cufm

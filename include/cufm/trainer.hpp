@@ -1,0 +1,104 @@
+// Training: draws (t, eps, x1) for a batch, regresses the model onto the path's target with the
+// MSE loss, and updates the weights with Adam or AdamW, on the CPU or the GPU.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cufm/dataset.hpp"
+#include "cufm/device.hpp"
+#include "cufm/math.hpp"
+#include "cufm/model.hpp"
+
+namespace cufm {
+
+enum class Optimizer : int { Adam = 0, AdamW = 1 };
+
+struct OptimConfig {
+  Optimizer kind = Optimizer::Adam;
+  float lr = 1e-3f;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float weight_decay = 0.0f;
+  float grad_clip = 0.0f;   // > 0: clip the global gradient norm to this value
+  float ema_decay = 0.0f;   // > 0: keep an exponential moving average of the weights
+};
+
+struct PathConfig {
+  float sigma_min = 0.0f;                    // 0: the linear (optimal-transport) path
+  TimeSampling time_sampling = TimeSampling::Uniform;
+  float logit_mean = 0.0f, logit_std = 1.0f; // t = sigmoid(mean + std * z)
+};
+
+struct TrainConfig {
+  int batch_size = 4096;
+  uint64_t seed = 0;
+  PathConfig path;
+  OptimConfig optim;
+  float label_dropout = 0.1f;   // per-sample probability of the null class (conditional models)
+  Device device = Device::Auto;
+  Precision precision = Precision::FP32;
+  int threads = 0;              // CPU backend threads; 0: all cores
+
+  void validate() const;
+};
+
+// Everything that changes during training. A run resumed from a TrainState continues exactly as
+// the uninterrupted run would have: the random streams depend on (seed, step) alone.
+struct TrainState {
+  uint64_t step = 0;
+  std::vector<float> params;
+  std::vector<float> adam_m, adam_v;
+  std::vector<float> ema;  // empty when EMA is off
+};
+
+struct FitProgress {
+  uint64_t step;        // steps done so far
+  uint64_t total;       // steps this fit() will have done when it returns
+  float loss;           // loss of the latest step
+  double seconds;       // wall time since fit() began
+};
+
+namespace detail {
+class TrainBackend;
+}
+
+class Trainer {
+ public:
+  // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0.
+  Trainer(const Model& model, const Dataset& data, const TrainConfig& config);
+  // Resumes from a saved state (a checkpoint's).
+  Trainer(const MlpConfig& model_config, const TrainState& state, const Dataset& data,
+          const TrainConfig& config);
+  ~Trainer();
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
+
+  // One step; returns its loss (on the GPU this waits for the step to finish).
+  float step();
+  // n steps with no read-back in between; loss() then gives the last step's loss.
+  void run(uint64_t n);
+  float loss();
+
+  // Runs `steps` more steps, calling `callback` every `every` steps and after the last.
+  void fit(uint64_t steps, const std::function<void(const FitProgress&)>& callback = {},
+           uint64_t every = 100);
+
+  uint64_t step_count() const;
+  Device device() const { return device_; }
+  const TrainConfig& config() const { return config_; }
+  const MlpConfig& model_config() const { return model_config_; }
+  TrainState state() const;   // copies the state to the host
+  Model model() const;        // the current weights
+  Model ema_model() const;    // the EMA weights (throws if EMA is off)
+
+ private:
+  MlpConfig model_config_;
+  TrainConfig config_;
+  Device device_ = Device::CPU;
+  std::unique_ptr<detail::TrainBackend> backend_;
+};
+
+}  // namespace cufm

@@ -1,0 +1,137 @@
+// fm_loss_grad: per row, regenerates the data index and eps from the step's Philox counters,
+// u = x1 - (1 - sigma_min) eps, grad = 2 (v - u) / (B D) and the loss mean((v - u)^2).
+// Launch: one thread per (row, 4 columns of grad), 256 per block, at most kMaxBlocks blocks
+// grid-striding; block sums (CUB, double) go to the workspace and the last block to finish adds
+// them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes
+// B*ld grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+
+#include "cufm/kernels.hpp"
+#include "cufm/math.hpp"
+#include "host/cuda/cuda_check.hpp"
+
+namespace cufm::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 1024;
+constexpr size_t kPartialsOffset = 256;  // the counter lives in the first bytes
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+struct LossArgs {
+  FmBatch b;
+  const float* v;
+  int ldv, ld;
+  int noise_groups, tail_chunks;
+  float scale;       // 2 / (B D), computed as the CPU does
+  float* loss;
+  unsigned int* counter;
+  double* partials;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* __restrict__ grad) {
+  using BlockReduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  __shared__ bool is_last;
+  const uint64_t step = *a.b.step;
+  const int per_row = a.noise_groups + a.tail_chunks;
+  const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
+  const int D = a.b.dim;
+  double sum = 0.0;
+  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint32_t row = static_cast<uint32_t>(w / per_row);
+    const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
+    T* out = grad + static_cast<size_t>(row) * a.ld;
+    if (slot < a.noise_groups) {
+      const hd::SampleDraw d = hd::draw_sample(a.b.seed, step, row, a.b.n_data, a.b.time_sampling,
+                                               a.b.logit_mean, a.b.logit_std, a.b.label_dropout);
+      float eps[4];
+      rng::normal4(a.b.seed, step, row, static_cast<uint32_t>(slot), eps);
+      const float* x1 = a.b.data + static_cast<size_t>(d.data_index) * D;
+      const float* v = a.v + static_cast<size_t>(row) * a.ldv;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int col = 4 * slot + k;
+        if (col < D) {
+          const float diff = hd::rn_sub(v[col], hd::path_target(x1[col], eps[k], a.b.sigma_min));
+          store(out + col, hd::rn_mul(diff, a.scale));
+          sum += static_cast<double>(diff) * diff;
+        }
+      }
+    } else {
+      const int first = D + 4 * (slot - a.noise_groups);
+      for (int col = first; col < first + 4 && col < a.ld; ++col) store(out + col, 0.0f);
+    }
+  }
+  const double block_sum = BlockReduce(temp).Sum(sum);
+  if (threadIdx.x == 0) {
+    a.partials[blockIdx.x] = block_sum;
+    __threadfence();  // publish the partial before counting this block as done
+    is_last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  // The last block: every thread sums a fixed strided subset, then a fixed-shape block reduction.
+  double s = 0.0;
+  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
+    s += *static_cast<volatile double*>(a.partials + i);
+  }
+  __syncthreads();  // temp is reused
+  const double all = BlockReduce(temp).Sum(s);
+  if (threadIdx.x == 0) {
+    *a.loss = static_cast<float>(all / (static_cast<double>(a.b.batch) * D));
+    *a.counter = 0u;  // ready for the next call (and the next graph replay)
+  }
+}
+
+}  // namespace
+
+size_t fm_loss_grad_workspace_bytes(int /*batch*/, int /*dim*/) {
+  return kPartialsOffset + sizeof(double) * kMaxBlocks;
+}
+
+void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out,
+                  void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  CUFM_REQUIRE(batch.batch >= 1, "fm_loss_grad: batch must be >= 1, got " << batch.batch);
+  CUFM_REQUIRE(batch.dim >= 1, "fm_loss_grad: dim must be >= 1, got " << batch.dim);
+  CUFM_REQUIRE(batch.n_data >= 1 && batch.data, "fm_loss_grad: data must be a device array of n_data >= 1 rows");
+  CUFM_REQUIRE(batch.step, "fm_loss_grad: step must point to the step index in device memory");
+  CUFM_REQUIRE(v && ldv >= batch.dim, "fm_loss_grad: v must be a device array with ldv (" << ldv << ") >= dim ("
+                                                                                          << batch.dim << ")");
+  CUFM_REQUIRE(out.ld >= batch.dim, "fm_loss_grad: out.ld (" << out.ld << ") must be >= dim " << batch.dim);
+  CUFM_REQUIRE((out.grad == nullptr) != (out.grad_bf16 == nullptr),
+               "fm_loss_grad: set exactly one of out.grad (fp32) and out.grad_bf16");
+  CUFM_REQUIRE(out.loss, "fm_loss_grad: out.loss must point to a device float");
+  CUFM_REQUIRE(workspace && workspace_bytes >= fm_loss_grad_workspace_bytes(batch.batch, batch.dim),
+               "fm_loss_grad: the workspace must hold fm_loss_grad_workspace_bytes() = "
+                   << fm_loss_grad_workspace_bytes(batch.batch, batch.dim) << " bytes, got " << workspace_bytes);
+  LossArgs a{};
+  a.b = batch;
+  a.v = v;
+  a.ldv = ldv;
+  a.ld = out.ld;
+  a.noise_groups = (batch.dim + 3) / 4;
+  a.tail_chunks = (out.ld - batch.dim + 3) / 4;
+  a.scale = 2.0f / (static_cast<float>(batch.batch) * static_cast<float>(batch.dim));
+  a.loss = out.loss;
+  a.counter = static_cast<unsigned int*>(workspace);
+  a.partials = reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset);
+  const int64_t total = static_cast<int64_t>(batch.batch) * (a.noise_groups + a.tail_chunks);
+  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks));
+  if (out.grad) {
+    fm_loss_grad_kernel<float><<<blocks, kThreads, 0, stream>>>(a, out.grad);
+  } else {
+    fm_loss_grad_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(a, out.grad_bf16);
+  }
+  CUFM_CUDA_CHECK_LAUNCH("fm_loss_grad_kernel");
+}
+
+}  // namespace cufm::kernels

@@ -1,0 +1,236 @@
+// Sampling kernels: the initial noise; each solver stage's point y = x + h sum_j a_j k_j fused
+// with writing the model input rows (x | time features | one-hot, twice with guidance); the
+// guidance combine; and the step update fused with Dormand-Prince's scaled error norm, reduced
+// deterministically (double block sums, the last block adds them in order). Launch: 256 threads,
+// one per (row, 4 columns) or per element, grid-stride. Cost: memory-bound, (terms + 2) * 4
+// bytes per element; 10^5 samples x 2 dims is launch-bound (~3 us). Built with -fmad=false: the
+// combinations round exactly as the CPU's combine().
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+
+#include "cufm/math.hpp"
+#include "cufm/philox.hpp"
+#include "host/cuda/cuda_check.hpp"
+#include "host/cuda/ops.hpp"
+
+namespace cufm::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 1024;
+constexpr size_t kPartialsOffset = 256;
+
+int grid_for(int64_t work, int cap) {
+  return static_cast<int>(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, cap));
+}
+
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// The CPU's combine(): acc = sum_j a_j k_j left to right, then x + h acc (x absent: 0 + h acc).
+__device__ __forceinline__ float combine_at(const StageCombination& c, int64_t i) {
+  float acc = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxStages; ++j) {
+    if (j < c.terms) acc += c.a[j] * c.k[j][i];
+  }
+  return (c.x ? c.x[i] : 0.0f) + c.h * acc;
+}
+
+// Block sum then, in the last block to finish, the blocks' sums in order into *out.
+__device__ void finish_sum(double s, double* out, unsigned int* counter, double* partials) {
+  using BlockReduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename BlockReduce::TempStorage temp;
+  __shared__ bool is_last;
+  const double block_sum = BlockReduce(temp).Sum(s);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = block_sum;
+    __threadfence();
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  double p = 0.0;
+  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) p += *static_cast<volatile double*>(partials + i);
+  __syncthreads();
+  const double total = BlockReduce(temp).Sum(p);
+  if (threadIdx.x == 0) {
+    *out = total;
+    *counter = 0u;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) sampler_noise_kernel(uint64_t seed, int64_t count, int dim,
+                                                                 float* __restrict__ x0) {
+  const int groups = (dim + 3) / 4;
+  const int64_t total = count * groups;
+  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = w / groups;
+    const int g = static_cast<int>(w - i * groups);
+    float z[4];
+    rng::normal4(seed, rng::kSamplerNoiseStream, static_cast<uint32_t>(i), static_cast<uint32_t>(g), z);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (4 * g + k < dim) x0[i * dim + 4 * g + k] = z[k];
+    }
+  }
+}
+
+// Min 4 blocks per SM: a 64-register budget. Without it ptxas (CUDA 13, sm_80) caps this kernel
+// at 32 registers and spills.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 4)
+    stage_input_kernel(StageCombination comb, float t, ModelInput in, float* y_out) {
+  T* input = static_cast<T*>(in.input);
+  const int D = in.dim;
+  const int groups = (D + 3) / 4;
+  const int tail = (in.ld - D + 3) / 4;
+  const int per_row = groups + tail;
+  const int tf = hd::time_feature_count(in.time_features);
+  const int64_t total = in.n * per_row;
+  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = w / per_row;
+    const int slot = static_cast<int>(w - row * per_row);
+    T* out0 = input + row * in.ld;
+    T* out1 = input + (in.n + row) * in.ld;  // the null-class copy (guidance)
+    if (slot < groups) {
+      for (int col = 4 * slot; col < 4 * slot + 4 && col < D; ++col) {
+        const int64_t i = row * D + col;
+        const float y = combine_at(comb, i);
+        if (y_out) y_out[i] = y;
+        store(out0 + col, y);
+        if (in.copies == 2) store(out1 + col, y);
+      }
+    } else {
+      int32_t label = -1;
+      if (in.num_classes > 0) {
+        label = in.labels ? in.labels[row] : (in.label_all >= 0 ? in.label_all : in.num_classes);
+      }
+      const int first = D + 4 * (slot - groups);
+      for (int col = first; col < first + 4 && col < in.ld; ++col) {
+        const int c = col - D;
+        float v0 = 0.0f, v1 = 0.0f;
+        if (c < tf) {
+          v0 = v1 = hd::time_feature(t, in.time_features, c);
+        } else if (in.num_classes > 0 && c < tf + in.num_classes + 1) {
+          v0 = (c - tf == label) ? 1.0f : 0.0f;
+          v1 = (c - tf == in.num_classes) ? 1.0f : 0.0f;
+        }
+        store(out0 + col, v0);
+        if (in.copies == 2) store(out1 + col, v1);
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    collect_velocity_kernel(const float* __restrict__ v, int ldv, int64_t n, int dim, int copies, float w,
+                            float* __restrict__ k) {
+  const int64_t total = n * dim;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / dim;
+    const int col = static_cast<int>(e - row * dim);
+    const float cond = v[row * ldv + col];
+    k[e] = copies == 2 ? hd::guided(v[(n + row) * ldv + col], cond, w) : cond;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    solver_update_kernel(StageCombination comb, int64_t elems, float* x_out, StageCombination err_comb,
+                         float atol, float rtol, double* err_sum, unsigned int* counter, double* partials) {
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < elems;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float x_old = comb.x ? comb.x[i] : 0.0f;
+    const float x_new = combine_at(comb, i);
+    x_out[i] = x_new;
+    if (err_sum) s += hd::scaled_error_sq(combine_at(err_comb, i), x_old, x_new, atol, rtol);
+  }
+  if (err_sum) finish_sum(s, err_sum, counter, partials);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    scaled_norm_kernel(const float* __restrict__ e, const float* __restrict__ x, const float* __restrict__ xn,
+                       int64_t elems, float atol, float rtol, double* out, unsigned int* counter,
+                       double* partials) {
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < elems;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s += hd::scaled_error_sq(e[i], x[i], xn ? xn[i] : 0.0f, atol, rtol);
+  }
+  finish_sum(s, out, counter, partials);
+}
+
+void check_combination(const char* what, const StageCombination& c) {
+  CUFM_REQUIRE(c.terms >= 0 && c.terms <= kMaxStages, what << ": 0 to " << kMaxStages << " terms, got " << c.terms);
+  for (int j = 0; j < c.terms; ++j) CUFM_REQUIRE(c.k[j], what << ": stage " << j << " is a null pointer");
+}
+
+}  // namespace
+
+void sampler_noise(uint64_t seed, int64_t count, int dim, float* x0, cudaStream_t stream) {
+  CUFM_REQUIRE(count >= 0 && dim >= 1 && (count == 0 || x0), "sampler_noise: bad arguments (count " << count
+                                                                  << ", dim " << dim << ")");
+  if (count == 0) return;
+  sampler_noise_kernel<<<grid_for(count * ((dim + 3) / 4), 65535), kThreads, 0, stream>>>(seed, count, dim, x0);
+  CUFM_CUDA_CHECK_LAUNCH("sampler_noise_kernel");
+}
+
+void stage_input(const StageCombination& comb, float t, const ModelInput& in, float* y_out, cudaStream_t stream) {
+  check_combination("stage_input", comb);
+  CUFM_REQUIRE(in.n >= 1 && in.dim >= 1 && in.input && (in.copies == 1 || in.copies == 2),
+               "stage_input: bad model input (n " << in.n << ", dim " << in.dim << ", copies " << in.copies << ")");
+  const int width = in.dim + hd::time_feature_count(in.time_features) + (in.num_classes > 0 ? in.num_classes + 1 : 0);
+  CUFM_REQUIRE(in.ld >= width, "stage_input: ld " << in.ld << " is below the input width " << width);
+  const int per_row = (in.dim + 3) / 4 + (in.ld - in.dim + 3) / 4;
+  const int blocks = grid_for(in.n * per_row, 65535);
+  if (in.type == DType::F32) {
+    stage_input_kernel<float><<<blocks, kThreads, 0, stream>>>(comb, t, in, y_out);
+  } else {
+    stage_input_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(comb, t, in, y_out);
+  }
+  CUFM_CUDA_CHECK_LAUNCH("stage_input_kernel");
+}
+
+void collect_velocity(const float* v, int ldv, int64_t n, int dim, int copies, float w, float* k,
+                      cudaStream_t stream) {
+  CUFM_REQUIRE(v && k && n >= 1 && dim >= 1 && ldv >= dim && (copies == 1 || copies == 2),
+               "collect_velocity: bad arguments (n " << n << ", dim " << dim << ", ldv " << ldv << ")");
+  collect_velocity_kernel<<<grid_for(n * dim, 65535), kThreads, 0, stream>>>(v, ldv, n, dim, copies, w, k);
+  CUFM_CUDA_CHECK_LAUNCH("collect_velocity_kernel");
+}
+
+size_t solver_workspace_bytes() { return kPartialsOffset + sizeof(double) * kMaxBlocks; }
+
+void solver_update(const StageCombination& comb, int64_t elems, float* x_out, const StageCombination* err_comb,
+                   float atol, float rtol, double* err_sum, void* workspace, cudaStream_t stream) {
+  check_combination("solver_update", comb);
+  CUFM_REQUIRE(elems >= 1 && x_out, "solver_update: bad arguments (elems " << elems << ")");
+  CUFM_REQUIRE(!err_comb || (err_sum && workspace), "solver_update: an error estimate needs err_sum and workspace");
+  StageCombination err{};
+  if (err_comb) {
+    check_combination("solver_update (error)", *err_comb);
+    err = *err_comb;
+  }
+  solver_update_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
+      comb, elems, x_out, err, atol, rtol, err_comb ? err_sum : nullptr, static_cast<unsigned int*>(workspace),
+      workspace ? reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset) : nullptr);
+  CUFM_CUDA_CHECK_LAUNCH("solver_update_kernel");
+}
+
+void scaled_norm_sq(const float* e, const float* x, const float* xn, int64_t elems, float atol, float rtol,
+                    double* out, void* workspace, cudaStream_t stream) {
+  CUFM_REQUIRE(e && x && out && workspace && elems >= 1, "scaled_norm_sq: bad arguments (elems " << elems << ")");
+  scaled_norm_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
+      e, x, xn, elems, atol, rtol, out, static_cast<unsigned int*>(workspace),
+      reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset));
+  CUFM_CUDA_CHECK_LAUNCH("scaled_norm_kernel");
+}
+
+}  // namespace cufm::cuda

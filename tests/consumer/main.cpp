@@ -1,0 +1,18 @@
+// A project outside cuFM that finds the installed package and trains a few steps.
+#include <cufm/cufm.hpp>
+
+#include <cmath>
+#include <cstdio>
+
+int main() {
+  const cufm::Dataset data = cufm::make_toy("moons", 1000, 0);
+  cufm::MlpConfig mlp;
+  mlp.hidden = {32, 32};
+  cufm::TrainConfig cfg;
+  cfg.batch_size = 128;
+  cfg.device = cufm::Device::CPU;
+  cufm::Trainer trainer(cufm::Model(mlp, 0), data, cfg);
+  const float loss = trainer.step();
+  std::printf("consumer: cuFM %s, loss %.4f\n", cufm::version().c_str(), loss);
+  return std::isfinite(loss) && loss > 0.0f ? 0 : 1;
+}
