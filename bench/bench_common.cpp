@@ -117,7 +117,8 @@ std::vector<Backend> backends(const Options& opt) {
     cuda_reason = "no GPU visible to the CUDA runtime";
   }
   for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
-    all.push_back(Backend{std::string("cuda-") + to_string(p), Device::CUDA, p, cuda_reason.empty(), cuda_reason});
+    all.push_back(
+        Backend{std::string("cuda-") + to_string(p), Device::CUDA, p, cuda_reason.empty(), cuda_reason});
   }
   std::vector<Backend> out;
   for (const Backend& b : all) {
@@ -125,7 +126,8 @@ std::vector<Backend> backends(const Options& opt) {
   }
   for (const std::string& name : opt.backends) {
     const bool known = std::any_of(all.begin(), all.end(), [&](const Backend& b) { return b.name == name; });
-    CUFM_REQUIRE(known, "--backends: unknown backend '" << name << "': expected cpu, cuda-fp32, cuda-tf32 or cuda-bf16");
+    CUFM_REQUIRE(known, "--backends: unknown backend '"
+                            << name << "': expected cpu, cuda-fp32, cuda-tf32 or cuda-bf16");
   }
   return out;
 }
@@ -245,7 +247,8 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
   cpu::set_threads(threads);
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<float> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(n) * k), out(static_cast<size_t>(m) * n);
+  std::vector<float> a(static_cast<size_t>(m) * k), b(static_cast<size_t>(n) * k),
+      out(static_cast<size_t>(m) * n);
   for (float& v : a) v = u(rng);
   for (float& v : b) v = u(rng);
   auto gemm = [&] {
@@ -315,7 +318,9 @@ std::string Table::markdown() const {
   return os.str();
 }
 
-int resolved_threads(int threads) { return threads > 0 ? threads : omp_get_num_procs(); }
+int resolved_threads(int threads) {
+  return threads > 0 ? threads : omp_get_num_procs();
+}
 
 nlohmann::json machine_info(int threads) {
   nlohmann::json m;
@@ -332,7 +337,9 @@ nlohmann::json machine_info(int threads) {
   m["logical_cpus"] = static_cast<int>(std::thread::hardware_concurrency());
   m["threads"] = resolved_threads(threads);
   m["cufm_version"] = version();
-  m["build"] = build_summary();
+  std::string build = build_summary();
+  std::replace(build.begin(), build.end(), '\n', ';');
+  m["build"] = build;
   nlohmann::json gpus = nlohmann::json::array();
   for (const DeviceInfo& d : cuda_devices()) {
     gpus.push_back({{"index", d.index},
@@ -350,13 +357,13 @@ Report::Report(std::string tool_name, const Options& options) : tool(std::move(t
   json["smoke"] = opt.smoke;
   json["machine"] = machine_info(opt.threads);
   const nlohmann::json& m = json["machine"];
-  preamble.push_back("cuFM " + m["cufm_version"].get<std::string>() + " (" + m["build"].get<std::string>() + ")");
+  preamble.push_back("Build: " + m["build"].get<std::string>());
   preamble.push_back("CPU: " + m["cpu_model"].get<std::string>() + ", " +
                      std::to_string(m["logical_cpus"].get<int>()) + " logical CPUs, " +
                      std::to_string(m["threads"].get<int>()) + " threads used");
-  for (const auto& g : m["gpus"]) preamble.push_back("GPU " + std::to_string(g["index"].get<int>()) + ": " +
-                                                     g["name"].get<std::string>() + " (sm_" +
-                                                     g["sm"].get<std::string>() + ")");
+  for (const auto& g : m["gpus"])
+    preamble.push_back("GPU " + std::to_string(g["index"].get<int>()) + ": " + g["name"].get<std::string>() +
+                       " (sm_" + g["sm"].get<std::string>() + ")");
   if (m["gpus"].empty()) preamble.push_back("GPU: none");
   if (opt.smoke) preamble.push_back("SMOKE RUN: tiny sizes and repeat counts, the timings mean nothing");
 }
@@ -423,8 +430,9 @@ std::map<std::string, double> measure_ceilings(const std::vector<Backend>& bs, R
                   {"median_s", c.time.median},
                   {"tflops", c.tflops}});
   }
-  t.notes.push_back("Row-major C[M,N] = A[M,K] B[N,K]^T, the shape of a width-512 layer's forward at batch 4096; "
-                    "the workloads' \"% of ceiling\" is against the 4096 x 512 x 512 GEMM of the same backend.");
+  t.notes.push_back(
+      "Row-major C[M,N] = A[M,K] B[N,K]^T, the shape of a width-512 layer's forward at batch 4096; "
+      "the workloads' \"% of ceiling\" is against the 4096 x 512 x 512 GEMM of the same backend.");
   rep.json["ceilings"] = js;
   rep.tables.push_back(t);
   return out;

@@ -6,11 +6,10 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
@@ -24,13 +23,13 @@ struct Options {
   bool smoke = false;                  // tiny sizes, one or two repeats: checks that every row runs
   std::vector<std::string> workloads;  // empty: all
   std::vector<std::string> backends;   // empty: all built (cpu, cuda-fp32, cuda-tf32, cuda-bf16)
-  int steps = 0;                       // measured training steps / sampling repeats per row (0: per-row default)
-  int warmup = -1;                     // warm-up steps / runs (-1: per-row default)
-  int64_t quality_steps = -1;          // training steps before the quality check (-1: per-device default)
-  bool full = false;                   // measure the 20,000-step R1 training instead of extrapolating
-  double budget_s = 60.0;              // CPU sampling: stop repeating once this much time is spent
-  std::string out_md;                  // --out FILE
-  std::string out_json;                // --json FILE
+  int steps = 0;               // measured training steps / sampling repeats per row (0: per-row default)
+  int warmup = -1;             // warm-up steps / runs (-1: per-row default)
+  int64_t quality_steps = -1;  // training steps before the quality check (-1: per-device default)
+  bool full = false;           // measure the 20,000-step R1 training instead of extrapolating
+  double budget_s = 0.0;       // sampling: stop repeating after this many s (0: CPU 60, GPU 10)
+  std::string out_md;          // --out FILE
+  std::string out_json;        // --json FILE
 };
 
 // Parses argv; prints `usage` and exits 0 on --help, throws cufm::Error on a bad argument.
@@ -56,8 +55,8 @@ struct TrainWorkload {
   std::string variant;  // "w64-b16384" etc.: unique with id; "" for single-row workloads
   MlpConfig model;
   int batch = 0;
-  int cpu_steps = 0;    // default measured steps on the CPU (fixed per row)
-  std::string data;     // "checkerboard" or "gmm64"
+  int cpu_steps = 0;  // default measured steps on the CPU (fixed per row)
+  std::string data;   // "checkerboard" or "gmm64"
 };
 
 std::vector<TrainWorkload> train_workloads(const Options& opt);
@@ -104,8 +103,8 @@ struct Table {
   std::string markdown() const;
 };
 
-std::string fmt(double v, int precision = 3);   // fixed-point with `precision` significant-ish digits
-std::string fmt_si(double v);                    // 1.23e6 -> "1.23 M"
+std::string fmt(double v, int precision = 3);  // fixed-point with `precision` significant-ish digits
+std::string fmt_si(double v);                  // 1.23e6 -> "1.23 M"
 
 struct Report {
   std::string tool;  // "cufm_bench_train", ...

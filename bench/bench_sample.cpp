@@ -3,8 +3,8 @@
 // (2·P per point per model evaluation) against the GEMM ceiling measured in the same run.
 //
 // Sampling time does not depend on the weights, so the models are the seed-0 initialisations.
-// CPU: one warm-up call on 1,000 points, then full calls until --repeats are done or --budget
-// seconds are spent (at least one); GPU: one full warm-up call, then --repeats (default 10) calls.
+// Warm-up: one call at the full count with one solver step. Then full calls until --repeats
+// (CPU 3, GPU 10) are done or --budget seconds (CPU 60, GPU 10) are spent, at least one call.
 // The median wall time of sample() is reported (on the GPU it includes the 400 KB copy back).
 #include <cmath>
 #include <iostream>
@@ -20,14 +20,15 @@ namespace cufm::bench {
 namespace {
 
 const char* kUsage =
-    "cufm_bench_sample: sampling time of R1 (midpoint 20 steps) and R4 (guided RK4 32 steps), 50,000 points.\n"
+    "cufm_bench_sample: sampling time of R1 (midpoint 20 steps) and R4 (guided RK4 32 steps), 50,000 "
+    "points.\n"
     "  --threads N          CPU threads (0: all cores)\n"
     "  --workloads R1,R4    subset (default: both)\n"
     "  --backends LIST      subset of cpu,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
     "  --repeats N          timed calls per row (default: CPU 3, GPU 10)\n"
-    "  --budget S           CPU: stop repeating a row once S seconds are spent (default 60)\n"
+    "  --budget S           stop repeating a row after S seconds (default: CPU 60, GPU 10)\n"
     "  --warmup N           warm-up calls (default 1)\n"
-    "  --smoke              1,000 points, one repeat: checks every row runs (timings meaningless)\n"
+    "  --smoke              200 points, one repeat: checks every row runs (timings meaningless)\n"
     "  --out FILE / --json FILE\n";
 
 struct SampleWorkload {
@@ -50,18 +51,23 @@ std::vector<SampleWorkload> sample_workloads(const Options& opt) {
   if (selected(opt.workloads, "R1")) out.push_back({"R1", r1, Solver::Midpoint, 20, std::nullopt});
   if (selected(opt.workloads, "R4")) out.push_back({"R4", r4, Solver::RK4, 32, 3.0f});
   for (const std::string& id : opt.workloads) {
-    CUFM_REQUIRE(id == "R1" || id == "R4", "--workloads: cufm_bench_sample runs R1 and R4, got '" << id << "'");
+    CUFM_REQUIRE(id == "R1" || id == "R4",
+                 "--workloads: cufm_bench_sample runs R1 and R4, got '" << id << "'");
   }
   return out;
 }
 
 int stages(Solver s) {
   switch (s) {
-    case Solver::Euler: return 1;
+    case Solver::Euler:
+      return 1;
     case Solver::Midpoint:
-    case Solver::Heun: return 2;
-    case Solver::RK4: return 4;
-    default: return 6;
+    case Solver::Heun:
+      return 2;
+    case Solver::RK4:
+      return 4;
+    default:
+      return 6;
   }
 }
 
@@ -74,7 +80,8 @@ SampleConfig sample_config(const SampleWorkload& w, const Backend& b, int64_t co
   sc.guidance = w.guidance;
   if (w.model.num_classes > 0) {
     sc.labels.resize(static_cast<size_t>(count));
-    for (int64_t i = 0; i < count; ++i) sc.labels[static_cast<size_t>(i)] = static_cast<int32_t>(i % w.model.num_classes);
+    for (int64_t i = 0; i < count; ++i)
+      sc.labels[static_cast<size_t>(i)] = static_cast<int32_t>(i % w.model.num_classes);
   }
   sc.device = b.device;
   sc.precision = b.precision;
@@ -82,20 +89,22 @@ SampleConfig sample_config(const SampleWorkload& w, const Backend& b, int64_t co
   return sc;
 }
 
-void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, double>& ceilings, Report& rep) {
+void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, double>& ceilings,
+                  Report& rep) {
   const Options& opt = rep.opt;
-  const int64_t count = opt.smoke ? 1000 : 50000;
+  const int64_t count = opt.smoke ? 200 : 50000;
   Table t;
   t.title = "Sampling " + std::to_string(count) + " points (seconds: median of timed calls after warm-up)";
-  t.header = {"Workload", "Solver", "Model evals", "Backend", "Repeats", "s median [min, max]", "samples/s",
-              "TFLOP/s", "% of ceiling", "vs CPU"};
+  t.header = {"Workload",  "Solver",  "Model evals",  "Backend", "Repeats", "s median [min, max]",
+              "samples/s", "TFLOP/s", "% of ceiling", "vs CPU"};
   nlohmann::json rows = nlohmann::json::array();
   for (const SampleWorkload& w : sample_workloads(opt)) {
     const Model model(w.model, 0);
     const size_t params = model.num_params();
     // Model forwards per point: stages x steps, twice with guidance (conditional and null).
     const int64_t evals = int64_t{stages(w.solver)} * w.steps * (w.guidance ? 2 : 1);
-    const double flop = 2.0 * static_cast<double>(params) * static_cast<double>(count) * static_cast<double>(evals);
+    const double flop =
+        2.0 * static_cast<double>(params) * static_cast<double>(count) * static_cast<double>(evals);
     std::string solver = std::string(to_string(w.solver)) + " " + std::to_string(w.steps) + " steps";
     if (w.guidance) solver += ", guidance " + fmt(*w.guidance, 3);
     double cpu_s = NAN;
@@ -116,14 +125,17 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
       try {
         const int warmup = opt.warmup >= 0 ? opt.warmup : 1;
         const int repeats = opt.steps > 0 ? opt.steps : (opt.smoke ? 1 : (gpu ? 10 : 3));
-        // The CPU warms up on a small batch: a full R4 call takes minutes there.
-        const SampleConfig warm = sample_config(w, b, gpu ? count : std::min<int64_t>(count, 1000), opt.threads);
+        // Warm-up at the full count (allocations, thread pool, caches) but one solver step: a full
+        // R4 call takes minutes on the CPU.
+        SampleConfig warm = sample_config(w, b, count, opt.threads);
+        warm.steps = 1;
         for (int i = 0; i < warmup; ++i) sample(model, warm);
         const SampleConfig sc = sample_config(w, b, count, opt.threads);
         std::vector<double> times;
         double spent = 0.0;
         bool finite = true;
-        for (int i = 0; i < repeats && (gpu || i == 0 || spent < opt.budget_s); ++i) {
+        const double budget = opt.budget_s > 0.0 ? opt.budget_s : (gpu ? 10.0 : 60.0);
+        for (int i = 0; i < repeats && (i == 0 || spent < budget); ++i) {
           const double t0 = now_s();
           const SampleResult res = sample(model, sc);
           times.push_back(now_s() - t0);
@@ -154,17 +166,19 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
                   {"speedup_vs_cpu", std::isfinite(vs_cpu) ? nlohmann::json(vs_cpu) : nlohmann::json()}});
       } catch (const std::exception& e) {
         std::cerr << " failed\n";
-        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, "-", std::string("failed: ") + e.what(), "-",
-                          "-", "-", "-"});
+        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, "-",
+                          std::string("failed: ") + e.what(), "-", "-", "-", "-"});
         j.update({{"status", "failed"}, {"reason", e.what()}});
       }
       rows.push_back(j);
     }
   }
-  t.notes.push_back("Model evals: forward passes per point (solver stages x steps, x2 with guidance: conditional "
-                    "and null class); TFLOP/s counts 2·P FLOP per point per forward.");
-  t.notes.push_back("CPU rows repeat until --repeats calls are done or --budget seconds are spent (at least one "
-                    "call); the Repeats column says how many ran.");
+  t.notes.push_back(
+      "Model evals: forward passes per point (solver stages x steps, x2 with guidance: conditional "
+      "and null class); TFLOP/s counts 2·P FLOP per point per forward.");
+  t.notes.push_back(
+      "Rows repeat until --repeats calls are done or --budget seconds are spent (at least one "
+      "call); the Repeats column says how many ran.");
   note_skipped(bs, rep, t);
   rep.json["sample"] = rows;
   rep.tables.push_back(t);

@@ -82,7 +82,8 @@ TrainRow measure_training(const TrainWorkload& w, const Backend& b, const Datase
   TrainRow r;
   r.per_step = summarize(per_step);
   r.loss = trainer.loss();
-  CUFM_REQUIRE(std::isfinite(r.loss), "training " << w.id << " on " << b.name << " diverged (loss " << r.loss << ")");
+  CUFM_REQUIRE(std::isfinite(r.loss),
+               "training " << w.id << " on " << b.name << " diverged (loss " << r.loss << ")");
   return r;
 }
 
@@ -100,8 +101,18 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
   const Options& opt = rep.opt;
   Table t;
   t.title = "Training (ms/step: median of individually timed steps after warm-up)";
-  t.header = {"Workload", "Model", "Params", "Batch", "Backend", "Steps (warm-up)", "ms/step median [min, max]",
-              "samples/s", "TFLOP/s", "% of ceiling", "vs CPU", "Final loss"};
+  t.header = {"Workload",
+              "Model",
+              "Params",
+              "Batch",
+              "Backend",
+              "Steps (warm-up)",
+              "ms/step median [min, max]",
+              "samples/s",
+              "TFLOP/s",
+              "% of ceiling",
+              "vs CPU",
+              "Final loss"};
   nlohmann::json rows = nlohmann::json::array();
   std::map<std::string, Dataset> data_cache;
   for (const TrainWorkload& w : train_workloads(opt)) {
@@ -136,11 +147,12 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
         const double vs_cpu = cpu_ms / ms;
         std::cerr << " " << fmt(ms, 4) << " ms/step\n";
         const int warm = opt.warmup >= 0 ? opt.warmup : (opt.smoke ? 1 : (b.device == Device::CUDA ? 20 : 2));
-        t.rows.push_back({name, describe(w.model), fmt_si(static_cast<double>(params)), std::to_string(w.batch),
-                          b.name, std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
-                          fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
-                          fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-                          b.device == Device::CPU ? "1" : fmt(vs_cpu, 3) + "x", fmt(r.loss, 4)});
+        t.rows.push_back(
+            {name, describe(w.model), fmt_si(static_cast<double>(params)), std::to_string(w.batch), b.name,
+             std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
+             fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
+             fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
+             b.device == Device::CPU ? "1" : fmt(vs_cpu, 3) + "x", fmt(r.loss, 4)});
         j.update({{"status", "ok"},
                   {"steps", r.per_step.repeats},
                   {"warmup", warm},
@@ -154,19 +166,23 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
                   {"final_loss", r.loss}});
       } catch (const std::exception& e) {
         std::cerr << " failed\n";
-        t.rows.push_back({name, describe(w.model), fmt_si(static_cast<double>(params)), std::to_string(w.batch),
-                          b.name, "-", std::string("failed: ") + e.what(), "-", "-", "-", "-", "-"});
+        t.rows.push_back({name, describe(w.model), fmt_si(static_cast<double>(params)),
+                          std::to_string(w.batch), b.name, "-", std::string("failed: ") + e.what(), "-", "-",
+                          "-", "-", "-"});
         j.update({{"status", "failed"}, {"reason", e.what()}});
       }
       rows.push_back(j);
     }
   }
-  t.notes.push_back("TFLOP/s counts 6·B·P FLOP per step (forward 2·B·P, backward 4·B·P; P = parameters); "
-                    "\"vs CPU\" is the CPU backend's ms/step over this row's, in this run.");
-  t.notes.push_back("R2: 5 hidden layers of width w, batch b; R3: D=64 Gaussian mixture (8 modes); R4: R1's model "
-                    "with 8 classes (+ null class one-hot input), label dropout 0.1.");
-  t.notes.push_back("GPU rows: wall time of Trainer::run(10) + loss() (a device sync) per chunk of 10 steps, "
-                    "median over chunks, divided by 10.");
+  t.notes.push_back(
+      "TFLOP/s counts 6·B·P FLOP per step (forward 2·B·P, backward 4·B·P; P = parameters); "
+      "\"vs CPU\" is the CPU backend's ms/step over this row's, in this run.");
+  t.notes.push_back(
+      "R2: 5 hidden layers of width w, batch b; R3: D=64 Gaussian mixture (8 modes); R4: R1's model "
+      "with 8 classes (+ null class one-hot input), label dropout 0.1.");
+  t.notes.push_back(
+      "GPU rows: wall time of Trainer::run(10) + loss() (a device sync) per chunk of 10 steps, "
+      "median over chunks, divided by 10.");
   note_skipped(bs, rep, t);
   rep.json["train"] = rows;
   rep.tables.push_back(t);
@@ -184,8 +200,8 @@ void run_quality(const std::vector<Backend>& bs, const std::map<std::string, dou
 
   Table t;
   t.title = "R1: time to 20,000 steps and sample quality after N steps";
-  t.header = {"Backend", "N steps trained", "Train time (s)", "Final loss", "20,000 steps (s)", "Sampling (s)",
-              "Sliced W2", "Energy distance"};
+  t.header = {"Backend",          "N steps trained", "Train time (s)", "Final loss",
+              "20,000 steps (s)", "Sampling (s)",    "Sliced W2",      "Energy distance"};
   nlohmann::json rows = nlohmann::json::array();
   for (const Backend& b : bs) {
     if (!b.available) continue;
@@ -203,7 +219,7 @@ void run_quality(const std::vector<Backend>& bs, const std::map<std::string, dou
       j["time_20k_kind"] = "extrapolated";
     }
     if (n == 0) {
-      t.rows.push_back({b.name, "0 (quality skipped)", "-", "-", t20k, "-", "-", "-"});
+      t.rows.push_back({b.name, "0 (--quality-steps 0)", "-", "-", t20k, "-", "-", "-"});
       j["status"] = "skipped";
       rows.push_back(j);
       continue;
@@ -244,16 +260,20 @@ void run_quality(const std::vector<Backend>& bs, const std::map<std::string, dou
                 {"energy_distance", ed}});
     } catch (const std::exception& e) {
       std::cerr << " failed\n";
-      t.rows.push_back({b.name, std::to_string(n), std::string("failed: ") + e.what(), "-", t20k, "-", "-", "-"});
+      t.rows.push_back(
+          {b.name, std::to_string(n), std::string("failed: ") + e.what(), "-", t20k, "-", "-", "-"});
       j.update({{"status", "failed"}, {"reason", e.what()}});
     }
     rows.push_back(j);
   }
-  t.notes.push_back("Quality: R1 trained N steps from the seed-0 initialisation, then " + std::to_string(count) +
-                    " points sampled with midpoint, 20 steps; sliced W2 (256 projections) and energy distance "
-                    "(4000-point subsets) to " + std::to_string(count) + " fresh checkerboard points.");
+  t.notes.push_back(
+      "Quality: R1 trained N steps from the seed-0 initialisation, then " + std::to_string(count) +
+      " points sampled with midpoint, 20 steps; sliced W2 (256 projections) and energy distance "
+      "(4000-point subsets) to " +
+      std::to_string(count) + " fresh checkerboard points.");
   t.notes.push_back("Floor (two independent draws of the data): sliced W2 " + fmt(floor_sw2, 4) +
-                    ", energy distance " + fmt(floor_ed, 4) + ". N is small on the CPU by default: a 20k-step "
+                    ", energy distance " + fmt(floor_ed, 4) +
+                    ". N is small on the CPU by default: a 20k-step "
                     "CPU run takes about an hour; pass --quality-steps 20000 (or --full) to do it.");
   rep.json["quality"] = rows;
   rep.json["quality_floor"] = {{"sliced_w2", floor_sw2}, {"energy_distance", floor_ed}, {"count", count}};
@@ -272,7 +292,8 @@ int main(int argc, char** argv) {
     const std::map<std::string, double> ceilings = measure_ceilings(bs, rep);
     std::map<std::string, double> r1_ms;
     run_training(bs, ceilings, rep, r1_ms);
-    if (selected(opt.workloads, "R1") && opt.quality_steps != 0) run_quality(bs, r1_ms, rep);
+    if (selected(opt.workloads, "R1"))
+      run_quality(bs, r1_ms, rep);  // with --quality-steps 0: the 20k time only
     rep.finish();
   } catch (const std::exception& e) {
     std::cerr << "cufm_bench_train: " << e.what() << "\n";

@@ -61,7 +61,8 @@ struct CublasHandle {
   cublasHandle_t h = nullptr;
   CublasHandle() { CUFM_CUBLAS_CHECK(cublasCreate(&h)); }
   ~CublasHandle() {
-    if (h && cublasDestroy(h) != CUBLAS_STATUS_SUCCESS) std::fprintf(stderr, "cufm_bench: warning: cublasDestroy failed\n");
+    if (h && cublasDestroy(h) != CUBLAS_STATUS_SUCCESS)
+      std::fprintf(stderr, "cufm_bench: warning: cublasDestroy failed\n");
   }
   CublasHandle(const CublasHandle&) = delete;
   CublasHandle& operator=(const CublasHandle&) = delete;
@@ -76,7 +77,9 @@ Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int repeats) {
   c.n = n;
   c.k = k;
   const bool bf16 = p == Precision::BF16;
-  c.what = std::string("cuBLAS GEMM ") + (bf16 ? "bf16 in/out, fp32 accumulate" : p == Precision::TF32 ? "tf32" : "fp32");
+  c.what = std::string("cuBLAS GEMM ") + (bf16                   ? "bf16 in/out, fp32 accumulate"
+                                          : p == Precision::TF32 ? "tf32"
+                                                                 : "fp32");
   try {
     const size_t elem = bf16 ? 2 : 4;
     cuda::DeviceBuffer a(elem * m * k, "the GEMM ceiling's A"), b(elem * n * k, "the GEMM ceiling's B"),
@@ -89,13 +92,15 @@ Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int repeats) {
     CUFM_CUBLAS_CHECK(cublasSetStream(handle.h, timer.stream()));
     const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
     // fp32: CUBLAS_COMPUTE_32F in the default math mode, which does not use tf32 tensor cores.
-    const cublasComputeType_t compute = p == Precision::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const cublasComputeType_t compute =
+        p == Precision::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const float alpha = 1.0f, beta = 0.0f;
     // Row-major C[m,n] = A[m,k] B[n,k]^T read column-major is C^T[n,m] = B A^T, where the buffers
     // read column-major are B^T [k,n] and A^T [k,m]: so op = T on B's buffer, N on A's.
     auto gemm = [&](cudaStream_t) {
-      CUFM_CUBLAS_CHECK(cublasGemmEx(handle.h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, b.get(), type, k, a.get(),
-                                     type, k, &beta, out.get(), type, n, compute, CUBLAS_GEMM_DEFAULT));
+      CUFM_CUBLAS_CHECK(cublasGemmEx(handle.h, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &alpha, b.get(), type, k,
+                                     a.get(), type, k, &beta, out.get(), type, n, compute,
+                                     CUBLAS_GEMM_DEFAULT));
     };
     c.time = timer.time(5, repeats, {}, gemm);
     c.tflops = 2.0 * m * n * static_cast<double>(k) / c.time.median * 1e-12;

@@ -477,7 +477,8 @@ Checkpoint load_checkpoint(const std::string& path) {
   return ckpt;
 }
 
-Model Checkpoint::to_model(bool use_ema) const {
+Model Checkpoint::to_model(Weights which) const {
+  const bool use_ema = which == Weights::Ema;
   if (use_ema) {
     CUFM_REQUIRE(
         !state.ema.empty(),

@@ -231,11 +231,12 @@ Dataset load_npy_dataset(const std::string& data_path, const std::string& labels
     const char kind = labels.dtype.size() == 3 ? labels.dtype[1] : '?';
     CUFM_REQUIRE(kind == 'i' || kind == 'u', "labels file '" << labels_path << "' holds '" << labels.dtype
                                                              << "'; labels must be integers");
+    std::string got = "(";
+    for (size_t i = 0; i < labels.shape.size(); ++i) got += (i ? ", " : "") + std::to_string(labels.shape[i]);
+    got += labels.shape.size() == 1 ? ",)" : ")";
     CUFM_REQUIRE(labels.shape.size() == 1 && labels.shape[0] == d.n,
                  "labels file '" << labels_path << "' must have shape (" << d.n << ",) to match '"
-                                 << data_path << "', got " << labels.shape.size() << " dimensions"
-                                 << (labels.shape.empty() ? "" : " with first extent ")
-                                 << (labels.shape.empty() ? "" : std::to_string(labels.shape[0])));
+                                 << data_path << "', got " << got);
     d.labels.resize(labels.values.size());
     int32_t max_label = -1;
     for (size_t i = 0; i < labels.values.size(); ++i) {

@@ -21,13 +21,17 @@ struct alignas(8) Bf16x4 {
   __nv_bfloat162 lo, hi;
 };
 
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
 __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   const Bf16x4 v = *reinterpret_cast<const Bf16x4*>(p);
   const float2 lo = __bfloat1622float2(v.lo), hi = __bfloat1622float2(v.hi);
   return make_float4(lo.x, lo.y, hi.x, hi.y);
 }
-__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
 __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
   Bf16x4 o;
   o.lo = __floats2bfloat162_rn(v.x, v.y);
@@ -41,8 +45,8 @@ int grid_for(int64_t work) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    activation_forward_kernel(Activation act, T* __restrict__ z, T* __restrict__ a, const float* __restrict__ bias,
-                              int64_t quads, int width) {
+    activation_forward_kernel(Activation act, T* __restrict__ z, T* __restrict__ a,
+                              const float* __restrict__ bias, int64_t quads, int width) {
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < quads;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = 4 * q;
@@ -89,14 +93,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(float v) {
+  return v;
+}
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
 // 32 columns x 32 row lanes per block: lane (tx, ty) sums rows ty, ty + 32, ... of column tx,
 // then the 32 lane sums are added in ty order. Coalesced along the row.
 template <typename T>
-__global__ void __launch_bounds__(1024) column_sum_kernel(const T* __restrict__ g, int64_t rows, int width,
-                                                          float* __restrict__ db) {
+__global__ void __launch_bounds__(1024)
+    column_sum_kernel(const T* __restrict__ g, int64_t rows, int width, float* __restrict__ db) {
   __shared__ float part[32][33];
   const int col = blockIdx.x * 32 + threadIdx.x;
   float s = 0.0f;
@@ -114,14 +122,14 @@ __global__ void __launch_bounds__(1024) column_sum_kernel(const T* __restrict__ 
 
 void check_shape(const char* what, int64_t rows, int width) {
   CUFM_REQUIRE(rows >= 1 && width >= 4 && width % 4 == 0,
-               what << ": rows must be >= 1 and width a positive multiple of 4, got rows " << rows << " width "
-                    << width);
+               what << ": rows must be >= 1 and width a positive multiple of 4, got rows " << rows
+                    << " width " << width);
 }
 
 }  // namespace
 
-void activation_forward(Activation act, DType type, void* z, void* a, const float* bias, int64_t rows, int width,
-                        cudaStream_t stream) {
+void activation_forward(Activation act, DType type, void* z, void* a, const float* bias, int64_t rows,
+                        int width, cudaStream_t stream) {
   check_shape("activation_forward", rows, width);
   CUFM_REQUIRE(z && a, "activation_forward: z and a must be device arrays");
   const int64_t quads = rows * width / 4;
@@ -155,23 +163,24 @@ void bias_add(DType type, void* z, const float* bias, int64_t rows, int width, c
   CUFM_REQUIRE(z && bias, "bias_add: z and bias must be device arrays");
   const int64_t quads = rows * width / 4;
   if (type == DType::F32) {
-    bias_add_kernel<float><<<grid_for(quads), kThreads, 0, stream>>>(static_cast<float*>(z), bias, quads, width);
+    bias_add_kernel<float>
+        <<<grid_for(quads), kThreads, 0, stream>>>(static_cast<float*>(z), bias, quads, width);
   } else {
-    bias_add_kernel<__nv_bfloat16><<<grid_for(quads), kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(z), bias,
-                                                                             quads, width);
+    bias_add_kernel<__nv_bfloat16>
+        <<<grid_for(quads), kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(z), bias, quads, width);
   }
   CUFM_CUDA_CHECK_LAUNCH("bias_add_kernel");
 }
 
 void column_sum(DType type, const void* g, int64_t rows, int width, float* db, cudaStream_t stream) {
-  CUFM_REQUIRE(rows >= 1 && width >= 1 && g && db, "column_sum: bad arguments (rows " << rows << ", width "
-                                                                                      << width << ")");
+  CUFM_REQUIRE(rows >= 1 && width >= 1 && g && db,
+               "column_sum: bad arguments (rows " << rows << ", width " << width << ")");
   const dim3 block(32, 32), grid((width + 31) / 32);
   if (type == DType::F32) {
     column_sum_kernel<float><<<grid, block, 0, stream>>>(static_cast<const float*>(g), rows, width, db);
   } else {
-    column_sum_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(g), rows,
-                                                                  width, db);
+    column_sum_kernel<__nv_bfloat16>
+        <<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(g), rows, width, db);
   }
   CUFM_CUDA_CHECK_LAUNCH("column_sum_kernel");
 }

@@ -4,10 +4,9 @@
 // p, m, v, the EMA and the bf16 copy of p in one pass, 4 floats per thread. Cost: memory-bound,
 // ~24 bytes/param (+8 with EMA, +2 bf16): 0.8 M params is ~20 MB, ~5 us on an H200.
 // Built with -fmad=false so the update rounds exactly as the CPU reference does.
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
 #include <cmath>
+#include <cub/block/block_reduce.cuh>
 
 #include "cufm/math.hpp"
 #include "host/cuda/cuda_check.hpp"
@@ -31,7 +30,8 @@ __device__ hd::AdamCoeffs device_adam_coeffs(const OptimConfig& o, uint64_t t, f
   c.weight_decay = o.weight_decay;
   c.decoupled = o.kind == Optimizer::AdamW;
   c.bias_corr1 = static_cast<float>(1.0 - pow(static_cast<double>(o.beta1), static_cast<double>(t)));
-  c.bias_corr2_sqrt = static_cast<float>(sqrt(1.0 - pow(static_cast<double>(o.beta2), static_cast<double>(t))));
+  c.bias_corr2_sqrt =
+      static_cast<float>(sqrt(1.0 - pow(static_cast<double>(o.beta2), static_cast<double>(t))));
   c.grad_scale = 1.0f;
   if (o.grad_clip > 0.0f) c.grad_scale = fminf(1.0f, o.grad_clip / (grad_norm + 1e-6f));
   c.ema_decay = o.ema_decay;
@@ -60,7 +60,8 @@ __global__ void __launch_bounds__(kThreads)
   if (!is_last) return;
   __threadfence();
   double p = 0.0;
-  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) p += *static_cast<volatile double*>(partials + i);
+  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x)
+    p += *static_cast<volatile double*>(partials + i);
   __syncthreads();
   const double total = BlockReduce(temp).Sum(p);
   if (threadIdx.x == 0) {
@@ -74,8 +75,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads)
-    adam_update_kernel(const AdamDeviceState* __restrict__ state, const float* __restrict__ grads, size_t quads,
-                       float* __restrict__ params, float* __restrict__ m, float* __restrict__ v,
+    adam_update_kernel(const AdamDeviceState* __restrict__ state, const float* __restrict__ grads,
+                       size_t quads, float* __restrict__ params, float* __restrict__ m, float* __restrict__ v,
                        float* __restrict__ ema, __nv_bfloat16* __restrict__ params_bf16) {
   const hd::AdamCoeffs c = state->coeffs;
   for (size_t q = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; q < quads;
@@ -110,10 +111,12 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-size_t adam_workspace_bytes() { return kPartialsOffset + sizeof(double) * kNormBlocks; }
+size_t adam_workspace_bytes() {
+  return kPartialsOffset + sizeof(double) * kNormBlocks;
+}
 
-void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDeviceState* state, void* workspace,
-                  cudaStream_t stream) {
+void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDeviceState* state,
+                  void* workspace, cudaStream_t stream) {
   CUFM_REQUIRE(state && workspace, "adam_prepare: state and workspace must be device pointers");
   CUFM_REQUIRE(n == 0 || grads, "adam_prepare: grads must be a device array");
   // Without clipping the norm is not needed: one block computes the coefficients only.
@@ -125,10 +128,11 @@ void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDe
   CUFM_CUDA_CHECK_LAUNCH("adam_prepare_kernel");
 }
 
-void adam_update(const AdamDeviceState* state, const float* grads, size_t n, float* params, float* m, float* v,
-                 float* ema, __nv_bfloat16* params_bf16, cudaStream_t stream) {
+void adam_update(const AdamDeviceState* state, const float* grads, size_t n, float* params, float* m,
+                 float* v, float* ema, __nv_bfloat16* params_bf16, cudaStream_t stream) {
   CUFM_REQUIRE(n % 4 == 0, "adam_update: n must be a multiple of 4 (the padded layout), got " << n);
-  CUFM_REQUIRE(state && grads && params && m && v, "adam_update: state, grads, params, m and v must be device arrays");
+  CUFM_REQUIRE(state && grads && params && m && v,
+               "adam_update: state, grads, params, m and v must be device arrays");
   if (n == 0) return;
   const size_t quads = n / 4;
   const int blocks = static_cast<int>(std::min<size_t>((quads + kThreads - 1) / kThreads, 4096));

@@ -11,8 +11,8 @@
 namespace cufm::cuda {
 
 namespace {
-__global__ void __launch_bounds__(256) convert_to_bf16_kernel(const float* __restrict__ src,
-                                                              __nv_bfloat16* __restrict__ dst, size_t n) {
+__global__ void __launch_bounds__(256)
+    convert_to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, size_t n) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     dst[i] = __float2bfloat16_rn(src[i]);

@@ -4,9 +4,8 @@
 // grid-striding; block sums (CUB, double) go to the workspace and the last block to finish adds
 // them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes
 // B*ld grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
+#include <cub/block/block_reduce.cuh>
 
 #include "cufm/kernels.hpp"
 #include "cufm/math.hpp"
@@ -20,15 +19,19 @@ constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
 constexpr size_t kPartialsOffset = 256;  // the counter lives in the first bytes
 
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
 
 struct LossArgs {
   FmBatch b;
   const float* v;
   int ldv, ld;
   int noise_groups, tail_chunks;
-  float scale;       // 2 / (B D), computed as the CPU does
+  float scale;  // 2 / (B D), computed as the CPU does
   float* loss;
   unsigned int* counter;
   double* partials;
@@ -98,21 +101,23 @@ size_t fm_loss_grad_workspace_bytes(int /*batch*/, int /*dim*/) {
   return kPartialsOffset + sizeof(double) * kMaxBlocks;
 }
 
-void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out,
-                  void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out, void* workspace,
+                  size_t workspace_bytes, cudaStream_t stream) {
   CUFM_REQUIRE(batch.batch >= 1, "fm_loss_grad: batch must be >= 1, got " << batch.batch);
   CUFM_REQUIRE(batch.dim >= 1, "fm_loss_grad: dim must be >= 1, got " << batch.dim);
-  CUFM_REQUIRE(batch.n_data >= 1 && batch.data, "fm_loss_grad: data must be a device array of n_data >= 1 rows");
+  CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
+               "fm_loss_grad: data must be a device array of n_data >= 1 rows");
   CUFM_REQUIRE(batch.step, "fm_loss_grad: step must point to the step index in device memory");
-  CUFM_REQUIRE(v && ldv >= batch.dim, "fm_loss_grad: v must be a device array with ldv (" << ldv << ") >= dim ("
-                                                                                          << batch.dim << ")");
+  CUFM_REQUIRE(v && ldv >= batch.dim, "fm_loss_grad: v must be a device array with ldv ("
+                                          << ldv << ") >= dim (" << batch.dim << ")");
   CUFM_REQUIRE(out.ld >= batch.dim, "fm_loss_grad: out.ld (" << out.ld << ") must be >= dim " << batch.dim);
   CUFM_REQUIRE((out.grad == nullptr) != (out.grad_bf16 == nullptr),
                "fm_loss_grad: set exactly one of out.grad (fp32) and out.grad_bf16");
   CUFM_REQUIRE(out.loss, "fm_loss_grad: out.loss must point to a device float");
   CUFM_REQUIRE(workspace && workspace_bytes >= fm_loss_grad_workspace_bytes(batch.batch, batch.dim),
                "fm_loss_grad: the workspace must hold fm_loss_grad_workspace_bytes() = "
-                   << fm_loss_grad_workspace_bytes(batch.batch, batch.dim) << " bytes, got " << workspace_bytes);
+                   << fm_loss_grad_workspace_bytes(batch.batch, batch.dim) << " bytes, got "
+                   << workspace_bytes);
   LossArgs a{};
   a.b = batch;
   a.v = v;

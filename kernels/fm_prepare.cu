@@ -17,14 +17,18 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
 
 struct PrepareArgs {
   FmBatch b;
   int time_features, num_classes, ld;
-  int noise_groups;   // ceil(D / 4): threads that draw eps
-  int tail_chunks;    // ceil((ld - D) / 4): threads that write the rest of the row
+  int noise_groups;  // ceil(D / 4): threads that draw eps
+  int tail_chunks;   // ceil((ld - D) / 4): threads that write the rest of the row
   float* t_out;
   uint32_t* index_out;
   int32_t* label_out;
@@ -89,21 +93,29 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
                 cudaStream_t stream) {
   CUFM_REQUIRE(batch.batch >= 1, "fm_prepare: batch must be >= 1, got " << batch.batch);
   CUFM_REQUIRE(batch.dim >= 1, "fm_prepare: dim must be >= 1, got " << batch.dim);
-  CUFM_REQUIRE(batch.n_data >= 1 && batch.data, "fm_prepare: data must be a device array of n_data >= 1 rows");
+  CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
+               "fm_prepare: data must be a device array of n_data >= 1 rows");
   CUFM_REQUIRE(batch.step, "fm_prepare: step must point to the step index in device memory");
   CUFM_REQUIRE(layout.time_features >= 0 && layout.time_features % 2 == 0 && layout.time_features <= 64,
                "fm_prepare: time_features must be 0 or even up to 64, got " << layout.time_features);
   CUFM_REQUIRE(layout.num_classes >= 0, "fm_prepare: num_classes must be >= 0, got " << layout.num_classes);
   const int in = fm_input_dim(batch.dim, layout);
-  CUFM_REQUIRE(layout.ld >= in, "fm_prepare: layout.ld (" << layout.ld << ") must be >= the input width " << in);
+  CUFM_REQUIRE(layout.ld >= in,
+               "fm_prepare: layout.ld (" << layout.ld << ") must be >= the input width " << in);
   CUFM_REQUIRE((out.input == nullptr) != (out.input_bf16 == nullptr),
                "fm_prepare: set exactly one of out.input (fp32) and out.input_bf16");
   CUFM_REQUIRE(!out.label || layout.num_classes > 0, "fm_prepare: out.label needs num_classes > 0");
   CUFM_REQUIRE(batch.label_dropout >= 0.0f && batch.label_dropout <= 1.0f,
                "fm_prepare: label_dropout must be in [0, 1], got " << batch.label_dropout);
-  PrepareArgs a{batch, layout.time_features, layout.num_classes, layout.ld,
-                (batch.dim + 3) / 4, (layout.ld - batch.dim + 3) / 4,
-                out.t, out.index, out.label};
+  PrepareArgs a{batch,
+                layout.time_features,
+                layout.num_classes,
+                layout.ld,
+                (batch.dim + 3) / 4,
+                (layout.ld - batch.dim + 3) / 4,
+                out.t,
+                out.index,
+                out.label};
   const int64_t total = static_cast<int64_t>(batch.batch) * (a.noise_groups + a.tail_chunks);
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
   if (out.input) {

@@ -5,9 +5,8 @@
 // one per (row, 4 columns) or per element, grid-stride. Cost: memory-bound, (terms + 2) * 4
 // bytes per element; 10^5 samples x 2 dims is launch-bound (~3 us). Built with -fmad=false: the
 // combinations round exactly as the CPU's combine().
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
+#include <cub/block/block_reduce.cuh>
 
 #include "cufm/math.hpp"
 #include "cufm/philox.hpp"
@@ -26,8 +25,12 @@ int grid_for(int64_t work, int cap) {
   return static_cast<int>(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, cap));
 }
 
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
 
 // The CPU's combine(): acc = sum_j a_j k_j left to right, then x + h acc (x absent: 0 + h acc).
 __device__ __forceinline__ float combine_at(const StageCombination& c, int64_t i) {
@@ -54,7 +57,8 @@ __device__ void finish_sum(double s, double* out, unsigned int* counter, double*
   if (!is_last) return;
   __threadfence();
   double p = 0.0;
-  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) p += *static_cast<volatile double*>(partials + i);
+  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x)
+    p += *static_cast<volatile double*>(partials + i);
   __syncthreads();
   const double total = BlockReduce(temp).Sum(p);
   if (threadIdx.x == 0) {
@@ -63,8 +67,8 @@ __device__ void finish_sum(double s, double* out, unsigned int* counter, double*
   }
 }
 
-__global__ void __launch_bounds__(kThreads) sampler_noise_kernel(uint64_t seed, int64_t count, int dim,
-                                                                 float* __restrict__ x0) {
+__global__ void __launch_bounds__(kThreads)
+    sampler_noise_kernel(uint64_t seed, int64_t count, int dim, float* __restrict__ x0) {
   const int groups = (dim + 3) / 4;
   const int64_t total = count * groups;
   for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
@@ -168,25 +172,30 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_combination(const char* what, const StageCombination& c) {
-  CUFM_REQUIRE(c.terms >= 0 && c.terms <= kMaxStages, what << ": 0 to " << kMaxStages << " terms, got " << c.terms);
+  CUFM_REQUIRE(c.terms >= 0 && c.terms <= kMaxStages,
+               what << ": 0 to " << kMaxStages << " terms, got " << c.terms);
   for (int j = 0; j < c.terms; ++j) CUFM_REQUIRE(c.k[j], what << ": stage " << j << " is a null pointer");
 }
 
 }  // namespace
 
 void sampler_noise(uint64_t seed, int64_t count, int dim, float* x0, cudaStream_t stream) {
-  CUFM_REQUIRE(count >= 0 && dim >= 1 && (count == 0 || x0), "sampler_noise: bad arguments (count " << count
-                                                                  << ", dim " << dim << ")");
+  CUFM_REQUIRE(count >= 0 && dim >= 1 && (count == 0 || x0),
+               "sampler_noise: bad arguments (count " << count << ", dim " << dim << ")");
   if (count == 0) return;
-  sampler_noise_kernel<<<grid_for(count * ((dim + 3) / 4), 65535), kThreads, 0, stream>>>(seed, count, dim, x0);
+  sampler_noise_kernel<<<grid_for(count * ((dim + 3) / 4), 65535), kThreads, 0, stream>>>(seed, count, dim,
+                                                                                          x0);
   CUFM_CUDA_CHECK_LAUNCH("sampler_noise_kernel");
 }
 
-void stage_input(const StageCombination& comb, float t, const ModelInput& in, float* y_out, cudaStream_t stream) {
+void stage_input(const StageCombination& comb, float t, const ModelInput& in, float* y_out,
+                 cudaStream_t stream) {
   check_combination("stage_input", comb);
-  CUFM_REQUIRE(in.n >= 1 && in.dim >= 1 && in.input && (in.copies == 1 || in.copies == 2),
-               "stage_input: bad model input (n " << in.n << ", dim " << in.dim << ", copies " << in.copies << ")");
-  const int width = in.dim + hd::time_feature_count(in.time_features) + (in.num_classes > 0 ? in.num_classes + 1 : 0);
+  CUFM_REQUIRE(
+      in.n >= 1 && in.dim >= 1 && in.input && (in.copies == 1 || in.copies == 2),
+      "stage_input: bad model input (n " << in.n << ", dim " << in.dim << ", copies " << in.copies << ")");
+  const int width =
+      in.dim + hd::time_feature_count(in.time_features) + (in.num_classes > 0 ? in.num_classes + 1 : 0);
   CUFM_REQUIRE(in.ld >= width, "stage_input: ld " << in.ld << " is below the input width " << width);
   const int per_row = (in.dim + 3) / 4 + (in.ld - in.dim + 3) / 4;
   const int blocks = grid_for(in.n * per_row, 65535);
@@ -206,27 +215,33 @@ void collect_velocity(const float* v, int ldv, int64_t n, int dim, int copies, f
   CUFM_CUDA_CHECK_LAUNCH("collect_velocity_kernel");
 }
 
-size_t solver_workspace_bytes() { return kPartialsOffset + sizeof(double) * kMaxBlocks; }
+size_t solver_workspace_bytes() {
+  return kPartialsOffset + sizeof(double) * kMaxBlocks;
+}
 
-void solver_update(const StageCombination& comb, int64_t elems, float* x_out, const StageCombination* err_comb,
-                   float atol, float rtol, double* err_sum, void* workspace, cudaStream_t stream) {
+void solver_update(const StageCombination& comb, int64_t elems, float* x_out,
+                   const StageCombination* err_comb, float atol, float rtol, double* err_sum, void* workspace,
+                   cudaStream_t stream) {
   check_combination("solver_update", comb);
   CUFM_REQUIRE(elems >= 1 && x_out, "solver_update: bad arguments (elems " << elems << ")");
-  CUFM_REQUIRE(!err_comb || (err_sum && workspace), "solver_update: an error estimate needs err_sum and workspace");
+  CUFM_REQUIRE(!err_comb || (err_sum && workspace),
+               "solver_update: an error estimate needs err_sum and workspace");
   StageCombination err{};
   if (err_comb) {
     check_combination("solver_update (error)", *err_comb);
     err = *err_comb;
   }
   solver_update_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
-      comb, elems, x_out, err, atol, rtol, err_comb ? err_sum : nullptr, static_cast<unsigned int*>(workspace),
+      comb, elems, x_out, err, atol, rtol, err_comb ? err_sum : nullptr,
+      static_cast<unsigned int*>(workspace),
       workspace ? reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset) : nullptr);
   CUFM_CUDA_CHECK_LAUNCH("solver_update_kernel");
 }
 
 void scaled_norm_sq(const float* e, const float* x, const float* xn, int64_t elems, float atol, float rtol,
                     double* out, void* workspace, cudaStream_t stream) {
-  CUFM_REQUIRE(e && x && out && workspace && elems >= 1, "scaled_norm_sq: bad arguments (elems " << elems << ")");
+  CUFM_REQUIRE(e && x && out && workspace && elems >= 1,
+               "scaled_norm_sq: bad arguments (elems " << elems << ")");
   scaled_norm_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
       e, x, xn, elems, atol, rtol, out, static_cast<unsigned int*>(workspace),
       reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset));

@@ -232,7 +232,7 @@ struct SampleArgs {
 
 int run_sample(const SampleArgs& a) {
   const cufm::Checkpoint c = cufm::load_checkpoint(a.checkpoint);
-  const cufm::Model model = c.to_model(a.ema);
+  const cufm::Model model = c.to_model(a.ema ? cufm::Weights::Ema : cufm::Weights::Trained);
   cufm::SampleConfig sc;
   sc.count = a.count;
   sc.solver = cufm::parse_solver(a.solver);

@@ -49,7 +49,8 @@ class GpuSampler {
     const cuda::PaddedLayout layout(m);
     const std::vector<float> padded = layout.pad(model.params());
     params_ = DeviceBuffer(layout.total * sizeof(float), "the parameters");
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(params_.get(), padded.data(), params_.bytes(), cudaMemcpyHostToDevice, s));
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(params_.get(), padded.data(), params_.bytes(), cudaMemcpyHostToDevice, s));
     if (cfg.precision == Precision::BF16) {
       params_bf16_ = DeviceBuffer(layout.total * sizeof(__nv_bfloat16), "the bf16 weights");
       cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), layout.total, s);
@@ -93,7 +94,8 @@ class GpuSampler {
       fixed_steps(res);
     }
     res.x.resize(static_cast<size_t>(elems_));
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(res.x.data(), final_x_, res.x.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(res.x.data(), final_x_, res.x.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.evaluations = evaluations_;
     return res;
@@ -104,7 +106,8 @@ class GpuSampler {
   void eval(float t, const StageCombination& c, float* k, float* y_out, cudaStream_t s) {
     cuda::stage_input(c, t, input_, y_out, s);
     mlp_->forward(s);
-    cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), n_, dim_, copies_, cfg_.guidance.value_or(0.0f), k, s);
+    cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), n_, dim_, copies_, cfg_.guidance.value_or(0.0f),
+                           k, s);
     ++evaluations_;
   }
   float* k(int i) { return k_[i].as<float>(); }
@@ -190,7 +193,8 @@ class GpuSampler {
   }
   double read_rms() {
     double sum = 0.0;
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(&sum, err_sum_.get(), sizeof(double), cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(&sum, err_sum_.get(), sizeof(double), cudaMemcpyDeviceToHost, stream_.get()));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     return std::sqrt(sum / static_cast<double>(std::max<int64_t>(1, elems_)));
   }
@@ -200,7 +204,8 @@ class GpuSampler {
     res.times.push_back(t);
     const size_t at = res.trajectory.size();
     res.trajectory.resize(at + static_cast<size_t>(elems_));
-    CUFM_CUDA_CHECK(cudaMemcpy(res.trajectory.data() + at, x, elems_ * sizeof(float), cudaMemcpyDeviceToHost));
+    CUFM_CUDA_CHECK(
+        cudaMemcpy(res.trajectory.data() + at, x, elems_ * sizeof(float), cudaMemcpyDeviceToHost));
   }
 
   // Dormand-Prince 5(4), step for step the CPU's controller (host/sampler.cpp).
@@ -229,7 +234,8 @@ class GpuSampler {
     }
     while (t < t1) {
       CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_.max_steps,
-                   "dopri5 did not reach t = " << t1 << " within max_steps = " << cfg_.max_steps << " (at t = " << t
+                   "dopri5 did not reach t = " << t1 << " within max_steps = " << cfg_.max_steps
+                                               << " (at t = " << t
                                                << "): loosen atol/rtol or raise max_steps");
       if (t + h > t1 || t1 - (t + h) < 1e-6f * span) h = t1 - t;
       float* k2 = k(1);
@@ -240,13 +246,15 @@ class GpuSampler {
       eval(t + dp::c2 * h, comb(x, h, {{dp::a21, k1}}), k2, nullptr, s);
       eval(t + dp::c3 * h, comb(x, h, {{dp::a31, k1}, {dp::a32, k2}}), k3, nullptr, s);
       eval(t + dp::c4 * h, comb(x, h, {{dp::a41, k1}, {dp::a42, k2}, {dp::a43, k3}}), k4, nullptr, s);
-      eval(t + dp::c5 * h, comb(x, h, {{dp::a51, k1}, {dp::a52, k2}, {dp::a53, k3}, {dp::a54, k4}}), k5, nullptr, s);
+      eval(t + dp::c5 * h, comb(x, h, {{dp::a51, k1}, {dp::a52, k2}, {dp::a53, k3}, {dp::a54, k4}}), k5,
+           nullptr, s);
       eval(t + h, comb(x, h, {{dp::a61, k1}, {dp::a62, k2}, {dp::a63, k3}, {dp::a64, k4}, {dp::a65, k5}}), k6,
            nullptr, s);
-      const StageCombination y_comb = comb(x, h, {{dp::b1, k1}, {dp::b3, k3}, {dp::b4, k4}, {dp::b5, k5}, {dp::b6, k6}});
+      const StageCombination y_comb =
+          comb(x, h, {{dp::b1, k1}, {dp::b3, k3}, {dp::b4, k4}, {dp::b5, k5}, {dp::b6, k6}});
       eval(t + h, y_comb, k7, y, s);
-      const StageCombination e_comb =
-          comb(nullptr, h, {{dp::e1, k1}, {dp::e3, k3}, {dp::e4, k4}, {dp::e5, k5}, {dp::e6, k6}, {dp::e7, k7}});
+      const StageCombination e_comb = comb(
+          nullptr, h, {{dp::e1, k1}, {dp::e3, k3}, {dp::e4, k4}, {dp::e5, k5}, {dp::e6, k6}, {dp::e7, k7}});
       // Rewrites y with the same bits and reduces the scaled error against (x, y).
       cuda::solver_update(y_comb, elems_, y, &e_comb, atol, rtol, err_sum_.as<double>(), workspace_.get(), s);
       const double e = read_rms();
@@ -263,9 +271,10 @@ class GpuSampler {
         ++res.rejected_steps;
       }
       h *= e <= 1.0 ? factor : std::min(1.0f, factor);
-      CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to " << h << " at t = " << t
-                                                                       << ": the field is not smooth enough for "
-                                                                          "atol/rtol; loosen them");
+      CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to "
+                                         << h << " at t = " << t
+                                         << ": the field is not smooth enough for "
+                                            "atol/rtol; loosen them");
     }
     final_x_ = x;
   }

@@ -1,6 +1,8 @@
 // The CUDA training backend: the whole step (fm_prepare, forward, fm_loss_grad, backward, Adam)
 // is captured once as a CUDA graph and replayed, with the step index in device memory, so run(n)
 // enqueues n graph launches and never waits for the device. The loss is read back only when asked.
+#include "host/cuda/cuda_trainer.hpp"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,7 +14,6 @@
 #include "cufm/kernels.hpp"
 #include "host/backend.hpp"
 #include "host/cuda/cuda_check.hpp"
-#include "host/cuda/cuda_trainer.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
 #include "host/cuda/ops.hpp"
@@ -34,7 +35,8 @@ class CudaTrainer final : public TrainBackend {
               const CudaTrainerOptions& options)
       : model_(model), config_(config), options_(options), layout_(model), step_(state.step) {
     const size_t n = ParamLayout(model).total();
-    CUFM_REQUIRE(state.params.size() == n, "trainer: expected " << n << " parameters, got " << state.params.size());
+    CUFM_REQUIRE(state.params.size() == n,
+                 "trainer: expected " << n << " parameters, got " << state.params.size());
     if (state.adam_m.empty()) state.adam_m.assign(n, 0.0f);
     if (state.adam_v.empty()) state.adam_v.assign(n, 0.0f);
     CUFM_REQUIRE(state.adam_m.size() == n && state.adam_v.size() == n,
@@ -44,8 +46,10 @@ class CudaTrainer final : public TrainBackend {
     if (ema_on && state.ema.empty()) state.ema = state.params;
     CUFM_REQUIRE(!ema_on || state.ema.size() == n,
                  "trainer: EMA holds " << state.ema.size() << " values, expected " << n);
-    CUFM_REQUIRE(data.n >= 1 && data.n <= 0xFFFFFFFFll, "trainer: the dataset must hold 1 to 2^32 - 1 points");
-    CUFM_REQUIRE(data.dim == model.data_dim, "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
+    CUFM_REQUIRE(data.n >= 1 && data.n <= 0xFFFFFFFFll,
+                 "trainer: the dataset must hold 1 to 2^32 - 1 points");
+    CUFM_REQUIRE(data.dim == model.data_dim,
+                 "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
 
     // The dataset lives on the device; refuse early, with numbers, when it cannot.
     const size_t data_bytes = static_cast<size_t>(data.n) * data.dim * sizeof(float) +
@@ -53,9 +57,10 @@ class CudaTrainer final : public TrainBackend {
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
-    CUFM_REQUIRE(data_bytes < free_b, "the dataset needs " << (data_bytes >> 20) << " MiB on the GPU but only "
-                                                           << (free_b >> 20) << " of " << (total_b >> 20)
-                                                           << " MiB are free: train on a subset, or use device 'cpu'");
+    CUFM_REQUIRE(data_bytes < free_b, "the dataset needs "
+                                          << (data_bytes >> 20) << " MiB on the GPU but only "
+                                          << (free_b >> 20) << " of " << (total_b >> 20)
+                                          << " MiB are free: train on a subset, or use device 'cpu'");
 
     n_data_ = static_cast<uint32_t>(data.n);
     cudaStream_t s = stream_.get();
@@ -64,7 +69,8 @@ class CudaTrainer final : public TrainBackend {
     data_x_ = DeviceBuffer(static_cast<size_t>(data.n) * data.dim * sizeof(float), "the dataset");
     upload(data_x_, data.x.data(), data_x_.bytes(), s);
     if (model.num_classes > 0) {
-      CUFM_REQUIRE(data.labels.size() == static_cast<size_t>(data.n), "trainer: the conditional model needs labels");
+      CUFM_REQUIRE(data.labels.size() == static_cast<size_t>(data.n),
+                   "trainer: the conditional model needs labels");
       data_labels_ = DeviceBuffer(static_cast<size_t>(data.n) * sizeof(int32_t), "the dataset labels");
       upload(data_labels_, data.labels.data(), data_labels_.bytes(), s);
     }
@@ -97,7 +103,8 @@ class CudaTrainer final : public TrainBackend {
                             "the loss workspace");
     adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace");
     mlp_ = std::make_unique<cuda::LtMlp>(model, config.precision, config.batch_size, cuda::MlpMode::Training,
-                                         params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
+                                         params_.as<float>(), params_bf16_.as<__nv_bfloat16>(),
+                                         grads_.as<float>(), s);
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     if (options_.launch == StepLaunch::Graph) capture();
   }
@@ -145,7 +152,8 @@ class CudaTrainer final : public TrainBackend {
  private:
   std::vector<float> download(const DeviceBuffer& b) const {
     std::vector<float> padded(layout_.total);
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(padded.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(padded.data(), b.get(), b.bytes(), cudaMemcpyDeviceToHost, stream_.get()));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     return layout_.unpad(padded);
   }
@@ -195,8 +203,8 @@ class CudaTrainer final : public TrainBackend {
     mlp_->backward(stream);
     auto* st = adam_state_.as<cuda::AdamDeviceState>();
     cuda::adam_prepare(config_.optim, grads_.as<float>(), layout_.total, st, adam_ws_.get(), stream);
-    cuda::adam_update(st, grads_.as<float>(), layout_.total, params_.as<float>(), m_.as<float>(), v_.as<float>(),
-                      ema_.as<float>(), params_bf16_.as<__nv_bfloat16>(), stream);
+    cuda::adam_update(st, grads_.as<float>(), layout_.total, params_.as<float>(), m_.as<float>(),
+                      v_.as<float>(), ema_.as<float>(), params_bf16_.as<__nv_bfloat16>(), stream);
   }
 
   void capture() {
@@ -223,8 +231,8 @@ class CudaTrainer final : public TrainBackend {
   uint64_t step_;
   uint32_t n_data_ = 0;
   cuda::Stream stream_;
-  DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_, loss_ws_,
-      adam_ws_;
+  DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_,
+      loss_ws_, adam_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;
   cudaGraphExec_t exec_ = nullptr;
 };

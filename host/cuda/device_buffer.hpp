@@ -25,7 +25,8 @@ class DeviceBuffer {
       (void)cudaMemGetInfo(&free_b, &total_b);
       (void)cudaGetLastError();
       CUFM_FAIL("cannot allocate " << (bytes >> 20) << " MiB of GPU memory for " << what << " ("
-                                   << cudaGetErrorName(e) << "; " << (free_b >> 20) << " of " << (total_b >> 20)
+                                   << cudaGetErrorName(e) << "; " << (free_b >> 20) << " of "
+                                   << (total_b >> 20)
                                    << " MiB free): reduce the batch size, the sample count, the dataset or "
                                       "the model, or use device 'cpu'");
     }
@@ -34,10 +35,12 @@ class DeviceBuffer {
   ~DeviceBuffer() {
     if (ptr_ && cudaFree(ptr_) != cudaSuccess) {
       (void)cudaGetLastError();
-      std::fprintf(stderr, "cufm: warning: cudaFree failed in ~DeviceBuffer\n");  // destructors log, never throw
+      std::fprintf(stderr,
+                   "cufm: warning: cudaFree failed in ~DeviceBuffer\n");  // destructors log, never throw
     }
   }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       DeviceBuffer tmp(std::move(*this));

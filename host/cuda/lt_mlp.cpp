@@ -52,7 +52,8 @@ std::vector<float> PaddedLayout::unpad(const std::vector<float>& padded) const {
   std::vector<float> flat;
   for (int l = 0; l < layers; ++l) {
     for (int r = 0; r < out[l]; ++r) {
-      for (int c = 0; c < in[l]; ++c) flat.push_back(padded[w_off[l] + static_cast<size_t>(r) * in_pad[l] + c]);
+      for (int c = 0; c < in[l]; ++c)
+        flat.push_back(padded[w_off[l] + static_cast<size_t>(r) * in_pad[l] + c]);
     }
     for (int r = 0; r < out[l]; ++r) flat.push_back(padded[b_off[l] + r]);
   }
@@ -70,8 +71,8 @@ struct GemmSpec {
   cudaDataType_t a_type = CUDA_R_32F, b_type = CUDA_R_32F, d_type = CUDA_R_32F;
   int64_t lda = 0, ldb = 0, ldd = 0;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  void* bias = nullptr;       // bias (input) or bias gradient (output)
-  int32_t bias_type = -1;     // -1: cuBLASLt's default (the output type)
+  void* bias = nullptr;    // bias (input) or bias gradient (output)
+  int32_t bias_type = -1;  // -1: cuBLASLt's default (the output type)
   void* aux = nullptr;
   int64_t aux_ld = 0;
   const void* a = nullptr;
@@ -86,15 +87,24 @@ void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
 
 const char* epilogue_name(cublasLtEpilogue_t e) {
   switch (e) {
-    case CUBLASLT_EPILOGUE_BIAS: return "bias";
-    case CUBLASLT_EPILOGUE_RELU_BIAS: return "relu+bias";
-    case CUBLASLT_EPILOGUE_GELU_BIAS: return "gelu+bias";
-    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS: return "relu+bias+aux";
-    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS: return "gelu+bias+aux";
-    case CUBLASLT_EPILOGUE_DRELU_BGRAD: return "drelu+bgrad";
-    case CUBLASLT_EPILOGUE_DGELU_BGRAD: return "dgelu+bgrad";
-    case CUBLASLT_EPILOGUE_BGRADB: return "bgradb";
-    default: return "plain";
+    case CUBLASLT_EPILOGUE_BIAS:
+      return "bias";
+    case CUBLASLT_EPILOGUE_RELU_BIAS:
+      return "relu+bias";
+    case CUBLASLT_EPILOGUE_GELU_BIAS:
+      return "gelu+bias";
+    case CUBLASLT_EPILOGUE_RELU_AUX_BIAS:
+      return "relu+bias+aux";
+    case CUBLASLT_EPILOGUE_GELU_AUX_BIAS:
+      return "gelu+bias+aux";
+    case CUBLASLT_EPILOGUE_DRELU_BGRAD:
+      return "drelu+bgrad";
+    case CUBLASLT_EPILOGUE_DGELU_BGRAD:
+      return "dgelu+bgrad";
+    case CUBLASLT_EPILOGUE_BGRADB:
+      return "bgradb";
+    default:
+      return "plain";
   }
 }
 
@@ -132,8 +142,8 @@ class LtGemm {
     cublasLtMatmulHeuristicResult_t results[kRequested] = {};
     int returned = 0;
     if (st == CUBLAS_STATUS_SUCCESS) {
-      st = cublasLtMatmulAlgoGetHeuristic(handle, g->desc_, g->a_, g->b_, g->d_, g->d_, pref, kRequested, results,
-                                          &returned);
+      st = cublasLtMatmulAlgoGetHeuristic(handle, g->desc_, g->a_, g->b_, g->d_, g->d_, pref, kRequested,
+                                          results, &returned);
     }
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS) return nullptr;
@@ -160,11 +170,12 @@ class LtGemm {
   const char* name() const { return epilogue_name(spec_.epilogue); }
 
  private:
-  LtGemm(const GemmSpec& s, void* ws, size_t ws_bytes) : spec_(s), workspace_(ws), workspace_bytes_(ws_bytes) {}
+  LtGemm(const GemmSpec& s, void* ws, size_t ws_bytes)
+      : spec_(s), workspace_(ws), workspace_bytes_(ws_bytes) {}
   cublasStatus_t launch(cudaStream_t stream) const {
     const float alpha = 1.0f, beta = 0.0f;
-    return cublasLtMatmul(handle_, desc_, &alpha, spec_.a, a_, spec_.b, b_, &beta, spec_.d, d_, spec_.d, d_, &algo_,
-                          workspace_, workspace_bytes_, stream);
+    return cublasLtMatmul(handle_, desc_, &alpha, spec_.a, a_, spec_.b, b_, &beta, spec_.d, d_, spec_.d, d_,
+                          &algo_, workspace_, workspace_bytes_, stream);
   }
 
   GemmSpec spec_;
@@ -180,13 +191,13 @@ class LtGemm {
 
 struct LtMlp::Layer {
   bool last = false;
-  bool act_fused = false;       // activation in the forward epilogue (and its derivative in the next dX)
-  bool bias_fused = false;      // bias in the forward epilogue
-  bool db_from_dw = false;      // this layer's bias gradient comes from its dW GEMM
-  bool bgradb_fused = false;    // ... via BGRADB (else column_sum)
-  DeviceBuffer z, a, mask;      // training: pre-activation, activation, ReLU bit-mask
-  void* y = nullptr;            // forward output: the activation (hidden) or the model output
-  void* zp = nullptr;           // pre-activation target of an unfused layer
+  bool act_fused = false;     // activation in the forward epilogue (and its derivative in the next dX)
+  bool bias_fused = false;    // bias in the forward epilogue
+  bool db_from_dw = false;    // this layer's bias gradient comes from its dW GEMM
+  bool bgradb_fused = false;  // ... via BGRADB (else column_sum)
+  DeviceBuffer z, a, mask;    // training: pre-activation, activation, ReLU bit-mask
+  void* y = nullptr;          // forward output: the activation (hidden) or the model output
+  void* zp = nullptr;         // pre-activation target of an unfused layer
   int64_t mask_ld = 0;
   std::unique_ptr<LtGemm> fwd, dw, dx;
 };
@@ -208,7 +219,8 @@ LtMlp::LtMlp(const MlpConfig& config, Precision precision, int64_t rows, MlpMode
       grads_(grads) {
   CUFM_REQUIRE(rows >= 1 && rows <= (int64_t{1} << 31), "LtMlp: rows must be in [1, 2^31], got " << rows);
   CUFM_REQUIRE(params, "LtMlp: params must be a device buffer");
-  CUFM_REQUIRE(precision != Precision::BF16 || params_bf16, "LtMlp: bf16 precision needs the bf16 weight copy");
+  CUFM_REQUIRE(precision != Precision::BF16 || params_bf16,
+               "LtMlp: bf16 precision needs the bf16 weight copy");
   CUFM_REQUIRE(mode == MlpMode::Inference || grads, "LtMlp: training needs a gradient buffer");
   CUFM_CUBLAS_CHECK(cublasLtCreate(&handle_));
   try {
@@ -295,9 +307,9 @@ void LtMlp::build(cudaStream_t stream) {
       ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
     }
     CUFM_REQUIRE(ly.fwd, "cuBLASLt has no algorithm for layer " << l << " (" << L.out_pad[l] << " x " << rows_
-                                                                 << " x " << L.in_pad[l] << ", precision "
-                                                                 << to_string(precision_)
-                                                                 << "): try precision fp32 or other widths");
+                                                                << " x " << L.in_pad[l] << ", precision "
+                                                                << to_string(precision_)
+                                                                << "): try precision fp32 or other widths");
   };
 
   // ---- forward plans ----
@@ -453,8 +465,8 @@ std::string LtMlp::describe() const {
   os << "cuBLASLt MLP, precision " << to_string(precision_) << ", " << rows_ << " rows\n";
   for (int l = 0; l < layout_.layers; ++l) {
     const Layer& ly = *layer_[l];
-    os << "  layer " << l << " " << layout_.in[l] << "->" << layout_.out[l] << " (padded " << layout_.in_pad[l]
-       << "->" << layout_.out_pad[l] << "): forward " << ly.fwd->name();
+    os << "  layer " << l << " " << layout_.in[l] << "->" << layout_.out[l] << " (padded "
+       << layout_.in_pad[l] << "->" << layout_.out_pad[l] << "): forward " << ly.fwd->name();
     if (!ly.last && !ly.act_fused) os << " + " << to_string(config_.activation) << " kernel";
     if (ly.dw) os << ", dW " << ly.dw->name() << (ly.db_from_dw && !ly.bgradb_fused ? " + column sum" : "");
     if (ly.dx) os << ", dX " << ly.dx->name();

@@ -33,17 +33,19 @@ namespace cufm::cuda {
 struct PaddedLayout {
   explicit PaddedLayout(const MlpConfig& config);
   int layers = 0;
-  std::vector<int> in, out;              // true widths
-  std::vector<int> in_pad, out_pad;      // padded to multiples of 8
-  std::vector<size_t> w_off, b_off;      // in floats
-  size_t total = 0;                      // a multiple of 64
+  std::vector<int> in, out;          // true widths
+  std::vector<int> in_pad, out_pad;  // padded to multiples of 8
+  std::vector<size_t> w_off, b_off;  // in floats
+  size_t total = 0;                  // a multiple of 64
   int max_width_pad() const;
   // Host flat buffer (ParamLayout order) <-> padded device order.
   std::vector<float> pad(const std::vector<float>& flat) const;
   std::vector<float> unpad(const std::vector<float>& padded) const;
 };
 
-inline int round_up(int v, int m) { return (v + m - 1) / m * m; }
+inline int round_up(int v, int m) {
+  return (v + m - 1) / m * m;
+}
 
 enum class MlpMode : int { Training = 0, Inference = 1 };
 

@@ -16,7 +16,9 @@ namespace cufm::cuda {
 // Storage type of activations and GEMM operands.
 enum class DType : int { F32 = 0, BF16 = 1 };
 
-inline size_t dtype_size(DType t) { return t == DType::BF16 ? 2 : 4; }
+inline size_t dtype_size(DType t) {
+  return t == DType::BF16 ? 2 : 4;
+}
 
 // ---- activation.cu: the layers' elementwise work when cuBLASLt has no fused epilogue ---------
 // z, a: [rows, width] contiguous (width a multiple of 4). With bias (fp32 [width]): z += bias,
@@ -34,9 +36,9 @@ void column_sum(DType type, const void* g, int64_t rows, int width, float* db, c
 // ---- adam.cu: the optimiser over the flat parameter buffer ----------------------------------
 // Device-side step state: the step counter and the coefficients of the step being run.
 struct AdamDeviceState {
-  uint64_t step;           // steps done (the 0-based index of the next step)
-  hd::AdamCoeffs coeffs;   // written by adam_prepare for the update
-  float grad_norm;         // the latest global gradient norm (0 when clipping is off)
+  uint64_t step;          // steps done (the 0-based index of the next step)
+  hd::AdamCoeffs coeffs;  // written by adam_prepare for the update
+  float grad_norm;        // the latest global gradient norm (0 when clipping is off)
 };
 
 // Workspace bytes for adam_prepare's deterministic norm (zeroed once; left zeroed).
@@ -60,8 +62,8 @@ constexpr int kMaxStages = 7;
 
 // y = x + h * sum_j a[j] k[j], as the CPU's combine() (accumulate left to right, then x + h acc).
 struct StageCombination {
-  const float* x = nullptr;           // [n, dim]; nullptr reads as zeros
-  const float* k[kMaxStages] = {};    // [n, dim] each
+  const float* x = nullptr;         // [n, dim]; nullptr reads as zeros
+  const float* k[kMaxStages] = {};  // [n, dim] each
   float a[kMaxStages] = {};
   int terms = 0;
   float h = 0.0f;
@@ -78,7 +80,7 @@ struct ModelInput {
   int32_t label_all = -1;           // -1: the null class (conditional) / none (unconditional)
   int copies = 1;                   // 2 with guidance
   DType type = DType::F32;
-  void* input = nullptr;            // [copies * n, ld]
+  void* input = nullptr;  // [copies * n, ld]
   int ld = 0;
 };
 void stage_input(const StageCombination& comb, float t, const ModelInput& in, float* y_out,
@@ -91,8 +93,9 @@ void collect_velocity(const float* v, int ldv, int64_t n, int dim, int copies, f
 // x_out = combination; y_plain (optional) = x + h * sum... is comb itself. With err_comb set,
 // also reduces sum_i scaled_error_sq(err_i, x_i, x_out_i) into *err_sum (double, deterministic).
 size_t solver_workspace_bytes();
-void solver_update(const StageCombination& comb, int64_t elems, float* x_out, const StageCombination* err_comb,
-                   float atol, float rtol, double* err_sum, void* workspace, cudaStream_t stream);
+void solver_update(const StageCombination& comb, int64_t elems, float* x_out,
+                   const StageCombination* err_comb, float atol, float rtol, double* err_sum, void* workspace,
+                   cudaStream_t stream);
 // sum_i scaled_error_sq(e_i, x_i, xn_i) with xn = zeros when nullptr (the initial step's norms).
 void scaled_norm_sq(const float* e, const float* x, const float* xn, int64_t elems, float atol, float rtol,
                     double* out, void* workspace, cudaStream_t stream);

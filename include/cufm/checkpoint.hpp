@@ -13,13 +13,16 @@
 
 namespace cufm {
 
+// Which weights a model is built from: the trained ones, or their exponential moving average.
+enum class Weights : int { Trained = 0, Ema = 1 };
+
 struct Checkpoint {
   MlpConfig model;
   TrainConfig train;
   TrainState state;
   std::string dataset;   // the training data's name or path, for information
 
-  Model to_model(bool use_ema = false) const;
+  Model to_model(Weights which = Weights::Trained) const;
 };
 
 void save_checkpoint(const std::string& path, const Checkpoint& ckpt);

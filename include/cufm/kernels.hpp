@@ -24,20 +24,20 @@ namespace cufm::kernels {
 // What one training step's batch is drawn from. fm_prepare and fm_loss_grad of a step must get
 // the same values (the loss regenerates eps and x1 from the counters instead of storing them).
 struct FmBatch {
-  uint64_t seed = 0;                  // the run's seed: the Philox key
-  const uint64_t* step = nullptr;     // DEVICE pointer to the 0-based index of the step being run.
-                                      // Read on the device, so a captured graph that increments it
-                                      // sees the current value at each replay.
-  int batch = 0;                      // B, rows of the batch (>= 1)
-  int dim = 0;                        // D, dimension of a data point (>= 1)
-  const float* data = nullptr;        // DEVICE [n_data, dim] row-major: the training points x1
-  const int32_t* labels = nullptr;    // DEVICE [n_data] class labels, or nullptr (unlabelled data)
-  uint32_t n_data = 0;                // rows of data (>= 1)
+  uint64_t seed = 0;                // the run's seed: the Philox key
+  const uint64_t* step = nullptr;   // DEVICE pointer to the 0-based index of the step being run.
+                                    // Read on the device, so a captured graph that increments it
+                                    // sees the current value at each replay.
+  int batch = 0;                    // B, rows of the batch (>= 1)
+  int dim = 0;                      // D, dimension of a data point (>= 1)
+  const float* data = nullptr;      // DEVICE [n_data, dim] row-major: the training points x1
+  const int32_t* labels = nullptr;  // DEVICE [n_data] class labels, or nullptr (unlabelled data)
+  uint32_t n_data = 0;              // rows of data (>= 1)
   TimeSampling time_sampling = TimeSampling::Uniform;
-  float logit_mean = 0.0f;            // logit-normal time sampling: t = sigmoid(mean + std * z)
+  float logit_mean = 0.0f;  // logit-normal time sampling: t = sigmoid(mean + std * z)
   float logit_std = 1.0f;
-  float sigma_min = 0.0f;             // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
-  float label_dropout = 0.0f;         // per-row probability of the null class (conditional models)
+  float sigma_min = 0.0f;      // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
+  float label_dropout = 0.0f;  // per-row probability of the null class (conditional models)
 };
 
 // The model input's layout: row i = [x_t (D) | time features | one-hot (num_classes + 1) | zeros].
@@ -68,10 +68,10 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
 
 // fm_loss_grad's outputs. Exactly one of grad / grad_bf16 is set; loss is required.
 struct FmLossOutputs {
-  float* grad = nullptr;                // DEVICE [batch, ld] dL/dv = 2 (v - u) / (B D), or
-  __nv_bfloat16* grad_bf16 = nullptr;   // DEVICE [batch, ld] the same rounded to bf16
-  int ld = 0;                           // row stride of grad, >= dim; columns past dim get zeros
-  float* loss = nullptr;                // DEVICE scalar: mean over B*D of (v - u)^2
+  float* grad = nullptr;               // DEVICE [batch, ld] dL/dv = 2 (v - u) / (B D), or
+  __nv_bfloat16* grad_bf16 = nullptr;  // DEVICE [batch, ld] the same rounded to bf16
+  int ld = 0;                          // row stride of grad, >= dim; columns past dim get zeros
+  float* loss = nullptr;               // DEVICE scalar: mean over B*D of (v - u)^2
 };
 
 // Bytes of workspace fm_loss_grad needs for a batch (a few KiB). The workspace must be zeroed
@@ -81,7 +81,7 @@ size_t fm_loss_grad_workspace_bytes(int batch, int dim);
 // Regenerates eps and x1 from the counters, u = x1 - (1 - sigma_min) eps, and writes the MSE loss
 // and its gradient. v: DEVICE [batch, ldv] the model output (ldv >= dim). The sum is
 // deterministic: fixed per-block order, then the blocks in order (no float atomics).
-void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out,
-                  void* workspace, size_t workspace_bytes, cudaStream_t stream);
+void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out, void* workspace,
+                  size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace cufm::kernels

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: build cuFM (Release, sm_90 unless CUFM_CUDA_ARCH says otherwise)
+# in build-gpu/, run the GPU tests, compute-sanitizer memcheck and racecheck on small problems,
+# every benchmark binary briefly, and write bench/results/<date>-<device>.md (copied to $OUT when
+# set). Never stops at a failure: each step is recorded and the script exits non-zero at the end
+# if any step failed or was cut for time. Budget: 8 minutes in all (CUFM_CHECK_BUDGET_S).
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD="$ROOT/build-gpu"
+ARCH="${CUFM_CUDA_ARCH:-90}"
+BUDGET_S="${CUFM_CHECK_BUDGET_S:-470}"   # leaves ~10 s of the 8 minutes for the report
+JOBS=$(nproc 2>/dev/null || echo 8)
+START=$(date +%s)
+LOGS="$BUILD/gpu-check-logs"
+mkdir -p "$LOGS" "$ROOT/bench/results"
+
+export PATH="/usr/local/cuda/bin:$PATH"
+DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
+DEVICE=${DEVICE:-unknown-gpu}
+DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1)
+SLUG=$(echo "$DEVICE" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
+DATE=$(date -u +%Y-%m-%d)
+REPORT="$ROOT/bench/results/$DATE-$SLUG.md"
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+DIRTY=""
+if git -C "$ROOT" status --porcelain 2>/dev/null | grep -q .; then DIRTY=" (with local changes)"; fi
+
+FAILED=0
+ROWS=()
+DETAILS=()
+
+remaining() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+# run_step <name> <max seconds> <command...>: runs with a timeout, logs, records the outcome.
+run_step() {
+  local name="$1" cap="$2"
+  shift 2
+  local left
+  left=$(remaining)
+  local log
+  log="$LOGS/$(echo "$name" | tr -cs 'a-zA-Z0-9' '_').log"
+  if [ "$left" -lt 15 ]; then
+    ROWS+=("| $name | SKIPPED (time budget spent) | 0 s |")
+    FAILED=1
+    return
+  fi
+  local limit=$((cap < left ? cap : left))
+  local t0
+  t0=$(date +%s)
+  echo "==> $name (limit ${limit} s)"
+  timeout --kill-after=5 "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local dt=$(($(date +%s) - t0))
+  local status="pass"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    status="FAIL (timed out after ${limit} s)"
+    FAILED=1
+  elif [ $rc -ne 0 ]; then
+    status="FAIL (exit $rc)"
+    FAILED=1
+  fi
+  echo "    $status in ${dt} s"
+  ROWS+=("| $name | $status | ${dt} s |")
+  DETAILS+=("### $name: $status" "" '```' "$(grep -E 'PASSED|FAILED|SKIPPED \]|tests passed|tests failed|ERROR SUMMARY|error|Error|warning|Total Test time|median|ms|GB/s|TFLOP' "$log" | tail -n 25)" '```' "")
+}
+
+# ---- configure and build -----------------------------------------------------------------
+BENCH=OFF
+[ -f "$ROOT/bench/CMakeLists.txt" ] && BENCH=ON
+run_step "configure (Release, sm_$ARCH)" 90 \
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+  -DCUFM_ENABLE_CUDA=ON -DCUFM_BUILD_TESTS=ON -DCUFM_BUILD_BENCH=$BENCH -DCUFM_BUILD_CLI=OFF
+run_step "build" 240 cmake --build "$BUILD" -j "$JOBS"
+
+# ---- GPU tests -----------------------------------------------------------------------------
+run_step "ctest -L gpu" 150 ctest --test-dir "$BUILD" -L gpu --output-on-failure -j 2
+
+# ---- compute-sanitizer on small problems ------------------------------------------------
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+GPU_TESTS=()
+for t in test_gpu_kernels test_gpu_mlp test_gpu_training test_gpu_sampling; do
+  [ -x "$BUILD/tests/gpu/$t" ] && GPU_TESTS+=("$BUILD/tests/gpu/$t")
+done
+# A subset per binary keeps cuBLASLt's many kernels from dominating the sanitizer's time.
+filter_for() {
+  case "$(basename "$1")" in
+    test_gpu_mlp) echo 'Cases/LtMlpTest.ForwardBackwardMatchCpu/0:Cases/LtMlpTest.ForwardBackwardMatchCpu/1:Cases/LtMlpTest.ForwardBackwardMatchCpu/2:Cases/LtMlpTest.ForwardBackwardMatchCpu/8' ;;
+    test_gpu_training) echo 'Cases/GpuVsCpu.LossesAndWeightsAgree/0:Precisions/Determinism.GraphEqualsEagerAndRunsRepeat/0:GpuTraining.OversizeDatasetThrowsCufmError' ;;
+    test_gpu_sampling) echo 'Solvers/GpuSampling.MatchesCpu/7:Solvers/GpuSampling.MatchesCpu/9' ;;
+    *) echo '*' ;;
+  esac
+}
+if [ ${#GPU_TESTS[@]} -eq 0 ]; then
+  ROWS+=("| compute-sanitizer | FAIL (no GPU test binaries built) | 0 s |")
+  FAILED=1
+else
+  for b in "${GPU_TESTS[@]}"; do
+    run_step "memcheck $(basename "$b")" 45 env CUFM_TEST_SMALL=1 "$SAN" --tool memcheck --error-exitcode 1 \
+      "$b" --gtest_filter="$(filter_for "$b")"
+  done
+  # racecheck: shared-memory hazards, which only cuFM's own reduction kernels have.
+  run_step "racecheck test_gpu_kernels" 45 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/gpu/test_gpu_kernels"
+fi
+
+# ---- benchmarks (written separately; run whatever exists, briefly) -------------------------
+shopt -s nullglob
+BENCHES=("$BUILD"/bench/cufm_bench_*)
+if [ ${#BENCHES[@]} -eq 0 ]; then
+  ROWS+=("| benchmarks | none built (bench/ absent or not yet written) | 0 s |")
+else
+  # GPU rows only and no long quality run: the CPU rows belong to bench/run-cpu.sh.
+  for b in "${BENCHES[@]}"; do
+    [ -x "$b" ] || continue
+    name=$(basename "$b")
+    case "$name" in
+      cufm_bench_kernels) args=(--repeats 20) ;;
+      cufm_bench_train) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16" --quality-steps 0) ;;
+      *) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16") ;;
+    esac
+    run_step "bench $name" 45 "$b" "${args[@]}" --json "$LOGS/$name.json"
+  done
+fi
+
+# ---- the report -----------------------------------------------------------------------------
+TOTAL=$(($(date +%s) - START))
+{
+  echo "# GPU check $DATE on $DEVICE"
+  echo
+  echo "- commit: \`$COMMIT\`$DIRTY"
+  echo "- device: $DEVICE (driver ${DRIVER:-?}), built for sm_$ARCH"
+  echo "- nvcc: $(nvcc --version 2>/dev/null | tail -n1)"
+  echo "- total: ${TOTAL} s; result: $([ $FAILED -eq 0 ] && echo PASS || echo FAIL)"
+  echo
+  echo "| step | result | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  echo
+  echo "## Output summaries"
+  echo
+  printf '%s\n' "${DETAILS[@]}"
+  echo "Full logs: \`build-gpu/gpu-check-logs/\`."
+} >"$REPORT"
+echo "report: $REPORT"
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  cp "$REPORT" "$OUT/"
+  mkdir -p "$OUT/gpu-check-logs"
+  cp "$LOGS"/*.log "$LOGS"/*.json "$OUT/gpu-check-logs/" 2>/dev/null || true
+fi
+exit $FAILED

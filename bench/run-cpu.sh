@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every CPU benchmark on this machine and writes bench/results/<date>-<machine>.md (+ .json):
+# cuFM's CPU backend (cufm_bench_train, cufm_bench_sample) and the PyTorch baseline (eager, and
+# torch.compile for R1), all with threads = nproc, then bench/compare.py merges them.
+#
+#   bench/run-cpu.sh [BUILD_DIR] [--smoke]
+#
+# BUILD_DIR (default build-bench) is configured if needed and the two bench targets (re)built.
+# Needs: python3 with torch (pip install torch). Takes about 20-30 minutes on 2 cores; run it on a
+# quiet machine. --smoke: tiny sizes (a minute or two), results go to a temporary folder only.
+# THREADS=N overrides the thread count.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${1:-$root/build-bench}"
+smoke=()
+if [[ "${2:-}" == "--smoke" || "${1:-}" == "--smoke" ]]; then
+  smoke=(--smoke)
+  [[ "${1:-}" == "--smoke" ]] && build="$root/build-bench"
+fi
+threads="${THREADS:-$(nproc)}"
+
+if [[ ! -f "$build/CMakeCache.txt" ]]; then
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCUFM_BUILD_BENCH=ON
+fi
+cmake --build "$build" --target cufm_bench_train cufm_bench_sample -j"$threads"
+
+work="$(mktemp -d)"
+out_dir="$root/bench/results"
+[[ ${#smoke[@]} -gt 0 ]] && out_dir="$work"
+echo "cuFM benchmarks: $threads threads, raw results in $work" >&2
+
+"$build/bench/cufm_bench_train" --backends cpu --threads "$threads" "${smoke[@]}" \
+  --json "$work/cufm_train.json" --out "$work/cufm_train.md"
+"$build/bench/cufm_bench_sample" --backends cpu --threads "$threads" "${smoke[@]}" \
+  --json "$work/cufm_sample.json" --out "$work/cufm_sample.md"
+python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smoke[@]}" \
+  --json "$work/torch.json" --out "$work/torch.md"
+python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" \
+  --torch "$work/torch.json" --out-dir "$out_dir"

@@ -1,0 +1,113 @@
+// Helpers for the GPU tests: skip without a device, small sizes under compute-sanitizer
+// (CUFM_TEST_SMALL=1), device arrays poisoned with NaN, and comparisons that name the worst element.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cufm/device.hpp"
+#include "host/cuda/cuda_check.hpp"
+#include "test_util.hpp"
+
+#define CUFM_REQUIRE_GPU()                                                                      \
+  do {                                                                                          \
+    if (::cufm::cuda_devices().empty()) {                                                       \
+      GTEST_SKIP() << "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty): " \
+                      "GPU tests need one";                                                     \
+    }                                                                                           \
+  } while (0)
+
+namespace cufm::test {
+
+// Smaller problems for slow runs (compute-sanitizer): CUFM_TEST_SMALL=1.
+inline bool small_run() {
+  const char* v = std::getenv("CUFM_TEST_SMALL");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+inline int pick(int normal, int small) {
+  return small_run() ? small : normal;
+}
+
+// A device array of T, filled with NaN bits (0xFF bytes) unless given data.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n) : n_(n) {
+    CUFM_CUDA_CHECK(cudaMalloc(&p_, std::max<size_t>(1, n) * sizeof(T)));
+    poison();
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) { upload(host); }
+  ~DeviceArray() { cudaFree(p_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  void poison() { CUFM_CUDA_CHECK(cudaMemset(p_, 0xFF, std::max<size_t>(1, n_) * sizeof(T))); }
+  void zero() { CUFM_CUDA_CHECK(cudaMemset(p_, 0, std::max<size_t>(1, n_) * sizeof(T))); }
+  void upload(const std::vector<T>& host) {
+    CUFM_CUDA_CHECK(
+        cudaMemcpy(p_, host.data(), std::min(n_, host.size()) * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    CUFM_CUDA_CHECK(cudaDeviceSynchronize());
+    CUFM_CUDA_CHECK(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+inline std::vector<float> to_float(const std::vector<__nv_bfloat16>& v) {
+  std::vector<float> f(v.size());
+  for (size_t i = 0; i < v.size(); ++i) f[i] = __bfloat162float(v[i]);
+  return f;
+}
+
+inline float bf16_round(float x) {
+  return __bfloat162float(__float2bfloat16_rn(x));
+}
+
+// Bitwise equality of two float arrays; names the first difference.
+inline ::testing::AssertionResult bits_equal(const float* got, const float* want, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    if (std::memcmp(got + i, want + i, sizeof(float)) != 0) {
+      return ::testing::AssertionFailure()
+             << "first difference at element " << i << ": expected " << want[i] << ", got " << got[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// all_close with atol given as a fraction of the reference's largest magnitude (sums over
+// thousands of terms are compared to the scale of the tensor, not of each small element).
+inline ::testing::AssertionResult close_to_scale(const std::vector<float>& got,
+                                                 const std::vector<float>& want, double atol_frac,
+                                                 double rtol) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  double scale = 0.0;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
+  return all_close(got.data(), want.data(), got.size(), atol_frac * scale, rtol);
+}
+
+// Random floats in [lo, hi) from a fixed seed (std::mt19937 is portable across platforms).
+inline std::vector<float> random_floats(size_t n, float lo, float hi, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = lo + (hi - lo) * static_cast<float>(gen() >> 8) * (1.0f / 16777216.0f);
+  return v;
+}
+
+}  // namespace cufm::test

@@ -1,0 +1,411 @@
+// Each fused kernel against the CPU reference on fresh random inputs, outputs poisoned with NaN.
+// Exact where the math is shared and rounding is pinned (Philox draws, the path, the loss gradient,
+// Adam, the solver combinations); tolerances stated where the device uses its own intrinsics.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "cufm/dataset.hpp"
+#include "cufm/kernels.hpp"
+#include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
+#include "gpu/gpu_test_util.hpp"
+#include "host/cpu_ops.hpp"
+#include "host/cuda/ops.hpp"
+
+namespace cufm {
+namespace {
+
+using test::DeviceArray;
+
+Dataset random_dataset(int64_t n, int dim, int classes, unsigned seed) {
+  Dataset d;
+  d.name = "random";
+  d.n = n;
+  d.dim = dim;
+  d.x = test::random_floats(static_cast<size_t>(n) * dim, -3.0f, 3.0f, seed);
+  if (classes > 0) {
+    d.num_classes = classes;
+    for (int64_t i = 0; i < n; ++i) d.labels.push_back(static_cast<int32_t>((i * 7 + seed) % classes));
+  }
+  return d;
+}
+
+struct PrepCase {
+  int dim, time_features, classes;
+  TimeSampling ts;
+  float sigma_min, dropout;
+};
+
+class FmPrepare : public ::testing::TestWithParam<PrepCase> {};
+
+TEST_P(FmPrepare, MatchesCpuBitForBit) {
+  CUFM_REQUIRE_GPU();
+  const PrepCase pc = GetParam();
+  MlpConfig model;
+  model.data_dim = pc.dim;
+  model.hidden = {16};
+  model.time_features = pc.time_features;
+  model.num_classes = pc.classes;
+  TrainConfig cfg;
+  cfg.batch_size = test::pick(1000, 67);
+  cfg.seed = 1234567;
+  cfg.path.time_sampling = pc.ts;
+  cfg.path.sigma_min = pc.sigma_min;
+  cfg.path.logit_mean = 0.3f;
+  cfg.path.logit_std = 1.2f;
+  cfg.label_dropout = pc.dropout;
+  const Dataset data = random_dataset(523, pc.dim, pc.classes, 5);
+  const uint64_t step = 7;
+  cpu::PreparedBatch ref;
+  cpu::prepare_batch(model, cfg, data, step, ref);
+
+  const int in = model.input_dim(), ld = (in + 7) / 8 * 8, B = cfg.batch_size;
+  DeviceArray<float> x(data.x), input(static_cast<size_t>(B) * ld), t(B);
+  DeviceArray<int32_t> labels(data.labels.empty() ? std::vector<int32_t>{0} : data.labels), label(B);
+  DeviceArray<uint32_t> index(B);
+  DeviceArray<uint64_t> step_dev(std::vector<uint64_t>{step});
+  DeviceArray<__nv_bfloat16> input_bf16(static_cast<size_t>(B) * ld);
+  kernels::FmBatch b;
+  b.seed = cfg.seed;
+  b.step = step_dev.get();
+  b.batch = B;
+  b.dim = pc.dim;
+  b.data = x.get();
+  b.labels = pc.classes > 0 ? labels.get() : nullptr;
+  b.n_data = static_cast<uint32_t>(data.n);
+  b.time_sampling = pc.ts;
+  b.logit_mean = cfg.path.logit_mean;
+  b.logit_std = cfg.path.logit_std;
+  b.sigma_min = pc.sigma_min;
+  b.label_dropout = pc.dropout;
+  kernels::FmInputLayout layout{pc.time_features, pc.classes, ld};
+  kernels::FmPrepareOutputs out;
+  out.input = input.get();
+  out.t = t.get();
+  out.index = index.get();
+  out.label = pc.classes > 0 ? label.get() : nullptr;
+  kernels::fm_prepare(b, layout, out, nullptr);
+  const std::vector<float> got = input.download();
+
+  std::vector<float> want(got.size(), 0.0f);
+  for (int i = 0; i < B; ++i)
+    std::copy_n(ref.input.begin() + static_cast<size_t>(i) * in, in,
+                want.begin() + static_cast<size_t>(i) * ld);
+  EXPECT_TRUE(test::bits_equal(got.data(), want.data(), want.size()));
+  EXPECT_GT(test::norm2(got), 0.0);
+  const std::vector<float> t_got = t.download();
+  EXPECT_TRUE(test::bits_equal(t_got.data(), ref.t.data(), B));
+  EXPECT_EQ(index.download(), ref.index);
+  if (pc.classes > 0) {
+    EXPECT_EQ(label.download(), ref.label);
+  }
+
+  // bf16 input: the same values rounded once.
+  kernels::FmPrepareOutputs out16;
+  out16.input_bf16 = input_bf16.get();
+  kernels::fm_prepare(b, layout, out16, nullptr);
+  const std::vector<float> got16 = test::to_float(input_bf16.download());
+  std::vector<float> want16(want.size());
+  for (size_t i = 0; i < want.size(); ++i) want16[i] = test::bf16_round(want[i]);
+  EXPECT_TRUE(test::bits_equal(got16.data(), want16.data(), want16.size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, FmPrepare,
+                         ::testing::Values(PrepCase{2, 0, 0, TimeSampling::Uniform, 0.0f, 0.0f},
+                                           PrepCase{3, 8, 0, TimeSampling::LogitNormal, 0.01f, 0.0f},
+                                           PrepCase{5, 0, 4, TimeSampling::Uniform, 0.0f, 0.3f},
+                                           PrepCase{2, 16, 10, TimeSampling::LogitNormal, 0.001f, 1.0f}));
+
+TEST(FmLossGrad, MatchesCpu) {
+  CUFM_REQUIRE_GPU();
+  for (int dim : {2, 3, 6}) {
+    MlpConfig model;
+    model.data_dim = dim;
+    model.hidden = {16};
+    TrainConfig cfg;
+    cfg.batch_size = test::pick(3000, 300);  // several blocks of the reduction
+    cfg.seed = 99;
+    cfg.path.sigma_min = 0.01f;
+    const Dataset data = random_dataset(777, dim, 0, 11);
+    const uint64_t step = 3;
+    cpu::PreparedBatch batch;
+    cpu::prepare_batch(model, cfg, data, step, batch);
+    const int B = cfg.batch_size, ldv = dim + 5, ld = (dim + 7) / 8 * 8;
+    const std::vector<float> v = test::random_floats(static_cast<size_t>(B) * ldv, -2.0f, 2.0f, 3);
+    std::vector<float> v_dense(static_cast<size_t>(B) * dim), grad_ref(v_dense.size());
+    for (int i = 0; i < B; ++i)
+      std::copy_n(v.begin() + static_cast<size_t>(i) * ldv, dim,
+                  v_dense.begin() + static_cast<size_t>(i) * dim);
+    const float loss_ref = cpu::loss_grad(model, cfg, data, step, batch, v_dense.data(), grad_ref.data());
+
+    DeviceArray<float> x(data.x), v_dev(v), grad(static_cast<size_t>(B) * ld), loss(1);
+    DeviceArray<uint64_t> step_dev(std::vector<uint64_t>{step});
+    const size_t ws_bytes = kernels::fm_loss_grad_workspace_bytes(B, dim);
+    DeviceArray<char> ws(ws_bytes);
+    ws.zero();
+    kernels::FmBatch b;
+    b.seed = cfg.seed;
+    b.step = step_dev.get();
+    b.batch = B;
+    b.dim = dim;
+    b.data = x.get();
+    b.n_data = static_cast<uint32_t>(data.n);
+    b.sigma_min = cfg.path.sigma_min;
+    kernels::FmLossOutputs out;
+    out.grad = grad.get();
+    out.ld = ld;
+    out.loss = loss.get();
+    kernels::fm_loss_grad(b, v_dev.get(), ldv, out, ws.get(), ws_bytes, nullptr);
+    const std::vector<float> g = grad.download();
+    std::vector<float> want(g.size(), 0.0f);
+    for (int i = 0; i < B; ++i)
+      std::copy_n(grad_ref.begin() + static_cast<size_t>(i) * dim, dim,
+                  want.begin() + static_cast<size_t>(i) * ld);
+    EXPECT_TRUE(test::bits_equal(g.data(), want.data(), want.size())) << "dim " << dim;
+    EXPECT_GT(test::norm2(g), 0.0);
+    const float l1 = loss.download()[0];
+    // Double sums in another order, rounded to float: equal or one ulp apart.
+    EXPECT_NEAR(l1, loss_ref, 2e-7 * std::abs(loss_ref)) << "dim " << dim;
+    // Fixed-order reduction: a second call gives the same bits (and the workspace was reset).
+    loss.poison();
+    kernels::fm_loss_grad(b, v_dev.get(), ldv, out, ws.get(), ws_bytes, nullptr);
+    const float l2 = loss.download()[0];
+    EXPECT_EQ(std::memcmp(&l1, &l2, sizeof(float)), 0);
+  }
+}
+
+TEST(Activation, ForwardBackwardMatchCpu) {
+  CUFM_REQUIRE_GPU();
+  const int rows = test::pick(513, 37), width = 72;
+  const size_t n = static_cast<size_t>(rows) * width;
+  for (Activation act : {Activation::SiLU, Activation::ReLU, Activation::GELU}) {
+    const std::vector<float> z = test::random_floats(n, -4.0f, 4.0f, 21);
+    const std::vector<float> bias = test::random_floats(width, -1.0f, 1.0f, 22);
+    const std::vector<float> g = test::random_floats(n, -1.0f, 1.0f, 23);
+    std::vector<float> z_ref(n), a_ref(n), g_ref(n);
+    for (size_t i = 0; i < n; ++i) {
+      z_ref[i] = z[i] + bias[i % width];
+      a_ref[i] = hd::activate(act, z_ref[i]);
+      g_ref[i] = g[i] * hd::activate_grad(act, z_ref[i]);
+    }
+    DeviceArray<float> zd(z), ad(n), bd(bias), gd(g);
+    cuda::activation_forward(act, cuda::DType::F32, zd.get(), ad.get(), bd.get(), rows, width, nullptr);
+    // fp32: the device's __expf/tanhf differ from the host's by a few ulp: atol 1e-6, rtol 1e-5.
+    EXPECT_TRUE(test::all_close(zd.download().data(), z_ref.data(), n, 0.0, 0.0)) << to_string(act);
+    const std::vector<float> a = ad.download();
+    EXPECT_TRUE(test::all_close(a.data(), a_ref.data(), n, 1e-6, 1e-5)) << to_string(act);
+    EXPECT_GT(test::norm2(a), 0.0);
+    cuda::activation_backward(act, cuda::DType::F32, gd.get(), zd.get(), rows, width, nullptr);
+    EXPECT_TRUE(test::all_close(gd.download().data(), g_ref.data(), n, 1e-6, 1e-5)) << to_string(act);
+
+    // bf16 storage: one rounding of the inputs and of the outputs (rtol 1e-2).
+    std::vector<__nv_bfloat16> z16(n);
+    for (size_t i = 0; i < n; ++i) z16[i] = __float2bfloat16_rn(z_ref[i]);
+    DeviceArray<__nv_bfloat16> zb(z16), ab(n);
+    cuda::activation_forward(act, cuda::DType::BF16, zb.get(), ab.get(), nullptr, rows, width, nullptr);
+    EXPECT_TRUE(test::all_close(test::to_float(ab.download()).data(), a_ref.data(), n, 2e-2, 1e-2))
+        << to_string(act);
+  }
+}
+
+TEST(Activation, ColumnSumAndBiasAddAreExactOnIntegers) {
+  CUFM_REQUIRE_GPU();
+  const int rows = test::pick(4099, 70), width = 40;
+  std::vector<float> g(static_cast<size_t>(rows) * width);
+  for (size_t i = 0; i < g.size(); ++i)
+    g[i] = static_cast<float>(static_cast<int>((i * 2654435761u) % 17) - 8);
+  std::vector<float> want(width, 0.0f);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < width; ++c) want[c] += g[static_cast<size_t>(r) * width + c];
+  }
+  DeviceArray<float> gd(g), db(width);
+  cuda::column_sum(cuda::DType::F32, gd.get(), rows, width, db.get(), nullptr);
+  const std::vector<float> got = db.download();
+  EXPECT_TRUE(test::bits_equal(got.data(), want.data(), width));
+  EXPECT_GT(test::norm2(got), 0.0);
+}
+
+TEST(Adam, MatchesCpuBitForBit) {
+  CUFM_REQUIRE_GPU();
+  const size_t n = static_cast<size_t>(test::pick(100000, 4096));
+  for (Optimizer kind : {Optimizer::Adam, Optimizer::AdamW}) {
+    OptimConfig o;
+    o.kind = kind;
+    o.lr = 3e-3f;
+    o.weight_decay = 0.01f;
+    o.grad_clip = 1.0f;  // active: the norm of these gradients is ~180
+    o.ema_decay = 0.99f;
+    std::vector<float> p = test::random_floats(n, -1.0f, 1.0f, 31),
+                       g = test::random_floats(n, -1.0f, 1.0f, 32);
+    std::vector<float> m = test::random_floats(n, -0.1f, 0.1f, 33),
+                       v = test::random_floats(n, 0.0f, 0.01f, 34);
+    std::vector<float> ema = test::random_floats(n, -1.0f, 1.0f, 35);
+    DeviceArray<float> pd(p), gd(g), md(m), vd(v), ed(ema);
+    DeviceArray<__nv_bfloat16> p16(n);
+    const uint64_t done = 4;
+    cuda::AdamDeviceState st{};
+    st.step = done;
+    DeviceArray<cuda::AdamDeviceState> sd(std::vector<cuda::AdamDeviceState>{st});
+    DeviceArray<char> ws(cuda::adam_workspace_bytes());
+    ws.zero();
+    cuda::adam_prepare(o, gd.get(), n, sd.get(), ws.get(), nullptr);
+    cuda::adam_update(sd.get(), gd.get(), n, pd.get(), md.get(), vd.get(), ed.get(), p16.get(), nullptr);
+
+    const float norm = static_cast<float>(cpu::l2_norm(g.data(), n));
+    const hd::AdamCoeffs c = cpu::adam_coeffs(o, done + 1, norm);
+    cpu::adam_step(c, g.data(), n, p.data(), m.data(), v.data(), ema.data());
+    const cuda::AdamDeviceState after = sd.download()[0];
+    EXPECT_EQ(after.step, done + 1);
+    EXPECT_EQ(after.grad_norm, norm);
+    EXPECT_EQ(after.coeffs.grad_scale, c.grad_scale);
+    EXPECT_EQ(after.coeffs.bias_corr1, c.bias_corr1);
+    EXPECT_EQ(after.coeffs.bias_corr2_sqrt, c.bias_corr2_sqrt);
+    const std::vector<float> pg = pd.download();
+    EXPECT_TRUE(test::bits_equal(pg.data(), p.data(), n));
+    EXPECT_TRUE(test::bits_equal(md.download().data(), m.data(), n));
+    EXPECT_TRUE(test::bits_equal(vd.download().data(), v.data(), n));
+    EXPECT_TRUE(test::bits_equal(ed.download().data(), ema.data(), n));
+    std::vector<float> p16_want(n);
+    for (size_t i = 0; i < n; ++i) p16_want[i] = test::bf16_round(p[i]);
+    EXPECT_TRUE(test::bits_equal(test::to_float(p16.download()).data(), p16_want.data(), n));
+    EXPECT_GT(test::norm2(pg), 0.0);
+  }
+}
+
+TEST(Sampler, NoiseMatchesCpuBitForBit) {
+  CUFM_REQUIRE_GPU();
+  const int64_t count = test::pick(5000, 100);
+  for (int dim : {1, 2, 7}) {
+    std::vector<float> want(static_cast<size_t>(count) * dim);
+    sampler_noise(42, 0, count, dim, want.data());
+    DeviceArray<float> x(want.size());
+    cuda::sampler_noise(42, count, dim, x.get(), nullptr);
+    const std::vector<float> got = x.download();
+    EXPECT_TRUE(test::bits_equal(got.data(), want.data(), want.size())) << "dim " << dim;
+    EXPECT_GT(test::norm2(got), 0.0);
+  }
+}
+
+TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig model;
+  model.data_dim = 3;
+  model.hidden = {8};
+  model.time_features = 4;
+  model.num_classes = 5;
+  const int64_t n = test::pick(700, 50);
+  const int dim = 3, in = model.input_dim(), ld = (in + 7) / 8 * 8;
+  const size_t e = static_cast<size_t>(n) * dim;
+  const std::vector<float> x = test::random_floats(e, -2.0f, 2.0f, 41);
+  const std::vector<float> k0 = test::random_floats(e, -1.0f, 1.0f, 42),
+                           k1 = test::random_floats(e, -1.0f, 1.0f, 43);
+  std::vector<int32_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>(i % 5);
+  DeviceArray<float> xd(x), k0d(k0), k1d(k1), yd(e), input(static_cast<size_t>(2 * n) * ld);
+  DeviceArray<int32_t> ld_labels(labels);
+  cuda::StageCombination c;
+  c.x = xd.get();
+  c.k[0] = k0d.get();
+  c.k[1] = k1d.get();
+  c.a[0] = 0.3f;
+  c.a[1] = -0.7f;
+  c.terms = 2;
+  c.h = 0.125f;
+  cuda::ModelInput mi;
+  mi.n = n;
+  mi.dim = dim;
+  mi.time_features = 4;
+  mi.num_classes = 5;
+  mi.labels = ld_labels.get();
+  mi.copies = 2;
+  mi.input = input.get();
+  mi.ld = ld;
+  const float t = 0.3125f;
+  cuda::stage_input(c, t, mi, yd.get(), nullptr);
+  std::vector<float> y(e), want(static_cast<size_t>(2 * n) * ld, 0.0f);
+  for (size_t i = 0; i < e; ++i) {
+    float acc = 0.0f;
+    acc += 0.3f * k0[i];
+    acc += -0.7f * k1[i];
+    y[i] = x[i] + 0.125f * acc;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    cpu::write_input_row(model, y.data() + i * dim, t, labels[i], want.data() + i * ld);
+    cpu::write_input_row(model, y.data() + i * dim, t, model.null_class(), want.data() + (n + i) * ld);
+  }
+  EXPECT_TRUE(test::bits_equal(yd.download().data(), y.data(), e));
+  const std::vector<float> got = input.download();
+  EXPECT_TRUE(test::bits_equal(got.data(), want.data(), want.size()));
+
+  // Guidance combine from a [2n, ldv] output.
+  const int ldv = 8;
+  const std::vector<float> v = test::random_floats(static_cast<size_t>(2 * n) * ldv, -1.0f, 1.0f, 44);
+  DeviceArray<float> vd(v), kd(e);
+  cuda::collect_velocity(vd.get(), ldv, n, dim, 2, 1.5f, kd.get(), nullptr);
+  std::vector<float> kw(e);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int d = 0; d < dim; ++d) kw[i * dim + d] = hd::guided(v[(n + i) * ldv + d], v[i * ldv + d], 1.5f);
+  }
+  EXPECT_TRUE(test::bits_equal(kd.download().data(), kw.data(), e));
+
+  // Step update with an error estimate: x_new exact, the scaled error sum to double rounding.
+  cuda::StageCombination err;
+  err.k[0] = k1d.get();
+  err.a[0] = 0.01f;
+  err.terms = 1;
+  err.h = 0.125f;
+  DeviceArray<double> sum(1);
+  DeviceArray<char> ws(cuda::solver_workspace_bytes());
+  ws.zero();
+  DeviceArray<float> xn(e);
+  cuda::solver_update(c, static_cast<int64_t>(e), xn.get(), &err, 1e-3f, 1e-3f, sum.get(), ws.get(), nullptr);
+  double sum_ref = 0.0;
+  for (size_t i = 0; i < e; ++i) {
+    float acc = 0.0f;
+    acc += 0.01f * k1[i];
+    sum_ref += hd::scaled_error_sq(0.0f + 0.125f * acc, x[i], y[i], 1e-3f, 1e-3f);
+  }
+  EXPECT_TRUE(test::bits_equal(xn.download().data(), y.data(), e));
+  EXPECT_NEAR(sum.download()[0], sum_ref, 1e-12 * sum_ref);
+  EXPECT_GT(sum_ref, 0.0);
+}
+
+// Argument checks happen before any CUDA call: these run without a GPU.
+TEST(KernelArguments, BadShapesThrowCufmError) {
+  kernels::FmBatch b;
+  kernels::FmInputLayout layout{0, 0, 8};
+  kernels::FmPrepareOutputs out;
+  EXPECT_THROW(kernels::fm_prepare(b, layout, out, nullptr), Error);  // batch 0
+  float dummy = 0.0f;
+  uint64_t step = 0;
+  b.batch = 4;
+  b.dim = 3;
+  b.data = &dummy;
+  b.n_data = 1;
+  b.step = &step;
+  out.input = &dummy;
+  layout.ld = 3;  // below the input width 4
+  EXPECT_THROW(kernels::fm_prepare(b, layout, out, nullptr), Error);
+  layout.ld = 8;
+  __nv_bfloat16 h{};
+  out.input_bf16 = &h;  // both outputs set
+  EXPECT_THROW(kernels::fm_prepare(b, layout, out, nullptr), Error);
+  kernels::FmLossOutputs lo;
+  lo.grad = &dummy;
+  lo.ld = 4;
+  lo.loss = &dummy;
+  char ws[16];
+  EXPECT_THROW(kernels::fm_loss_grad(b, &dummy, 3, lo, ws, sizeof ws, nullptr),
+               Error);  // workspace too small
+  EXPECT_THROW(kernels::fm_loss_grad(b, &dummy, 2, lo, ws, sizeof ws, nullptr), Error);  // ldv < dim
+  EXPECT_THROW(
+      cuda::activation_forward(Activation::SiLU, cuda::DType::F32, &dummy, &dummy, nullptr, 4, 6, nullptr),
+      Error);  // width not a multiple of 4
+  EXPECT_THROW(cuda::adam_update(nullptr, &dummy, 6, &dummy, &dummy, &dummy, nullptr, nullptr, nullptr),
+               Error);
+}
+
+}  // namespace
+}  // namespace cufm

@@ -1,0 +1,220 @@
+// Whole training runs on the GPU against the CPU backend from the same initial weights, graph
+// replay against eager launches (bit for bit), run-to-run determinism, resuming, and the errors.
+// Adam's eps is 1e-3 here (not 1e-8) so that the update is smooth in the gradient: with a tiny eps
+// a gradient within rounding of zero becomes a full +-lr step whose sign is noise, which would
+// test nothing but luck. Tolerances (atol as a fraction of the tensor's scale, rtol):
+// fp32 loss rtol 1e-5, weights 1e-5 / 1e-4; tf32 loss 1e-2, weights 1e-3 / 1e-2; bf16 loss 5e-2,
+// weights 5e-3 / 5e-2.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "cufm/trainer.hpp"
+#include "gpu/gpu_test_util.hpp"
+#include "host/backend.hpp"
+#include "host/cuda/cuda_trainer.hpp"
+
+namespace cufm {
+namespace {
+
+Dataset data_for(int dim, int classes, int64_t n = 2000) {
+  Dataset d;
+  d.name = "gpu-test";
+  d.n = n;
+  d.dim = dim;
+  d.x = test::random_floats(static_cast<size_t>(n) * dim, -2.0f, 2.0f, 61);
+  if (classes > 0) {
+    d.num_classes = classes;
+    for (int64_t i = 0; i < n; ++i) d.labels.push_back(static_cast<int32_t>(i % classes));
+  }
+  return d;
+}
+
+TrainConfig train_config(Precision p) {
+  TrainConfig c;
+  c.batch_size = test::pick(512, 64);
+  c.seed = 2024;
+  c.precision = p;
+  c.optim.lr = 1e-3f;
+  c.optim.eps = 1e-3f;
+  c.optim.grad_clip = 0.5f;
+  c.optim.ema_decay = 0.9f;
+  c.label_dropout = 0.2f;
+  c.path.sigma_min = 0.001f;
+  return c;
+}
+
+struct RunCase {
+  Precision precision;
+  Activation act;
+  int time_features, classes;
+  TimeSampling ts;
+};
+
+class GpuVsCpu : public ::testing::TestWithParam<RunCase> {};
+
+TEST_P(GpuVsCpu, LossesAndWeightsAgree) {
+  CUFM_REQUIRE_GPU();
+  const RunCase rc = GetParam();
+  MlpConfig mc;
+  mc.data_dim = 3;
+  mc.hidden = {64, 48};
+  mc.activation = rc.act;
+  mc.time_features = rc.time_features;
+  mc.num_classes = rc.classes;
+  const Model init(mc, 7);
+  const Dataset data = data_for(mc.data_dim, rc.classes);
+  TrainConfig cpu_cfg = train_config(Precision::FP32);
+  cpu_cfg.path.time_sampling = rc.ts;
+  cpu_cfg.device = Device::CPU;
+  TrainConfig gpu_cfg = cpu_cfg;
+  gpu_cfg.device = Device::CUDA;
+  gpu_cfg.precision = rc.precision;
+  Trainer cpu(init, data, cpu_cfg), gpu(init, data, gpu_cfg);
+  ASSERT_EQ(gpu.device(), Device::CUDA);
+  double loss_rtol = 1e-5, w_atol = 1e-5, w_rtol = 1e-4;
+  if (rc.precision == Precision::TF32) loss_rtol = 1e-2, w_atol = 1e-3, w_rtol = 1e-2;
+  if (rc.precision == Precision::BF16) loss_rtol = 5e-2, w_atol = 5e-3, w_rtol = 5e-2;
+  const int steps = test::pick(6, 3);
+  for (int s = 0; s < steps; ++s) {
+    const float lc = cpu.step(), lg = gpu.step();
+    EXPECT_NEAR(lg, lc, loss_rtol * std::abs(lc)) << "step " << s;
+    EXPECT_GT(lc, 0.0f);
+  }
+  const TrainState a = cpu.state(), b = gpu.state();
+  EXPECT_EQ(b.step, static_cast<uint64_t>(steps));
+  EXPECT_TRUE(test::close_to_scale(b.params, a.params, w_atol, w_rtol)) << "params";
+  EXPECT_TRUE(test::close_to_scale(b.adam_m, a.adam_m, 10 * w_atol, 10 * w_rtol)) << "adam m";
+  EXPECT_TRUE(test::close_to_scale(b.ema, a.ema, w_atol, w_rtol)) << "ema";
+  EXPECT_GT(test::norm2(b.params), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, GpuVsCpu,
+    ::testing::Values(RunCase{Precision::FP32, Activation::SiLU, 0, 0, TimeSampling::Uniform},
+                      RunCase{Precision::FP32, Activation::ReLU, 8, 0, TimeSampling::LogitNormal},
+                      RunCase{Precision::FP32, Activation::GELU, 0, 4, TimeSampling::Uniform},
+                      RunCase{Precision::FP32, Activation::SiLU, 16, 10, TimeSampling::LogitNormal},
+                      RunCase{Precision::TF32, Activation::SiLU, 0, 0, TimeSampling::Uniform},
+                      RunCase{Precision::TF32, Activation::GELU, 8, 3, TimeSampling::Uniform},
+                      RunCase{Precision::BF16, Activation::SiLU, 0, 0, TimeSampling::Uniform},
+                      RunCase{Precision::BF16, Activation::ReLU, 8, 3, TimeSampling::LogitNormal}));
+
+struct TrainRun {
+  std::vector<float> losses;
+  TrainState state;
+};
+
+TrainRun run_backend(const MlpConfig& mc, const TrainConfig& cfg, const Dataset& data, TrainState init,
+                     int steps, const detail::CudaTrainerOptions& opt) {
+  auto t = detail::make_cuda_trainer_with(mc, cfg, data, std::move(init), opt);
+  TrainRun r;
+  for (int s = 0; s < steps; ++s) {
+    t->run(1);
+    r.losses.push_back(t->loss());
+  }
+  r.state = t->state();
+  return r;
+}
+
+void expect_same_bits(const TrainRun& a, const TrainRun& b) {
+  ASSERT_EQ(a.losses.size(), b.losses.size());
+  EXPECT_TRUE(test::bits_equal(a.losses.data(), b.losses.data(), a.losses.size())) << "losses";
+  EXPECT_EQ(a.state.step, b.state.step);
+  EXPECT_TRUE(test::bits_equal(a.state.params.data(), b.state.params.data(), a.state.params.size()))
+      << "params";
+  EXPECT_TRUE(test::bits_equal(a.state.adam_m.data(), b.state.adam_m.data(), a.state.adam_m.size())) << "m";
+  EXPECT_TRUE(test::bits_equal(a.state.adam_v.data(), b.state.adam_v.data(), a.state.adam_v.size())) << "v";
+  ASSERT_EQ(a.state.ema.size(), b.state.ema.size());
+  EXPECT_TRUE(test::bits_equal(a.state.ema.data(), b.state.ema.data(), a.state.ema.size())) << "ema";
+}
+
+class Determinism : public ::testing::TestWithParam<Precision> {};
+
+TEST_P(Determinism, GraphEqualsEagerAndRunsRepeat) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {128, 128};
+  mc.num_classes = 3;
+  mc.time_features = 8;
+  const Dataset data = data_for(2, 3);
+  const TrainConfig cfg = train_config(GetParam());
+  const TrainState init{0, Model(mc, 3).params(), {}, {}, {}};
+  const int steps = test::pick(5, 2);
+  detail::CudaTrainerOptions graph, eager;
+  eager.launch = detail::StepLaunch::Eager;
+  const TrainRun g1 = run_backend(mc, cfg, data, init, steps, graph);
+  const TrainRun e1 = run_backend(mc, cfg, data, init, steps, eager);
+  const TrainRun g2 = run_backend(mc, cfg, data, init, steps, graph);
+  expect_same_bits(g1, e1);
+  expect_same_bits(g1, g2);
+  EXPECT_GT(test::norm2(g1.state.params), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, Determinism,
+                         ::testing::Values(Precision::FP32, Precision::TF32, Precision::BF16));
+
+TEST(GpuTraining, ResumeContinuesExactly) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {32, 32};
+  const Dataset data = data_for(2, 0);
+  const TrainConfig cfg = train_config(Precision::FP32);
+  const TrainState init{0, Model(mc, 5).params(), {}, {}, {}};
+  const detail::CudaTrainerOptions opt;
+  const TrainRun straight = run_backend(mc, cfg, data, init, 5, opt);
+  const TrainRun first = run_backend(mc, cfg, data, init, 3, opt);
+  TrainRun second = run_backend(mc, cfg, data, first.state, 2, opt);
+  second.losses.insert(second.losses.begin(), first.losses.begin(), first.losses.end());
+  expect_same_bits(straight, second);
+}
+
+TEST(GpuTraining, RunEnqueuesWithoutReadingBack) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {32};
+  const Dataset data = data_for(2, 0);
+  TrainConfig cfg = train_config(Precision::FP32);
+  cfg.device = Device::CUDA;
+  Trainer t(Model(mc, 1), data, cfg);
+  t.run(20);
+  EXPECT_EQ(t.step_count(), 20u);
+  const float l = t.loss();
+  EXPECT_TRUE(std::isfinite(l));
+  EXPECT_GT(l, 0.0f);
+}
+
+TEST(GpuTraining, OversizeDatasetThrowsCufmError) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {16};
+  const Dataset data = data_for(2, 0, 300000);  // 2.4 MB
+  detail::CudaTrainerOptions opt;
+  opt.memory_limit = size_t{1} << 20;  // pretend the GPU has 1 MiB free
+  try {
+    detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data,
+                                   TrainState{0, Model(mc, 1).params(), {}, {}, {}}, opt);
+    FAIL() << "expected cufm::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dataset"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {16};
+  EXPECT_THROW(detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0),
+                                              TrainState{0, std::vector<float>(5, 0.1f), {}, {}, {}},
+                                              detail::CudaTrainerOptions{}),
+               Error);
+}
+
+}  // namespace
+}  // namespace cufm
