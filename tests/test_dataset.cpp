@@ -13,37 +13,13 @@
 
 #include "cufm/dataset.hpp"
 #include "cufm/error.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 using ::testing::HasSubstr;
-
-// Runs f, which must throw cufm::Error, and returns the message.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const cufm::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a cufm::Error";
-  return "";
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cufm_test_dataset_XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using cufm::test::error_of;
+using cufm::test::TempDir;
 
 int expected_classes(const std::string& name) {
   if (name == "checkerboard" || name == "8gaussians") return 8;

@@ -16,60 +16,15 @@
 
 #include "cufm/dataset.hpp"
 #include "cufm/error.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 using ::testing::HasSubstr;
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const cufm::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a cufm::Error";
-  return "";
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/cufm_test_npy_XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (p == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path_ + "'").c_str()); }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    DIR* d = opendir(path_.c_str());
-    while (const dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") out.push_back(name);
-    }
-    closedir(d);
-    return out;
-  }
-
- private:
-  std::string path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using cufm::test::error_of;
+using cufm::test::TempDir;
+using cufm::test::read_bytes;
+using cufm::test::write_bytes;
 
 // A .npy file built byte by byte: magic, version, header length (2 bytes in 1.0, 4 after), header.
 std::string npy_bytes(int major, const std::string& dict, const std::string& data) {

@@ -5,8 +5,13 @@
 
 #include <cmath>
 #include <cstddef>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
+
+#include "cufm/error.hpp"
 
 namespace cufm::test {
 
@@ -35,6 +40,63 @@ double norm2(const V& v) {
   double s = 0.0;
   for (auto x : v) s += static_cast<double>(x) * x;
   return std::sqrt(s);
+}
+
+// Runs f, which must throw cufm::Error, and returns the message.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const cufm::Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a cufm::Error";
+  return "";
+}
+
+// A fresh directory under the system's temporary folder, removed with its contents.
+class TempDir {
+ public:
+  TempDir() {
+    namespace fs = std::filesystem;
+    const fs::path base = fs::temp_directory_path();
+    for (unsigned i = 0;; ++i) {
+      fs::path candidate = base / ("cufm_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+                                   "_" + std::to_string(reinterpret_cast<uintptr_t>(this) + i));
+      if (fs::create_directory(candidate)) {
+        path_ = candidate.string();
+        break;
+      }
+    }
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename().string());
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 }  // namespace cufm::test
