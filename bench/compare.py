@@ -148,7 +148,8 @@ def main():
     tidx = index(torch_j["train"], ["workload", "variant", "backend", "mode"])
     rows = []
     for r in cufm["train"]:
-        key = (r["workload"], r.get("variant", "") or "", r["backend"])
+        # A cuFM row may name the PyTorch backend it is compared with (an OpenBLAS variant of "cpu").
+        key = (r["workload"], r.get("variant", "") or "", r.get("torch_backend", r["backend"]))
         te, tc = tidx.get(key + ("eager",)), tidx.get(key + ("compile",))
         ok = r.get("status") == "ok"
         ms = r.get("ms_per_step") if ok else None
@@ -171,7 +172,7 @@ def main():
     sidx = index(torch_j["sample"], ["workload", "backend", "mode"])
     rows = []
     for r in cufm["sample"]:
-        key = (r["workload"], r["backend"])
+        key = (r["workload"], r.get("torch_backend", r["backend"]))
         te, tc = sidx.get(key + ("eager",)), sidx.get(key + ("compile",))
         ok = r.get("status") == "ok"
         s = r.get("seconds") if ok else None

@@ -180,8 +180,9 @@ class GpuSampler {
     final_x_ = slot(steps);
     if (keep) {
       res.trajectory.resize((static_cast<size_t>(steps) + 1) * elems_);
-      CUFM_CUDA_CHECK(cudaMemcpy(res.trajectory.data(), x_.get(), res.trajectory.size() * sizeof(float),
-                                 cudaMemcpyDeviceToHost));
+      CUFM_CUDA_CHECK(cudaMemcpyAsync(res.trajectory.data(), x_.get(), res.trajectory.size() * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s));
+      CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     }
   }
 
@@ -204,8 +205,9 @@ class GpuSampler {
     res.times.push_back(t);
     const size_t at = res.trajectory.size();
     res.trajectory.resize(at + static_cast<size_t>(elems_));
-    CUFM_CUDA_CHECK(
-        cudaMemcpy(res.trajectory.data() + at, x, elems_ * sizeof(float), cudaMemcpyDeviceToHost));
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(res.trajectory.data() + at, x, elems_ * sizeof(float),
+                                    cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
   }
 
   // Dormand-Prince 5(4), step for step the CPU's controller (host/sampler.cpp).

@@ -110,11 +110,12 @@ class CudaTrainer final : public TrainBackend {
   }
 
   ~CudaTrainer() override {
-    if (exec_) cudaGraphExecDestroy(exec_);
+    // Finish the queued steps before the graph and the buffers they use go away.
     if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
       (void)cudaGetLastError();
       std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
     }
+    if (exec_) cudaGraphExecDestroy(exec_);
   }
 
   void run(uint64_t n) override {

@@ -31,6 +31,9 @@ class DeviceBuffer {
                                       "the model, or use device 'cpu'");
     }
     CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes));
+    // cudaMemset may return before it runs, and work on a non-blocking stream does not wait for
+    // the default stream: finish it here (setup only), so every user sees zeros.
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   }
   ~DeviceBuffer() {
     if (ptr_ && cudaFree(ptr_) != cudaSuccess) {

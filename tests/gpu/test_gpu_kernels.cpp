@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "cufm/dataset.hpp"
@@ -116,7 +117,13 @@ INSTANTIATE_TEST_SUITE_P(Cases, FmPrepare,
                          ::testing::Values(PrepCase{2, 0, 0, TimeSampling::Uniform, 0.0f, 0.0f},
                                            PrepCase{3, 8, 0, TimeSampling::LogitNormal, 0.01f, 0.0f},
                                            PrepCase{5, 0, 4, TimeSampling::Uniform, 0.0f, 0.3f},
-                                           PrepCase{2, 16, 10, TimeSampling::LogitNormal, 0.001f, 1.0f}));
+                                           PrepCase{2, 16, 10, TimeSampling::LogitNormal, 0.001f, 1.0f}),
+                         [](const ::testing::TestParamInfo<PrepCase>& pi) {
+                           const PrepCase& c = pi.param;
+                           return "d" + std::to_string(c.dim) + "_tf" + std::to_string(c.time_features) +
+                                  "_c" + std::to_string(c.classes) +
+                                  (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
+                         });
 
 TEST(FmLossGrad, MatchesCpu) {
   CUFM_REQUIRE_GPU();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <iostream>
+#include <string>
 #include <vector>
 
 #include "cufm/model.hpp"
@@ -149,7 +150,13 @@ std::vector<MlpCase> cases() {
   return c;
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, LtMlpTest, ::testing::ValuesIn(cases()));
+INSTANTIATE_TEST_SUITE_P(Cases, LtMlpTest, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<MlpCase>& pi) {
+                           std::string name =
+                               std::string(to_string(pi.param.precision)) + "_" + to_string(pi.param.act);
+                           for (int w : pi.param.hidden) name += "_" + std::to_string(w);
+                           return name;
+                         });
 
 // Host-side layout logic: runs without a GPU.
 TEST(PaddedLayoutTest, RoundTripsAndAligns) {

@@ -4,6 +4,7 @@
 // fp32 atol 1e-4 + rtol 1e-4; tf32 2e-2; bf16 5e-2 (on samples of magnitude ~1).
 #include <gtest/gtest.h>
 
+#include <string>
 #include <vector>
 
 #include "cufm/sampler.hpp"
@@ -64,14 +65,16 @@ TEST_P(GpuSampling, MatchesCpu) {
   expect_match(gpu, cpu, 1e-4, 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Solvers, GpuSampling,
-                         ::testing::Values(SolverCase{Solver::Euler, false}, SolverCase{Solver::Euler, true},
-                                           SolverCase{Solver::Midpoint, false},
-                                           SolverCase{Solver::Midpoint, true},
-                                           SolverCase{Solver::Heun, false}, SolverCase{Solver::Heun, true},
-                                           SolverCase{Solver::RK4, false}, SolverCase{Solver::RK4, true},
-                                           SolverCase{Solver::Dopri5, false},
-                                           SolverCase{Solver::Dopri5, true}));
+INSTANTIATE_TEST_SUITE_P(
+    Solvers, GpuSampling,
+    ::testing::Values(SolverCase{Solver::Euler, false}, SolverCase{Solver::Euler, true},
+                      SolverCase{Solver::Midpoint, false}, SolverCase{Solver::Midpoint, true},
+                      SolverCase{Solver::Heun, false}, SolverCase{Solver::Heun, true},
+                      SolverCase{Solver::RK4, false}, SolverCase{Solver::RK4, true},
+                      SolverCase{Solver::Dopri5, false}, SolverCase{Solver::Dopri5, true}),
+    [](const ::testing::TestParamInfo<SolverCase>& pi) {
+      return std::string(to_string(pi.param.solver)) + (pi.param.guided ? "_guided" : "");
+    });
 
 TEST(GpuSamplingLabels, NoneOneAndUnconditional) {
   CUFM_REQUIRE_GPU();

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cufm/trainer.hpp"
@@ -99,7 +100,13 @@ INSTANTIATE_TEST_SUITE_P(
                       RunCase{Precision::TF32, Activation::SiLU, 0, 0, TimeSampling::Uniform},
                       RunCase{Precision::TF32, Activation::GELU, 8, 3, TimeSampling::Uniform},
                       RunCase{Precision::BF16, Activation::SiLU, 0, 0, TimeSampling::Uniform},
-                      RunCase{Precision::BF16, Activation::ReLU, 8, 3, TimeSampling::LogitNormal}));
+                      RunCase{Precision::BF16, Activation::ReLU, 8, 3, TimeSampling::LogitNormal}),
+    [](const ::testing::TestParamInfo<RunCase>& pi) {
+      const RunCase& c = pi.param;
+      return std::string(to_string(c.precision)) + "_" + to_string(c.act) + "_tf" +
+             std::to_string(c.time_features) + "_c" + std::to_string(c.classes) +
+             (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
+    });
 
 struct TrainRun {
   std::vector<float> losses;
@@ -154,7 +161,10 @@ TEST_P(Determinism, GraphEqualsEagerAndRunsRepeat) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, Determinism,
-                         ::testing::Values(Precision::FP32, Precision::TF32, Precision::BF16));
+                         ::testing::Values(Precision::FP32, Precision::TF32, Precision::BF16),
+                         [](const ::testing::TestParamInfo<Precision>& pi) {
+                           return std::string(to_string(pi.param));
+                         });
 
 TEST(GpuTraining, ResumeContinuesExactly) {
   CUFM_REQUIRE_GPU();
