@@ -187,7 +187,7 @@ def measure_train(w, backend, mode, args):
             stop.synchronize()
             per_step.append(start.elapsed_time(stop) * 1e-3 / k)
             done += k
-    final_loss = float(loss)
+    final_loss = float(loss.detach())
     if not math.isfinite(final_loss):
         raise RuntimeError(f"training diverged (loss {final_loss})")
     med = statistics.median(per_step)

@@ -102,21 +102,7 @@ float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset
 }
 
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm) {
-  hd::AdamCoeffs c{};
-  c.lr = o.lr;
-  c.beta1 = o.beta1;
-  c.beta2 = o.beta2;
-  c.eps = o.eps;
-  c.weight_decay = o.weight_decay;
-  c.decoupled = o.kind == Optimizer::AdamW;
-  c.bias_corr1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t)));
-  c.bias_corr2_sqrt =
-      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(t))));
-  // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
-  c.grad_scale = 1.0f;
-  if (o.grad_clip > 0.0f) c.grad_scale = std::min(1.0f, o.grad_clip / (grad_norm + 1e-6f));
-  c.ema_decay = o.ema_decay;
-  return c;
+  return hd::adam_coeffs(o.hyper(), t, grad_norm);
 }
 
 double l2_norm(const float* g, size_t n) {

@@ -20,26 +20,8 @@ constexpr int kThreads = 256;
 constexpr int kNormBlocks = 256;  // fixed, so the summation order never depends on the device
 constexpr size_t kPartialsOffset = 256;
 
-// cpu::adam_coeffs, on the device: t is 1-based.
-__device__ hd::AdamCoeffs device_adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm) {
-  hd::AdamCoeffs c{};
-  c.lr = o.lr;
-  c.beta1 = o.beta1;
-  c.beta2 = o.beta2;
-  c.eps = o.eps;
-  c.weight_decay = o.weight_decay;
-  c.decoupled = o.kind == Optimizer::AdamW;
-  c.bias_corr1 = static_cast<float>(1.0 - pow(static_cast<double>(o.beta1), static_cast<double>(t)));
-  c.bias_corr2_sqrt =
-      static_cast<float>(sqrt(1.0 - pow(static_cast<double>(o.beta2), static_cast<double>(t))));
-  c.grad_scale = 1.0f;
-  if (o.grad_clip > 0.0f) c.grad_scale = fminf(1.0f, o.grad_clip / (grad_norm + 1e-6f));
-  c.ema_decay = o.ema_decay;
-  return c;
-}
-
 __global__ void __launch_bounds__(kThreads)
-    adam_prepare_kernel(OptimConfig optim, const float* __restrict__ grads, size_t n, AdamDeviceState* state,
+    adam_prepare_kernel(hd::AdamHyper optim, const float* __restrict__ grads, size_t n, AdamDeviceState* state,
                         unsigned int* counter, double* partials) {
   using BlockReduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
@@ -68,7 +50,7 @@ __global__ void __launch_bounds__(kThreads)
     const float norm = n > 0 ? static_cast<float>(sqrt(total)) : 0.0f;
     const uint64_t t = state->step + 1;
     state->grad_norm = norm;
-    state->coeffs = device_adam_coeffs(optim, t, norm);
+    state->coeffs = hd::adam_coeffs(optim, t, norm);  // as cpu::adam_coeffs
     state->step = t;
     *counter = 0u;
   }
@@ -123,7 +105,7 @@ void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDe
   const size_t reduce_n = optim.grad_clip > 0.0f ? n : 0;
   const int blocks = reduce_n > 0 ? kNormBlocks : 1;
   adam_prepare_kernel<<<blocks, kThreads, 0, stream>>>(
-      optim, grads, reduce_n, state, static_cast<unsigned int*>(workspace),
+      optim.hyper(), grads, reduce_n, state, static_cast<unsigned int*>(workspace),
       reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset));
   CUFM_CUDA_CHECK_LAUNCH("adam_prepare_kernel");
 }

@@ -143,6 +143,43 @@ struct AdamCoeffs {
   float ema_decay;       // 0: no EMA
 };
 
+struct AdamHyper {
+  float lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay;
+  bool decoupled;
+};
+
+// b^e by squaring: only IEEE multiplications, so host and device agree to the bit (pow() need not).
+CUFM_HD double powi(double b, uint64_t e) {
+  double r = 1.0;
+  while (e) {
+    if (e & 1u) r *= b;
+    b *= b;
+    e >>= 1;
+  }
+  return r;
+}
+
+// The coefficients of step t (1-based) for a gradient of global norm grad_norm; the clipping
+// factor is PyTorch's clip_grad_norm_: max_norm / (norm + 1e-6), when that is below 1.
+CUFM_HD AdamCoeffs adam_coeffs(const AdamHyper& h, uint64_t t, float grad_norm) {
+  AdamCoeffs c{};
+  c.lr = h.lr;
+  c.beta1 = h.beta1;
+  c.beta2 = h.beta2;
+  c.eps = h.eps;
+  c.weight_decay = h.weight_decay;
+  c.decoupled = h.decoupled;
+  c.bias_corr1 = static_cast<float>(1.0 - powi(static_cast<double>(h.beta1), t));
+  c.bias_corr2_sqrt = static_cast<float>(sqrt(1.0 - powi(static_cast<double>(h.beta2), t)));
+  c.grad_scale = 1.0f;
+  if (h.grad_clip > 0.0f) {
+    const float f = rn_div(h.grad_clip, rn_add(grad_norm, 1e-6f));
+    c.grad_scale = f < 1.0f ? f : 1.0f;
+  }
+  c.ema_decay = h.ema_decay;
+  return c;
+}
+
 CUFM_HD void adam_update(const AdamCoeffs& c, float g, float& p, float& m, float& v) {
   g *= c.grad_scale;
   if (c.weight_decay != 0.0f) {

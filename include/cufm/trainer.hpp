@@ -24,6 +24,11 @@ struct OptimConfig {
   float weight_decay = 0.0f;
   float grad_clip = 0.0f;   // > 0: clip the global gradient norm to this value
   float ema_decay = 0.0f;   // > 0: keep an exponential moving average of the weights
+
+  // The values the shared update (hd::adam_coeffs, hd::adam_update) reads.
+  hd::AdamHyper hyper() const {
+    return hd::AdamHyper{lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, kind == Optimizer::AdamW};
+  }
 };
 
 struct PathConfig {
