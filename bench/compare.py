@@ -22,7 +22,11 @@ import sys
 def fmt(v, digits=4):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    if isinstance(v, (int, float)):
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)  # counts (batch, points, steps) in full
+    if isinstance(v, float):
         return f"{v:.{digits}g}"
     return str(v)
 

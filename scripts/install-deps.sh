@@ -10,6 +10,7 @@ want_python=0
 
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libpng-dev python3)
+((want_python)) && ! python3 -m pip --version >/dev/null 2>&1 && pkgs+=(python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@
 #include "cufm/math.hpp"
 #include "cufm/metrics.hpp"
 #include "cufm/model.hpp"
+#include "cufm/path.hpp"
 #include "cufm/philox.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"

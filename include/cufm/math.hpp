@@ -1,70 +1,18 @@
-// The math both backends run, once: the probability path, time sampling and features, the
-// activations and their derivatives, Adam's update and the ODE solvers' tableaux.
+// The math both backends run, once: the activations and their derivatives, Adam's update,
+// guidance and the ODE solvers' tableaux (the path and its draws are in path.hpp).
 // The CPU backend calls these functions and so do the kernels, so the CPU tests cover the GPU math.
 #pragma once
 
 #include <cstdint>
 
 #include "cufm/hd.hpp"
+#include "cufm/path.hpp"
 #include "cufm/philox.hpp"
 
 namespace cufm {
 
 enum class Activation : int { SiLU = 0, ReLU = 1, GELU = 2 };
-enum class TimeSampling : int { Uniform = 0, LogitNormal = 1 };
-
 namespace hd {
-
-// ---- the path ----------------------------------------------------------------------------
-// x_t = t*x1 + (1 - (1 - s)*t)*eps and u = x1 - (1 - s)*eps; s = sigma_min (0: the OT path).
-CUFM_HD float path_xt(float t, float x1, float eps, float sigma_min) {
-  const float noise_scale = rn_sub(1.0f, rn_mul(rn_sub(1.0f, sigma_min), t));
-  return rn_add(rn_mul(t, x1), rn_mul(noise_scale, eps));
-}
-
-CUFM_HD float path_target(float x1, float eps, float sigma_min) {
-  return rn_sub(x1, rn_mul(rn_sub(1.0f, sigma_min), eps));
-}
-
-// ---- per-sample draws of a training step (block 0 of the sample's counter) -----------------
-struct SampleDraw {
-  float t;
-  uint32_t data_index;
-  bool drop_label;
-};
-
-CUFM_HD float logistic(float x) { return rn_div(1.0f, rn_add(1.0f, det_exp(-x))); }
-
-CUFM_HD SampleDraw draw_sample(uint64_t seed, uint64_t step, uint32_t sample, uint32_t n_data,
-                               TimeSampling ts, float ln_mean, float ln_std, float label_dropout) {
-  const Philox4x32 r = rng::draw(seed, step, sample, 0u);
-  SampleDraw d;
-  if (ts == TimeSampling::Uniform) {
-    d.t = uniform01(r.v[0]);
-  } else {
-    float z0, z1;
-    box_muller(r.v[0], r.v[1], z0, z1);
-    d.t = logistic(rn_fma(ln_std, z0, ln_mean));
-  }
-  d.data_index = uniform_index(r.v[2], n_data);
-  d.drop_label = uniform01(r.v[3]) < label_dropout;
-  return d;
-}
-
-// Number of time features the first layer sees.
-CUFM_HD int time_feature_count(int k) { return k <= 0 ? 1 : k; }
-
-// Time features: raw t (k <= 0), or k sinusoids sin(2*pi*2^j*t), cos(2*pi*2^j*t), j < k/2.
-// Scaling by 2^j is exact, so both backends reduce the argument identically.
-CUFM_HD float time_feature(float t, int k, int i) {
-  if (k <= 0) return t;
-  const int j = i >> 1;
-  const float turns = rn_mul(t, static_cast<float>(1u << j));
-  const float frac = rn_sub(turns, floorf(turns));
-  float s, c;
-  det_sincos_turns(frac < 1.0f ? frac : 0.0f, s, c);
-  return (i & 1) ? c : s;
-}
 
 // ---- activations -------------------------------------------------------------------------
 // exp for the activations: on the device the hardware approximation, on the host a branch-free

@@ -11,6 +11,7 @@
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/math.hpp"
+#include "cufm/path.hpp"
 #include "cufm/model.hpp"
 
 namespace cufm {
@@ -29,12 +30,6 @@ struct OptimConfig {
   hd::AdamHyper hyper() const {
     return hd::AdamHyper{lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, kind == Optimizer::AdamW};
   }
-};
-
-struct PathConfig {
-  float sigma_min = 0.0f;                    // 0: the linear (optimal-transport) path
-  TimeSampling time_sampling = TimeSampling::Uniform;
-  float logit_mean = 0.0f, logit_std = 1.0f; // t = sigmoid(mean + std * z)
 };
 
 struct TrainConfig {
