@@ -16,6 +16,7 @@ LOGS="$BUILD/gpu-check-logs"
 mkdir -p "$LOGS" "$ROOT/bench/results"
 
 export PATH="/usr/local/cuda/bin:$PATH"
+export CUFM_EXPECT_GPU=1   # a GPU test that finds no device fails here instead of skipping
 DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
 DEVICE=${DEVICE:-unknown-gpu}
 DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1)

@@ -105,6 +105,9 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
   CUFM_REQUIRE((out.input == nullptr) != (out.input_bf16 == nullptr),
                "fm_prepare: set exactly one of out.input (fp32) and out.input_bf16");
   CUFM_REQUIRE(!out.label || layout.num_classes > 0, "fm_prepare: out.label needs num_classes > 0");
+  CUFM_REQUIRE(layout.num_classes == 0 || batch.labels,
+               "fm_prepare: a conditional layout (num_classes " << layout.num_classes
+                                                               << ") needs batch.labels, the data's labels");
   CUFM_REQUIRE(batch.label_dropout >= 0.0f && batch.label_dropout <= 1.0f,
                "fm_prepare: label_dropout must be in [0, 1], got " << batch.label_dropout);
   PrepareArgs a{batch,

@@ -15,14 +15,21 @@
 
 namespace cufm::test {
 
-// Every |got - want| <= atol + rtol * |want|; on failure names the worst element.
+// Every |got - want| <= atol + rtol * |want|; on failure names the worst element. A non-finite
+// expected value must be matched exactly (NaN by NaN), and an empty comparison fails.
 template <typename A, typename B>
 ::testing::AssertionResult all_close(const A* got, const B* want, size_t n, double atol, double rtol) {
+  if (n == 0) return ::testing::AssertionFailure() << "nothing to compare (n = 0)";
   double worst = -1.0;
   size_t worst_i = 0;
   for (size_t i = 0; i < n; ++i) {
     const double g = static_cast<double>(got[i]), w = static_cast<double>(want[i]);
-    const double excess = std::isfinite(g) ? std::abs(g - w) - (atol + rtol * std::abs(w)) : INFINITY;
+    double excess;
+    if (!std::isfinite(w)) {
+      excess = (std::isnan(w) ? std::isnan(g) : g == w) ? -1.0 : INFINITY;
+    } else {
+      excess = std::isfinite(g) ? std::abs(g - w) - (atol + rtol * std::abs(w)) : INFINITY;
+    }
     if (excess > worst) {
       worst = excess;
       worst_i = i;

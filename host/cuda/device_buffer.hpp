@@ -30,10 +30,16 @@ class DeviceBuffer {
                                    << " MiB free): reduce the batch size, the sample count, the dataset or "
                                       "the model, or use device 'cpu'");
     }
-    CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes));
-    // cudaMemset may return before it runs, and work on a non-blocking stream does not wait for
-    // the default stream: finish it here (setup only), so every user sees zeros.
-    CUFM_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    try {
+      CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes));
+      // cudaMemset may return before it runs, and work on a non-blocking stream does not wait for
+      // the default stream: finish it here (setup only), so every user sees zeros.
+      CUFM_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    } catch (...) {
+      (void)cudaFree(ptr_);  // the destructor will not run for a constructor that throws
+      ptr_ = nullptr;
+      throw;
+    }
   }
   ~DeviceBuffer() {
     if (ptr_ && cudaFree(ptr_) != cudaSuccess) {

@@ -35,7 +35,15 @@ int PaddedLayout::max_width_pad() const {
   return w;
 }
 
+size_t PaddedLayout::unpadded_total() const {
+  size_t n = 0;
+  for (int l = 0; l < layers; ++l) n += static_cast<size_t>(in[l]) * out[l] + out[l];
+  return n;
+}
+
 std::vector<float> PaddedLayout::pad(const std::vector<float>& flat) const {
+  CUFM_REQUIRE(flat.size() == unpadded_total(),
+               "padded layout: expected " << unpadded_total() << " parameters, got " << flat.size());
   std::vector<float> p(total, 0.0f);
   size_t src = 0;
   for (int l = 0; l < layers; ++l) {
@@ -44,12 +52,13 @@ std::vector<float> PaddedLayout::pad(const std::vector<float>& flat) const {
     }
     for (int r = 0; r < out[l]; ++r) p[b_off[l] + r] = flat[src++];
   }
-  CUFM_REQUIRE(src == flat.size(), "padded layout: expected " << src << " parameters, got " << flat.size());
   return p;
 }
 
 std::vector<float> PaddedLayout::unpad(const std::vector<float>& padded) const {
+  CUFM_REQUIRE(padded.size() == total, "padded layout: expected " << total << " padded values, got " << padded.size());
   std::vector<float> flat;
+  flat.reserve(unpadded_total());
   for (int l = 0; l < layers; ++l) {
     for (int r = 0; r < out[l]; ++r) {
       for (int c = 0; c < in[l]; ++c)

@@ -38,6 +38,7 @@ struct PaddedLayout {
   std::vector<size_t> w_off, b_off;  // in floats
   size_t total = 0;                  // a multiple of 64
   int max_width_pad() const;
+  size_t unpadded_total() const;  // ParamLayout(config).total()
   // Host flat buffer (ParamLayout order) <-> padded device order.
   std::vector<float> pad(const std::vector<float>& flat) const;
   std::vector<float> unpad(const std::vector<float>& padded) const;

@@ -11,18 +11,26 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cufm/device.hpp"
 #include "host/cuda/cuda_check.hpp"
 #include "test_util.hpp"
 
-#define CUFM_REQUIRE_GPU()                                                                      \
-  do {                                                                                          \
-    if (::cufm::cuda_devices().empty()) {                                                       \
-      GTEST_SKIP() << "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty): " \
-                      "GPU tests need one";                                                     \
-    }                                                                                           \
+// Skips without a GPU, with the reason; fails instead when CUFM_EXPECT_GPU=1 (set it on GPU CI,
+// as bench/gpu-check.sh does, so that a broken driver or runtime cannot turn the suite green).
+#define CUFM_REQUIRE_GPU()                                                                        \
+  do {                                                                                            \
+    if (::cufm::cuda_devices().empty()) {                                                         \
+      const char* expect = std::getenv("CUFM_EXPECT_GPU");                                        \
+      if (expect && std::string(expect) == "1") {                                                 \
+        FAIL() << "CUFM_EXPECT_GPU=1 but the CUDA runtime sees no device (driver, runtime or "     \
+                  "CUDA_VISIBLE_DEVICES problem)";                                                 \
+      }                                                                                           \
+      GTEST_SKIP() << "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty): "   \
+                      "GPU tests need one";                                                       \
+    }                                                                                             \
   } while (0)
 
 namespace cufm::test {

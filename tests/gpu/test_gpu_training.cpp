@@ -89,6 +89,19 @@ TEST_P(GpuVsCpu, LossesAndWeightsAgree) {
   EXPECT_TRUE(test::close_to_scale(b.adam_m, a.adam_m, 10 * w_atol, 10 * w_rtol)) << "adam m";
   EXPECT_TRUE(test::close_to_scale(b.ema, a.ema, w_atol, w_rtol)) << "ema";
   EXPECT_GT(test::norm2(b.params), 0.0);
+  // The weights move little in a few steps, so compare the movement itself, against its own
+  // scale: a GPU that skipped or botched the update cannot pass this (the weights check above
+  // could, at the TF32/BF16 tolerances).
+  std::vector<float> moved_cpu(a.params.size()), moved_gpu(a.params.size());
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    moved_cpu[i] = a.params[i] - init.params()[i];
+    moved_gpu[i] = b.params[i] - init.params()[i];
+  }
+  double move_frac = 1e-3;  // FP32: the updates agree to rounding
+  if (rc.precision == Precision::TF32) move_frac = 3e-2;
+  if (rc.precision == Precision::BF16) move_frac = 1e-1;
+  EXPECT_GT(test::norm2(moved_cpu), 0.0);
+  EXPECT_TRUE(test::close_to_scale(moved_gpu, moved_cpu, move_frac, move_frac)) << "weight updates";
 }
 
 INSTANTIATE_TEST_SUITE_P(
