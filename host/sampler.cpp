@@ -163,8 +163,8 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
   float t = t0;
   eval(t, x, k1);
   float h;
+  const std::vector<float> zero(n, 0.0f);
   {
-    std::vector<float> zero(n, 0.0f);
     const double d0 = rms_scaled(x, x, zero, atol, rtol), d1 = rms_scaled(k1, x, zero, atol, rtol);
     double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
     h0 = std::min<double>(h0, span);
@@ -193,7 +193,7 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
     eval(t + h, y, k6);
     combine(y, x, h, {{dp::b1, &k1}, {dp::b3, &k3}, {dp::b4, &k4}, {dp::b5, &k5}, {dp::b6, &k6}});
     eval(t + h, y, k7);
-    combine(err, std::vector<float>(n, 0.0f), h,
+    combine(err, zero, h,
             {{dp::e1, &k1}, {dp::e3, &k3}, {dp::e4, &k4}, {dp::e5, &k5}, {dp::e6, &k6}, {dp::e7, &k7}});
     const double e = rms_scaled(err, x, y, atol, rtol);
     const float factor = static_cast<float>(

@@ -34,11 +34,14 @@ std::string format_duration(double seconds) {
 // A one-line progress bar on stderr: step, loss, samples/s and ETA.
 class ProgressBar {
  public:
-  ProgressBar(uint64_t first, uint64_t total, int batch, bool tty) : first_(first), total_(total), batch_(batch), tty_(tty) {}
+  ProgressBar(uint64_t first, uint64_t total, int batch, bool tty)
+      : first_(first), total_(total), batch_(batch), tty_(tty), start_(std::chrono::steady_clock::now()) {}
+  // Timed from the bar's creation: fit() runs once per checkpoint interval and restarts its clock.
   void update(const cufm::FitProgress& p) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     const double done = static_cast<double>(p.step - first_);
-    const double rate = p.seconds > 0 ? done * batch_ / p.seconds : 0.0;
-    const double eta = done > 0 ? p.seconds / done * static_cast<double>(p.total - p.step) : -1.0;
+    const double rate = seconds > 0 ? done * batch_ / seconds : 0.0;
+    const double eta = done > 0 ? seconds / done * static_cast<double>(total_ - p.step) : -1.0;
     const int width = 30;
     const int filled = total_ ? static_cast<int>(width * static_cast<double>(p.step) / static_cast<double>(total_)) : width;
     std::ostringstream os;
@@ -46,7 +49,7 @@ class ProgressBar {
        << std::string(width - filled, ' ') << "] loss " << p.loss << "  " << static_cast<long>(rate)
        << " samples/s  ETA " << format_duration(eta);
     std::fprintf(stderr, tty_ ? "\r%s\033[K" : "%s\n", os.str().c_str());
-    if (tty_ && p.step == p.total) std::fprintf(stderr, "\n");
+    if (tty_ && p.step >= total_) std::fprintf(stderr, "\n");
     std::fflush(stderr);
   }
 
@@ -54,6 +57,7 @@ class ProgressBar {
   uint64_t first_, total_;
   int batch_;
   bool tty_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 std::vector<int> parse_widths(const std::string& s) {
