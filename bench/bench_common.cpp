@@ -129,6 +129,11 @@ std::vector<Backend> backends(const Options& opt) {
     CUFM_REQUIRE(known, "--backends: unknown backend '"
                             << name << "': expected cpu, cuda-fp32, cuda-tf32 or cuda-bf16");
   }
+  // A backend named explicitly must run: a GPU check that measured nothing is an error, not a pass.
+  for (const Backend& b : out) {
+    CUFM_REQUIRE(b.available || opt.backends.empty(),
+                 "--backends " << b.name << ": not available here: " << b.reason);
+  }
   return out;
 }
 

@@ -13,6 +13,7 @@ BUDGET_S="${CUFM_CHECK_BUDGET_S:-470}"   # leaves ~10 s of the 8 minutes for the
 JOBS=$(nproc 2>/dev/null || echo 8)
 START=$(date +%s)
 LOGS="$ROOT/build-gpu/gpu-check-logs"
+rm -rf "$LOGS"
 mkdir -p "$LOGS" "$ROOT/bench/results"
 
 export PATH="/usr/local/cuda/bin:$PATH"
@@ -63,7 +64,13 @@ run_step() {
   fi
   echo "    $status in ${dt} s"
   ROWS+=("| $name | $status | ${dt} s |")
-  DETAILS+=("### $name: $status" "" '```' "$(grep -E 'PASSED|FAILED|SKIPPED \]|tests passed|tests failed|ERROR SUMMARY|error|Error|warning|Total Test time|median|[0-9] ms|GB/s|TFLOP' "$log" | tail -n 25)" '```' "")
+  local summary
+  if [ "$status" != pass ]; then
+    summary=$(tail -n 25 "$log")
+  else
+    summary=$(grep -E 'PASSED|FAILED|SKIPPED \]|tests passed|tests failed|ERROR SUMMARY|error|Error|warning|Total Test time|median|[0-9] ms|GB/s|TFLOP' "$log" | tail -n 25)
+  fi
+  DETAILS+=("### $name: $status" "" '```' "$summary" '```' "")
 }
 
 # ---- configure and build, or use the binaries bench/gpu-pack.sh built elsewhere -------------
@@ -133,7 +140,7 @@ else
       cufm_bench_train) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16" --quality-steps 0) ;;
       *) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16") ;;
     esac
-    run_step "bench $name" 45 "$b" "${args[@]}" --json "$LOGS/$name.json"
+    run_step "bench $name" 45 "$b" "${args[@]}" --json "$LOGS/$name.json" --out "$LOGS/$name.md"
   done
 fi
 
@@ -154,6 +161,11 @@ TOTAL=$(($(date +%s) - START))
   echo "## Output summaries"
   echo
   printf '%s\n' "${DETAILS[@]}"
+  for md in "$LOGS"/cufm_bench_*.md; do
+    [ -f "$md" ] || continue
+    echo
+    sed 's/^## /## Benchmark: /' "$md"
+  done
   echo "Full logs: \`build-gpu/gpu-check-logs/\`."
 } >"$REPORT"
 echo "report: $REPORT"
@@ -161,6 +173,6 @@ if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
   cp "$REPORT" "$OUT/"
   mkdir -p "$OUT/gpu-check-logs"
-  cp "$LOGS"/*.log "$LOGS"/*.json "$OUT/gpu-check-logs/" 2>/dev/null || true
+  cp "$LOGS"/*.log "$LOGS"/*.json "$LOGS"/*.md "$OUT/gpu-check-logs/" 2>/dev/null || true
 fi
 exit $FAILED

@@ -18,8 +18,12 @@ cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}"
 
 rm -rf "$PACK"
 mkdir -p "$PACK/tests/gpu" "$PACK/bench" "$PACK/lib"
-cp "$BUILD"/tests/gpu/test_gpu_* "$PACK/tests/gpu/"
-cp "$BUILD"/bench/cufm_bench_* "$PACK/bench/"
+for t in test_gpu_kernels test_gpu_mlp test_gpu_training test_gpu_sampling; do
+  cp "$BUILD/tests/gpu/$t" "$PACK/tests/gpu/"
+done
+for b in cufm_bench_train cufm_bench_sample cufm_bench_kernels; do
+  cp "$BUILD/bench/$b" "$PACK/bench/"
+done
 cp "$BUILD/cufm" "$PACK/"
 strip --strip-unneeded "$PACK"/tests/gpu/* "$PACK"/bench/* "$PACK/cufm"
 # The shared libraries outside glibc, the C++ runtime and the CUDA toolkit's own (which the GPU
