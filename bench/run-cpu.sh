@@ -6,7 +6,7 @@
 #   bench/run-cpu.sh [BUILD_DIR] [--smoke]
 #
 # BUILD_DIR (default build-bench) is configured if needed and the two bench targets (re)built.
-# Needs: python3 with torch (pip install torch). Takes about 20-30 minutes on 2 cores; run it on a
+# Needs: python3 with torch (pip install torch). Takes about 11 minutes on 2 cores; run it on a
 # quiet machine. --smoke: tiny sizes (a minute or two), results go to a temporary folder only.
 # THREADS=N overrides the thread count.
 set -euo pipefail
