@@ -196,9 +196,6 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
     combine(err, zero, h,
             {{dp::e1, &k1}, {dp::e3, &k3}, {dp::e4, &k4}, {dp::e5, &k5}, {dp::e6, &k6}, {dp::e7, &k7}});
     const double e = rms_scaled(err, x, y, atol, rtol);
-    const float factor = static_cast<float>(
-        std::clamp(e == 0.0 ? static_cast<double>(dp::kMaxFactor) : dp::kSafety * std::pow(e, -0.2),
-                   static_cast<double>(dp::kMinFactor), static_cast<double>(dp::kMaxFactor)));
     if (e <= 1.0) {
       t = (t + h >= t1) ? t1 : t + h;
       std::swap(x, y);
@@ -208,7 +205,7 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
     } else {
       ++r.rejected_steps;
     }
-    h *= e <= 1.0 ? factor : std::min(1.0f, factor);
+    h *= dp::step_factor(e);
     CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to " << h << " at t = " << t
                                                                      << ": the field is not smooth enough for "
                                                                         "atol/rtol; loosen them");

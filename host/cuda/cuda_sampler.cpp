@@ -273,9 +273,6 @@ class GpuSampler {
       // Rewrites y with the same bits and reduces the scaled error against (x, y).
       cuda::solver_update(y_comb, elems_, y, &e_comb, atol, rtol, err_sum_.as<double>(), workspace_.get(), s);
       const double e = read_rms();
-      const float factor = static_cast<float>(
-          std::clamp(e == 0.0 ? static_cast<double>(dp::kMaxFactor) : dp::kSafety * std::pow(e, -0.2),
-                     static_cast<double>(dp::kMinFactor), static_cast<double>(dp::kMaxFactor)));
       if (e <= 1.0) {
         t = (t + h >= t1) ? t1 : t + h;
         std::swap(x, y);
@@ -285,7 +282,7 @@ class GpuSampler {
       } else {
         ++res.rejected_steps;
       }
-      h *= e <= 1.0 ? factor : std::min(1.0f, factor);
+      h *= dp::step_factor(e);
       CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to "
                                          << h << " at t = " << t
                                          << ": the field is not smooth enough for "

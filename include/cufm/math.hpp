@@ -3,6 +3,8 @@
 // The CPU backend calls these functions and so do the kernels, so the CPU tests cover the GPU math.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cufm/hd.hpp"
@@ -165,6 +167,15 @@ constexpr float e1 = 71.0f / 57600, e3 = -71.0f / 16695, e4 = 71.0f / 1920, e5 =
                 e6 = 22.0f / 525, e7 = -1.0f / 40;
 // Step-size controller: h *= clamp(safety * err^(-1/5), min, max).
 constexpr float kSafety = 0.9f, kMinFactor = 0.2f, kMaxFactor = 10.0f;
+
+// The factor by which h changes after a step whose RMS scaled error is err: an accepted step
+// (err <= 1) may grow or shrink h, a rejected one only shrinks it. Host code (both backends' loops).
+inline float step_factor(double err) {
+  const double f = err == 0.0 ? static_cast<double>(kMaxFactor) : kSafety * std::pow(err, -0.2);
+  const float clamped = static_cast<float>(
+      std::clamp(f, static_cast<double>(kMinFactor), static_cast<double>(kMaxFactor)));
+  return err <= 1.0 ? clamped : std::min(1.0f, clamped);
+}
 }  // namespace dopri5
 
 // One element's scaled error term err / (atol + rtol * max(|x|, |x_new|)), squared; the solver
