@@ -73,11 +73,19 @@ class GpuSampler {
     } else if (m.num_classes > 0 && cfg.labels.size() == 1) {
       input_.label_all = cfg.labels[0];
     }
-    for (auto& k : k_) k = DeviceBuffer(elems_ * sizeof(float), "solver stages");
+    for (int i = 0; i < stages(cfg.solver); ++i) k_[i] = DeviceBuffer(elems_ * sizeof(float), "solver stages");
     workspace_ = DeviceBuffer(cuda::solver_workspace_bytes(), "the solver workspace");
     err_sum_ = DeviceBuffer(sizeof(double), "the error norm");
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
+
+  // Queued work of a call that threw must not outlive the buffers it uses.
+  ~GpuSampler() {
+    (void)cudaStreamSynchronize(stream_.get());
+    (void)cudaGetLastError();
+  }
+  GpuSampler(const GpuSampler&) = delete;
+  GpuSampler& operator=(const GpuSampler&) = delete;
 
   SampleResult run() {
     SampleResult res;
@@ -111,6 +119,15 @@ class GpuSampler {
     ++evaluations_;
   }
   float* k(int i) { return k_[i].as<float>(); }
+  static int stages(Solver solver) {
+    switch (solver) {
+      case Solver::Euler: return 1;
+      case Solver::Midpoint:
+      case Solver::Heun: return 2;
+      case Solver::RK4: return 4;
+      default: return cuda::kMaxStages;  // Dormand-Prince
+    }
+  }
 
   void fixed_steps(SampleResult& res) {
     cudaStream_t s = stream_.get();
@@ -118,7 +135,7 @@ class GpuSampler {
     const bool keep = cfg_.keep_trajectory;
     // With a trajectory, state s lives in slot s; without, x is updated in place.
     x_ = DeviceBuffer((keep ? static_cast<size_t>(steps) + 1 : 1) * elems_ * sizeof(float), "the samples");
-    y_ = DeviceBuffer(elems_ * sizeof(float), "the samples");
+    if (cfg_.solver != Solver::Euler) y_ = DeviceBuffer(elems_ * sizeof(float), "the stage points");
     float* y = y_.as<float>();
     cuda::sampler_noise(cfg_.seed, n_, dim_, x_.as<float>(), s);
     auto slot = [&](int i) { return x_.as<float>() + (keep ? static_cast<size_t>(i) * elems_ : 0); };

@@ -51,19 +51,44 @@ class CudaTrainer final : public TrainBackend {
     CUFM_REQUIRE(data.dim == model.data_dim,
                  "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
 
-    // The dataset lives on the device; refuse early, with numbers, when it cannot.
+    // The dataset lives on the device beside the model, the optimiser and the batch's activations;
+    // refuse early, with numbers, when they cannot all fit.
     const size_t data_bytes = static_cast<size_t>(data.n) * data.dim * sizeof(float) +
                               (model.num_classes > 0 ? static_cast<size_t>(data.n) * sizeof(int32_t) : 0);
+    const bool bf16 = config.precision == Precision::BF16;
+    size_t widths = layout_.in_pad[0];
+    for (int w : layout_.out_pad) widths += static_cast<size_t>(w);
+    const size_t model_bytes =
+        layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) + (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
+        static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
+        (size_t{32} << 20);  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
-    CUFM_REQUIRE(data_bytes < free_b, "the dataset needs "
-                                          << (data_bytes >> 20) << " MiB on the GPU but only "
-                                          << (free_b >> 20) << " of " << (total_b >> 20)
-                                          << " MiB are free: train on a subset, or use device 'cpu'");
+    CUFM_REQUIRE(data_bytes + model_bytes < free_b,
+                 "the dataset needs " << (data_bytes >> 20) << " MiB on the GPU and the model, optimiser and "
+                                      << "activations about " << (model_bytes >> 20) << " MiB, but only "
+                                      << (free_b >> 20) << " of " << (total_b >> 20)
+                                      << " MiB are free: train on a subset of the dataset, use a smaller batch, "
+                                         "or use device 'cpu'");
 
     n_data_ = static_cast<uint32_t>(data.n);
     cudaStream_t s = stream_.get();
+    try {
+      setup(model, config, data, state, ema_on, s);
+    } catch (...) {
+      // The destructor does not run for a constructor that throws: let queued uploads finish
+      // before the buffers they read and write are freed.
+      (void)cudaStreamSynchronize(s);
+      (void)cudaGetLastError();
+      throw;
+    }
+    if (options_.launch == StepLaunch::Graph) capture();
+  }
+
+ private:
+  void setup(const MlpConfig& model, const TrainConfig& config, const Dataset& data, const TrainState& state,
+             bool ema_on, cudaStream_t s) {
     const size_t np = layout_.total;
     const size_t pbytes = np * sizeof(float);
     data_x_ = DeviceBuffer(static_cast<size_t>(data.n) * data.dim * sizeof(float), "the dataset");
@@ -106,8 +131,9 @@ class CudaTrainer final : public TrainBackend {
                                          params_.as<float>(), params_bf16_.as<__nv_bfloat16>(),
                                          grads_.as<float>(), s);
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
-    if (options_.launch == StepLaunch::Graph) capture();
   }
+
+ public:
 
   ~CudaTrainer() override {
     // Finish the queued steps before the graph and the buffers they use go away.

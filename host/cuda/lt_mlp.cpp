@@ -3,8 +3,10 @@
 #include "host/cuda/lt_mlp.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <sstream>
+#include <utility>
 
 #include "cufm/error.hpp"
 #include "host/cuda/cuda_check.hpp"
@@ -16,7 +18,7 @@ namespace cufm::cuda {
 PaddedLayout::PaddedLayout(const MlpConfig& config) {
   config.validate();
   layers = config.num_layers();
-  constexpr size_t kAlign = 64;  // floats: 256 bytes
+  constexpr size_t kAlign = 128;  // floats: 512 bytes, so the bf16 copy's tensors are 256-byte aligned too
   for (int l = 0; l < layers; ++l) {
     in.push_back(config.layer_in(l));
     out.push_back(config.layer_out(l));
@@ -94,6 +96,14 @@ void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, co
   CUFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof(value)));
 }
 
+// The largest power of two up to 256 that divides the address: what the heuristic may assume.
+uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
 const char* epilogue_name(cublasLtEpilogue_t e) {
   switch (e) {
     case CUBLASLT_EPILOGUE_BIAS:
@@ -110,6 +120,10 @@ const char* epilogue_name(cublasLtEpilogue_t e) {
       return "drelu+bgrad";
     case CUBLASLT_EPILOGUE_DGELU_BGRAD:
       return "dgelu+bgrad";
+    case CUBLASLT_EPILOGUE_DRELU:
+      return "drelu";
+    case CUBLASLT_EPILOGUE_DGELU:
+      return "dgelu";
     case CUBLASLT_EPILOGUE_BGRADB:
       return "bgradb";
     default:
@@ -145,8 +159,18 @@ class LtGemm {
     cublasLtMatmulPreference_t pref = nullptr;
     CUFM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = workspace_bytes;
+    // The alignments the pointers really have (the default assumption is 256 bytes).
+    const uint32_t align_a = alignment_of(s.a), align_b = alignment_of(s.b), align_d = alignment_of(s.d);
     cublasStatus_t st =
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_d},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_d}};
+    for (const auto& [attr, value] : aligns) {
+      if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
+    }
     constexpr int kRequested = 8;
     cublasLtMatmulHeuristicResult_t results[kRequested] = {};
     int returned = 0;
@@ -155,11 +179,16 @@ class LtGemm {
                                           results, &returned);
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS) return nullptr;
+    // "Not supported" or "invalid value" (this epilogue, type or shape is not accepted) means: fall
+    // back. Anything else (allocation, initialisation, internal errors) is a real failure.
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return nullptr;
+    CUFM_CUBLAS_CHECK(st);
     for (int i = 0; i < returned; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       g->algo_ = results[i].algo;
-      if (g->launch(stream) != CUBLAS_STATUS_SUCCESS) continue;
+      const cublasStatus_t run = g->launch(stream);
+      if (run == CUBLAS_STATUS_NOT_SUPPORTED || run == CUBLAS_STATUS_INVALID_VALUE) continue;
+      CUFM_CUBLAS_CHECK(run);
       CUFM_CUDA_CHECK(cudaStreamSynchronize(stream));  // a fault here is sticky: report it
       return g;
     }
@@ -202,6 +231,7 @@ struct LtMlp::Layer {
   bool last = false;
   bool act_fused = false;     // activation in the forward epilogue (and its derivative in the next dX)
   bool bias_fused = false;    // bias in the forward epilogue
+  bool db_from_next_dx = false;  // this layer's bias gradient comes from the next layer's dX (BGRAD)
   bool db_from_dw = false;    // this layer's bias gradient comes from its dW GEMM
   bool bgradb_fused = false;  // ... via BGRADB (else column_sum)
   DeviceBuffer z, a, mask;    // training: pre-activation, activation, ReLU bit-mask
@@ -226,7 +256,7 @@ LtMlp::LtMlp(const MlpConfig& config, Precision precision, int64_t rows, MlpMode
       params_(params),
       params_bf16_(params_bf16),
       grads_(grads) {
-  CUFM_REQUIRE(rows >= 1 && rows <= (int64_t{1} << 31), "LtMlp: rows must be in [1, 2^31], got " << rows);
+  CUFM_REQUIRE(rows >= 1 && rows <= INT32_MAX, "LtMlp: rows must be in [1, 2^31 - 1], got " << rows);
   CUFM_REQUIRE(params, "LtMlp: params must be a device buffer");
   CUFM_REQUIRE(precision != Precision::BF16 || params_bf16,
                "LtMlp: bf16 precision needs the bf16 weight copy");
@@ -387,17 +417,29 @@ void LtMlp::build(cudaStream_t stream) {
       s.b = g;
       s.d = g_prev;
       if (prev.act_fused) {
+        // The derivative of the previous layer's activation in this GEMM's epilogue, with that
+        // layer's bias gradient too (BGRAD) where the gradient buffer's type allows: cuBLASLt's bias
+        // gradient has the output's type, and in bf16 the fp32 gradient comes from BGRADB instead.
+        const bool relu = act == Activation::ReLU;
         GemmSpec f = s;
-        f.epilogue = act == Activation::ReLU ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
-        f.aux = act == Activation::ReLU ? prev.mask.get() : prev.zp;
-        f.aux_ld = act == Activation::ReLU ? prev.mask_ld : L.out_pad[l - 1];
-        f.bias = grads_ + L.b_off[l - 1];
-        if (act_type_ == DType::BF16) f.bias_type = CUDA_R_32F;  // fp32 gradient buffer
-        ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+        f.aux = relu ? prev.mask.get() : prev.zp;
+        f.aux_ld = relu ? prev.mask_ld : L.out_pad[l - 1];
+        if (act_type_ == DType::F32) {
+          f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
+          f.bias = grads_ + L.b_off[l - 1];
+          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+          prev.db_from_next_dx = ly.dx != nullptr;
+        }
+        if (!ly.dx) {
+          f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU : CUBLASLT_EPILOGUE_DGELU;
+          f.bias = nullptr;
+          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+        }
         if (!ly.dx) {
           // No fused derivative: the previous layer's forward stores z and runs the kernels instead.
           const void* px = l - 1 == 0 ? input_.get() : layer_[l - 2]->y;
           build_unfused_forward(l - 1, prev, px);
+          prev.mask = DeviceBuffer();
         }
       }
       if (!ly.dx) ly.dx = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
@@ -420,7 +462,7 @@ void LtMlp::build(cudaStream_t stream) {
     s.a = l == 0 ? input_.get() : layer_[l - 1]->y;
     s.b = g;
     s.d = grads_ + L.w_off[l];
-    ly.db_from_dw = ly.last || !ly.act_fused;
+    ly.db_from_dw = !ly.db_from_next_dx;
     if (ly.db_from_dw) {
       GemmSpec f = s;
       f.epilogue = CUBLASLT_EPILOGUE_BGRADB;

@@ -2,13 +2,17 @@
 //
 // Device layout: every layer width is padded to a multiple of 8 (zero rows and columns in W, zero
 // bias), so every leading dimension meets the tensor-core and epilogue alignment rules (aux ld a
-// multiple of 8, 128 bits for ReLU masks), and every tensor starts on a 256-byte boundary. Zero
+// multiple of 8, 128 bits for ReLU masks), and every tensor starts on a 256-byte boundary, in the
+// fp32 parameters and in their bf16 copy (the heuristic is also told each pointer's alignment). Zero
 // padding is exact: padded units compute act(0) = 0 for SiLU/ReLU/GELU, their weights get zero
 // gradients, and Adam leaves zeros at zero. Activations are row-major [rows, width_pad], which in
 // cuBLAS's column-major view is X^T[width, rows]: forward Y^T = W(op T) X^T.
 //
 // Per layer the fused epilogues are tried first (bias + ReLU/GELU with an aux output forward,
-// DRELU/DGELU + bias gradient backward, BGRADB for the other bias gradients). Each GEMM's
+// DRELU/DGELU + bias gradient backward (in bf16 DRELU/DGELU alone: the bias gradient would have the
+// bf16 output's type, so it comes from BGRADB into the fp32 gradient), BGRADB for the other bias
+// gradients). In bf16 a fused forward adds the bias rounded to bf16 (cuBLASLt's bias has the output's
+// type) and the unfused one the fp32 bias: the two paths differ by that rounding. Each GEMM's
 // algorithm is chosen once by the heuristic and then test-run; an epilogue that is unavailable
 // or fails falls back to the plain GEMM plus cuFM's own elementwise kernels. SiLU has no epilogue:
 // bias epilogue + one fused elementwise kernel per layer and direction.

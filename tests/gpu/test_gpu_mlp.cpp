@@ -169,13 +169,13 @@ TEST(PaddedLayoutTest, RoundTripsAndAligns) {
   const Model model(cfg, 3);
   const std::vector<float> padded = layout.pad(model.params());
   ASSERT_EQ(padded.size(), layout.total);
-  EXPECT_EQ(layout.total % 64, 0u);
+  EXPECT_EQ(layout.total % 128, 0u);
   for (int l = 0; l < layout.layers; ++l) {
     EXPECT_EQ(layout.in_pad[l] % 8, 0);
     EXPECT_EQ(layout.out_pad[l] % 8, 0);
     EXPECT_GE(layout.in_pad[l], layout.in[l]);
-    EXPECT_EQ(layout.w_off[l] % 64, 0u);  // 256-byte aligned tensors
-    EXPECT_EQ(layout.b_off[l] % 64, 0u);
+    EXPECT_EQ(layout.w_off[l] % 128, 0u);  // 256-byte aligned tensors in the bf16 copy too
+    EXPECT_EQ(layout.b_off[l] % 128, 0u);
     if (l > 0) {
       EXPECT_EQ(layout.in_pad[l], layout.out_pad[l - 1]);
     }
