@@ -6,11 +6,10 @@
 // Built with -fmad=false so the update rounds exactly as the CPU reference does.
 #include <algorithm>
 #include <cmath>
-#include <cub/block/block_reduce.cuh>
-
 #include "cufm/math.hpp"
 #include "host/cuda/cuda_check.hpp"
 #include "host/cuda/ops.hpp"
+#include "kernels/grid_sum.cuh"
 
 namespace cufm::cuda {
 
@@ -23,37 +22,19 @@ constexpr size_t kPartialsOffset = 256;
 __global__ void __launch_bounds__(kThreads)
     adam_prepare_kernel(hd::AdamHyper optim, const float* __restrict__ grads, size_t n, AdamDeviceState* state,
                         unsigned int* counter, double* partials) {
-  using BlockReduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  __shared__ bool is_last;
   double s = 0.0;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const double g = grads[i];
     s += g * g;
   }
-  const double block_sum = BlockReduce(temp).Sum(s);
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = block_sum;
-    __threadfence();
-    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  double p = 0.0;
-  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x)
-    p += *static_cast<volatile double*>(partials + i);
-  __syncthreads();
-  const double total = BlockReduce(temp).Sum(p);
-  if (threadIdx.x == 0) {
-    const float norm = n > 0 ? static_cast<float>(sqrt(total)) : 0.0f;
-    const uint64_t t = state->step + 1;
-    state->grad_norm = norm;
-    state->coeffs = hd::adam_coeffs(optim, t, norm);  // as cpu::adam_coeffs
-    state->step = t;
-    *counter = 0u;
-  }
+  double total = 0.0;
+  if (!grid_sum<kThreads>(s, counter, partials, &total)) return;
+  const float norm = n > 0 ? static_cast<float>(sqrt(total)) : 0.0f;
+  const uint64_t t = state->step + 1;
+  state->grad_norm = norm;
+  state->coeffs = hd::adam_coeffs(optim, t, norm);  // as cpu::adam_coeffs
+  state->step = t;
 }
 
 __global__ void __launch_bounds__(kThreads)

@@ -5,11 +5,10 @@
 // them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes
 // B*ld grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
 #include <algorithm>
-#include <cub/block/block_reduce.cuh>
-
 #include "cufm/kernels.hpp"
 #include "cufm/math.hpp"
 #include "host/cuda/cuda_check.hpp"
+#include "kernels/grid_sum.cuh"
 
 namespace cufm::kernels {
 
@@ -39,9 +38,6 @@ struct LossArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* __restrict__ grad) {
-  using BlockReduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  __shared__ bool is_last;
   const uint64_t step = *a.b.step;
   const int per_row = a.noise_groups + a.tail_chunks;
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
@@ -73,26 +69,9 @@ __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* _
       for (int col = first; col < first + 4 && col < a.ld; ++col) store(out + col, 0.0f);
     }
   }
-  const double block_sum = BlockReduce(temp).Sum(sum);
-  if (threadIdx.x == 0) {
-    a.partials[blockIdx.x] = block_sum;
-    __threadfence();  // publish the partial before counting this block as done
-    is_last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  // The last block: every thread sums a fixed strided subset, then a fixed-shape block reduction.
-  double s = 0.0;
-  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
-    s += *static_cast<volatile double*>(a.partials + i);
-  }
-  __syncthreads();  // temp is reused
-  const double all = BlockReduce(temp).Sum(s);
-  if (threadIdx.x == 0) {
-    *a.loss = static_cast<float>(all / (static_cast<double>(a.b.batch) * D));
-    *a.counter = 0u;  // ready for the next call (and the next graph replay)
-  }
+  double all = 0.0;
+  if (!cuda::grid_sum<kThreads>(sum, a.counter, a.partials, &all)) return;
+  *a.loss = static_cast<float>(all / (static_cast<double>(a.b.batch) * D));
 }
 
 }  // namespace

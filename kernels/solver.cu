@@ -6,12 +6,11 @@
 // bytes per element; 10^5 samples x 2 dims is launch-bound (~3 us). Built with -fmad=false: the
 // combinations round exactly as the CPU's combine().
 #include <algorithm>
-#include <cub/block/block_reduce.cuh>
-
 #include "cufm/math.hpp"
 #include "cufm/philox.hpp"
 #include "host/cuda/cuda_check.hpp"
 #include "host/cuda/ops.hpp"
+#include "kernels/grid_sum.cuh"
 
 namespace cufm::cuda {
 
@@ -43,28 +42,9 @@ __device__ __forceinline__ float combine_at(const StageCombination& c, int64_t i
 }
 
 // Block sum then, in the last block to finish, the blocks' sums in order into *out.
-__device__ void finish_sum(double s, double* out, unsigned int* counter, double* partials) {
-  using BlockReduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename BlockReduce::TempStorage temp;
-  __shared__ bool is_last;
-  const double block_sum = BlockReduce(temp).Sum(s);
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = block_sum;
-    __threadfence();
-    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  double p = 0.0;
-  for (unsigned int i = threadIdx.x; i < gridDim.x; i += blockDim.x)
-    p += *static_cast<volatile double*>(partials + i);
-  __syncthreads();
-  const double total = BlockReduce(temp).Sum(p);
-  if (threadIdx.x == 0) {
-    *out = total;
-    *counter = 0u;
-  }
+__device__ __forceinline__ void finish_sum(double s, double* out, unsigned int* counter, double* partials) {
+  double total = 0.0;
+  if (grid_sum<kThreads>(s, counter, partials, &total)) *out = total;
 }
 
 __global__ void __launch_bounds__(kThreads)
