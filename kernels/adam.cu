@@ -6,6 +6,7 @@
 // Built with -fmad=false so the update rounds exactly as the CPU reference does.
 #include <algorithm>
 #include <cmath>
+
 #include "cufm/math.hpp"
 #include "host/cuda/cuda_check.hpp"
 #include "host/cuda/ops.hpp"

@@ -6,6 +6,7 @@
 // bytes per element; 10^5 samples x 2 dims is launch-bound (~3 us). Built with -fmad=false: the
 // combinations round exactly as the CPU's combine().
 #include <algorithm>
+
 #include "cufm/math.hpp"
 #include "cufm/philox.hpp"
 #include "host/cuda/cuda_check.hpp"

@@ -86,7 +86,50 @@ class CudaTrainer final : public TrainBackend {
     if (options_.launch == StepLaunch::Graph) capture();
   }
 
+  ~CudaTrainer() override {
+    // Finish the queued steps before the graph and the buffers they use go away.
+    if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
+    }
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+
+  void run(uint64_t n) override {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (exec_) {
+        CUFM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.get()));
+      } else {
+        enqueue_step(stream_.get());
+      }
+      ++step_;
+    }
+  }
+
+  float loss() override {
+    float l = 0.0f;
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(&l, loss_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_.get()));
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return l;
+  }
+
+  uint64_t step_count() const override { return step_; }
+
+  TrainState state() const override {
+    TrainState s;
+    s.step = step_;
+    s.params = download(params_);
+    s.adam_m = download(m_);
+    s.adam_v = download(v_);
+    if (ema_.get()) s.ema = download(ema_);
+    return s;
+  }
+
+  std::string describe() const { return mlp_->describe(); }
+
  private:
+  // The device state and its uploads (the constructor's body, so that a failure can first wait for
+  // the copies it queued).
   void setup(const MlpConfig& model, const TrainConfig& config, const Dataset& data, const TrainState& state,
              bool ema_on, cudaStream_t s) {
     const size_t np = layout_.total;
@@ -133,50 +176,6 @@ class CudaTrainer final : public TrainBackend {
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
- public:
-
-  ~CudaTrainer() override {
-    // Finish the queued steps before the graph and the buffers they use go away.
-    if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
-      (void)cudaGetLastError();
-      std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
-    }
-    if (exec_) cudaGraphExecDestroy(exec_);
-  }
-
-  void run(uint64_t n) override {
-    for (uint64_t i = 0; i < n; ++i) {
-      if (exec_) {
-        CUFM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.get()));
-      } else {
-        enqueue_step(stream_.get());
-      }
-      ++step_;
-    }
-  }
-
-  float loss() override {
-    float l = 0.0f;
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(&l, loss_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_.get()));
-    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    return l;
-  }
-
-  uint64_t step_count() const override { return step_; }
-
-  TrainState state() const override {
-    TrainState s;
-    s.step = step_;
-    s.params = download(params_);
-    s.adam_m = download(m_);
-    s.adam_v = download(v_);
-    if (ema_.get()) s.ema = download(ema_);
-    return s;
-  }
-
-  std::string describe() const { return mlp_->describe(); }
-
- private:
   std::vector<float> download(const DeviceBuffer& b) const {
     std::vector<float> padded(layout_.total);
     CUFM_CUDA_CHECK(
