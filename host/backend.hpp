@@ -31,6 +31,9 @@ std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const Tra
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
                                                 const Dataset& data, TrainState state);
 SampleResult cuda_sample(const Model& model, const SampleConfig& config);
+// The same with the model evaluated over at most max_chunk_rows points at a time (0: the default,
+// sized by memory); tests use it to run several chunks on small counts.
+SampleResult cuda_sample_with(const Model& model, const SampleConfig& config, int64_t max_chunk_rows);
 std::vector<DeviceInfo> cuda_device_list();
 #endif
 

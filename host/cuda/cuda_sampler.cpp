@@ -1,7 +1,9 @@
 // Sampling on the GPU: the CPU's solvers (host/sampler.cpp) with the model through cuBLASLt and
 // each stage's state update fused into the kernel that writes the model input. Guidance runs the
-// conditional and null rows as one forward pass of 2n rows. Fixed-step solvers are captured as one
-// CUDA graph; Dopri5 reads back one scalar per step (the error norm) for its step-size controller.
+// conditional and null rows as one forward pass of 2n rows. The model runs over the points in
+// chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so any
+// count fits in memory; the solver state is whole. Fixed-step solvers are captured as CUDA graphs;
+// Dopri5 reads back one scalar per step (the error norm) for its step-size controller.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,9 +39,11 @@ StageCombination comb(const float* x, float h, std::initializer_list<std::pair<f
   return c;
 }
 
+constexpr size_t kChunkBytes = size_t{1} << 30;  // the model's activations per chunk of points
+
 class GpuSampler {
  public:
-  GpuSampler(const Model& model, const SampleConfig& cfg) : cfg_(cfg) {
+  GpuSampler(const Model& model, const SampleConfig& cfg, int64_t max_chunk) : cfg_(cfg) {
     const MlpConfig& m = model.config();
     n_ = cfg.count;
     dim_ = m.data_dim;
@@ -47,6 +51,13 @@ class GpuSampler {
     copies_ = cfg.guidance ? 2 : 1;
     cudaStream_t s = stream_.get();
     const cuda::PaddedLayout layout(m);
+    // Bytes per model row: input, three activation buffers (inference), fp32 output.
+    const size_t esize = cfg.precision == Precision::BF16 ? 2 : 4;
+    const size_t row_bytes = (layout.in_pad[0] + 3 * static_cast<size_t>(layout.max_width_pad())) * esize +
+                             static_cast<size_t>(layout.out_pad.back()) * sizeof(float);
+    chunk_ = std::max<int64_t>(1024, static_cast<int64_t>(kChunkBytes / (copies_ * row_bytes)));
+    if (max_chunk > 0) chunk_ = std::min(chunk_, max_chunk);
+    chunk_ = std::min(chunk_, n_);
     const std::vector<float> padded = layout.pad(model.params());
     params_ = DeviceBuffer(layout.total * sizeof(float), "the parameters");
     CUFM_CUDA_CHECK(
@@ -55,7 +66,7 @@ class GpuSampler {
       params_bf16_ = DeviceBuffer(layout.total * sizeof(__nv_bfloat16), "the bf16 weights");
       cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), layout.total, s);
     }
-    mlp_ = std::make_unique<cuda::LtMlp>(m, cfg.precision, copies_ * n_, cuda::MlpMode::Inference,
+    mlp_ = std::make_unique<cuda::LtMlp>(m, cfg.precision, copies_ * chunk_, cuda::MlpMode::Inference,
                                          params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), nullptr, s);
     input_.n = n_;
     input_.dim = dim_;
@@ -110,12 +121,23 @@ class GpuSampler {
   }
 
  private:
-  // k = v(t, y) for the stage point y = comb (also stored in y_out when given).
+  // k = v(t, y) for the stage point y = comb (also stored in y_out when given), chunk by chunk.
+  // A short last chunk runs the model on all of its rows; the rows past it are not read.
   void eval(float t, const StageCombination& c, float* k, float* y_out, cudaStream_t s) {
-    cuda::stage_input(c, t, input_, y_out, s);
-    mlp_->forward(s);
-    cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), n_, dim_, copies_, cfg_.guidance.value_or(0.0f),
-                           k, s);
+    for (int64_t first = 0; first < n_; first += chunk_) {
+      const int64_t rows = std::min(chunk_, n_ - first);
+      const int64_t off = first * dim_;
+      StageCombination cc = c;
+      if (cc.x) cc.x += off;
+      for (int j = 0; j < cc.terms; ++j) cc.k[j] += off;
+      cuda::ModelInput in = input_;
+      in.n = rows;
+      if (in.labels) in.labels += first;
+      cuda::stage_input(cc, t, in, y_out ? y_out + off : nullptr, s);
+      mlp_->forward(s);
+      cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), rows, dim_, copies_,
+                             cfg_.guidance.value_or(0.0f), k + off, s);
+    }
     ++evaluations_;
   }
   float* k(int i) { return k_[i].as<float>(); }
@@ -143,7 +165,8 @@ class GpuSampler {
     // another and waited for once: a few launches instead of thousands, with the graph's size (and
     // its host memory) bounded however many steps are asked for. An executable graph destroyed
     // while in flight is freed when it completes, so each goes as soon as it is launched.
-    constexpr int kStepsPerGraph = 256;
+    const int chunks = static_cast<int>((n_ + chunk_ - 1) / chunk_);
+    const int kStepsPerGraph = std::max(1, 256 / chunks);
     const float t0 = 0.0f, span = 1.0f;
     if (keep) res.times.push_back(t0);
     try {
@@ -309,7 +332,7 @@ class GpuSampler {
   }
 
   const SampleConfig& cfg_;
-  int64_t n_ = 0, elems_ = 0;
+  int64_t n_ = 0, elems_ = 0, chunk_ = 0;
   int dim_ = 0, copies_ = 1;
   cuda::Stream stream_;
   DeviceBuffer params_, params_bf16_, labels_, workspace_, err_sum_, x_, y_;
@@ -322,10 +345,14 @@ class GpuSampler {
 
 }  // namespace
 
-SampleResult cuda_sample(const Model& model, const SampleConfig& config) {
+SampleResult cuda_sample_with(const Model& model, const SampleConfig& config, int64_t max_chunk_rows) {
   config.validate(model.config());
-  GpuSampler sampler(model, config);
+  GpuSampler sampler(model, config, max_chunk_rows);
   return sampler.run();
+}
+
+SampleResult cuda_sample(const Model& model, const SampleConfig& config) {
+  return cuda_sample_with(model, config, 0);
 }
 
 }  // namespace cufm::detail
