@@ -1,8 +1,8 @@
 // Sampling on the GPU: the CPU's solvers (host/sampler.cpp) with the model through cuBLASLt and
 // each stage's state update fused into the kernel that writes the model input. Guidance runs the
 // conditional and null rows as one forward pass of 2n rows. The model runs over the points in
-// chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so any
-// count fits in memory; the solver state is whole. Fixed-step solvers are captured as CUDA graphs;
+// chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so large
+// counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are captured as CUDA graphs;
 // Dopri5 reads back one scalar per step (the error norm) for its step-size controller.
 #include <cuda_runtime.h>
 
