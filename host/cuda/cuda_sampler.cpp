@@ -2,8 +2,9 @@
 // each stage's state update fused into the kernel that writes the model input. Guidance runs the
 // conditional and null rows as one forward pass of 2n rows. The model runs over the points in
 // chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so large
-// counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are captured as CUDA graphs;
-// Dopri5 reads back one scalar per step (the error norm) for its step-size controller.
+// counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are
+// captured as CUDA graphs; Dopri5 reads back one scalar per step (the error norm) for its
+// step-size controller. A call that throws leaves its queued work to the destructor's wait.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -161,74 +162,68 @@ class GpuSampler {
     float* y = y_.as<float>();
     cuda::sampler_noise(cfg_.seed, n_, dim_, x_.as<float>(), s);
     auto slot = [&](int i) { return x_.as<float>() + (keep ? static_cast<size_t>(i) * elems_ : 0); };
-    // The steps are captured as CUDA graphs of at most kStepsPerGraph steps each, launched one after
+    // The steps are captured as CUDA graphs of at most steps_per_graph steps each, launched one after
     // another and waited for once: a few launches instead of thousands, with the graph's size (and
     // its host memory) bounded however many steps are asked for. An executable graph destroyed
     // while in flight is freed when it completes, so each goes as soon as it is launched.
     const int chunks = static_cast<int>((n_ + chunk_ - 1) / chunk_);
-    const int kStepsPerGraph = std::max(1, 256 / chunks);
+    const int steps_per_graph = std::max(1, 256 / chunks);  // about 256 chunk evaluations per stage
     const float t0 = 0.0f, span = 1.0f;
     if (keep) res.times.push_back(t0);
-    try {
-      for (int first = 0; first < steps; first += kStepsPerGraph) {
-        const int last = std::min(steps, first + kStepsPerGraph);
-        cudaGraph_t graph = nullptr;
-        CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        try {
-          for (int i = first; i < last; ++i) {
-            const float t = t0 + span * static_cast<float>(i) / static_cast<float>(steps);
-            const float tn = t0 + span * static_cast<float>(i + 1) / static_cast<float>(steps);
-            const float h = tn - t;
-            const float* x = slot(i);
-            float* xn = slot(i + 1);
-            const StageCombination at_x = comb(x, 0.0f, {});
-            StageCombination update;
-            switch (cfg_.solver) {
-              case Solver::Euler:
-                eval(t, at_x, k(0), nullptr, s);
-                update = comb(x, h, {{1.0f, k(0)}});
-                break;
-              case Solver::Midpoint:
-                eval(t, at_x, k(0), nullptr, s);
-                eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-                update = comb(x, h, {{1.0f, k(1)}});
-                break;
-              case Solver::Heun:
-                eval(t, at_x, k(0), nullptr, s);
-                eval(tn, comb(x, h, {{1.0f, k(0)}}), k(1), y, s);
-                update = comb(x, h, {{0.5f, k(0)}, {0.5f, k(1)}});
-                break;
-              default:  // RK4
-                eval(t, at_x, k(0), nullptr, s);
-                eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-                eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(1)}}), k(2), y, s);
-                eval(tn, comb(x, h, {{1.0f, k(2)}}), k(3), y, s);
-                update = comb(x, h, {{1.0f / 6, k(0)}, {1.0f / 3, k(1)}, {1.0f / 3, k(2)}, {1.0f / 6, k(3)}});
-                break;
-            }
-            cuda::solver_update(update, elems_, xn, nullptr, 0.0f, 0.0f, nullptr, nullptr, s);
-            if (keep) res.times.push_back(tn);
+    for (int first = 0; first < steps; first += steps_per_graph) {
+      const int last = std::min(steps, first + steps_per_graph);
+      cudaGraph_t graph = nullptr;
+      CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      try {
+        for (int i = first; i < last; ++i) {
+          const float t = t0 + span * static_cast<float>(i) / static_cast<float>(steps);
+          const float tn = t0 + span * static_cast<float>(i + 1) / static_cast<float>(steps);
+          const float h = tn - t;
+          const float* x = slot(i);
+          float* xn = slot(i + 1);
+          const StageCombination at_x = comb(x, 0.0f, {});
+          StageCombination update;
+          switch (cfg_.solver) {
+            case Solver::Euler:
+              eval(t, at_x, k(0), nullptr, s);
+              update = comb(x, h, {{1.0f, k(0)}});
+              break;
+            case Solver::Midpoint:
+              eval(t, at_x, k(0), nullptr, s);
+              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
+              update = comb(x, h, {{1.0f, k(1)}});
+              break;
+            case Solver::Heun:
+              eval(t, at_x, k(0), nullptr, s);
+              eval(tn, comb(x, h, {{1.0f, k(0)}}), k(1), y, s);
+              update = comb(x, h, {{0.5f, k(0)}, {0.5f, k(1)}});
+              break;
+            default:  // RK4
+              eval(t, at_x, k(0), nullptr, s);
+              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
+              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(1)}}), k(2), y, s);
+              eval(tn, comb(x, h, {{1.0f, k(2)}}), k(3), y, s);
+              update = comb(x, h, {{1.0f / 6, k(0)}, {1.0f / 3, k(1)}, {1.0f / 3, k(2)}, {1.0f / 6, k(3)}});
+              break;
           }
-        } catch (...) {
-          if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
-          (void)cudaGetLastError();
-          throw;
+          cuda::solver_update(update, elems_, xn, nullptr, 0.0f, 0.0f, nullptr, nullptr, s);
+          if (keep) res.times.push_back(tn);
         }
-        CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-        cudaGraphExec_t exec = nullptr;
-        const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-        cudaGraphDestroy(graph);
-        CUFM_CUDA_CHECK(e);
-        const cudaError_t launched = cudaGraphLaunch(exec, s);
-        cudaGraphExecDestroy(exec);
-        CUFM_CUDA_CHECK(launched);
+      } catch (...) {
+        if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        throw;
       }
-      CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
-    } catch (...) {
-      (void)cudaStreamSynchronize(s);  // nothing of this call may still run when the buffers go
-      (void)cudaGetLastError();
-      throw;
+      CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      CUFM_CUDA_CHECK(e);
+      const cudaError_t launched = cudaGraphLaunch(exec, s);
+      cudaGraphExecDestroy(exec);
+      CUFM_CUDA_CHECK(launched);
     }
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.accepted_steps = steps;
     final_x_ = slot(steps);
     if (keep) {
