@@ -30,10 +30,19 @@ std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const Tra
 #if defined(CUFM_WITH_CUDA)
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
                                                 const Dataset& data, TrainState state);
+// The GPU sampler behind cufm::Sampler: keeps the weights' device copy, the cuBLASLt plans, the
+// buffers and the fixed-step graphs between calls of the same shape. max_chunk_rows: the model
+// runs over at most this many points at a time (0: sized by memory; the tests use small values
+// to run several chunks on small counts).
+class CudaSampler;
+struct CudaSamplerDeleter {
+  void operator()(CudaSampler* s) const;
+};
+using CudaSamplerPtr = std::unique_ptr<CudaSampler, CudaSamplerDeleter>;
+CudaSamplerPtr make_cuda_sampler(int64_t max_chunk_rows = 0);
+SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config);
+// One call with a sampler of its own.
 SampleResult cuda_sample(const Model& model, const SampleConfig& config);
-// The same with the model evaluated over at most max_chunk_rows points at a time (0: the default,
-// sized by memory); tests use it to run several chunks on small counts.
-SampleResult cuda_sample_with(const Model& model, const SampleConfig& config, int64_t max_chunk_rows);
 std::vector<DeviceInfo> cuda_device_list();
 #endif
 

@@ -275,10 +275,33 @@ OdeResult integrate(const std::function<void(float t, const float* x, float* v)>
   return integrate_impl(velocity, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1, Trajectory{});
 }
 
-SampleResult sample(const Model& model, const SampleConfig& config) {
-  config.validate(model.config());
+struct Sampler::State {
 #if defined(CUFM_WITH_CUDA)
-  if (resolve_device(config.device) == Device::CUDA) return detail::cuda_sample(model, config);
+  detail::CudaSamplerPtr cuda;  // created by the first GPU call
+#endif
+};
+
+Sampler::Sampler() : state_(std::make_unique<State>()) {}
+Sampler::~Sampler() = default;
+Sampler::Sampler(Sampler&&) noexcept = default;
+Sampler& Sampler::operator=(Sampler&&) noexcept = default;
+
+void Sampler::release() {
+  state_ = std::make_unique<State>();
+}
+
+SampleResult sample(const Model& model, const SampleConfig& config) {
+  return Sampler().sample(model, config);
+}
+
+SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
+  config.validate(model.config());
+  CUFM_REQUIRE(state_, "Sampler: used after being moved from");
+#if defined(CUFM_WITH_CUDA)
+  if (resolve_device(config.device) == Device::CUDA) {
+    if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();
+    return detail::cuda_sample(*state_->cuda, model, config);
+  }
 #else
   resolve_device(config.device);  // throws for an explicit --device cuda
 #endif

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cufm/cufm.hpp"
@@ -141,6 +143,42 @@ TEST(Sampling, TrajectoryAndSolversAgreeOnASmoothModel) {
   sc.atol = sc.rtol = 1e-6f;
   const SampleResult dp = sample(model, sc);
   EXPECT_TRUE(test::all_close(dp.x.data(), rk4.x.data(), 600, 1e-4, 1e-4));
+}
+
+// A kept Sampler gives sample()'s bits call after call, whatever changes between calls; a
+// moved-from one says so; release() makes it usable again.
+TEST(Sampling, AKeptSamplerMatchesOneShotCalls) {
+  const Model a(small_model(3), 8), b(small_model(), 9);
+  SampleConfig sc;
+  sc.count = 200;
+  sc.steps = 5;
+  sc.device = Device::CPU;
+  sc.labels = {1};
+  Sampler sampler;
+  const auto check = [&](const Model& m, const SampleConfig& c) {
+    const SampleResult kept = sampler.sample(m, c), once = sample(m, c);
+    EXPECT_EQ(kept.device, Device::CPU);
+    EXPECT_TRUE(test::all_close(kept.x.data(), once.x.data(), once.x.size(), 0, 0));
+  };
+  check(a, sc);
+  sc.seed = 4;
+  sc.guidance = 2.0f;
+  check(a, sc);
+  SampleConfig unc;
+  unc.count = 50;
+  unc.solver = Solver::Dopri5;
+  unc.device = Device::CPU;
+  check(b, unc);
+  Sampler moved = std::move(sampler);
+  try {
+    sampler.sample(a, sc);
+    ADD_FAILURE() << "a moved-from Sampler sampled";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("moved"), std::string::npos) << e.what();
+  }
+  sampler.release();
+  check(a, sc);
+  EXPECT_EQ(moved.sample(b, unc).x, sample(b, unc).x);
 }
 
 TEST(BadInput, ClearErrors) {

@@ -4,12 +4,17 @@
 // chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so large
 // counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are
 // captured as CUDA graphs; Dopri5 reads back one scalar per step (the error norm) for its
-// step-size controller. A call that throws leaves its queued work to the destructor's wait.
+// step-size controller. A CudaSampler (cufm::Sampler) keeps its plans, buffers and graphs for the
+// next call of the same shape; a call that throws waits for its queued work and drops them all.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "cufm/error.hpp"
@@ -42,33 +47,142 @@ StageCombination comb(const float* x, float h, std::initializer_list<std::pair<f
 
 constexpr size_t kChunkBytes = size_t{1} << 30;  // the model's activations per chunk of points
 
-class GpuSampler {
+// An executable graph, destroyed with its owner.
+struct GraphExec {
+  cudaGraphExec_t exec = nullptr;
+  GraphExec() = default;
+  explicit GraphExec(cudaGraphExec_t e) : exec(e) {}
+  GraphExec(GraphExec&& o) noexcept : exec(std::exchange(o.exec, nullptr)) {}
+  GraphExec& operator=(GraphExec&& o) noexcept {
+    std::swap(exec, o.exec);
+    return *this;
+  }
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  ~GraphExec() {
+    if (exec) cudaGraphExecDestroy(exec);
+  }
+};
+
+// What the model's plans and buffers depend on.
+struct ShapeKey {
+  MlpConfig model;
+  Precision precision = Precision::FP32;
+  int64_t count = 0;
+  int copies = 0;
+  bool operator==(const ShapeKey& o) const {
+    return model == o.model && precision == o.precision && count == o.count && copies == o.copies;
+  }
+};
+
+// What a fixed-step graph bakes into its kernels' arguments besides the buffers (the weights,
+// the per-sample labels and the noise are rewritten in place before each launch).
+struct GraphKey {
+  Solver solver = Solver::Euler;
+  int steps = 0;
+  bool keep_trajectory = false;
+  float guidance = 0.0f;
+  int32_t label_all = -1;
+  const int32_t* labels = nullptr;  // the per-sample labels' buffer (its contents are rewritten)
+  bool operator==(const GraphKey& o) const {
+    return solver == o.solver && steps == o.steps && keep_trajectory == o.keep_trajectory &&
+           std::memcmp(&guidance, &o.guidance, sizeof(float)) == 0 && label_all == o.label_all &&
+           labels == o.labels;
+  }
+};
+
+}  // namespace
+
+// The GPU sampler, kept between calls (cufm::Sampler): the weights' device copy, the cuBLASLt plans,
+// the solver's buffers and the fixed-step graphs are reused while the shapes match and rebuilt
+// when they do not.
+class CudaSampler {
  public:
-  GpuSampler(const Model& model, const SampleConfig& cfg, int64_t max_chunk) : cfg_(cfg) {
+  explicit CudaSampler(int64_t max_chunk) : max_chunk_(max_chunk) {}
+  // Queued work must not outlive the buffers it uses.
+  ~CudaSampler() {
+    (void)cudaStreamSynchronize(stream_.get());
+    (void)cudaGetLastError();
+  }
+  CudaSampler(const CudaSampler&) = delete;
+  CudaSampler& operator=(const CudaSampler&) = delete;
+
+  SampleResult sample(const Model& model, const SampleConfig& cfg) {
+    cfg.validate(model.config());
+    cfg_ = &cfg;
+    try {
+      prepare(model, cfg);
+      SampleResult res = run();
+      cfg_ = nullptr;
+      return res;
+    } catch (...) {
+      cfg_ = nullptr;
+      // A failed call leaves nothing half-built for the next one: wait for what it queued and
+      // drop everything (the next call rebuilds).
+      (void)cudaStreamSynchronize(stream_.get());
+      (void)cudaGetLastError();
+      reset();
+      throw;
+    }
+  }
+
+ private:
+  void reset() {
+    graphs_.clear();
+    mlp_.reset();
+    shape_.reset();
+    for (DeviceBuffer* b : {&params_, &params_bf16_, &labels_, &workspace_, &err_sum_, &x_, &y_}) {
+      *b = DeviceBuffer();
+    }
+    for (DeviceBuffer& b : k_) b = DeviceBuffer();
+  }
+
+  // (Re)allocates b unless it already has `bytes`; a new allocation invalidates the graphs.
+  void ensure(DeviceBuffer& b, size_t bytes, const char* what) {
+    if (b.bytes() == bytes) return;
+    graphs_.clear();
+    b = DeviceBuffer();
+    b = DeviceBuffer(bytes, what, stream_.get());
+  }
+
+  // Builds what this call's shape needs (or keeps it), then uploads the weights and labels.
+  void prepare(const Model& model, const SampleConfig& cfg) {
     const MlpConfig& m = model.config();
+    cudaStream_t s = stream_.get();
     n_ = cfg.count;
     dim_ = m.data_dim;
     elems_ = n_ * dim_;
     copies_ = cfg.guidance ? 2 : 1;
-    cudaStream_t s = stream_.get();
-    const cuda::PaddedLayout layout(m);
-    // Bytes per model row: input, three activation buffers (inference), fp32 output.
-    const size_t esize = cfg.precision == Precision::BF16 ? 2 : 4;
-    const size_t row_bytes = (layout.in_pad[0] + 3 * static_cast<size_t>(layout.max_width_pad())) * esize +
-                             static_cast<size_t>(layout.out_pad.back()) * sizeof(float);
-    chunk_ = std::max<int64_t>(1024, static_cast<int64_t>(kChunkBytes / (copies_ * row_bytes)));
-    if (max_chunk > 0) chunk_ = std::min(chunk_, max_chunk);
-    chunk_ = std::min(chunk_, n_);
-    const std::vector<float> padded = layout.pad(model.params());
-    params_ = DeviceBuffer(layout.total * sizeof(float), "the parameters");
-    CUFM_CUDA_CHECK(
-        cudaMemcpyAsync(params_.get(), padded.data(), params_.bytes(), cudaMemcpyHostToDevice, s));
-    if (cfg.precision == Precision::BF16) {
-      params_bf16_ = DeviceBuffer(layout.total * sizeof(__nv_bfloat16), "the bf16 weights");
-      cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), layout.total, s);
+    const ShapeKey shape{m, cfg.precision, n_, copies_};
+    if (!shape_ || !(*shape_ == shape)) {
+      reset();
+      const cuda::PaddedLayout layout(m);
+      // Bytes per model row: input, three activation buffers (inference), fp32 output.
+      const size_t esize = cfg.precision == Precision::BF16 ? 2 : 4;
+      const size_t row_bytes = (layout.in_pad[0] + 3 * static_cast<size_t>(layout.max_width_pad())) * esize +
+                               static_cast<size_t>(layout.out_pad.back()) * sizeof(float);
+      chunk_ = std::max<int64_t>(1024, static_cast<int64_t>(kChunkBytes / (copies_ * row_bytes)));
+      if (max_chunk_ > 0) chunk_ = std::min(chunk_, max_chunk_);
+      chunk_ = std::min(chunk_, n_);
+      params_ = DeviceBuffer(layout.total * sizeof(float), "the parameters", s);
+      if (cfg.precision == Precision::BF16) {
+        params_bf16_ = DeviceBuffer(layout.total * sizeof(__nv_bfloat16), "the bf16 weights", s);
+      }
+      mlp_ = std::make_unique<cuda::LtMlp>(m, cfg.precision, copies_ * chunk_, cuda::MlpMode::Inference,
+                                           params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), nullptr, s);
+      workspace_ = DeviceBuffer(cuda::solver_workspace_bytes(), "the solver workspace", s);
+      err_sum_ = DeviceBuffer(sizeof(double), "the error norm", s);
+      layout_ = std::make_unique<cuda::PaddedLayout>(layout);
+      shape_ = shape;
     }
-    mlp_ = std::make_unique<cuda::LtMlp>(m, cfg.precision, copies_ * chunk_, cuda::MlpMode::Inference,
-                                         params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), nullptr, s);
+    // The weights, in place (the graphs read them from this buffer).
+    padded_ = layout_->pad(model.params());
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(params_.get(), padded_.data(), params_.bytes(), cudaMemcpyHostToDevice, s));
+    if (cfg.precision == Precision::BF16) {
+      cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), layout_->total, s);
+    }
+    input_ = cuda::ModelInput{};
     input_.n = n_;
     input_.dim = dim_;
     input_.time_features = m.time_features;
@@ -78,37 +192,29 @@ class GpuSampler {
     input_.input = mlp_->input();
     input_.ld = mlp_->input_ld();
     if (m.num_classes > 0 && cfg.labels.size() > 1) {
-      labels_ = DeviceBuffer(cfg.labels.size() * sizeof(int32_t), "the labels");
+      ensure(labels_, cfg.labels.size() * sizeof(int32_t), "the labels");
       CUFM_CUDA_CHECK(
           cudaMemcpyAsync(labels_.get(), cfg.labels.data(), labels_.bytes(), cudaMemcpyHostToDevice, s));
       input_.labels = labels_.as<int32_t>();
     } else if (m.num_classes > 0 && cfg.labels.size() == 1) {
       input_.label_all = cfg.labels[0];
     }
-    for (int i = 0; i < stages(cfg.solver); ++i) k_[i] = DeviceBuffer(elems_ * sizeof(float), "solver stages");
-    workspace_ = DeviceBuffer(cuda::solver_workspace_bytes(), "the solver workspace");
-    err_sum_ = DeviceBuffer(sizeof(double), "the error norm");
+    for (int i = 0; i < stages(cfg.solver); ++i) ensure(k_[i], elems_ * sizeof(float), "solver stages");
+    // The host copies above read padded_ and cfg.labels: let them finish before either can change.
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
-
-  // Queued work of a call that threw must not outlive the buffers it uses.
-  ~GpuSampler() {
-    (void)cudaStreamSynchronize(stream_.get());
-    (void)cudaGetLastError();
-  }
-  GpuSampler(const GpuSampler&) = delete;
-  GpuSampler& operator=(const GpuSampler&) = delete;
 
   SampleResult run() {
     SampleResult res;
     res.count = n_;
     res.dim = dim_;
     res.device = Device::CUDA;
+    evaluations_ = 0;
     cudaStream_t s = stream_.get();
-    if (cfg_.solver == Solver::Dopri5) {
-      x_ = DeviceBuffer(elems_ * sizeof(float), "the samples");
-      y_ = DeviceBuffer(elems_ * sizeof(float), "the samples");
-      cuda::sampler_noise(cfg_.seed, n_, dim_, x_.as<float>(), s);
+    if (cfg_->solver == Solver::Dopri5) {
+      ensure(x_, elems_ * sizeof(float), "the samples");
+      ensure(y_, elems_ * sizeof(float), "the samples");
+      cuda::sampler_noise(cfg_->seed, n_, dim_, x_.as<float>(), s);
       dopri5(res);
     } else {
       fixed_steps(res);
@@ -121,7 +227,6 @@ class GpuSampler {
     return res;
   }
 
- private:
   // k = v(t, y) for the stage point y = comb (also stored in y_out when given), chunk by chunk.
   // A short last chunk runs the model on all of its rows; the rows past it are not read.
   void eval(float t, const StageCombination& c, float* k, float* y_out, cudaStream_t s) {
@@ -137,7 +242,7 @@ class GpuSampler {
       cuda::stage_input(cc, t, in, y_out ? y_out + off : nullptr, s);
       mlp_->forward(s);
       cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), rows, dim_, copies_,
-                             cfg_.guidance.value_or(0.0f), k + off, s);
+                             cfg_->guidance.value_or(0.0f), k + off, s);
     }
     ++evaluations_;
   }
@@ -152,81 +257,93 @@ class GpuSampler {
     }
   }
 
+  // One fixed step from slot(i) to slot(i + 1), enqueued (or captured) on s.
+  void enqueue_step(int i, int steps, const std::function<float*(int)>& slot, cudaStream_t s) {
+    const float t = static_cast<float>(i) / static_cast<float>(steps);
+    const float tn = static_cast<float>(i + 1) / static_cast<float>(steps);
+    const float h = tn - t;
+    const float* x = slot(i);
+    float* xn = slot(i + 1);
+    float* y = y_.as<float>();
+    const StageCombination at_x = comb(x, 0.0f, {});
+    StageCombination update;
+    switch (cfg_->solver) {
+      case Solver::Euler:
+        eval(t, at_x, k(0), nullptr, s);
+        update = comb(x, h, {{1.0f, k(0)}});
+        break;
+      case Solver::Midpoint:
+        eval(t, at_x, k(0), nullptr, s);
+        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
+        update = comb(x, h, {{1.0f, k(1)}});
+        break;
+      case Solver::Heun:
+        eval(t, at_x, k(0), nullptr, s);
+        eval(tn, comb(x, h, {{1.0f, k(0)}}), k(1), y, s);
+        update = comb(x, h, {{0.5f, k(0)}, {0.5f, k(1)}});
+        break;
+      default:  // RK4
+        eval(t, at_x, k(0), nullptr, s);
+        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
+        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(1)}}), k(2), y, s);
+        eval(tn, comb(x, h, {{1.0f, k(2)}}), k(3), y, s);
+        update = comb(x, h, {{1.0f / 6, k(0)}, {1.0f / 3, k(1)}, {1.0f / 3, k(2)}, {1.0f / 6, k(3)}});
+        break;
+    }
+    cuda::solver_update(update, elems_, xn, nullptr, 0.0f, 0.0f, nullptr, nullptr, s);
+  }
+
   void fixed_steps(SampleResult& res) {
     cudaStream_t s = stream_.get();
-    const int steps = cfg_.steps;
-    const bool keep = cfg_.keep_trajectory;
-    // With a trajectory, state s lives in slot s; without, x is updated in place.
-    x_ = DeviceBuffer((keep ? static_cast<size_t>(steps) + 1 : 1) * elems_ * sizeof(float), "the samples");
-    if (cfg_.solver != Solver::Euler) y_ = DeviceBuffer(elems_ * sizeof(float), "the stage points");
-    float* y = y_.as<float>();
-    cuda::sampler_noise(cfg_.seed, n_, dim_, x_.as<float>(), s);
-    auto slot = [&](int i) { return x_.as<float>() + (keep ? static_cast<size_t>(i) * elems_ : 0); };
-    // The steps are captured as CUDA graphs of at most steps_per_graph steps each, launched one after
-    // another and waited for once: a few launches instead of thousands, with the graph's size (and
-    // its host memory) bounded however many steps are asked for. An executable graph destroyed
-    // while in flight is freed when it completes, so each goes as soon as it is launched.
-    const int chunks = static_cast<int>((n_ + chunk_ - 1) / chunk_);
-    const int steps_per_graph = std::max(1, 256 / chunks);  // about 256 chunk evaluations per stage
-    const float t0 = 0.0f, span = 1.0f;
-    if (keep) res.times.push_back(t0);
-    for (int first = 0; first < steps; first += steps_per_graph) {
-      const int last = std::min(steps, first + steps_per_graph);
-      cudaGraph_t graph = nullptr;
-      CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-      try {
-        for (int i = first; i < last; ++i) {
-          const float t = t0 + span * static_cast<float>(i) / static_cast<float>(steps);
-          const float tn = t0 + span * static_cast<float>(i + 1) / static_cast<float>(steps);
-          const float h = tn - t;
-          const float* x = slot(i);
-          float* xn = slot(i + 1);
-          const StageCombination at_x = comb(x, 0.0f, {});
-          StageCombination update;
-          switch (cfg_.solver) {
-            case Solver::Euler:
-              eval(t, at_x, k(0), nullptr, s);
-              update = comb(x, h, {{1.0f, k(0)}});
-              break;
-            case Solver::Midpoint:
-              eval(t, at_x, k(0), nullptr, s);
-              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-              update = comb(x, h, {{1.0f, k(1)}});
-              break;
-            case Solver::Heun:
-              eval(t, at_x, k(0), nullptr, s);
-              eval(tn, comb(x, h, {{1.0f, k(0)}}), k(1), y, s);
-              update = comb(x, h, {{0.5f, k(0)}, {0.5f, k(1)}});
-              break;
-            default:  // RK4
-              eval(t, at_x, k(0), nullptr, s);
-              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-              eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(1)}}), k(2), y, s);
-              eval(tn, comb(x, h, {{1.0f, k(2)}}), k(3), y, s);
-              update = comb(x, h, {{1.0f / 6, k(0)}, {1.0f / 3, k(1)}, {1.0f / 3, k(2)}, {1.0f / 6, k(3)}});
-              break;
-          }
-          cuda::solver_update(update, elems_, xn, nullptr, 0.0f, 0.0f, nullptr, nullptr, s);
-          if (keep) res.times.push_back(tn);
+    const int steps = cfg_->steps;
+    const bool keep = cfg_->keep_trajectory;
+    // With a trajectory, state i lives in slot i; without, x is updated in place.
+    ensure(x_, (keep ? static_cast<size_t>(steps) + 1 : 1) * elems_ * sizeof(float), "the samples");
+    if (cfg_->solver != Solver::Euler) ensure(y_, elems_ * sizeof(float), "the stage points");
+    const std::function<float*(int)> slot = [&](int i) {
+      return x_.as<float>() + (keep ? static_cast<size_t>(i) * elems_ : 0);
+    };
+    // The steps are captured as CUDA graphs of at most steps_per_graph steps each, launched one
+    // after another and waited for once: a few launches instead of thousands, with each graph's
+    // size (and host memory) bounded however many steps are asked for. The graphs stay for the
+    // next call with the same key and buffers, which then only rewrites the weights, the labels
+    // and the noise before launching them.
+    const GraphKey key{cfg_->solver,    steps, keep, cfg_->guidance.value_or(0.0f), input_.label_all,
+                       input_.labels};
+    if (!(key == graph_key_)) graphs_.clear();
+    cuda::sampler_noise(cfg_->seed, n_, dim_, x_.as<float>(), s);
+    if (graphs_.empty()) {
+      const int chunks = static_cast<int>((n_ + chunk_ - 1) / chunk_);
+      const int steps_per_graph = std::max(1, 256 / chunks);  // about 256 chunk evaluations per stage
+      for (int first = 0; first < steps; first += steps_per_graph) {
+        const int last = std::min(steps, first + steps_per_graph);
+        cudaGraph_t graph = nullptr;
+        CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        try {
+          for (int i = first; i < last; ++i) enqueue_step(i, steps, slot, s);
+        } catch (...) {
+          if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+          (void)cudaGetLastError();
+          graphs_.clear();
+          throw;
         }
-      } catch (...) {
-        if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
-        (void)cudaGetLastError();
-        throw;
+        CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+        cudaGraphDestroy(graph);
+        if (e != cudaSuccess) graphs_.clear();
+        CUFM_CUDA_CHECK(e);
+        graphs_.emplace_back(exec);
       }
-      CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      CUFM_CUDA_CHECK(e);
-      const cudaError_t launched = cudaGraphLaunch(exec, s);
-      cudaGraphExecDestroy(exec);
-      CUFM_CUDA_CHECK(launched);
+      graph_key_ = key;
     }
+    for (const GraphExec& g : graphs_) CUFM_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.accepted_steps = steps;
+    evaluations_ = static_cast<int64_t>(steps) * stages(cfg_->solver);
     final_x_ = slot(steps);
     if (keep) {
+      for (int i = 0; i <= steps; ++i) res.times.push_back(static_cast<float>(i) / static_cast<float>(steps));
       res.trajectory.resize((static_cast<size_t>(steps) + 1) * elems_);
       CUFM_CUDA_CHECK(cudaMemcpyAsync(res.trajectory.data(), x_.get(), res.trajectory.size() * sizeof(float),
                                       cudaMemcpyDeviceToHost, s));
@@ -236,7 +353,7 @@ class GpuSampler {
 
   // RMS of scaled_error_sq over the batch, as the CPU's rms_scaled (xn nullptr: zeros).
   double rms(const float* e, const float* x, const float* xn) {
-    cuda::scaled_norm_sq(e, x, xn, elems_, cfg_.atol, cfg_.rtol, err_sum_.as<double>(), workspace_.get(),
+    cuda::scaled_norm_sq(e, x, xn, elems_, cfg_->atol, cfg_->rtol, err_sum_.as<double>(), workspace_.get(),
                          stream_.get());
     return read_rms();
   }
@@ -249,7 +366,7 @@ class GpuSampler {
   }
 
   void record(SampleResult& res, float t, const float* x) {
-    if (!cfg_.keep_trajectory) return;
+    if (!cfg_->keep_trajectory) return;
     res.times.push_back(t);
     const size_t at = res.trajectory.size();
     res.trajectory.resize(at + static_cast<size_t>(elems_));
@@ -262,7 +379,7 @@ class GpuSampler {
   void dopri5(SampleResult& res) {
     namespace dp = hd::dopri5;
     cudaStream_t s = stream_.get();
-    const float t0 = 0.0f, t1 = 1.0f, span = t1 - t0, atol = cfg_.atol, rtol = cfg_.rtol;
+    const float t0 = 0.0f, t1 = 1.0f, span = t1 - t0, atol = cfg_->atol, rtol = cfg_->rtol;
     float* x = x_.as<float>();
     float* y = y_.as<float>();
     float* k1 = k(0);
@@ -283,8 +400,8 @@ class GpuSampler {
       h = static_cast<float>(std::min({100.0 * h0, h1, static_cast<double>(span)}));
     }
     while (t < t1) {
-      CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_.max_steps,
-                   "dopri5 did not reach t = " << t1 << " within max_steps = " << cfg_.max_steps
+      CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_->max_steps,
+                   "dopri5 did not reach t = " << t1 << " within max_steps = " << cfg_->max_steps
                                                << " (at t = " << t
                                                << "): loosen atol/rtol or raise max_steps");
       if (t + h > t1 || t1 - (t + h) < 1e-6f * span) h = t1 - t;
@@ -326,28 +443,39 @@ class GpuSampler {
     final_x_ = x;
   }
 
-  const SampleConfig& cfg_;
+  const int64_t max_chunk_;
+  const SampleConfig* cfg_ = nullptr;  // the call in progress
+  std::optional<ShapeKey> shape_;      // what mlp_ and the buffers were built for
+  GraphKey graph_key_;                 // what graphs_ were captured for
   int64_t n_ = 0, elems_ = 0, chunk_ = 0;
   int dim_ = 0, copies_ = 1;
   cuda::Stream stream_;
+  std::unique_ptr<cuda::PaddedLayout> layout_;
+  std::vector<float> padded_;  // the weights in the device's layout, the upload's source
   DeviceBuffer params_, params_bf16_, labels_, workspace_, err_sum_, x_, y_;
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;
+  std::vector<GraphExec> graphs_;  // declared after the buffers their kernels use: destroyed first
   cuda::ModelInput input_;
   const float* final_x_ = nullptr;
   int64_t evaluations_ = 0;
 };
 
-}  // namespace
+void CudaSamplerDeleter::operator()(CudaSampler* s) const {
+  delete s;
+}
 
-SampleResult cuda_sample_with(const Model& model, const SampleConfig& config, int64_t max_chunk_rows) {
-  config.validate(model.config());
-  GpuSampler sampler(model, config, max_chunk_rows);
-  return sampler.run();
+CudaSamplerPtr make_cuda_sampler(int64_t max_chunk_rows) {
+  CUFM_REQUIRE(max_chunk_rows >= 0, "make_cuda_sampler: max_chunk_rows must be >= 0, got " << max_chunk_rows);
+  return CudaSamplerPtr(new CudaSampler(max_chunk_rows));
+}
+
+SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config) {
+  return sampler.sample(model, config);
 }
 
 SampleResult cuda_sample(const Model& model, const SampleConfig& config) {
-  return cuda_sample_with(model, config, 0);
+  return make_cuda_sampler(0)->sample(model, config);
 }
 
 }  // namespace cufm::detail

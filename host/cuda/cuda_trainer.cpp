@@ -134,18 +134,18 @@ class CudaTrainer final : public TrainBackend {
              bool ema_on, cudaStream_t s) {
     const size_t np = layout_.total;
     const size_t pbytes = np * sizeof(float);
-    data_x_ = DeviceBuffer(static_cast<size_t>(data.n) * data.dim * sizeof(float), "the dataset");
+    data_x_ = DeviceBuffer(static_cast<size_t>(data.n) * data.dim * sizeof(float), "the dataset", s);
     upload(data_x_, data.x.data(), data_x_.bytes(), s);
     if (model.num_classes > 0) {
       CUFM_REQUIRE(data.labels.size() == static_cast<size_t>(data.n),
                    "trainer: the conditional model needs labels");
-      data_labels_ = DeviceBuffer(static_cast<size_t>(data.n) * sizeof(int32_t), "the dataset labels");
+      data_labels_ = DeviceBuffer(static_cast<size_t>(data.n) * sizeof(int32_t), "the dataset labels", s);
       upload(data_labels_, data.labels.data(), data_labels_.bytes(), s);
     }
-    params_ = DeviceBuffer(pbytes, "the parameters");
-    grads_ = DeviceBuffer(pbytes, "the gradients");
-    m_ = DeviceBuffer(pbytes, "Adam's first moments");
-    v_ = DeviceBuffer(pbytes, "Adam's second moments");
+    params_ = DeviceBuffer(pbytes, "the parameters", s);
+    grads_ = DeviceBuffer(pbytes, "the gradients", s);
+    m_ = DeviceBuffer(pbytes, "Adam's first moments", s);
+    v_ = DeviceBuffer(pbytes, "Adam's second moments", s);
     // pad() returns fresh vectors: keep them alive until the copies are done (synchronised below).
     const std::vector<float> p = layout_.pad(state.params), pm = layout_.pad(state.adam_m),
                              pv = layout_.pad(state.adam_v);
@@ -155,21 +155,21 @@ class CudaTrainer final : public TrainBackend {
     upload(v_, pv.data(), pbytes, s);
     if (ema_on) {
       pe = layout_.pad(state.ema);
-      ema_ = DeviceBuffer(pbytes, "the EMA weights");
+      ema_ = DeviceBuffer(pbytes, "the EMA weights", s);
       upload(ema_, pe.data(), pbytes, s);
     }
     if (config.precision == Precision::BF16) {
-      params_bf16_ = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights");
+      params_bf16_ = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights", s);
       cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), np, s);
     }
     cuda::AdamDeviceState st{};
     st.step = state.step;
-    adam_state_ = DeviceBuffer(sizeof(st), "the optimiser state");
+    adam_state_ = DeviceBuffer(sizeof(st), "the optimiser state", s);
     upload(adam_state_, &st, sizeof(st), s);
-    loss_ = DeviceBuffer(sizeof(float), "the loss");
+    loss_ = DeviceBuffer(sizeof(float), "the loss", s);
     loss_ws_ = DeviceBuffer(kernels::fm_loss_grad_workspace_bytes(config.batch_size, model.data_dim),
-                            "the loss workspace");
-    adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace");
+                            "the loss workspace", s);
+    adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace", s);
     mlp_ = std::make_unique<cuda::LtMlp>(model, config.precision, config.batch_size, cuda::MlpMode::Training,
                                          params_.as<float>(), params_bf16_.as<__nv_bfloat16>(),
                                          grads_.as<float>(), s);

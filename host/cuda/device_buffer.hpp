@@ -1,5 +1,6 @@
-// An owning device allocation (internal): zero-filled at creation, freed at destruction, with an
-// out-of-memory message that says what was being allocated and how much memory is free.
+// An owning device allocation (internal): zero-filled at creation (in stream order when given a
+// stream), freed at destruction, with an out-of-memory message that says what was being allocated
+// and how much memory is free.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,32 +16,13 @@ namespace cufm::cuda {
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(size_t bytes, const char* what) : bytes_(bytes) {
-    if (bytes == 0) return;
-    const cudaError_t e = cudaMalloc(&ptr_, bytes);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      ptr_ = nullptr;
-      size_t free_b = 0, total_b = 0;
-      (void)cudaMemGetInfo(&free_b, &total_b);
-      (void)cudaGetLastError();
-      CUFM_FAIL("cannot allocate " << (bytes >> 20) << " MiB of GPU memory for " << what << " ("
-                                   << cudaGetErrorName(e) << "; " << (free_b >> 20) << " of "
-                                   << (total_b >> 20)
-                                   << " MiB free): reduce the batch size, the sample count, the dataset or "
-                                      "the model, or use device 'cpu'");
-    }
-    try {
-      CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes));
-      // cudaMemset may return before it runs, and work on a non-blocking stream does not wait for
-      // the default stream: finish it here (setup only), so every user sees zeros.
-      CUFM_CUDA_CHECK(cudaStreamSynchronize(nullptr));
-    } catch (...) {
-      (void)cudaFree(ptr_);  // the destructor will not run for a constructor that throws
-      ptr_ = nullptr;
-      throw;
-    }
+  // Zero-filled on `stream`, in stream order: work queued on that stream afterwards sees zeros,
+  // and nothing waits. Without a stream (setup code, benchmarks, tests) the zero fill is finished
+  // before the constructor returns, so every stream sees it.
+  DeviceBuffer(size_t bytes, const char* what, cudaStream_t stream) : bytes_(bytes) {
+    allocate(what, &stream);
   }
+  DeviceBuffer(size_t bytes, const char* what) : bytes_(bytes) { allocate(what, nullptr); }
   ~DeviceBuffer() {
     if (ptr_ && cudaFree(ptr_) != cudaSuccess) {
       (void)cudaGetLastError();
@@ -69,6 +51,35 @@ class DeviceBuffer {
   size_t bytes() const { return bytes_; }
 
  private:
+  void allocate(const char* what, const cudaStream_t* stream) {
+    if (bytes_ == 0) return;
+    const cudaError_t e = cudaMalloc(&ptr_, bytes_);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      ptr_ = nullptr;
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      (void)cudaGetLastError();
+      CUFM_FAIL("cannot allocate " << (bytes_ >> 20) << " MiB of GPU memory for " << what << " ("
+                                   << cudaGetErrorName(e) << "; " << (free_b >> 20) << " of "
+                                   << (total_b >> 20)
+                                   << " MiB free): reduce the batch size, the sample count, the dataset or "
+                                      "the model, or use device 'cpu'");
+    }
+    try {
+      if (stream) {
+        CUFM_CUDA_CHECK(cudaMemsetAsync(ptr_, 0, bytes_, *stream));
+      } else {
+        CUFM_CUDA_CHECK(cudaMemset(ptr_, 0, bytes_));
+        CUFM_CUDA_CHECK(cudaStreamSynchronize(nullptr));  // non-blocking streams do not wait for it
+      }
+    } catch (...) {
+      (void)cudaFree(ptr_);  // the destructor will not run for a constructor that throws
+      ptr_ = nullptr;
+      throw;
+    }
+  }
+
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };

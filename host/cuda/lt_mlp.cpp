@@ -301,17 +301,17 @@ void LtMlp::build(cudaStream_t stream) {
   const bool training = mode_ == MlpMode::Training;
   const bool fusable_act = act == Activation::ReLU || act == Activation::GELU;
 
-  workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace");
-  input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input");
-  output_ = DeviceBuffer(rows * L.out_pad.back() * sizeof(float), "the model output");
+  workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace", stream);
+  input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input", stream);
+  output_ = DeviceBuffer(rows * L.out_pad.back() * sizeof(float), "the model output", stream);
   if (training) {
-    dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient");
-    grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients");
-    grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients");
+    dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient", stream);
+    grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
+    grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
   } else {
-    scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations");
-    scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations");
-    scratch_z_ = DeviceBuffer(rows * max_w * esize, "pre-activations");
+    scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
+    scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
+    scratch_z_ = DeviceBuffer(rows * max_w * esize, "pre-activations", stream);
   }
   void* ws = workspace_.get();
 
@@ -362,8 +362,8 @@ void LtMlp::build(cudaStream_t stream) {
       build_unfused_forward(l, *ly, x);
     } else {
       if (training) {
-        ly->a = DeviceBuffer(rows * width * esize, "activations");
-        ly->z = DeviceBuffer(rows * width * esize, "pre-activations");
+        ly->a = DeviceBuffer(rows * width * esize, "activations", stream);
+        ly->z = DeviceBuffer(rows * width * esize, "pre-activations", stream);
         ly->y = ly->a.get();
         ly->zp = ly->z.get();
       } else {
@@ -377,7 +377,7 @@ void LtMlp::build(cudaStream_t stream) {
           s.epilogue = act == Activation::ReLU ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_GELU_BIAS;
         } else if (act == Activation::ReLU) {
           ly->mask_ld = round_up(static_cast<int>(width), 128);  // bits
-          ly->mask = DeviceBuffer(static_cast<size_t>(ly->mask_ld) / 8 * rows, "the ReLU mask");
+          ly->mask = DeviceBuffer(static_cast<size_t>(ly->mask_ld) / 8 * rows, "the ReLU mask", stream);
           s.epilogue = CUBLASLT_EPILOGUE_RELU_AUX_BIAS;
           s.aux = ly->mask.get();
           s.aux_ld = ly->mask_ld;

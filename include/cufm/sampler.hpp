@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,7 +52,32 @@ struct SampleResult {
 // The initial noise of sample i, dims [0, D): a pure function of (seed, i).
 void sampler_noise(uint64_t seed, int64_t first, int64_t count, int dim, float* x0);
 
+// One sampling run: Sampler().sample(model, config).
 SampleResult sample(const Model& model, const SampleConfig& config);
+
+// A sampler that keeps what a GPU run sets up (the weights' device copy, the cuBLASLt plans, the
+// buffers, the captured graphs) for its next call. Sampling models of one shape again and again
+// (every N training steps, or in a service) then costs only the weights' upload and the solver's
+// work. A call whose model shape, count, precision or guidance differs rebuilds; one whose steps,
+// solver or label mode differ captures new graphs. The results are those of sample(), bit for bit.
+// On the CPU it holds nothing. Its GPU memory is freed by release() or with it. Not thread-safe:
+// one Sampler per thread.
+class Sampler {
+ public:
+  Sampler();
+  ~Sampler();
+  Sampler(Sampler&&) noexcept;
+  Sampler& operator=(Sampler&&) noexcept;
+  Sampler(const Sampler&) = delete;
+  Sampler& operator=(const Sampler&) = delete;
+
+  SampleResult sample(const Model& model, const SampleConfig& config);
+  void release();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // Integrates a caller's velocity field on the CPU with the same solvers (used by the tests to
 // measure each solver's order on fields with known solutions). v(t, x, out) fills out [n*dim].

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cufm/sampler.hpp"
@@ -88,9 +89,64 @@ TEST(GpuSamplingChunks, ChunkedEvaluationMatchesCpu) {
     cfg.guidance = 1.5f;
     cfg.device = Device::CPU;
     const SampleResult cpu = sample(model, cfg);
-    const SampleResult gpu = detail::cuda_sample_with(model, cfg, cfg.count / 3 + 1);
+    const SampleResult gpu = detail::cuda_sample(*detail::make_cuda_sampler(cfg.count / 3 + 1), model, cfg);
     expect_match(gpu, cpu, 1e-4, 1e-4);
   }
+}
+
+// One Sampler over a sequence of calls: new weights, seed and label contents through the same
+// graphs; then another label mode, step count, solver, guidance, count and model (each rebuilding
+// what it must); then the first call again. Each result is the one-shot call's, bit for bit.
+TEST(GpuSamplerReuse, EveryCallMatchesAFreshSampler) {
+  CUFM_REQUIRE_GPU();
+  const Model a(conditional_model(), 14);
+  Model a2 = a;
+  for (float& p : a2.params()) p *= 0.9f;
+  MlpConfig unc;
+  unc.data_dim = 3;
+  unc.hidden = {24, 24};
+  const Model b(unc, 15);
+  SampleConfig first = base_config();
+  first.device = Device::CUDA;
+  for (int64_t i = 0; i < first.count; ++i) first.labels.push_back(static_cast<int32_t>(i % 3));
+  std::vector<std::pair<const Model*, SampleConfig>> calls;
+  calls.emplace_back(&a, first);
+  SampleConfig c = first;
+  c.seed = 78;
+  for (int32_t& l : c.labels) l = 2 - l;
+  calls.emplace_back(&a2, c);  // same graphs: weights, noise and labels rewritten in place
+  c.labels = {1};
+  calls.emplace_back(&a2, c);  // one label for all: new graphs
+  c.steps = 9;
+  calls.emplace_back(&a2, c);
+  c.solver = Solver::Dopri5;
+  calls.emplace_back(&a2, c);
+  c.solver = Solver::RK4;
+  c.guidance = 2.0f;
+  calls.emplace_back(&a2, c);  // guidance: 2n rows, a new shape
+  c.count = first.count / 2 + 3;
+  calls.emplace_back(&a2, c);
+  SampleConfig cu = base_config();
+  cu.device = Device::CUDA;
+  calls.emplace_back(&b, cu);  // another model
+  calls.emplace_back(&a, first);
+  Sampler sampler;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    SCOPED_TRACE("call " + std::to_string(i));
+    const auto& [model, cfg] = calls[i];
+    const SampleResult kept = sampler.sample(*model, cfg);
+    const SampleResult fresh = detail::cuda_sample(*model, cfg);
+    ASSERT_EQ(kept.x.size(), fresh.x.size());
+    EXPECT_TRUE(test::bits_equal(kept.x.data(), fresh.x.data(), fresh.x.size()));
+    EXPECT_EQ(kept.evaluations, fresh.evaluations);
+    EXPECT_EQ(kept.accepted_steps, fresh.accepted_steps);
+  }
+  // And the first against the CPU, so that "the same as a fresh sampler" means something.
+  SampleConfig on_cpu = first;
+  on_cpu.device = Device::CPU;
+  expect_match(sampler.sample(a, first), sample(a, on_cpu), 1e-4, 1e-4);
+  sampler.release();
+  expect_match(sampler.sample(a, first), sample(a, on_cpu), 1e-4, 1e-4);
 }
 
 TEST(GpuSamplingLabels, NoneOneAndUnconditional) {

@@ -7,10 +7,14 @@
 // weights 5e-3 / 5e-2.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "cufm/kernels.hpp"
 #include "cufm/trainer.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/backend.hpp"
@@ -226,6 +230,51 @@ TEST(GpuTraining, OversizeDatasetThrowsCufmError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("dataset"), std::string::npos) << e.what();
   }
+}
+
+// A fault on the device reaches the caller as a cufm::Error that names the CUDA error, never as an
+// abort, and the trainer's destructor survives it. A fault poisons the CUDA context for the rest
+// of the process, so this runs in a child process (gtest's threadsafe style re-executes the binary;
+// compute-sanitizer runs leave it out, as it faults on purpose).
+TEST(GpuTrainingDeathTest, DeviceFaultIsACufmError) {
+  CUFM_REQUIRE_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto fault_then_step = [] {
+    bool caught = false;
+    {
+      MlpConfig mc;
+      mc.data_dim = 2;
+      mc.hidden = {16};
+      TrainConfig cfg = train_config(Precision::FP32);
+      cfg.device = Device::CUDA;
+      Trainer trainer(Model(mc, 1), data_for(2, 0), cfg);
+      trainer.run(2);
+      (void)trainer.loss();
+      // fm_prepare reading its data from an address no allocation covers.
+      test::DeviceArray<uint64_t> step(std::vector<uint64_t>{0});
+      test::DeviceArray<float> input(static_cast<size_t>(64) * 8);
+      kernels::FmBatch b;
+      b.step = step.get();
+      b.batch = 64;
+      b.dim = 2;
+      b.data = reinterpret_cast<const float*>(uintptr_t{1} << 46);
+      b.n_data = 1000;
+      kernels::FmPrepareOutputs out;
+      out.input = input.get();
+      kernels::fm_prepare(b, kernels::FmInputLayout{0, 0, 8}, out, nullptr);
+      (void)cudaDeviceSynchronize();
+      try {
+        trainer.run(1);
+        (void)trainer.loss();
+      } catch (const Error& e) {
+        std::fprintf(stderr, "cufm::Error: %s\n", e.what());
+        caught = true;
+      }
+    }  // the destructors run after the fault: they log, they do not throw or abort
+    if (!caught) std::fprintf(stderr, "no cufm::Error after a device fault\n");
+    std::exit(caught ? 0 : 1);
+  };
+  EXPECT_EXIT(fault_then_step(), ::testing::ExitedWithCode(0), "cufm::Error: .*cudaError");
 }
 
 TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
