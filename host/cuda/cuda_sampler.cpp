@@ -101,14 +101,17 @@ class CudaSampler {
   explicit CudaSampler(int64_t max_chunk) : max_chunk_(max_chunk) {}
   // Queued work must not outlive the buffers it uses.
   ~CudaSampler() {
+    const cuda::DeviceScope on(device_, false);
     (void)cudaStreamSynchronize(stream_.get());
     (void)cudaGetLastError();
+    reset();
   }
   CudaSampler(const CudaSampler&) = delete;
   CudaSampler& operator=(const CudaSampler&) = delete;
 
   SampleResult sample(const Model& model, const SampleConfig& cfg) {
     cfg.validate(model.config());
+    const cuda::DeviceScope on(device_);
     cfg_ = &cfg;
     try {
       prepare(model, cfg);
@@ -449,6 +452,7 @@ class CudaSampler {
   GraphKey graph_key_;                 // what graphs_ were captured for
   int64_t n_ = 0, elems_ = 0, chunk_ = 0;
   int dim_ = 0, copies_ = 1;
+  int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
   std::unique_ptr<cuda::PaddedLayout> layout_;
   std::vector<float> padded_;  // the weights in the device's layout, the upload's source

@@ -76,6 +76,7 @@ class CudaTrainer final : public TrainBackend {
     cudaStream_t s = stream_.get();
     try {
       setup(model, config, data, state, ema_on, s);
+      if (options_.launch == StepLaunch::Graph) capture();
     } catch (...) {
       // The destructor does not run for a constructor that throws: let queued uploads finish
       // before the buffers they read and write are freed.
@@ -83,19 +84,25 @@ class CudaTrainer final : public TrainBackend {
       (void)cudaGetLastError();
       throw;
     }
-    if (options_.launch == StepLaunch::Graph) capture();
   }
 
   ~CudaTrainer() override {
+    const cuda::DeviceScope on(device_, false);
     // Finish the queued steps before the graph and the buffers they use go away.
     if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
       (void)cudaGetLastError();
       std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
     }
     if (exec_) cudaGraphExecDestroy(exec_);
+    mlp_.reset();
+    for (DeviceBuffer* b : {&data_x_, &data_labels_, &params_, &grads_, &m_, &v_, &ema_, &params_bf16_,
+                            &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
+      *b = DeviceBuffer();
+    }
   }
 
   void run(uint64_t n) override {
+    const cuda::DeviceScope on(device_);
     for (uint64_t i = 0; i < n; ++i) {
       if (exec_) {
         CUFM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.get()));
@@ -107,6 +114,7 @@ class CudaTrainer final : public TrainBackend {
   }
 
   float loss() override {
+    const cuda::DeviceScope on(device_);
     float l = 0.0f;
     CUFM_CUDA_CHECK(cudaMemcpyAsync(&l, loss_.get(), sizeof(float), cudaMemcpyDeviceToHost, stream_.get()));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
@@ -116,6 +124,7 @@ class CudaTrainer final : public TrainBackend {
   uint64_t step_count() const override { return step_; }
 
   TrainState state() const override {
+    const cuda::DeviceScope on(device_);
     TrainState s;
     s.step = step_;
     s.params = download(params_);
@@ -256,6 +265,7 @@ class CudaTrainer final : public TrainBackend {
   cuda::PaddedLayout layout_;
   uint64_t step_;
   uint32_t n_data_ = 0;
+  int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
   DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_,
       loss_ws_, adam_ws_;

@@ -17,8 +17,9 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   // Zero-filled on `stream`, in stream order: work queued on that stream afterwards sees zeros,
-  // and nothing waits. Without a stream (setup code, benchmarks, tests) the zero fill is finished
-  // before the constructor returns, so every stream sees it.
+  // and nothing waits (stream nullptr: the legacy default stream, still asynchronous). Without a
+  // stream argument (setup code, benchmarks, tests) the zero fill is finished before the
+  // constructor returns, so every stream sees it.
   DeviceBuffer(size_t bytes, const char* what, cudaStream_t stream) : bytes_(bytes) {
     allocate(what, &stream);
   }
@@ -82,6 +83,41 @@ class DeviceBuffer {
 
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// The device current in the calling thread.
+inline int current_device() {
+  int d = 0;
+  CUFM_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+// Makes `device` current for a scope and restores the caller's device after it, so that an object
+// owning device resources (trainer, sampler) runs on the GPU it was created on whatever device is
+// current when it is called. In destructors, pass or_throw = false: a failure is then ignored.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device, bool or_throw = true) {
+    const cudaError_t got = cudaGetDevice(&previous_);
+    if (got == cudaSuccess && previous_ == device) return;
+    const cudaError_t set = got == cudaSuccess ? cudaSetDevice(device) : got;
+    if (set == cudaSuccess) {
+      switched_ = true;
+    } else if (or_throw) {
+      CUFM_CUDA_CHECK(set);
+    } else {
+      (void)cudaGetLastError();
+    }
+  }
+  ~DeviceScope() {
+    if (switched_ && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
 };
 
 // An owning stream (internal).

@@ -60,8 +60,9 @@ SampleResult sample(const Model& model, const SampleConfig& config);
 // (every N training steps, or in a service) then costs only the weights' upload and the solver's
 // work. A call whose model shape, count, precision or guidance differs rebuilds; one whose steps,
 // solver or label mode differ captures new graphs. The results are those of sample(), bit for bit.
-// On the CPU it holds nothing. Its GPU memory is freed by release() or with it. Not thread-safe:
-// one Sampler per thread.
+// On the CPU it holds nothing. On the GPU it runs on the device that was current at its first GPU
+// call, and its memory there is freed by release() or with it. Not thread-safe: one Sampler per
+// thread.
 class Sampler {
  public:
   Sampler();

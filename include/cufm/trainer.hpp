@@ -65,6 +65,9 @@ namespace detail {
 class TrainBackend;
 }
 
+// On the GPU a Trainer holds the dataset, the model, the optimiser and the step's CUDA graph on the
+// device that was current (cudaSetDevice, CUDA_VISIBLE_DEVICES) when it was constructed, and
+// every call runs there whatever device is current at the time. Not thread-safe.
 class Trainer {
  public:
   // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0.

@@ -5,9 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <string>
-#include <utility>
 #include <vector>
 
+#include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/backend.hpp"
@@ -94,9 +94,11 @@ TEST(GpuSamplingChunks, ChunkedEvaluationMatchesCpu) {
   }
 }
 
-// One Sampler over a sequence of calls: new weights, seed and label contents through the same
-// graphs; then another label mode, step count, solver, guidance, count and model (each rebuilding
-// what it must); then the first call again. Each result is the one-shot call's, bit for bit.
+// One kept sampler over a sequence of calls: new weights, seed and label contents through the same
+// graphs; then a trajectory, other label modes, step counts, solvers (Euler then Midpoint, Dopri5,
+// a Dopri5 call that throws), guidance, count, precision and model, each rebuilding what it must;
+// then the first call again. Each result is a fresh sampler's, bit for bit. Run with the default
+// chunking and with the model evaluated in three chunks.
 TEST(GpuSamplerReuse, EveryCallMatchesAFreshSampler) {
   CUFM_REQUIRE_GPU();
   const Model a(conditional_model(), 14);
@@ -109,44 +111,76 @@ TEST(GpuSamplerReuse, EveryCallMatchesAFreshSampler) {
   SampleConfig first = base_config();
   first.device = Device::CUDA;
   for (int64_t i = 0; i < first.count; ++i) first.labels.push_back(static_cast<int32_t>(i % 3));
-  std::vector<std::pair<const Model*, SampleConfig>> calls;
-  calls.emplace_back(&a, first);
+  struct Call {
+    const Model* model;
+    SampleConfig cfg;
+    bool throws;
+  };
+  std::vector<Call> calls;
+  calls.push_back({&a, first, false});
   SampleConfig c = first;
   c.seed = 78;
   for (int32_t& l : c.labels) l = 2 - l;
-  calls.emplace_back(&a2, c);  // same graphs: weights, noise and labels rewritten in place
+  calls.push_back({&a2, c, false});  // the same graphs: weights, noise and labels rewritten in place
   c.labels = {1};
-  calls.emplace_back(&a2, c);  // one label for all: new graphs
+  calls.push_back({&a2, c, false});  // one label for all: new graphs
   c.steps = 9;
-  calls.emplace_back(&a2, c);
+  calls.push_back({&a2, c, false});
+  c.keep_trajectory = true;
+  calls.push_back({&a2, c, false});
+  c.keep_trajectory = false;
+  c.solver = Solver::Euler;
+  calls.push_back({&a2, c, false});
+  c.solver = Solver::Midpoint;  // needs the stage-point buffer Euler did not
+  calls.push_back({&a2, c, false});
   c.solver = Solver::Dopri5;
-  calls.emplace_back(&a2, c);
+  calls.push_back({&a2, c, false});
+  SampleConfig gives_up = c;
+  gives_up.max_steps = 1;
+  gives_up.atol = gives_up.rtol = 1e-7f;
+  calls.push_back({&a2, gives_up, true});  // dopri5 gives up: the sampler drops everything
   c.solver = Solver::RK4;
   c.guidance = 2.0f;
-  calls.emplace_back(&a2, c);  // guidance: 2n rows, a new shape
+  calls.push_back({&a2, c, false});  // guidance: 2n rows, a new shape
   c.count = first.count / 2 + 3;
-  calls.emplace_back(&a2, c);
+  calls.push_back({&a2, c, false});
+  c.precision = Precision::TF32;
+  calls.push_back({&a2, c, false});
   SampleConfig cu = base_config();
   cu.device = Device::CUDA;
-  calls.emplace_back(&b, cu);  // another model
-  calls.emplace_back(&a, first);
-  Sampler sampler;
-  for (size_t i = 0; i < calls.size(); ++i) {
-    SCOPED_TRACE("call " + std::to_string(i));
-    const auto& [model, cfg] = calls[i];
-    const SampleResult kept = sampler.sample(*model, cfg);
-    const SampleResult fresh = detail::cuda_sample(*model, cfg);
-    ASSERT_EQ(kept.x.size(), fresh.x.size());
-    EXPECT_TRUE(test::bits_equal(kept.x.data(), fresh.x.data(), fresh.x.size()));
-    EXPECT_EQ(kept.evaluations, fresh.evaluations);
-    EXPECT_EQ(kept.accepted_steps, fresh.accepted_steps);
+  calls.push_back({&b, cu, false});  // another model
+  calls.push_back({&a, first, false});
+  for (const int64_t chunk : {int64_t{0}, first.count / 3 + 1}) {
+    SCOPED_TRACE("max chunk rows " + std::to_string(chunk));
+    const detail::CudaSamplerPtr kept = detail::make_cuda_sampler(chunk);
+    for (size_t i = 0; i < calls.size(); ++i) {
+      SCOPED_TRACE("call " + std::to_string(i));
+      const Call& call = calls[i];
+      if (call.throws) {
+        EXPECT_THROW(detail::cuda_sample(*kept, *call.model, call.cfg), Error);
+        continue;
+      }
+      const SampleResult got = detail::cuda_sample(*kept, *call.model, call.cfg);
+      const SampleResult want = detail::cuda_sample(*detail::make_cuda_sampler(chunk), *call.model, call.cfg);
+      ASSERT_EQ(got.x.size(), want.x.size());
+      EXPECT_TRUE(test::bits_equal(got.x.data(), want.x.data(), want.x.size()));
+      ASSERT_EQ(got.trajectory.size(), want.trajectory.size());
+      EXPECT_TRUE(test::bits_equal(got.trajectory.data(), want.trajectory.data(), want.trajectory.size()));
+      EXPECT_EQ(got.times, want.times);
+      EXPECT_EQ(got.evaluations, want.evaluations);
+      EXPECT_EQ(got.accepted_steps, want.accepted_steps);
+      EXPECT_EQ(got.rejected_steps, want.rejected_steps);
+    }
   }
-  // And the first against the CPU, so that "the same as a fresh sampler" means something.
+  // The public Sampler, against the CPU, so that "the same as a fresh sampler" means something.
   SampleConfig on_cpu = first;
   on_cpu.device = Device::CPU;
-  expect_match(sampler.sample(a, first), sample(a, on_cpu), 1e-4, 1e-4);
+  const SampleResult cpu = sample(a, on_cpu);
+  Sampler sampler;
+  expect_match(sampler.sample(a, first), cpu, 1e-4, 1e-4);
+  expect_match(sampler.sample(a, first), cpu, 1e-4, 1e-4);
   sampler.release();
-  expect_match(sampler.sample(a, first), sample(a, on_cpu), 1e-4, 1e-4);
+  expect_match(sampler.sample(a, first), cpu, 1e-4, 1e-4);
 }
 
 TEST(GpuSamplingLabels, NoneOneAndUnconditional) {

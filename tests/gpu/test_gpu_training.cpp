@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cufm/kernels.hpp"
+#include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/backend.hpp"
@@ -250,14 +251,15 @@ TEST(GpuTrainingDeathTest, DeviceFaultIsACufmError) {
       Trainer trainer(Model(mc, 1), data_for(2, 0), cfg);
       trainer.run(2);
       (void)trainer.loss();
-      // fm_prepare reading its data from an address no allocation covers.
+      // fm_prepare reading its data from the first pages of the address space, which neither the
+      // CPU (Linux's mmap_min_addr) nor CUDA ever maps.
       test::DeviceArray<uint64_t> step(std::vector<uint64_t>{0});
       test::DeviceArray<float> input(static_cast<size_t>(64) * 8);
       kernels::FmBatch b;
       b.step = step.get();
       b.batch = 64;
       b.dim = 2;
-      b.data = reinterpret_cast<const float*>(uintptr_t{1} << 46);
+      b.data = reinterpret_cast<const float*>(uintptr_t{0x100});
       b.n_data = 1000;
       kernels::FmPrepareOutputs out;
       out.input = input.get();
@@ -275,6 +277,44 @@ TEST(GpuTrainingDeathTest, DeviceFaultIsACufmError) {
     std::exit(caught ? 0 : 1);
   };
   EXPECT_EXIT(fault_then_step(), ::testing::ExitedWithCode(0), "cufm::Error: .*cudaError");
+}
+
+// A trainer and a sampler created on device 1 keep running there while device 0 is current, and
+// give device 0's results bit for bit. Needs two GPUs of one model (the same cuBLASLt algorithms).
+TEST(GpuTraining, RunsOnItsOwnDeviceWhateverIsCurrent) {
+  CUFM_REQUIRE_GPU();
+  const std::vector<DeviceInfo> gpus = cuda_devices();
+  if (gpus.size() < 2 || gpus[0].name != gpus[1].name) {
+    GTEST_SKIP() << "needs two GPUs of one model, found " << gpus.size();
+  }
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = {32};
+  const Dataset data = data_for(2, 0);
+  TrainConfig cfg = train_config(Precision::FP32);
+  cfg.device = Device::CUDA;
+  SampleConfig sc;
+  sc.count = 100;
+  sc.device = Device::CUDA;
+  const auto train_and_sample = [&](int create_on, int run_on) {
+    CUFM_CUDA_CHECK(cudaSetDevice(create_on));
+    Trainer t(Model(mc, 1), data, cfg);
+    Sampler sampler;
+    (void)sampler.sample(Model(mc, 2), sc);  // binds the sampler to create_on
+    CUFM_CUDA_CHECK(cudaSetDevice(run_on));
+    t.run(3);
+    const float loss = t.loss();
+    std::vector<float> x = sampler.sample(t.model(), sc).x;
+    int current = -1;
+    CUFM_CUDA_CHECK(cudaGetDevice(&current));
+    EXPECT_EQ(current, run_on);  // the caller's device is left as it was
+    x.push_back(loss);
+    return x;
+  };
+  const std::vector<float> on_one = train_and_sample(1, 0);
+  const std::vector<float> on_zero = train_and_sample(0, 0);
+  CUFM_CUDA_CHECK(cudaSetDevice(0));
+  EXPECT_TRUE(test::bits_equal(on_one.data(), on_zero.data(), on_zero.size()));
 }
 
 TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
