@@ -2,8 +2,10 @@
 # One command for a GPU machine: build cuFM (Release, sm_90 unless CUFM_CUDA_ARCH says otherwise)
 # in build-gpu/, run the GPU tests, compute-sanitizer memcheck and racecheck on small problems,
 # every benchmark binary briefly, and write bench/results/<date>-<device>.md (copied to $OUT when
-# set). Never stops at a failure: each step is recorded and the script exits non-zero at the end
-# if any step failed or was cut for time. Budget: 8 minutes in all (CUFM_CHECK_BUDGET_S).
+# set). Never stops at a failure: each step is recorded, and the script exits 1 at the end if any
+# step failed or was cut for time, 2 if none failed but one could not run on this machine (no
+# compute-sanitizer, or one that refuses the device, as under gVisor). Budget: 8 minutes in all
+# (CUFM_CHECK_BUDGET_S).
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +31,7 @@ DIRTY=""
 if git -C "$ROOT" status --porcelain 2>/dev/null | grep -q .; then DIRTY=" (with local changes)"; fi
 
 FAILED=0
+INCOMPLETE=0   # a step that could not run here (tool missing or refusing this machine): not a pass
 ROWS=()
 DETAILS=()
 
@@ -55,7 +58,18 @@ run_step() {
   local rc=$?
   local dt=$(($(date +%s) - t0))
   local status="pass"
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  local tool="$1"   # the program run, past an `env VAR=...` prefix
+  if [ "$tool" = env ]; then
+    for a in "${@:2}"; do case "$a" in *=*) ;; *) tool="$a"; break ;; esac; done
+  fi
+  tool=$(basename "$tool")
+  if [ $rc -eq 127 ]; then
+    status="NOT RUN (command not found: $tool)"
+    INCOMPLETE=1
+  elif [ $rc -ne 0 ] && [ "$tool" = compute-sanitizer ] && grep -q "Device not supported" "$log"; then
+    status="NOT RUN (compute-sanitizer does not support this device or runtime)"
+    INCOMPLETE=1
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
     status="FAIL (timed out after ${limit} s)"
     FAILED=1
   elif [ $rc -ne 0 ]; then
@@ -152,7 +166,14 @@ TOTAL=$(($(date +%s) - START))
   echo "- commit: \`$COMMIT\`$DIRTY"
   echo "- device: $DEVICE (driver ${DRIVER:-?}), built for sm_$ARCH"
   echo "- nvcc: $(nvcc --version 2>/dev/null | tail -n1)"
-  echo "- total: ${TOTAL} s; result: $([ $FAILED -eq 0 ] && echo PASS || echo FAIL)"
+  if [ $FAILED -ne 0 ]; then
+    RESULT=FAIL
+  elif [ $INCOMPLETE -ne 0 ]; then
+    RESULT="INCOMPLETE (every step that ran passed; some could not run here: see NOT RUN)"
+  else
+    RESULT=PASS
+  fi
+  echo "- total: ${TOTAL} s; result: $RESULT"
   echo
   echo "| step | result | time |"
   echo "|---|---|---|"
@@ -175,4 +196,7 @@ if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/gpu-check-logs"
   cp "$LOGS"/*.log "$LOGS"/*.json "$LOGS"/*.md "$OUT/gpu-check-logs/" 2>/dev/null || true
 fi
-exit $FAILED
+# 0: every step passed; 1: a step failed; 2: none failed but some could not run here.
+if [ $FAILED -ne 0 ]; then exit 1; fi
+if [ $INCOMPLETE -ne 0 ]; then exit 2; fi
+exit 0
