@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cufm/kernels.hpp"
@@ -35,6 +36,14 @@ Dataset data_for(int dim, int classes, int64_t n = 2000) {
     for (int64_t i = 0; i < n; ++i) d.labels.push_back(static_cast<int32_t>(i % classes));
   }
   return d;
+}
+
+// A 2-D unconditional model with the given hidden widths.
+MlpConfig plain_mlp(std::vector<int> hidden) {
+  MlpConfig mc;
+  mc.data_dim = 2;
+  mc.hidden = std::move(hidden);
+  return mc;
 }
 
 TrainConfig train_config(Precision p) {
@@ -186,9 +195,7 @@ INSTANTIATE_TEST_SUITE_P(Precisions, Determinism,
 
 TEST(GpuTraining, ResumeContinuesExactly) {
   CUFM_REQUIRE_GPU();
-  MlpConfig mc;
-  mc.data_dim = 2;
-  mc.hidden = {32, 32};
+  const MlpConfig mc = plain_mlp({32, 32});
   const Dataset data = data_for(2, 0);
   const TrainConfig cfg = train_config(Precision::FP32);
   const TrainState init{0, Model(mc, 5).params(), {}, {}, {}};
@@ -202,13 +209,10 @@ TEST(GpuTraining, ResumeContinuesExactly) {
 
 TEST(GpuTraining, RunEnqueuesWithoutReadingBack) {
   CUFM_REQUIRE_GPU();
-  MlpConfig mc;
-  mc.data_dim = 2;
-  mc.hidden = {32};
-  const Dataset data = data_for(2, 0);
+  const MlpConfig mc = plain_mlp({32});
   TrainConfig cfg = train_config(Precision::FP32);
   cfg.device = Device::CUDA;
-  Trainer t(Model(mc, 1), data, cfg);
+  Trainer t(Model(mc, 1), data_for(2, 0), cfg);
   t.run(20);
   EXPECT_EQ(t.step_count(), 20u);
   const float l = t.loss();
@@ -218,9 +222,7 @@ TEST(GpuTraining, RunEnqueuesWithoutReadingBack) {
 
 TEST(GpuTraining, OversizeDatasetThrowsCufmError) {
   CUFM_REQUIRE_GPU();
-  MlpConfig mc;
-  mc.data_dim = 2;
-  mc.hidden = {16};
+  const MlpConfig mc = plain_mlp({16});
   const Dataset data = data_for(2, 0, 300000);  // 2.4 MB
   detail::CudaTrainerOptions opt;
   opt.memory_limit = size_t{1} << 20;  // pretend the GPU has 1 MiB free
@@ -243,9 +245,7 @@ TEST(GpuTrainingDeathTest, DeviceFaultIsACufmError) {
   const auto fault_then_step = [] {
     bool caught = false;
     {
-      MlpConfig mc;
-      mc.data_dim = 2;
-      mc.hidden = {16};
+      const MlpConfig mc = plain_mlp({16});
       TrainConfig cfg = train_config(Precision::FP32);
       cfg.device = Device::CUDA;
       Trainer trainer(Model(mc, 1), data_for(2, 0), cfg);
@@ -287,9 +287,7 @@ TEST(GpuTraining, RunsOnItsOwnDeviceWhateverIsCurrent) {
   if (gpus.size() < 2 || gpus[0].name != gpus[1].name) {
     GTEST_SKIP() << "needs two GPUs of one model, found " << gpus.size();
   }
-  MlpConfig mc;
-  mc.data_dim = 2;
-  mc.hidden = {32};
+  const MlpConfig mc = plain_mlp({32});
   const Dataset data = data_for(2, 0);
   TrainConfig cfg = train_config(Precision::FP32);
   cfg.device = Device::CUDA;
@@ -319,9 +317,7 @@ TEST(GpuTraining, RunsOnItsOwnDeviceWhateverIsCurrent) {
 
 TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
   CUFM_REQUIRE_GPU();
-  MlpConfig mc;
-  mc.data_dim = 2;
-  mc.hidden = {16};
+  const MlpConfig mc = plain_mlp({16});
   EXPECT_THROW(detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0),
                                               TrainState{0, std::vector<float>(5, 0.1f), {}, {}, {}},
                                               detail::CudaTrainerOptions{}),
