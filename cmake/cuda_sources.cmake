@@ -12,8 +12,10 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_sampler.cpp
 )
 # Kernels that must round exactly as the CPU reference (compiled with -ffp-contract=off): no
-# contraction of a*b+c into an FMA. The shared math in fm_* already uses explicit _rn intrinsics.
+# contraction of a*b+c into an FMA. The shared math in fm_* uses explicit _rn intrinsics as well,
+# so that a plain expression added there later cannot change the bits either.
 set_source_files_properties(
+  ${PROJECT_SOURCE_DIR}/kernels/fm_prepare.cu
   ${PROJECT_SOURCE_DIR}/kernels/adam.cu
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
   ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu

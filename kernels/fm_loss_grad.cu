@@ -5,6 +5,8 @@
 // them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes
 // B*ld grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
 #include <algorithm>
+#include <cstdint>
+
 #include "cufm/kernels.hpp"
 #include "cufm/math.hpp"
 #include "host/cuda/cuda_check.hpp"
@@ -97,6 +99,8 @@ void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOut
                "fm_loss_grad: the workspace must hold fm_loss_grad_workspace_bytes() = "
                    << fm_loss_grad_workspace_bytes(batch.batch, batch.dim) << " bytes, got "
                    << workspace_bytes);
+  CUFM_REQUIRE(reinterpret_cast<uintptr_t>(workspace) % alignof(double) == 0,
+               "fm_loss_grad: the workspace must be 8-byte aligned (cudaMalloc's pointers are)");
   LossArgs a{};
   a.b = batch;
   a.v = v;

@@ -31,7 +31,9 @@ struct FmBatch {
   int batch = 0;                    // B, rows of the batch (>= 1)
   int dim = 0;                      // D, dimension of a data point (>= 1)
   const float* data = nullptr;      // DEVICE [n_data, dim] row-major: the training points x1
-  const int32_t* labels = nullptr;  // DEVICE [n_data] class labels, or nullptr (unlabelled data)
+  const int32_t* labels = nullptr;  // DEVICE [n_data] class labels in [0, num_classes), or nullptr
+                                    // (unlabelled data); a label outside that range gets an
+                                    // all-zero one-hot row (cuFM's own datasets are checked)
   uint32_t n_data = 0;              // rows of data (>= 1)
   TimeSampling time_sampling = TimeSampling::Uniform;
   float logit_mean = 0.0f;  // logit-normal time sampling: t = sigmoid(mean + std * z)
@@ -74,8 +76,10 @@ struct FmLossOutputs {
   float* loss = nullptr;               // DEVICE scalar: mean over B*D of (v - u)^2
 };
 
-// Bytes of workspace fm_loss_grad needs for a batch (a few KiB). The workspace must be zeroed
-// once before its first use (cudaMemsetAsync); each call leaves it zeroed again.
+// Bytes of workspace fm_loss_grad needs for a batch (a few KiB). The workspace (8-byte aligned)
+// must be zeroed once before its first use (cudaMemsetAsync); each call leaves it zeroed again.
+// It holds the reduction's block counter: calls that may run at the same time (on different
+// streams) need one workspace each.
 size_t fm_loss_grad_workspace_bytes(int batch, int dim);
 
 // Regenerates eps and x1 from the counters, u = x1 - (1 - sigma_min) eps, and writes the MSE loss

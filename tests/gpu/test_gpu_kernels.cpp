@@ -125,14 +125,21 @@ INSTANTIATE_TEST_SUITE_P(Cases, FmPrepare,
                                   (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
                          });
 
+// fp32 and bf16 gradients, bit for bit against the CPU's (rounded to bf16 for the latter). The
+// last case has more work items (B x (noise groups + tail chunks) = 300,000) than the launch has
+// threads (1024 x 256), so the grid-stride loop and its per-thread partial sums run several rounds.
 TEST(FmLossGrad, MatchesCpu) {
   CUFM_REQUIRE_GPU();
-  for (int dim : {2, 3, 6}) {
+  struct Case {
+    int dim, batch;
+  };
+  for (const Case lc : {Case{2, 3000}, Case{3, 3000}, Case{6, 3000}, Case{2, 100000}}) {
+    const int dim = lc.dim;
     MlpConfig model;
     model.data_dim = dim;
     model.hidden = {16};
     TrainConfig cfg;
-    cfg.batch_size = test::pick(3000, 300);  // several blocks of the reduction
+    cfg.batch_size = test::pick(lc.batch, 300);  // several blocks of the reduction
     cfg.seed = 99;
     cfg.path.sigma_min = 0.01f;
     const Dataset data = random_dataset(777, dim, 0, 11);
@@ -140,6 +147,7 @@ TEST(FmLossGrad, MatchesCpu) {
     cpu::PreparedBatch batch;
     cpu::prepare_batch(model, cfg, data, step, batch);
     const int B = cfg.batch_size, ldv = dim + 5, ld = (dim + 7) / 8 * 8;
+    SCOPED_TRACE("dim " + std::to_string(dim) + " batch " + std::to_string(B));
     const std::vector<float> v = test::random_floats(static_cast<size_t>(B) * ldv, -2.0f, 2.0f, 3);
     std::vector<float> v_dense(static_cast<size_t>(B) * dim), grad_ref(v_dense.size());
     for (int i = 0; i < B; ++i)
@@ -148,6 +156,7 @@ TEST(FmLossGrad, MatchesCpu) {
     const float loss_ref = cpu::loss_grad(model, cfg, data, step, batch, v_dense.data(), grad_ref.data());
 
     DeviceArray<float> x(data.x), v_dev(v), grad(static_cast<size_t>(B) * ld), loss(1);
+    DeviceArray<__nv_bfloat16> grad16(static_cast<size_t>(B) * ld);
     DeviceArray<uint64_t> step_dev(std::vector<uint64_t>{step});
     const size_t ws_bytes = kernels::fm_loss_grad_workspace_bytes(B, dim);
     DeviceArray<char> ws(ws_bytes);
@@ -170,16 +179,26 @@ TEST(FmLossGrad, MatchesCpu) {
     for (int i = 0; i < B; ++i)
       std::copy_n(grad_ref.begin() + static_cast<size_t>(i) * dim, dim,
                   want.begin() + static_cast<size_t>(i) * ld);
-    EXPECT_TRUE(test::bits_equal(g.data(), want.data(), want.size())) << "dim " << dim;
+    EXPECT_TRUE(test::bits_equal(g.data(), want.data(), want.size()));
     EXPECT_GT(test::norm2(g), 0.0);
     const float l1 = loss.download()[0];
     // Double sums in another order, rounded to float: equal or one ulp apart.
-    EXPECT_NEAR(l1, loss_ref, 2e-7 * std::abs(loss_ref)) << "dim " << dim;
+    EXPECT_NEAR(l1, loss_ref, 2e-7 * std::abs(loss_ref));
     // Fixed-order reduction: a second call gives the same bits (and the workspace was reset).
     loss.poison();
     kernels::fm_loss_grad(b, v_dev.get(), ldv, out, ws.get(), ws_bytes, nullptr);
     const float l2 = loss.download()[0];
     EXPECT_EQ(std::memcmp(&l1, &l2, sizeof(float)), 0);
+    // The bf16 gradient: the fp32 one rounded once; the loss does not depend on the output type.
+    out.grad = nullptr;
+    out.grad_bf16 = grad16.get();
+    loss.poison();
+    kernels::fm_loss_grad(b, v_dev.get(), ldv, out, ws.get(), ws_bytes, nullptr);
+    std::vector<float> want16(want.size());
+    for (size_t i = 0; i < want.size(); ++i) want16[i] = test::bf16_round(want[i]);
+    EXPECT_TRUE(test::bits_equal(test::to_float(grad16.download()).data(), want16.data(), want16.size()));
+    const float l3 = loss.download()[0];
+    EXPECT_EQ(std::memcmp(&l1, &l3, sizeof(float)), 0);
   }
 }
 
@@ -214,6 +233,33 @@ TEST(Activation, ForwardBackwardMatchCpu) {
     cuda::activation_forward(act, cuda::DType::BF16, zb.get(), ab.get(), nullptr, rows, width, nullptr);
     EXPECT_TRUE(test::all_close(test::to_float(ab.download()).data(), a_ref.data(), n, 2e-2, 1e-2))
         << to_string(act);
+    // bf16 backward: g (bf16) *= act'(z (bf16)), computed in fp32 and rounded once.
+    std::vector<__nv_bfloat16> g16(n);
+    std::vector<float> g16_ref(n);
+    for (size_t i = 0; i < n; ++i) {
+      g16[i] = __float2bfloat16_rn(g[i]);
+      g16_ref[i] = __bfloat162float(g16[i]) * hd::activate_grad(act, __bfloat162float(z16[i]));
+    }
+    DeviceArray<__nv_bfloat16> gb(g16);
+    cuda::activation_backward(act, cuda::DType::BF16, gb.get(), zb.get(), rows, width, nullptr);
+    const std::vector<float> gb_got = test::to_float(gb.download());
+    EXPECT_TRUE(test::all_close(gb_got.data(), g16_ref.data(), n, 1e-2, 1e-2)) << to_string(act);
+    EXPECT_GT(test::norm2(gb_got), 0.0);
+    // bf16 forward with the fp32 bias: z + b in fp32, written back rounded (exact), a from the
+    // unrounded sum.
+    std::vector<__nv_bfloat16> zr16(n);
+    std::vector<float> zb_want(n), ab_want(n);
+    for (size_t i = 0; i < n; ++i) {
+      zr16[i] = __float2bfloat16_rn(z[i]);
+      const float sum = __bfloat162float(zr16[i]) + bias[i % width];
+      zb_want[i] = test::bf16_round(sum);
+      ab_want[i] = hd::activate(act, sum);
+    }
+    DeviceArray<__nv_bfloat16> zbb(zr16), abb(n);
+    cuda::activation_forward(act, cuda::DType::BF16, zbb.get(), abb.get(), bd.get(), rows, width, nullptr);
+    EXPECT_TRUE(test::bits_equal(test::to_float(zbb.download()).data(), zb_want.data(), n)) << to_string(act);
+    EXPECT_TRUE(test::all_close(test::to_float(abb.download()).data(), ab_want.data(), n, 2e-2, 1e-2))
+        << to_string(act);
   }
 }
 
@@ -232,17 +278,43 @@ TEST(Activation, ColumnSumAndBiasAddAreExactOnIntegers) {
   const std::vector<float> got = db.download();
   EXPECT_TRUE(test::bits_equal(got.data(), want.data(), width));
   EXPECT_GT(test::norm2(got), 0.0);
+  // The same small integers in bf16 are exact too.
+  std::vector<__nv_bfloat16> g16(g.size());
+  for (size_t i = 0; i < g.size(); ++i) g16[i] = __float2bfloat16_rn(g[i]);
+  DeviceArray<__nv_bfloat16> gd16(g16);
+  db.poison();
+  cuda::column_sum(cuda::DType::BF16, gd16.get(), rows, width, db.get(), nullptr);
+  EXPECT_TRUE(test::bits_equal(db.download().data(), want.data(), width));
+
+  // bias_add (the output layer without cuBLASLt's bias epilogue): z += bias, exact on integers.
+  std::vector<float> bias(width), z_want(g.size());
+  for (int c = 0; c < width; ++c) bias[c] = static_cast<float>(c % 7 - 3);
+  for (size_t i = 0; i < g.size(); ++i) z_want[i] = g[i] + bias[i % width];
+  DeviceArray<float> bias_d(bias);
+  cuda::bias_add(cuda::DType::F32, gd.get(), bias_d.get(), rows, width, nullptr);
+  EXPECT_TRUE(test::bits_equal(gd.download().data(), z_want.data(), z_want.size()));
+  cuda::bias_add(cuda::DType::BF16, gd16.get(), bias_d.get(), rows, width, nullptr);
+  EXPECT_TRUE(test::bits_equal(test::to_float(gd16.download()).data(), z_want.data(), z_want.size()));
 }
 
 TEST(Adam, MatchesCpuBitForBit) {
   CUFM_REQUIRE_GPU();
   const size_t n = static_cast<size_t>(test::pick(100000, 4096));
-  for (Optimizer kind : {Optimizer::Adam, Optimizer::AdamW}) {
+  struct Case {
+    Optimizer kind;
+    float grad_clip, weight_decay;
+  };
+  // Clipping active (the norm of these gradients is ~180) and off (the default: adam_prepare's
+  // other branch, no norm reduction), with and without weight decay.
+  for (const Case ac : {Case{Optimizer::Adam, 1.0f, 0.01f}, Case{Optimizer::AdamW, 1.0f, 0.01f},
+                        Case{Optimizer::Adam, 0.0f, 0.0f}, Case{Optimizer::AdamW, 0.0f, 0.01f}}) {
+    SCOPED_TRACE(std::string(ac.kind == Optimizer::Adam ? "adam" : "adamw") + " clip " +
+                 std::to_string(ac.grad_clip) + " wd " + std::to_string(ac.weight_decay));
     OptimConfig o;
-    o.kind = kind;
+    o.kind = ac.kind;
     o.lr = 3e-3f;
-    o.weight_decay = 0.01f;
-    o.grad_clip = 1.0f;  // active: the norm of these gradients is ~180
+    o.weight_decay = ac.weight_decay;
+    o.grad_clip = ac.grad_clip;
     o.ema_decay = 0.99f;
     std::vector<float> p = test::random_floats(n, -1.0f, 1.0f, 31),
                        g = test::random_floats(n, -1.0f, 1.0f, 32);
@@ -260,7 +332,7 @@ TEST(Adam, MatchesCpuBitForBit) {
     cuda::adam_prepare(o, gd.get(), n, sd.get(), ws.get(), nullptr);
     cuda::adam_update(sd.get(), gd.get(), n, pd.get(), md.get(), vd.get(), ed.get(), p16.get(), nullptr);
 
-    const float norm = static_cast<float>(cpu::l2_norm(g.data(), n));
+    const float norm = o.grad_clip > 0.0f ? static_cast<float>(cpu::l2_norm(g.data(), n)) : 0.0f;
     const hd::AdamCoeffs c = cpu::adam_coeffs(o, done + 1, norm);
     cpu::adam_step(c, g.data(), n, p.data(), m.data(), v.data(), ema.data());
     const cuda::AdamDeviceState after = sd.download()[0];
@@ -345,6 +417,15 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   EXPECT_TRUE(test::bits_equal(yd.download().data(), y.data(), e));
   const std::vector<float> got = input.download();
   EXPECT_TRUE(test::bits_equal(got.data(), want.data(), want.size()));
+  // The same input in bf16: the fp32 values rounded once.
+  DeviceArray<__nv_bfloat16> input16(static_cast<size_t>(2 * n) * ld);
+  cuda::ModelInput mi16 = mi;
+  mi16.type = cuda::DType::BF16;
+  mi16.input = input16.get();
+  cuda::stage_input(c, t, mi16, nullptr, nullptr);
+  std::vector<float> want16(want.size());
+  for (size_t i = 0; i < want.size(); ++i) want16[i] = test::bf16_round(want[i]);
+  EXPECT_TRUE(test::bits_equal(test::to_float(input16.download()).data(), want16.data(), want16.size()));
 
   // Guidance combine from a [2n, ldv] output.
   const int ldv = 8;
@@ -377,6 +458,50 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   EXPECT_TRUE(test::bits_equal(xn.download().data(), y.data(), e));
   EXPECT_NEAR(sum.download()[0], sum_ref, 1e-12 * sum_ref);
   EXPECT_GT(sum_ref, 0.0);
+}
+
+// The step update with its error reduction over more elements than the launch has threads, so that
+// each thread's partial sum carries over several grid-stride rounds.
+TEST(Sampler, UpdateOverManyGridRounds) {
+  CUFM_REQUIRE_GPU();
+  const size_t e = static_cast<size_t>(test::pick(600000, 3000));
+  const std::vector<float> x = test::random_floats(e, -2.0f, 2.0f, 51);
+  const std::vector<float> k = test::random_floats(e, -1.0f, 1.0f, 52);
+  DeviceArray<float> xd(x), kd(k), xn(e);
+  cuda::StageCombination c;
+  c.x = xd.get();
+  c.k[0] = kd.get();
+  c.a[0] = 1.0f;
+  c.terms = 1;
+  c.h = 0.05f;
+  cuda::StageCombination err;
+  err.k[0] = kd.get();
+  err.a[0] = 0.02f;
+  err.terms = 1;
+  err.h = 0.05f;
+  DeviceArray<double> sum(1);
+  DeviceArray<char> ws(cuda::solver_workspace_bytes());
+  ws.zero();
+  cuda::solver_update(c, static_cast<int64_t>(e), xn.get(), &err, 1e-3f, 1e-3f, sum.get(), ws.get(), nullptr);
+  std::vector<float> want(e);
+  double sum_ref = 0.0;
+  for (size_t i = 0; i < e; ++i) {
+    float acc = 0.0f;
+    acc += 1.0f * k[i];
+    want[i] = x[i] + 0.05f * acc;
+    float eacc = 0.0f;
+    eacc += 0.02f * k[i];
+    sum_ref += hd::scaled_error_sq(0.0f + 0.05f * eacc, x[i], want[i], 1e-3f, 1e-3f);
+  }
+  EXPECT_TRUE(test::bits_equal(xn.download().data(), want.data(), e));
+  const double s1 = sum.download()[0];
+  EXPECT_NEAR(s1, sum_ref, 1e-12 * sum_ref);
+  EXPECT_GT(sum_ref, 0.0);
+  // The same bits again: the reduction's order is fixed and its workspace was reset.
+  sum.poison();
+  cuda::solver_update(c, static_cast<int64_t>(e), xn.get(), &err, 1e-3f, 1e-3f, sum.get(), ws.get(), nullptr);
+  const double s2 = sum.download()[0];
+  EXPECT_EQ(std::memcmp(&s1, &s2, sizeof(double)), 0);
 }
 
 // Argument checks happen before any CUDA call: these run without a GPU.
