@@ -33,10 +33,13 @@ void act_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width,
   }
 }
 
-// dz = da * act'(pre) in place, and the block's column sums of dz into colsum.
+// dz = da * act'(pre) in place, and the block's column sums of dz into colsum. The same rows of
+// `next` ([B, next_width], or nullptr) are zeroed on the way: the next input-gradient GEMM
+// accumulates onto them (beta = 1), which spares OpenBLAS its own zeroing pass over the output,
+// here overlapped with the activation's arithmetic.
 template <Activation A>
 CUFM_SIMD_CLONES void act_grad_rows(const float* pre, int64_t r0, int64_t r1, int width, float* da,
-                                    float* colsum) {
+                                    float* colsum, float* next, int next_width) {
   std::fill(colsum, colsum + width, 0.0f);
   for (int64_t r = r0; r < r1; ++r) {
     const float* z = pre + r * width;
@@ -46,14 +49,18 @@ CUFM_SIMD_CLONES void act_grad_rows(const float* pre, int64_t r0, int64_t r1, in
       d[j] = g;
       colsum[j] += g;
     }
+    if (next) std::fill(next + r * next_width, next + (r + 1) * next_width, 0.0f);
   }
 }
 
-void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da, float* colsum) {
+void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da, float* colsum,
+                   float* next, int next_width) {
   switch (a) {
-    case Activation::ReLU: return act_grad_rows<Activation::ReLU>(pre, r0, r1, width, da, colsum);
-    case Activation::GELU: return act_grad_rows<Activation::GELU>(pre, r0, r1, width, da, colsum);
-    default: return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum);
+    case Activation::ReLU:
+      return act_grad_rows<Activation::ReLU>(pre, r0, r1, width, da, colsum, next, next_width);
+    case Activation::GELU:
+      return act_grad_rows<Activation::GELU>(pre, r0, r1, width, da, colsum, next, next_width);
+    default: return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum, next, next_width);
   }
 }
 
@@ -147,6 +154,17 @@ void mlp_backward(const MlpConfig& model, const float* params, const float* inpu
     reduce_blocks(partial, blocks, D, grads + layout.bias_offset(L - 1));
   }
 
+  // The input gradients alternate between dbuf0 and dbuf1, each GEMM accumulating onto zeros
+  // (beta = 1): the first target is zeroed here, each later one by the activation pass before it.
+  if (L > 1) {
+    float* first = ws.dbuf0.data();
+    const int64_t n = batch * model.layer_in(L - 1);
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < blocks; ++blk) {
+      const int64_t e0 = n * blk / blocks, e1 = n * (blk + 1) / blocks;
+      std::fill(first + e0, first + e1, 0.0f);
+    }
+  }
   const float* dz = dout;
   for (int l = L - 1; l >= 0; --l) {
     const int in = model.layer_in(l), out = model.layer_out(l);
@@ -156,15 +174,19 @@ void mlp_backward(const MlpConfig& model, const float* params, const float* inpu
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, static_cast<int>(batch), 1.0f, dz, out, x,
                 in, 0.0f, grads + layout.weight_offset(l), in);
     if (l == 0) break;  // the input needs no gradient
-    // da[B, in] = dz[B, out] * W[out, in]; then dz_{l-1} = da * act'(pre_{l-1}) with its bias gradient.
+    // da[B, in] = dz[B, out] * W[out, in] (onto zeros); then dz_{l-1} = da * act'(pre_{l-1}) with its
+    // bias gradient, zeroing the other buffer (dz, now read for the last time) for the next GEMM.
     float* da = (dz == ws.dbuf0.data()) ? ws.dbuf1.data() : ws.dbuf0.data();
+    float* next = (da == ws.dbuf0.data()) ? ws.dbuf1.data() : ws.dbuf0.data();
+    const int next_width = l - 1 > 0 ? model.layer_in(l - 1) : 0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(batch), in, out, 1.0f, dz, out, w,
-                in, 0.0f, da, in);
+                in, 1.0f, da, in);
     const float* pre = ws.pre[l - 1].data();
 #pragma omp parallel for schedule(static)
     for (int blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = static_cast<int64_t>(blk) * kRowBlock, r1 = std::min<int64_t>(batch, r0 + kRowBlock);
-      act_grad_rows(model.activation, pre, r0, r1, in, da, partial.data() + static_cast<size_t>(blk) * in);
+      act_grad_rows(model.activation, pre, r0, r1, in, da, partial.data() + static_cast<size_t>(blk) * in,
+                    next_width > 0 ? next : nullptr, next_width);
     }
     reduce_blocks(partial, blocks, in, grads + layout.bias_offset(l - 1));
     dz = da;
