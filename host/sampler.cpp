@@ -295,16 +295,16 @@ SampleResult sample(const Model& model, const SampleConfig& config) {
 }
 
 SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
-  config.validate(model.config());
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
 #if defined(CUFM_WITH_CUDA)
-  if (resolve_device(config.device) == Device::CUDA) {
+  if (resolve_device(config.device) == Device::CUDA) {  // the GPU sampler validates the config
     if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();
     return detail::cuda_sample(*state_->cuda, model, config);
   }
 #else
   resolve_device(config.device);  // throws for an explicit --device cuda
 #endif
+  config.validate(model.config());
   CUFM_REQUIRE(config.precision == Precision::FP32,
                "precision " << to_string(config.precision) << " needs the CUDA backend; the CPU samples in fp32");
   cpu::set_threads(config.threads);

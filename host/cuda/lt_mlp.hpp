@@ -40,7 +40,7 @@ struct PaddedLayout {
   std::vector<int> in, out;          // true widths
   std::vector<int> in_pad, out_pad;  // padded to multiples of 8
   std::vector<size_t> w_off, b_off;  // in floats
-  size_t total = 0;                  // a multiple of 64
+  size_t total = 0;                  // a multiple of 128
   int max_width_pad() const;
   size_t unpadded_total() const;  // ParamLayout(config).total()
   // Host flat buffer (ParamLayout order) <-> padded device order.

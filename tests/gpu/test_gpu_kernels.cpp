@@ -353,6 +353,17 @@ TEST(Adam, MatchesCpuBitForBit) {
   }
 }
 
+// x + h * a * k (x nullptr: zeros), the one-term stage combination.
+cuda::StageCombination one_term(const float* x, const float* k, float a, float h) {
+  cuda::StageCombination c;
+  c.x = x;
+  c.k[0] = k;
+  c.a[0] = a;
+  c.terms = 1;
+  c.h = h;
+  return c;
+}
+
 TEST(Sampler, NoiseMatchesCpuBitForBit) {
   CUFM_REQUIRE_GPU();
   const int64_t count = test::pick(5000, 100);
@@ -439,11 +450,7 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   EXPECT_TRUE(test::bits_equal(kd.download().data(), kw.data(), e));
 
   // Step update with an error estimate: x_new exact, the scaled error sum to double rounding.
-  cuda::StageCombination err;
-  err.k[0] = k1d.get();
-  err.a[0] = 0.01f;
-  err.terms = 1;
-  err.h = 0.125f;
+  const cuda::StageCombination err = one_term(nullptr, k1d.get(), 0.01f, 0.125f);
   DeviceArray<double> sum(1);
   DeviceArray<char> ws(cuda::solver_workspace_bytes());
   ws.zero();
@@ -468,17 +475,8 @@ TEST(Sampler, UpdateOverManyGridRounds) {
   const std::vector<float> x = test::random_floats(e, -2.0f, 2.0f, 51);
   const std::vector<float> k = test::random_floats(e, -1.0f, 1.0f, 52);
   DeviceArray<float> xd(x), kd(k), xn(e);
-  cuda::StageCombination c;
-  c.x = xd.get();
-  c.k[0] = kd.get();
-  c.a[0] = 1.0f;
-  c.terms = 1;
-  c.h = 0.05f;
-  cuda::StageCombination err;
-  err.k[0] = kd.get();
-  err.a[0] = 0.02f;
-  err.terms = 1;
-  err.h = 0.05f;
+  const cuda::StageCombination c = one_term(xd.get(), kd.get(), 1.0f, 0.05f);
+  const cuda::StageCombination err = one_term(nullptr, kd.get(), 0.02f, 0.05f);
   DeviceArray<double> sum(1);
   DeviceArray<char> ws(cuda::solver_workspace_bytes());
   ws.zero();
