@@ -15,7 +15,7 @@
 #include "bench/gpu_ceiling.hpp"
 #include "cufm/error.hpp"
 #include "cufm/kernels.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/cuda_check.hpp"
 #include "host/cuda/device_buffer.hpp"
 
 namespace cufm::bench {

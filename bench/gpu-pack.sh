@@ -1,41 +1,58 @@
 #!/usr/bin/env bash
 # Builds the GPU check's binaries HERE (for sm_90 unless CUFM_CUDA_ARCH says otherwise) and packs
-# them into gpu-pack/ with the shared libraries the GPU machine lacks (OpenBLAS, libpng, ...), so
-# that a GPU machine with no package registry runs them:  bench/gpu-check.sh  finds gpu-pack/ and
-# uses it instead of building. Carry gpu-pack/ (ignored by git) to the GPU machine.
+# them, with the shared libraries a GPU machine's image lacks (OpenBLAS and its Fortran runtime,
+# libgomp, libpng), into gpu-pack.tar.xz at the repository root: what bench/gpu-check.sh runs on a
+# GPU machine that has the CUDA toolkit (or PyTorch's nvidia-* wheels) but none of Debian's -dev
+# packages. Carry gpu-pack.tar.xz (ignored by git) to the GPU machine; gpu-check.sh unpacks it.
+#
+# What can travel to a GPU machine is 64 MiB in all, the checkout included, so the pack is refused
+# above 48 MiB. cuBLAS/cuBLASLt are not packed (hundreds of MB): gpu-check.sh finds them there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ARCH="${CUFM_CUDA_ARCH:-90}"
 BUILD="$ROOT/build-gpu-pack"
-PACK="$ROOT/gpu-pack"
+STAGE="$ROOT/build-gpu-pack/stage/gpu-pack"
+ARCHIVE="$ROOT/gpu-pack.tar.xz"
+MAX_BYTES=$((48 * 1024 * 1024))
 export PATH="/usr/local/cuda/bin:$PATH"
 
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
   -DCUFM_ENABLE_CUDA=ON -DCUFM_BUILD_TESTS=ON -DCUFM_BUILD_BENCH=ON >/dev/null
-targets=(cufm_cli test_gpu_kernels test_gpu_mlp test_gpu_training test_gpu_sampling
-         cufm_bench_train cufm_bench_sample cufm_bench_kernels)
-cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}"
+tests=(test_gpu_kernels test_gpu_mlp test_gpu_training test_gpu_sampling)
+benches=(cufm_bench_train cufm_bench_sample cufm_bench_kernels)
+cmake --build "$BUILD" -j"$(nproc)" --target cufm_cli "${tests[@]}" "${benches[@]}"
 
-rm -rf "$PACK"
-mkdir -p "$PACK/tests/gpu" "$PACK/bench" "$PACK/lib"
-for t in test_gpu_kernels test_gpu_mlp test_gpu_training test_gpu_sampling; do
-  cp "$BUILD/tests/gpu/$t" "$PACK/tests/gpu/"
-done
-for b in cufm_bench_train cufm_bench_sample cufm_bench_kernels; do
-  cp "$BUILD/bench/$b" "$PACK/bench/"
-done
-cp "$BUILD/cufm" "$PACK/"
-strip --strip-unneeded "$PACK"/tests/gpu/* "$PACK"/bench/* "$PACK/cufm"
-# The shared libraries outside glibc, the C++ runtime and the CUDA toolkit's own (which the GPU
-# machine has), by their resolved paths, under their sonames.
-for bin in "$PACK"/tests/gpu/* "$PACK"/bench/* "$PACK/cufm"; do
+rm -rf "$STAGE"
+mkdir -p "$STAGE/tests/gpu" "$STAGE/bench" "$STAGE/lib"
+for t in "${tests[@]}"; do cp "$BUILD/tests/gpu/$t" "$STAGE/tests/gpu/"; done
+for b in "${benches[@]}"; do cp "$BUILD/bench/$b" "$STAGE/bench/"; done
+cp "$BUILD/cufm" "$STAGE/"
+strip --strip-unneeded "$STAGE"/tests/gpu/* "$STAGE"/bench/* "$STAGE/cufm"
+
+# The shared libraries outside glibc, the C++ runtime and the CUDA libraries, by their resolved
+# paths, under their sonames.
+for bin in "$STAGE"/tests/gpu/* "$STAGE"/bench/* "$STAGE/cufm"; do
   ldd "$bin" | awk '/=> \// {print $1, $3}'
 done | sort -u | while read -r soname path; do
   case "$soname" in
-    libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++.so*|libgcc_s.so*) ;;
-    libcuda.so*|libcublas*|libcudart*|libnvrtc*|libnvJitLink*) ;;
-    *) cp -L "$path" "$PACK/lib/$soname" ;;
+    libc.so* | libm.so* | libdl.so* | librt.so* | libpthread.so* | ld-linux* | libstdc++.so* | libgcc_s.so*) ;;
+    libcuda.so* | libcublas* | libcudart* | libnvrtc* | libnvJitLink*) ;;
+    *) cp -L "$path" "$STAGE/lib/$soname" && strip --strip-unneeded "$STAGE/lib/$soname" ;;
   esac
 done
-git -C "$ROOT" rev-parse HEAD >"$PACK/.prebuilt"
-echo "gpu-pack: $(du -sh "$PACK" | cut -f1) in $PACK (commit $(cut -c1-12 "$PACK/.prebuilt"), sm_$ARCH); libs: $(ls "$PACK/lib" | tr '\n' ' ')"
+git -C "$ROOT" rev-parse HEAD >"$STAGE/.prebuilt"
+echo "$ARCH" >"$STAGE/.arch"
+
+rm -f "$ARCHIVE"
+XZ_OPT=-9e tar -C "$(dirname "$STAGE")" -cJf "$ARCHIVE.tmp" gpu-pack
+size=$(stat -c %s "$ARCHIVE.tmp")
+unpacked=$(du -sb "$STAGE" | cut -f1)
+if [ "$size" -gt "$MAX_BYTES" ]; then
+  rm -f "$ARCHIVE.tmp"
+  echo "gpu-pack: REFUSED: the pack is $((size / 1024 / 1024)) MiB compressed, over the 48 MiB that leaves room for" \
+    "the checkout in the 64 MiB a GPU machine receives" >&2
+  exit 1
+fi
+mv "$ARCHIVE.tmp" "$ARCHIVE"
+echo "gpu-pack: $ARCHIVE: $((size / 1024)) KiB ($((unpacked / 1024 / 1024)) MiB unpacked; limit 48 MiB)," \
+  "commit $(cut -c1-12 "$STAGE/.prebuilt"), sm_$ARCH; libs: $(ls "$STAGE/lib" | tr '\n' ' ')"

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/cuda_check.hpp"
 #include "host/cuda/device_buffer.hpp"
 
 namespace cufm::bench {

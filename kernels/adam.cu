@@ -8,8 +8,9 @@
 #include <cmath>
 
 #include "cufm/math.hpp"
-#include "host/cuda/cuda_check.hpp"
-#include "host/cuda/ops.hpp"
+#include "kernels/adam.hpp"
+#include "kernels/common.cuh"
+#include "kernels/cuda_check.hpp"
 #include "kernels/grid_sum.cuh"
 
 namespace cufm::cuda {
@@ -18,14 +19,12 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kNormBlocks = 256;  // fixed, so the summation order never depends on the device
-constexpr size_t kPartialsOffset = 256;
 
 __global__ void __launch_bounds__(kThreads)
-    adam_prepare_kernel(hd::AdamHyper optim, const float* __restrict__ grads, size_t n, AdamDeviceState* state,
-                        unsigned int* counter, double* partials) {
+    adam_prepare_kernel(hd::AdamHyper optim, const float* __restrict__ grads, size_t n,
+                        AdamDeviceState* state, unsigned int* counter, double* partials) {
   double s = 0.0;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t i : grid_stride(static_cast<int64_t>(n))) {
     const double g = grads[i];
     s += g * g;
   }
@@ -43,9 +42,8 @@ __global__ void __launch_bounds__(kThreads)
                        size_t quads, float* __restrict__ params, float* __restrict__ m, float* __restrict__ v,
                        float* __restrict__ ema, __nv_bfloat16* __restrict__ params_bf16) {
   const hd::AdamCoeffs c = state->coeffs;
-  for (size_t q = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; q < quads;
-       q += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const size_t i = 4 * q;
+  for (const int64_t q : grid_stride(static_cast<int64_t>(quads))) {
+    const int64_t i = 4 * q;
     const float4 g = *reinterpret_cast<const float4*>(grads + i);
     float4 p = *reinterpret_cast<const float4*>(params + i);
     float4 mm = *reinterpret_cast<const float4*>(m + i);
@@ -76,7 +74,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 size_t adam_workspace_bytes() {
-  return kPartialsOffset + sizeof(double) * kNormBlocks;
+  return reduction_workspace_bytes(kNormBlocks);
 }
 
 void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDeviceState* state,
@@ -86,9 +84,9 @@ void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDe
   // Without clipping the norm is not needed: one block computes the coefficients only.
   const size_t reduce_n = optim.grad_clip > 0.0f ? n : 0;
   const int blocks = reduce_n > 0 ? kNormBlocks : 1;
-  adam_prepare_kernel<<<blocks, kThreads, 0, stream>>>(
-      optim.hyper(), grads, reduce_n, state, static_cast<unsigned int*>(workspace),
-      reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset));
+  const ReductionWorkspace rw = reduction_workspace(workspace);
+  adam_prepare_kernel<<<blocks, kThreads, 0, stream>>>(optim.hyper(), grads, reduce_n, state, rw.counter,
+                                                       rw.partials);
   CUFM_CUDA_CHECK_LAUNCH("adam_prepare_kernel");
 }
 
@@ -97,9 +95,17 @@ void adam_update(const AdamDeviceState* state, const float* grads, size_t n, flo
   CUFM_REQUIRE(n % 4 == 0, "adam_update: n must be a multiple of 4 (the padded layout), got " << n);
   CUFM_REQUIRE(state && grads && params && m && v,
                "adam_update: state, grads, params, m and v must be device arrays");
+  for (const void* p :
+       {static_cast<const void*>(grads), static_cast<const void*>(params), static_cast<const void*>(m),
+        static_cast<const void*>(v), static_cast<const void*>(ema)}) {
+    CUFM_REQUIRE(!p || aligned_to(p, 16),
+                 "adam_update: every fp32 array must be 16-byte aligned (float4 access)");
+  }
+  CUFM_REQUIRE(!params_bf16 || aligned_to(params_bf16, 8),
+               "adam_update: the bf16 copy must be 8-byte aligned");
   if (n == 0) return;
   const size_t quads = n / 4;
-  const int blocks = static_cast<int>(std::min<size_t>((quads + kThreads - 1) / kThreads, 4096));
+  const int blocks = grid_for(static_cast<int64_t>(quads), kThreads, 4096);
   adam_update_kernel<<<blocks, kThreads, 0, stream>>>(state, grads, quads, params, m, v, ema, params_bf16);
   CUFM_CUDA_CHECK_LAUNCH("adam_update_kernel");
 }

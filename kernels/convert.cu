@@ -5,26 +5,24 @@
 
 #include <algorithm>
 
-#include "host/cuda/cuda_check.hpp"
-#include "host/cuda/ops.hpp"
+#include "kernels/common.cuh"
+#include "kernels/convert.hpp"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::cuda {
 
 namespace {
 __global__ void __launch_bounds__(256)
-    convert_to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, size_t n) {
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    dst[i] = __float2bfloat16_rn(src[i]);
-  }
+    convert_to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
+  for (const int64_t i : grid_stride(n)) store(dst + i, src[i]);
 }
 }  // namespace
 
 void convert_to_bf16(const float* src, __nv_bfloat16* dst, size_t n, cudaStream_t stream) {
   CUFM_REQUIRE(n == 0 || (src && dst), "convert_to_bf16: src and dst must be device arrays");
   if (n == 0) return;
-  const int blocks = static_cast<int>(std::min<size_t>((n + 255) / 256, 65535));
-  convert_to_bf16_kernel<<<blocks, 256, 0, stream>>>(src, dst, n);
+  const int64_t elems = static_cast<int64_t>(n);
+  convert_to_bf16_kernel<<<grid_for(elems, 256, 65535), 256, 0, stream>>>(src, dst, elems);
   CUFM_CUDA_CHECK_LAUNCH("convert_to_bf16_kernel");
 }
 

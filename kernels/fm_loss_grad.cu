@@ -9,23 +9,17 @@
 
 #include "cufm/kernels.hpp"
 #include "cufm/math.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/common.cuh"
+#include "kernels/cuda_check.hpp"
 #include "kernels/grid_sum.cuh"
 
 namespace cufm::kernels {
 
 namespace {
 
+using cuda::store;
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
-constexpr size_t kPartialsOffset = 256;  // the counter lives in the first bytes
-
-__device__ __forceinline__ void store(float* p, float v) {
-  *p = v;
-}
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
-  *p = __float2bfloat16_rn(v);
-}
 
 struct LossArgs {
   FmBatch b;
@@ -45,8 +39,7 @@ __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* _
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
   const int D = a.b.dim;
   double sum = 0.0;
-  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
-       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t w : cuda::grid_stride(total)) {
     const uint32_t row = static_cast<uint32_t>(w / per_row);
     const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
     T* out = grad + static_cast<size_t>(row) * a.ld;
@@ -79,19 +72,24 @@ __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* _
 }  // namespace
 
 size_t fm_loss_grad_workspace_bytes(int /*batch*/, int /*dim*/) {
-  return kPartialsOffset + sizeof(double) * kMaxBlocks;
+  return cuda::reduction_workspace_bytes(kMaxBlocks);
 }
 
 void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOutputs& out, void* workspace,
                   size_t workspace_bytes, cudaStream_t stream) {
   CUFM_REQUIRE(batch.batch >= 1, "fm_loss_grad: batch must be >= 1, got " << batch.batch);
-  CUFM_REQUIRE(batch.dim >= 1, "fm_loss_grad: dim must be >= 1, got " << batch.dim);
+  CUFM_REQUIRE(batch.dim >= 1 && batch.dim <= 65536,
+               "fm_loss_grad: dim must be in [1, 65536], got " << batch.dim);
+  CUFM_REQUIRE(
+      batch.time_sampling == TimeSampling::Uniform || batch.time_sampling == TimeSampling::LogitNormal,
+      "fm_loss_grad: unknown time_sampling " << static_cast<int>(batch.time_sampling));
   CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
                "fm_loss_grad: data must be a device array of n_data >= 1 rows");
   CUFM_REQUIRE(batch.step, "fm_loss_grad: step must point to the step index in device memory");
   CUFM_REQUIRE(v && ldv >= batch.dim, "fm_loss_grad: v must be a device array with ldv ("
                                           << ldv << ") >= dim (" << batch.dim << ")");
-  CUFM_REQUIRE(out.ld >= batch.dim, "fm_loss_grad: out.ld (" << out.ld << ") must be >= dim " << batch.dim);
+  CUFM_REQUIRE(out.ld >= batch.dim && out.ld <= (1 << 24),
+               "fm_loss_grad: out.ld (" << out.ld << ") must be >= dim " << batch.dim << " and at most 2^24");
   CUFM_REQUIRE((out.grad == nullptr) != (out.grad_bf16 == nullptr),
                "fm_loss_grad: set exactly one of out.grad (fp32) and out.grad_bf16");
   CUFM_REQUIRE(out.loss, "fm_loss_grad: out.loss must point to a device float");
@@ -110,10 +108,11 @@ void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOut
   a.tail_chunks = (out.ld - batch.dim + 3) / 4;
   a.scale = 2.0f / (static_cast<float>(batch.batch) * static_cast<float>(batch.dim));
   a.loss = out.loss;
-  a.counter = static_cast<unsigned int*>(workspace);
-  a.partials = reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset);
+  const cuda::ReductionWorkspace rw = cuda::reduction_workspace(workspace);
+  a.counter = rw.counter;
+  a.partials = rw.partials;
   const int64_t total = static_cast<int64_t>(batch.batch) * (a.noise_groups + a.tail_chunks);
-  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks));
+  const int blocks = cuda::grid_for(total, kThreads, kMaxBlocks);
   if (out.grad) {
     fm_loss_grad_kernel<float><<<blocks, kThreads, 0, stream>>>(a, out.grad);
   } else {

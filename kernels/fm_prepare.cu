@@ -9,20 +9,15 @@
 
 #include "cufm/kernels.hpp"
 #include "cufm/math.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/common.cuh"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::kernels {
 
 namespace {
 
+using cuda::store;
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ void store(float* p, float v) {
-  *p = v;
-}
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
-  *p = __float2bfloat16_rn(v);
-}
 
 struct PrepareArgs {
   FmBatch b;
@@ -41,8 +36,7 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
   const int D = a.b.dim;
   const int tf = hd::time_feature_count(a.time_features);
-  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
-       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t w : cuda::grid_stride(total)) {
     const uint32_t row = static_cast<uint32_t>(w / per_row);
     const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
     const hd::SampleDraw d = hd::draw_sample(a.b.seed, step, row, a.b.n_data, a.b.time_sampling,
@@ -92,22 +86,28 @@ int fm_input_dim(int dim, const FmInputLayout& layout) {
 void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepareOutputs& out,
                 cudaStream_t stream) {
   CUFM_REQUIRE(batch.batch >= 1, "fm_prepare: batch must be >= 1, got " << batch.batch);
-  CUFM_REQUIRE(batch.dim >= 1, "fm_prepare: dim must be >= 1, got " << batch.dim);
+  CUFM_REQUIRE(batch.dim >= 1 && batch.dim <= 65536,
+               "fm_prepare: dim must be in [1, 65536], got " << batch.dim);
+  CUFM_REQUIRE(
+      batch.time_sampling == TimeSampling::Uniform || batch.time_sampling == TimeSampling::LogitNormal,
+      "fm_prepare: unknown time_sampling " << static_cast<int>(batch.time_sampling));
   CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
                "fm_prepare: data must be a device array of n_data >= 1 rows");
   CUFM_REQUIRE(batch.step, "fm_prepare: step must point to the step index in device memory");
   CUFM_REQUIRE(layout.time_features >= 0 && layout.time_features % 2 == 0 && layout.time_features <= 64,
                "fm_prepare: time_features must be 0 or even up to 64, got " << layout.time_features);
-  CUFM_REQUIRE(layout.num_classes >= 0, "fm_prepare: num_classes must be >= 0, got " << layout.num_classes);
+  CUFM_REQUIRE(layout.num_classes >= 0 && layout.num_classes <= 100000,
+               "fm_prepare: num_classes must be in [0, 100000], got " << layout.num_classes);
   const int in = fm_input_dim(batch.dim, layout);
-  CUFM_REQUIRE(layout.ld >= in,
-               "fm_prepare: layout.ld (" << layout.ld << ") must be >= the input width " << in);
+  CUFM_REQUIRE(layout.ld >= in && layout.ld <= (1 << 24), "fm_prepare: layout.ld ("
+                                                              << layout.ld << ") must be >= the input width "
+                                                              << in << " and at most 2^24");
   CUFM_REQUIRE((out.input == nullptr) != (out.input_bf16 == nullptr),
                "fm_prepare: set exactly one of out.input (fp32) and out.input_bf16");
   CUFM_REQUIRE(!out.label || layout.num_classes > 0, "fm_prepare: out.label needs num_classes > 0");
-  CUFM_REQUIRE(layout.num_classes == 0 || batch.labels,
-               "fm_prepare: a conditional layout (num_classes " << layout.num_classes
-                                                               << ") needs batch.labels, the data's labels");
+  CUFM_REQUIRE(layout.num_classes == 0 || batch.labels, "fm_prepare: a conditional layout (num_classes "
+                                                            << layout.num_classes
+                                                            << ") needs batch.labels, the data's labels");
   CUFM_REQUIRE(batch.label_dropout >= 0.0f && batch.label_dropout <= 1.0f,
                "fm_prepare: label_dropout must be in [0, 1], got " << batch.label_dropout);
   PrepareArgs a{batch,
@@ -120,7 +120,7 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
                 out.index,
                 out.label};
   const int64_t total = static_cast<int64_t>(batch.batch) * (a.noise_groups + a.tail_chunks);
-  const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
+  const int blocks = cuda::grid_for(total, kThreads, 65535);
   if (out.input) {
     fm_prepare_kernel<float><<<blocks, kThreads, 0, stream>>>(a, out.input);
   } else {

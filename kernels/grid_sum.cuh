@@ -12,7 +12,8 @@ namespace cufm::cuda {
 // doubles; counter is zero on entry and left at zero for the next launch (and graph replay).
 // Returns true in thread 0 of the last block to finish, with the grid's total in *total.
 template <int kThreads>
-__device__ __forceinline__ bool grid_sum(double value, unsigned int* counter, double* partials, double* total) {
+__device__ __forceinline__ bool grid_sum(double value, unsigned int* counter, double* partials,
+                                         double* total) {
   using BlockReduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename BlockReduce::TempStorage temp;
   __shared__ bool is_last;

@@ -9,9 +9,10 @@
 
 #include "cufm/math.hpp"
 #include "cufm/philox.hpp"
-#include "host/cuda/cuda_check.hpp"
-#include "host/cuda/ops.hpp"
+#include "kernels/common.cuh"
+#include "kernels/cuda_check.hpp"
 #include "kernels/grid_sum.cuh"
+#include "kernels/solver.hpp"
 
 namespace cufm::cuda {
 
@@ -19,17 +20,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 1024;
-constexpr size_t kPartialsOffset = 256;
 
-int grid_for(int64_t work, int cap) {
-  return static_cast<int>(std::clamp<int64_t>((work + kThreads - 1) / kThreads, 1, cap));
-}
-
-__device__ __forceinline__ void store(float* p, float v) {
-  *p = v;
-}
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
-  *p = __float2bfloat16_rn(v);
+int blocks_for(int64_t work, int cap) {
+  return grid_for(work, kThreads, cap);
 }
 
 // The CPU's combine(): acc = sum_j a_j k_j left to right, then x + h acc (x absent: 0 + h acc).
@@ -52,8 +45,7 @@ __global__ void __launch_bounds__(kThreads)
     sampler_noise_kernel(uint64_t seed, int64_t count, int dim, float* __restrict__ x0) {
   const int groups = (dim + 3) / 4;
   const int64_t total = count * groups;
-  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
-       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t w : grid_stride(total)) {
     const int64_t i = w / groups;
     const int g = static_cast<int>(w - i * groups);
     float z[4];
@@ -65,8 +57,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Min 4 blocks per SM: a 64-register budget. Without it ptxas (CUDA 13, sm_80) caps this kernel
-// at 32 registers and spills.
+// At least 4 blocks per SM: at 256 threads that leaves ptxas a budget of 64 registers, enough for
+// this kernel without spills (-Xptxas -warn-spills checks every build) at half occupancy or more.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 4)
     stage_input_kernel(StageCombination comb, float t, ModelInput in, float* y_out) {
@@ -77,8 +69,7 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int per_row = groups + tail;
   const int tf = hd::time_feature_count(in.time_features);
   const int64_t total = in.n * per_row;
-  for (int64_t w = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; w < total;
-       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t w : grid_stride(total)) {
     const int64_t row = w / per_row;
     const int slot = static_cast<int>(w - row * per_row);
     T* out0 = input + row * in.ld;
@@ -117,8 +108,7 @@ __global__ void __launch_bounds__(kThreads)
     collect_velocity_kernel(const float* __restrict__ v, int ldv, int64_t n, int dim, int copies, float w,
                             float* __restrict__ k) {
   const int64_t total = n * dim;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t e : grid_stride(total)) {
     const int64_t row = e / dim;
     const int col = static_cast<int>(e - row * dim);
     const float cond = v[row * ldv + col];
@@ -130,8 +120,7 @@ __global__ void __launch_bounds__(kThreads)
     solver_update_kernel(StageCombination comb, int64_t elems, float* x_out, StageCombination err_comb,
                          float atol, float rtol, double* err_sum, unsigned int* counter, double* partials) {
   double s = 0.0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < elems;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t i : grid_stride(elems)) {
     const float x_old = comb.x ? comb.x[i] : 0.0f;
     const float x_new = combine_at(comb, i);
     x_out[i] = x_new;
@@ -145,8 +134,7 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t elems, float atol, float rtol, double* out, unsigned int* counter,
                        double* partials) {
   double s = 0.0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < elems;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (const int64_t i : grid_stride(elems)) {
     s += hd::scaled_error_sq(e[i], x[i], xn ? xn[i] : 0.0f, atol, rtol);
   }
   finish_sum(s, out, counter, partials);
@@ -164,8 +152,8 @@ void sampler_noise(uint64_t seed, int64_t count, int dim, float* x0, cudaStream_
   CUFM_REQUIRE(count >= 0 && dim >= 1 && (count == 0 || x0),
                "sampler_noise: bad arguments (count " << count << ", dim " << dim << ")");
   if (count == 0) return;
-  sampler_noise_kernel<<<grid_for(count * ((dim + 3) / 4), 65535), kThreads, 0, stream>>>(seed, count, dim,
-                                                                                          x0);
+  sampler_noise_kernel<<<blocks_for(count * ((dim + 3) / 4), 65535), kThreads, 0, stream>>>(seed, count, dim,
+                                                                                            x0);
   CUFM_CUDA_CHECK_LAUNCH("sampler_noise_kernel");
 }
 
@@ -179,7 +167,7 @@ void stage_input(const StageCombination& comb, float t, const ModelInput& in, fl
       in.dim + hd::time_feature_count(in.time_features) + (in.num_classes > 0 ? in.num_classes + 1 : 0);
   CUFM_REQUIRE(in.ld >= width, "stage_input: ld " << in.ld << " is below the input width " << width);
   const int per_row = (in.dim + 3) / 4 + (in.ld - in.dim + 3) / 4;
-  const int blocks = grid_for(in.n * per_row, 65535);
+  const int blocks = blocks_for(in.n * per_row, 65535);
   if (in.type == DType::F32) {
     stage_input_kernel<float><<<blocks, kThreads, 0, stream>>>(comb, t, in, y_out);
   } else {
@@ -192,12 +180,12 @@ void collect_velocity(const float* v, int ldv, int64_t n, int dim, int copies, f
                       cudaStream_t stream) {
   CUFM_REQUIRE(v && k && n >= 1 && dim >= 1 && ldv >= dim && (copies == 1 || copies == 2),
                "collect_velocity: bad arguments (n " << n << ", dim " << dim << ", ldv " << ldv << ")");
-  collect_velocity_kernel<<<grid_for(n * dim, 65535), kThreads, 0, stream>>>(v, ldv, n, dim, copies, w, k);
+  collect_velocity_kernel<<<blocks_for(n * dim, 65535), kThreads, 0, stream>>>(v, ldv, n, dim, copies, w, k);
   CUFM_CUDA_CHECK_LAUNCH("collect_velocity_kernel");
 }
 
 size_t solver_workspace_bytes() {
-  return kPartialsOffset + sizeof(double) * kMaxBlocks;
+  return reduction_workspace_bytes(kMaxBlocks);
 }
 
 void solver_update(const StageCombination& comb, int64_t elems, float* x_out,
@@ -212,10 +200,10 @@ void solver_update(const StageCombination& comb, int64_t elems, float* x_out,
     check_combination("solver_update (error)", *err_comb);
     err = *err_comb;
   }
-  solver_update_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
-      comb, elems, x_out, err, atol, rtol, err_comb ? err_sum : nullptr,
-      static_cast<unsigned int*>(workspace),
-      workspace ? reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset) : nullptr);
+  const ReductionWorkspace rw =
+      workspace ? reduction_workspace(workspace) : ReductionWorkspace{nullptr, nullptr};
+  solver_update_kernel<<<blocks_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
+      comb, elems, x_out, err, atol, rtol, err_comb ? err_sum : nullptr, rw.counter, rw.partials);
   CUFM_CUDA_CHECK_LAUNCH("solver_update_kernel");
 }
 
@@ -223,9 +211,9 @@ void scaled_norm_sq(const float* e, const float* x, const float* xn, int64_t ele
                     double* out, void* workspace, cudaStream_t stream) {
   CUFM_REQUIRE(e && x && out && workspace && elems >= 1,
                "scaled_norm_sq: bad arguments (elems " << elems << ")");
-  scaled_norm_kernel<<<grid_for(elems, kMaxBlocks), kThreads, 0, stream>>>(
-      e, x, xn, elems, atol, rtol, out, static_cast<unsigned int*>(workspace),
-      reinterpret_cast<double*>(static_cast<char*>(workspace) + kPartialsOffset));
+  const ReductionWorkspace rw = reduction_workspace(workspace);
+  scaled_norm_kernel<<<blocks_for(elems, kMaxBlocks), kThreads, 0, stream>>>(e, x, xn, elems, atol, rtol, out,
+                                                                             rw.counter, rw.partials);
   CUFM_CUDA_CHECK_LAUNCH("scaled_norm_kernel");
 }
 

@@ -21,10 +21,12 @@
 #include "cufm/math.hpp"
 #include "cufm/sampler.hpp"
 #include "host/backend.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
-#include "host/cuda/ops.hpp"
+#include "kernels/convert.hpp"
+#include "kernels/cuda_check.hpp"
+#include "kernels/solver.hpp"
 
 namespace cufm::detail {
 
@@ -46,23 +48,6 @@ StageCombination comb(const float* x, float h, std::initializer_list<std::pair<f
 }
 
 constexpr size_t kChunkBytes = size_t{1} << 30;  // the model's activations per chunk of points
-
-// An executable graph, destroyed with its owner.
-struct GraphExec {
-  cudaGraphExec_t exec = nullptr;
-  GraphExec() = default;
-  explicit GraphExec(cudaGraphExec_t e) : exec(e) {}
-  GraphExec(GraphExec&& o) noexcept : exec(std::exchange(o.exec, nullptr)) {}
-  GraphExec& operator=(GraphExec&& o) noexcept {
-    std::swap(exec, o.exec);
-    return *this;
-  }
-  GraphExec(const GraphExec&) = delete;
-  GraphExec& operator=(const GraphExec&) = delete;
-  ~GraphExec() {
-    if (exec) cudaGraphExecDestroy(exec);
-  }
-};
 
 // What the model's plans and buffers depend on.
 struct ShapeKey {
@@ -252,11 +237,15 @@ class CudaSampler {
   float* k(int i) { return k_[i].as<float>(); }
   static int stages(Solver solver) {
     switch (solver) {
-      case Solver::Euler: return 1;
+      case Solver::Euler:
+        return 1;
       case Solver::Midpoint:
-      case Solver::Heun: return 2;
-      case Solver::RK4: return 4;
-      default: return cuda::kMaxStages;  // Dormand-Prince
+      case Solver::Heun:
+        return 2;
+      case Solver::RK4:
+        return 4;
+      default:
+        return cuda::kMaxStages;  // Dormand-Prince
     }
   }
 
@@ -311,8 +300,8 @@ class CudaSampler {
     // size (and host memory) bounded however many steps are asked for. The graphs stay for the
     // next call with the same key and buffers, which then only rewrites the weights, the labels
     // and the noise before launching them.
-    const GraphKey key{cfg_->solver,    steps, keep, cfg_->guidance.value_or(0.0f), input_.label_all,
-                       input_.labels};
+    const GraphKey key{cfg_->solver,     steps,        keep, cfg_->guidance.value_or(0.0f),
+                       input_.label_all, input_.labels};
     if (!(key == graph_key_)) graphs_.clear();
     cuda::sampler_noise(cfg_->seed, n_, dim_, x_.as<float>(), s);
     if (graphs_.empty()) {
@@ -320,27 +309,18 @@ class CudaSampler {
       const int steps_per_graph = std::max(1, 256 / chunks);  // about 256 chunk evaluations per stage
       for (int first = 0; first < steps; first += steps_per_graph) {
         const int last = std::min(steps, first + steps_per_graph);
-        cudaGraph_t graph = nullptr;
-        CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
         try {
-          for (int i = first; i < last; ++i) enqueue_step(i, steps, slot, s);
+          graphs_.push_back(cuda::CudaGraph::capture(s, [&](cudaStream_t cs) {
+            for (int i = first; i < last; ++i) enqueue_step(i, steps, slot, cs);
+          }));
         } catch (...) {
-          if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
-          (void)cudaGetLastError();
-          graphs_.clear();
+          graphs_.clear();  // never keep a partial set under the old key
           throw;
         }
-        CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-        cudaGraphExec_t exec = nullptr;
-        const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-        cudaGraphDestroy(graph);
-        if (e != cudaSuccess) graphs_.clear();
-        CUFM_CUDA_CHECK(e);
-        graphs_.emplace_back(exec);
       }
       graph_key_ = key;
     }
-    for (const GraphExec& g : graphs_) CUFM_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
+    for (const cuda::CudaGraph& g : graphs_) g.launch(s);
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.accepted_steps = steps;
     evaluations_ = static_cast<int64_t>(steps) * stages(cfg_->solver);
@@ -459,7 +439,7 @@ class CudaSampler {
   DeviceBuffer params_, params_bf16_, labels_, workspace_, err_sum_, x_, y_;
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;
-  std::vector<GraphExec> graphs_;  // declared after the buffers their kernels use: destroyed first
+  std::vector<cuda::CudaGraph> graphs_;  // declared after the buffers their kernels use: destroyed first
   cuda::ModelInput input_;
   const float* final_x_ = nullptr;
   int64_t evaluations_ = 0;

@@ -13,10 +13,12 @@
 #include "cufm/error.hpp"
 #include "cufm/kernels.hpp"
 #include "host/backend.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
-#include "host/cuda/ops.hpp"
+#include "kernels/adam.hpp"
+#include "kernels/convert.hpp"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::detail {
 
@@ -59,18 +61,20 @@ class CudaTrainer final : public TrainBackend {
     size_t widths = layout_.in_pad[0];
     for (int w : layout_.out_pad) widths += static_cast<size_t>(w);
     const size_t model_bytes =
-        layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) + (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
+        layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) +
+        (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
         static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
         (size_t{32} << 20);  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
     CUFM_REQUIRE(data_bytes + model_bytes < free_b,
-                 "the dataset needs " << (data_bytes >> 20) << " MiB on the GPU and the model, optimiser and "
-                                      << "activations about " << (model_bytes >> 20) << " MiB, but only "
-                                      << (free_b >> 20) << " of " << (total_b >> 20)
-                                      << " MiB are free: train on a subset of the dataset, use a smaller batch, "
-                                         "or use device 'cpu'");
+                 "the dataset needs "
+                     << (data_bytes >> 20) << " MiB on the GPU and the model, optimiser and "
+                     << "activations about " << (model_bytes >> 20) << " MiB, but only " << (free_b >> 20)
+                     << " of " << (total_b >> 20)
+                     << " MiB are free: train on a subset of the dataset, use a smaller batch, "
+                        "or use device 'cpu'");
 
     n_data_ = static_cast<uint32_t>(data.n);
     cudaStream_t s = stream_.get();
@@ -93,7 +97,7 @@ class CudaTrainer final : public TrainBackend {
       (void)cudaGetLastError();
       std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the trainer was destroyed\n");
     }
-    if (exec_) cudaGraphExecDestroy(exec_);
+    graph_.reset();
     mlp_.reset();
     for (DeviceBuffer* b : {&data_x_, &data_labels_, &params_, &grads_, &m_, &v_, &ema_, &params_bf16_,
                             &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
@@ -104,8 +108,8 @@ class CudaTrainer final : public TrainBackend {
   void run(uint64_t n) override {
     const cuda::DeviceScope on(device_);
     for (uint64_t i = 0; i < n; ++i) {
-      if (exec_) {
-        CUFM_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.get()));
+      if (graph_) {
+        graph_.launch(stream_.get());
       } else {
         enqueue_step(stream_.get());
       }
@@ -243,20 +247,7 @@ class CudaTrainer final : public TrainBackend {
   }
 
   void capture() {
-    cudaStream_t s = stream_.get();
-    cudaGraph_t graph = nullptr;
-    CUFM_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    try {
-      enqueue_step(s);
-    } catch (...) {
-      if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
-      (void)cudaGetLastError();
-      throw;
-    }
-    CUFM_CUDA_CHECK(cudaStreamEndCapture(s, &graph));
-    const cudaError_t e = cudaGraphInstantiate(&exec_, graph, 0);
-    cudaGraphDestroy(graph);
-    CUFM_CUDA_CHECK(e);
+    graph_ = cuda::CudaGraph::capture(stream_.get(), [this](cudaStream_t s) { enqueue_step(s); });
   }
 
   MlpConfig model_;
@@ -270,7 +261,7 @@ class CudaTrainer final : public TrainBackend {
   DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_,
       loss_ws_, adam_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;
-  cudaGraphExec_t exec_ = nullptr;
+  cuda::CudaGraph graph_;  // the whole step (StepLaunch::Graph)
 };
 
 }  // namespace

@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <utility>
 
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::cuda {
 

@@ -9,7 +9,7 @@
 #include <utility>
 
 #include "cufm/error.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::cuda {
 
@@ -58,7 +58,8 @@ std::vector<float> PaddedLayout::pad(const std::vector<float>& flat) const {
 }
 
 std::vector<float> PaddedLayout::unpad(const std::vector<float>& padded) const {
-  CUFM_REQUIRE(padded.size() == total, "padded layout: expected " << total << " padded values, got " << padded.size());
+  CUFM_REQUIRE(padded.size() == total,
+               "padded layout: expected " << total << " padded values, got " << padded.size());
   std::vector<float> flat;
   flat.reserve(unpadded_total());
   for (int l = 0; l < layers; ++l) {
@@ -169,7 +170,8 @@ class LtGemm {
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_d},
         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_d}};
     for (const auto& [attr, value] : aligns) {
-      if (st == CUBLAS_STATUS_SUCCESS) st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
+      if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value));
     }
     constexpr int kRequested = 8;
     cublasLtMatmulHeuristicResult_t results[kRequested] = {};
@@ -229,14 +231,14 @@ class LtGemm {
 
 struct LtMlp::Layer {
   bool last = false;
-  bool act_fused = false;     // activation in the forward epilogue (and its derivative in the next dX)
-  bool bias_fused = false;    // bias in the forward epilogue
+  bool act_fused = false;        // activation in the forward epilogue (and its derivative in the next dX)
+  bool bias_fused = false;       // bias in the forward epilogue
   bool db_from_next_dx = false;  // this layer's bias gradient comes from the next layer's dX (BGRAD)
-  bool db_from_dw = false;    // this layer's bias gradient comes from its dW GEMM
-  bool bgradb_fused = false;  // ... via BGRADB (else column_sum)
-  DeviceBuffer z, a, mask;    // training: pre-activation, activation, ReLU bit-mask
-  void* y = nullptr;          // forward output: the activation (hidden) or the model output
-  void* zp = nullptr;         // pre-activation target of an unfused layer
+  bool db_from_dw = false;       // this layer's bias gradient comes from its dW GEMM
+  bool bgradb_fused = false;     // ... via BGRADB (else column_sum)
+  DeviceBuffer z, a, mask;       // training: pre-activation, activation, ReLU bit-mask
+  void* y = nullptr;             // forward output: the activation (hidden) or the model output
+  void* zp = nullptr;            // pre-activation target of an unfused layer
   int64_t mask_ld = 0;
   std::unique_ptr<LtGemm> fwd, dw, dx;
 };
@@ -246,10 +248,12 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLASLt's recommendati
 }
 
 LtMlp::LtMlp(const MlpConfig& config, Precision precision, int64_t rows, MlpMode mode, const float* params,
-             const __nv_bfloat16* params_bf16, float* grads, cudaStream_t stream)
+             const __nv_bfloat16* params_bf16, float* grads, cudaStream_t stream, Epilogues epilogues)
     : config_(config),
       layout_(config),
       precision_(precision),
+      epilogues_(plan_epilogues(config.activation, precision, epilogues)),
+      epilogue_mode_(epilogues),
       act_type_(precision == Precision::BF16 ? DType::BF16 : DType::F32),
       rows_(rows),
       mode_(mode),
@@ -299,7 +303,7 @@ void LtMlp::build(cudaStream_t stream) {
   const size_t max_w = static_cast<size_t>(L.max_width_pad());
   const Activation act = config_.activation;
   const bool training = mode_ == MlpMode::Training;
-  const bool fusable_act = act == Activation::ReLU || act == Activation::GELU;
+  const bool fusable_act = epilogues_.activation;
 
   workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace", stream);
   input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input", stream);
@@ -308,6 +312,10 @@ void LtMlp::build(cudaStream_t stream) {
     dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient", stream);
     grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
     grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
+    const size_t colsum_floats = column_sum_workspace_floats(rows_, static_cast<int>(max_w));
+    if (colsum_floats > 0) {
+      column_sum_ws_ = DeviceBuffer(colsum_floats * sizeof(float), "the bias-gradient workspace", stream);
+    }
   } else {
     scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
     scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
@@ -335,9 +343,12 @@ void LtMlp::build(cudaStream_t stream) {
   // The unfused forward of a layer: bias epilogue into z (else plain GEMM + bias in the kernel).
   auto build_unfused_forward = [&](int l, Layer& ly, const void* x) {
     GemmSpec s = forward_spec(l, x, ly.zp, ly.last);
-    s.epilogue = CUBLASLT_EPILOGUE_BIAS;
-    s.bias = const_cast<void*>(bias_for_epilogue(l, ly.last));
-    ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    ly.fwd = nullptr;
+    if (epilogues_.bias) {
+      s.epilogue = CUBLASLT_EPILOGUE_BIAS;
+      s.bias = const_cast<void*>(bias_for_epilogue(l, ly.last));
+      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    }
     ly.bias_fused = ly.fwd != nullptr;
     ly.act_fused = false;
     if (!ly.fwd) {
@@ -424,7 +435,7 @@ void LtMlp::build(cudaStream_t stream) {
         GemmSpec f = s;
         f.aux = relu ? prev.mask.get() : prev.zp;
         f.aux_ld = relu ? prev.mask_ld : L.out_pad[l - 1];
-        if (act_type_ == DType::F32) {
+        if (act_type_ == DType::F32 && epilogues_.bias) {
           f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
           f.bias = grads_ + L.b_off[l - 1];
           ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
@@ -463,7 +474,7 @@ void LtMlp::build(cudaStream_t stream) {
     s.b = g;
     s.d = grads_ + L.w_off[l];
     ly.db_from_dw = !ly.db_from_next_dx;
-    if (ly.db_from_dw) {
+    if (ly.db_from_dw && epilogues_.bias) {
       GemmSpec f = s;
       f.epilogue = CUBLASLT_EPILOGUE_BGRADB;
       f.bias = grads_ + L.b_off[l];
@@ -498,7 +509,8 @@ void LtMlp::backward(cudaStream_t stream) {
     void* g_prev = (g == grad_a_.get()) ? grad_b_.get() : grad_a_.get();
     ly.dw->run(stream);
     if (ly.db_from_dw && !ly.bgradb_fused) {
-      column_sum(act_type_, g, rows_, layout_.out_pad[l], grads_ + layout_.b_off[l], stream);
+      column_sum(act_type_, g, rows_, layout_.out_pad[l], grads_ + layout_.b_off[l],
+                 column_sum_ws_.as<float>(), stream);
     }
     if (l > 0) {
       ly.dx->run(stream);
@@ -513,7 +525,8 @@ void LtMlp::backward(cudaStream_t stream) {
 
 std::string LtMlp::describe() const {
   std::ostringstream os;
-  os << "cuBLASLt MLP, precision " << to_string(precision_) << ", " << rows_ << " rows\n";
+  os << "cuBLASLt MLP, precision " << to_string(precision_) << ", " << rows_ << " rows, epilogues "
+     << to_string(epilogue_mode_) << "\n";
   for (int l = 0; l < layout_.layers; ++l) {
     const Layer& ly = *layer_[l];
     os << "  layer " << l << " " << layout_.in[l] << "->" << layout_.out[l] << " (padded "

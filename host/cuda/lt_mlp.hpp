@@ -8,11 +8,12 @@
 // gradients, and Adam leaves zeros at zero. Activations are row-major [rows, width_pad], which in
 // cuBLAS's column-major view is X^T[width, rows]: forward Y^T = W(op T) X^T.
 //
-// Per layer the fused epilogues are tried first (bias + ReLU/GELU with an aux output forward,
-// DRELU/DGELU + bias gradient backward (in bf16 DRELU/DGELU alone: the bias gradient would have the
-// bf16 output's type, so it comes from BGRADB into the fp32 gradient), BGRADB for the other bias
-// gradients). In bf16 a fused forward adds the bias rounded to bf16 (cuBLASLt's bias has the output's
-// type) and the unfused one the fp32 bias: the two paths differ by that rounding. Each GEMM's
+// Which epilogues a plan asks for is host/cuda/epilogue_policy.hpp's decision (no GELU epilogue at
+// FP32; none at all with Epilogues::Unfused). Per layer the chosen fused epilogues are tried first (bias +
+// ReLU/GELU with an aux output forward, DRELU/DGELU + bias gradient backward (in bf16 DRELU/DGELU alone: the
+// bias gradient would have the bf16 output's type, so it comes from BGRADB into the fp32 gradient), BGRADB
+// for the other bias gradients). In bf16 a fused forward adds the bias rounded to bf16 (cuBLASLt's bias has
+// the output's type) and the unfused one the fp32 bias: the two paths differ by that rounding. Each GEMM's
 // algorithm is chosen once by the heuristic and then test-run; an epilogue that is unavailable
 // or fails falls back to the plain GEMM plus cuFM's own elementwise kernels. SiLU has no epilogue:
 // bias epilogue + one fused elementwise kernel per layer and direction.
@@ -29,7 +30,9 @@
 #include "cufm/device.hpp"
 #include "cufm/model.hpp"
 #include "host/cuda/device_buffer.hpp"
-#include "host/cuda/ops.hpp"
+#include "host/cuda/epilogue_policy.hpp"
+#include "kernels/activation.hpp"
+#include "kernels/dtype.hpp"
 
 namespace cufm::cuda {
 
@@ -61,8 +64,10 @@ class LtMlp {
  public:
   // params: DEVICE padded fp32 weights; params_bf16: their bf16 copy (BF16 only, else nullptr);
   // grads: DEVICE padded fp32 gradient buffer (Training only). Buffers are sized for `rows`.
+  // epilogues: the process's CUFM_LT_EPILOGUES setting unless a test asks for one.
   LtMlp(const MlpConfig& config, Precision precision, int64_t rows, MlpMode mode, const float* params,
-        const __nv_bfloat16* params_bf16, float* grads, cudaStream_t stream);
+        const __nv_bfloat16* params_bf16, float* grads, cudaStream_t stream,
+        Epilogues epilogues = epilogues_from_environment());
   ~LtMlp();
   LtMlp(const LtMlp&) = delete;
   LtMlp& operator=(const LtMlp&) = delete;
@@ -94,6 +99,8 @@ class LtMlp {
   MlpConfig config_;
   PaddedLayout layout_;
   Precision precision_;
+  EpiloguePlan epilogues_;
+  Epilogues epilogue_mode_;
   DType act_type_;
   int64_t rows_;
   MlpMode mode_;
@@ -102,6 +109,7 @@ class LtMlp {
   float* grads_;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_, input_, output_, dout_, grad_a_, grad_b_, scratch_a_, scratch_b_, scratch_z_;
+  DeviceBuffer column_sum_ws_;  // column_sum's split partials (training)
   std::vector<std::unique_ptr<Layer>> layer_;
 };
 

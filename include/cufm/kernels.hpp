@@ -31,9 +31,12 @@ struct FmBatch {
   int batch = 0;                    // B, rows of the batch (>= 1)
   int dim = 0;                      // D, dimension of a data point (>= 1)
   const float* data = nullptr;      // DEVICE [n_data, dim] row-major: the training points x1
-  const int32_t* labels = nullptr;  // DEVICE [n_data] class labels in [0, num_classes), or nullptr
-                                    // (unlabelled data); a label outside that range gets an
-                                    // all-zero one-hot row (cuFM's own datasets are checked)
+  const int32_t* labels = nullptr;  // DEVICE [n_data] class labels in [0, num_classes); required
+                                    // by a conditional layout, ignored otherwise. Labels are not
+                                    // checked on the device (cuFM's own datasets are, on upload):
+                                    // num_classes selects the null class, and any other value
+                                    // outside the range gives an all-zero one-hot row and is
+                                    // passed through to FmPrepareOutputs::label as it is
   uint32_t n_data = 0;              // rows of data (>= 1)
   TimeSampling time_sampling = TimeSampling::Uniform;
   float logit_mean = 0.0f;  // logit-normal time sampling: t = sigmoid(mean + std * z)
@@ -50,7 +53,8 @@ struct FmInputLayout {
                           // written as zeros (pad to a multiple of 8 for tensor-core GEMMs)
 };
 
-// D + time features + (num_classes > 0 ? num_classes + 1 : 0): MlpConfig::input_dim().
+// D + time features + (num_classes > 0 ? num_classes + 1 : 0): MlpConfig::input_dim(). The
+// launchers take dim <= 65536, num_classes <= 100000 and ld <= 2^24, as MlpConfig does.
 int fm_input_dim(int dim, const FmInputLayout& layout);
 
 // fm_prepare's outputs. Exactly one of input / input_bf16 is set; the others are optional.

@@ -41,41 +41,66 @@ CUFM_HD float fast_exp(float x) {
 #endif
 }
 
-CUFM_HD float sigmoid_fast(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
+// fast_exp as a function object: the activations take their exp as a parameter so that a CPU test
+// can replay them with an emulation of the device's __expf (tests/test_activations.cpp).
+struct FastExp {
+  CUFM_HD float operator()(float x) const { return fast_exp(x); }
+};
 
-CUFM_HD float tanh_fast(float x) {
-#if defined(__CUDA_ARCH__)
-  return tanhf(x);
-#else
-  return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
-#endif
+template <class Exp = FastExp>
+CUFM_HD float sigmoid_fast(float z, Exp exp = Exp{}) {
+  return 1.0f / (1.0f + exp(-z));
 }
 
-CUFM_HD float activate(Activation a, float z) {
+// The tanh terms of GELU, (1 + tanh x) / 2 = sigmoid(2x) and (1 - tanh^2 x) / 4 = sigmoid(2x)
+// (1 - sigmoid(2x)), from e = exp(-2|x|) with no cancellation anywhere: (1 + tanh x) / 2 is 1 / (1 + e)
+// for x >= 0 and e / (1 + e) below, and (1 - tanh^2 x) / 4 = e / (1 + e)^2 on both sides. (The form
+// tanh = 1 - 2 / (e^{2x} + 1) loses every digit near -1: GELU's derivative came out 0 at z = -5,
+// where it is -1.5e-6.) Both backends run this formula; they differ only in exp (see fast_exp).
+struct TanhTerms {
+  float half_one_plus;  // (1 + tanh x) / 2
+  float quarter_sech2;  // (1 - tanh^2 x) / 4
+};
+template <class Exp = FastExp>
+CUFM_HD TanhTerms tanh_terms(float x, Exp exp = Exp{}) {
+  const float e = exp(-2.0f * (x < 0.0f ? -x : x));
+  const float d = 1.0f + e;
+  return {(x < 0.0f ? e : 1.0f) / d, e / (d * d)};
+}
+
+namespace gelu {
+constexpr float k0 = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float k1 = 0.044715f;
+}  // namespace gelu
+
+template <class Exp = FastExp>
+CUFM_HD float activate(Activation a, float z, Exp exp = Exp{}) {
   switch (a) {
-    case Activation::ReLU: return z > 0.0f ? z : 0.0f;
-    case Activation::GELU: {  // tanh approximation, as cuBLASLt's GELU epilogue
-      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-      const float inner = k0 * (z + k1 * z * z * z);
-      return 0.5f * z * (1.0f + tanh_fast(inner));
+    case Activation::ReLU:
+      return z > 0.0f ? z : 0.0f;
+    case Activation::GELU: {  // the tanh approximation (PyTorch's approximate='tanh', cuBLASLt's GELU)
+      const float inner = gelu::k0 * (z + gelu::k1 * z * z * z);
+      return z * tanh_terms(inner, exp).half_one_plus;
     }
-    default: return z * sigmoid_fast(z);
+    default:
+      return z * sigmoid_fast(z, exp);
   }
 }
 
 // d activate / dz at the pre-activation z.
-CUFM_HD float activate_grad(Activation a, float z) {
+template <class Exp = FastExp>
+CUFM_HD float activate_grad(Activation a, float z, Exp exp = Exp{}) {
   switch (a) {
-    case Activation::ReLU: return z > 0.0f ? 1.0f : 0.0f;
+    case Activation::ReLU:
+      return z > 0.0f ? 1.0f : 0.0f;
     case Activation::GELU: {
-      const float k0 = 0.7978845608028654f, k1 = 0.044715f;
-      const float inner = k0 * (z + k1 * z * z * z);
-      const float th = tanh_fast(inner);
-      const float dinner = k0 * (1.0f + 3.0f * k1 * z * z);
-      return 0.5f * (1.0f + th) + 0.5f * z * (1.0f - th * th) * dinner;
+      const float inner = gelu::k0 * (z + gelu::k1 * z * z * z);
+      const TanhTerms tt = tanh_terms(inner, exp);
+      const float dinner = gelu::k0 * (1.0f + 3.0f * gelu::k1 * z * z);
+      return tt.half_one_plus + 2.0f * z * tt.quarter_sech2 * dinner;
     }
     default: {
-      const float sg = sigmoid_fast(z);
+      const float sg = sigmoid_fast(z, exp);
       return sg * (1.0f + z * (1.0f - sg));
     }
   }
@@ -86,11 +111,11 @@ CUFM_HD float activate_grad(Activation a, float z) {
 struct AdamCoeffs {
   float lr, beta1, beta2, eps;
   float weight_decay;
-  bool decoupled;        // AdamW
-  float bias_corr1;      // 1 - beta1^t
-  float bias_corr2_sqrt; // sqrt(1 - beta2^t)
-  float grad_scale;      // clipping factor (1 when off)
-  float ema_decay;       // 0: no EMA
+  bool decoupled;         // AdamW
+  float bias_corr1;       // 1 - beta1^t
+  float bias_corr2_sqrt;  // sqrt(1 - beta2^t)
+  float grad_scale;       // clipping factor (1 when off)
+  float ema_decay;        // 0: no EMA
 };
 
 struct AdamHyper {
@@ -146,10 +171,14 @@ CUFM_HD void adam_update(const AdamCoeffs& c, float g, float& p, float& m, float
   p -= step_size * (m / denom);
 }
 
-CUFM_HD float ema_update(float ema, float p, float decay) { return decay * ema + (1.0f - decay) * p; }
+CUFM_HD float ema_update(float ema, float p, float decay) {
+  return decay * ema + (1.0f - decay) * p;
+}
 
 // ---- classifier-free guidance -------------------------------------------------------------
-CUFM_HD float guided(float v_null, float v_cond, float w) { return v_null + w * (v_cond - v_null); }
+CUFM_HD float guided(float v_null, float v_cond, float w) {
+  return v_null + w * (v_cond - v_null);
+}
 
 // ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b
@@ -162,7 +191,8 @@ constexpr float a41 = 44.0f / 45, a42 = -56.0f / 15, a43 = 32.0f / 9;
 constexpr float a51 = 19372.0f / 6561, a52 = -25360.0f / 2187, a53 = 64448.0f / 6561, a54 = -212.0f / 729;
 constexpr float a61 = 9017.0f / 3168, a62 = -355.0f / 33, a63 = 46732.0f / 5247, a64 = 49.0f / 176,
                 a65 = -5103.0f / 18656;
-constexpr float b1 = 35.0f / 384, b3 = 500.0f / 1113, b4 = 125.0f / 192, b5 = -2187.0f / 6784, b6 = 11.0f / 84;
+constexpr float b1 = 35.0f / 384, b3 = 500.0f / 1113, b4 = 125.0f / 192, b5 = -2187.0f / 6784,
+                b6 = 11.0f / 84;
 constexpr float e1 = 71.0f / 57600, e3 = -71.0f / 16695, e4 = 71.0f / 1920, e5 = -17253.0f / 339200,
                 e6 = 22.0f / 525, e7 = -1.0f / 40;
 // Step-size controller: h *= clamp(safety * err^(-1/5), min, max).
@@ -172,8 +202,8 @@ constexpr float kSafety = 0.9f, kMinFactor = 0.2f, kMaxFactor = 10.0f;
 // (err <= 1) may grow or shrink h, a rejected one only shrinks it. Host code (both backends' loops).
 inline float step_factor(double err) {
   const double f = err == 0.0 ? static_cast<double>(kMaxFactor) : kSafety * std::pow(err, -0.2);
-  const float clamped = static_cast<float>(
-      std::clamp(f, static_cast<double>(kMinFactor), static_cast<double>(kMaxFactor)));
+  const float clamped =
+      static_cast<float>(std::clamp(f, static_cast<double>(kMinFactor), static_cast<double>(kMaxFactor)));
   return err <= 1.0 ? clamped : std::min(1.0f, clamped);
 }
 }  // namespace dopri5

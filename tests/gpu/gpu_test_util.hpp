@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cufm/device.hpp"
-#include "host/cuda/cuda_check.hpp"
+#include "kernels/cuda_check.hpp"
 #include "test_util.hpp"
 
 // Skips without a GPU, with the reason; fails instead when CUFM_EXPECT_GPU=1 (set it on GPU CI,

@@ -13,6 +13,7 @@
 #include "gpu/gpu_test_util.hpp"
 #include "host/cpu_ops.hpp"
 #include "host/cuda/lt_mlp.hpp"
+#include "kernels/convert.hpp"
 
 namespace cufm {
 namespace {
@@ -23,6 +24,7 @@ struct MlpCase {
   Activation act;
   Precision precision;
   std::vector<int> hidden;
+  cuda::Epilogues epilogues;  // Unfused: bias_add, the activation kernels and column_sum instead
 };
 
 struct Tol {
@@ -74,8 +76,18 @@ TEST_P(LtMlpTest, ForwardBackwardMatchCpu) {
   DeviceArray<__nv_bfloat16> p16(layout.total);
   if (bf16) cuda::convert_to_bf16(p_dev.get(), p16.get(), layout.total, nullptr);
   cuda::LtMlp mlp(cfg, mc.precision, rows, cuda::MlpMode::Training, p_dev.get(), bf16 ? p16.get() : nullptr,
-                  g_dev.get(), nullptr);
-  std::cout << mlp.describe();
+                  g_dev.get(), nullptr, mc.epilogues);
+  const std::string plan = mlp.describe();
+  std::cout << plan;
+  // The plan is the policy's: unfused runs no epilogue at all; fused runs no GELU epilogue at FP32.
+  if (mc.epilogues == cuda::Epilogues::Unfused) {
+    EXPECT_EQ(plan.find("bias"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("relu+"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("gelu+"), std::string::npos) << plan;
+  } else if (mc.precision == Precision::FP32) {
+    EXPECT_EQ(plan.find("gelu+"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("dgelu"), std::string::npos) << plan;
+  }
   const int ld_in = mlp.input_ld(), ld_out = mlp.output_ld();
   std::vector<float> in_pad(static_cast<size_t>(rows) * ld_in, 0.0f),
       dout_pad(static_cast<size_t>(rows) * ld_out, 0.0f);
@@ -141,11 +153,14 @@ TEST_P(LtMlpTest, ForwardBackwardMatchCpu) {
 
 std::vector<MlpCase> cases() {
   std::vector<MlpCase> c;
-  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
-    for (Activation a : {Activation::SiLU, Activation::ReLU, Activation::GELU}) {
-      c.push_back({a, p, {64, 40}});
+  for (cuda::Epilogues e : {cuda::Epilogues::Fused, cuda::Epilogues::Unfused}) {
+    for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+      for (Activation a : {Activation::SiLU, Activation::ReLU, Activation::GELU}) {
+        c.push_back({a, p, {64, 40}, e});
+      }
+      c.push_back({Activation::GELU, p, {37, 130, 5}, e});  // widths that are not multiples of 8
+      c.push_back({Activation::ReLU, p, {37, 130, 5}, e});
     }
-    c.push_back({Activation::GELU, p, {37, 130, 5}});  // widths that are not multiples of 8
   }
   return c;
 }
@@ -153,7 +168,8 @@ std::vector<MlpCase> cases() {
 INSTANTIATE_TEST_SUITE_P(Cases, LtMlpTest, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<MlpCase>& pi) {
                            std::string name =
-                               std::string(to_string(pi.param.precision)) + "_" + to_string(pi.param.act);
+                               std::string(pi.param.epilogues == cuda::Epilogues::Unfused ? "unfused_" : "") +
+                               to_string(pi.param.precision) + "_" + to_string(pi.param.act);
                            for (int w : pi.param.hidden) name += "_" + std::to_string(w);
                            return name;
                          });
