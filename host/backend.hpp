@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "cufm/dataset.hpp"
 #include "cufm/model.hpp"
@@ -27,6 +28,10 @@ class TrainBackend {
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
                                                const Dataset& data, TrainState state);
 
+// The lowest compute capability (x10) in a CMAKE_CUDA_ARCHITECTURES list ("80;90", "90-real"); 0
+// when the list names none ("native", "all"). A GPU at or above it runs this build's code.
+int lowest_built_architecture(const std::string& archs);
+
 #if defined(CUFM_WITH_CUDA)
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
                                                 const Dataset& data, TrainState state);
@@ -44,6 +49,7 @@ SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleC
 // One call with a sampler of its own.
 SampleResult cuda_sample(const Model& model, const SampleConfig& config);
 std::vector<DeviceInfo> cuda_device_list();
+int cuda_current_device();  // the device the runtime would use now (0 unless the caller chose one)
 #endif
 
 }  // namespace cufm::detail

@@ -57,6 +57,24 @@ inline const char* cublas_status_name(cublasStatus_t s) {
   }
 }
 
+// A sentence of advice for a cuBLAS(Lt) status.
+inline const char* cublas_advice(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+    case CUBLAS_STATUS_INVALID_VALUE:
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "this GEMM's shape or precision is not supported here: try precision fp32";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "out of memory: reduce the batch size, the sample count or the model width";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "cuBLASLt could not start: check the driver and CUDA_VISIBLE_DEVICES";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "a GPU kernel failed (possibly an earlier fault): rerun under compute-sanitizer and report it";
+    default:
+      return "a cuBLASLt internal error: report it with the GPU model and driver version";
+  }
+}
+
 }  // namespace cufm::detail
 
 // CUFM_CUDA_CHECK(cudaMalloc(&p, n)): throws cufm::Error when the call does not return cudaSuccess.
@@ -72,15 +90,14 @@ inline const char* cublas_status_name(cublasStatus_t s) {
   } while (0)
 
 // CUFM_CUBLAS_CHECK(cublasLtMatmul(...)): throws cufm::Error unless CUBLAS_STATUS_SUCCESS.
-#define CUFM_CUBLAS_CHECK(call)                                                              \
-  do {                                                                                       \
-    const cublasStatus_t cufm_cublas_st_ = (call);                                           \
-    if (cufm_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                          \
-      CUFM_FAIL("cuBLASLt call `" #call "` failed: "                                         \
-                << ::cufm::detail::cublas_status_name(cufm_cublas_st_)                       \
-                << "; the layer shapes may be unsupported at this precision: try precision " \
-                   "fp32 or widths that are multiples of 8");                                \
-    }                                                                                        \
+#define CUFM_CUBLAS_CHECK(call)                                                                             \
+  do {                                                                                                      \
+    const cublasStatus_t cufm_cublas_st_ = (call);                                                          \
+    if (cufm_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+      CUFM_FAIL("cuBLASLt call `" #call "` failed: " << ::cufm::detail::cublas_status_name(cufm_cublas_st_) \
+                                                     << "; "                                                \
+                                                     << ::cufm::detail::cublas_advice(cufm_cublas_st_));    \
+    }                                                                                                       \
   } while (0)
 
 // After a kernel launch: a bad launch configuration or an earlier asynchronous fault.

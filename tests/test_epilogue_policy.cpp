@@ -35,8 +35,21 @@ TEST(EpiloguePolicy, UnfusedTurnsEveryEpilogueOff) {
       const cuda::EpiloguePlan plan = plan_epilogues(a, p, Epilogues::Unfused);
       EXPECT_FALSE(plan.bias);
       EXPECT_FALSE(plan.activation);
+      EXPECT_FALSE(plan.derivative);
     }
   }
+}
+
+TEST(EpiloguePolicy, ForwardOnlyFusesTheForwardButNoDerivative) {
+  for (Precision p : {Precision::TF32, Precision::BF16}) {
+    for (Activation a : {Activation::ReLU, Activation::GELU}) {
+      const cuda::EpiloguePlan fwd = plan_epilogues(a, p, Epilogues::ForwardOnly);
+      EXPECT_TRUE(fwd.activation);
+      EXPECT_FALSE(fwd.derivative);
+      EXPECT_TRUE(plan_epilogues(a, p, Epilogues::Fused).derivative);
+    }
+  }
+  EXPECT_FALSE(plan_epilogues(Activation::GELU, Precision::FP32, Epilogues::Fused).derivative);
 }
 
 TEST(EpiloguePolicy, EnvironmentValueIsParsedStrictly) {
@@ -44,6 +57,7 @@ TEST(EpiloguePolicy, EnvironmentValueIsParsedStrictly) {
   EXPECT_EQ(cuda::parse_epilogues(""), Epilogues::Fused);
   EXPECT_EQ(cuda::parse_epilogues("fused"), Epilogues::Fused);
   EXPECT_EQ(cuda::parse_epilogues("unfused"), Epilogues::Unfused);
+  EXPECT_EQ(cuda::parse_epilogues("forward-only"), Epilogues::ForwardOnly);
   const std::string msg = test::error_of([] { cuda::parse_epilogues("off"); });
   EXPECT_NE(msg.find("CUFM_LT_EPILOGUES"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'off'"), std::string::npos) << msg;

@@ -371,8 +371,9 @@ int main(int argc, char** argv) {
     const auto devices = cufm::cuda_devices();
     if (devices.empty()) std::printf("GPUs: none found\n");
     for (const auto& d : devices) {
-      std::printf("GPU %d: %s (sm_%d%d, %.1f GiB)\n", d.index, d.name.c_str(), d.sm_major, d.sm_minor,
-                  static_cast<double>(d.total_memory) / (1 << 30));
+      std::printf("GPU %d: %s (sm_%d%d, %.1f GiB)%s\n", d.index, d.name.c_str(), d.sm_major, d.sm_minor,
+                  static_cast<double>(d.total_memory) / (1 << 30),
+                  d.usable ? "" : ": not usable, this build has no code for it");
     }
     std::printf("auto device: %s\n", cufm::to_string(cufm::resolve_device(cufm::Device::Auto)));
     return 0;

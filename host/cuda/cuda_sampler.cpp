@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -87,9 +88,12 @@ class CudaSampler {
   // Queued work must not outlive the buffers it uses.
   ~CudaSampler() {
     const cuda::DeviceScope on(device_, false);
-    (void)cudaStreamSynchronize(stream_.get());
-    (void)cudaGetLastError();
+    if (cudaStreamSynchronize(stream_.get()) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "cufm: warning: a CUDA error was pending when the sampler was destroyed\n");
+    }
     reset();
+    stream_.reset();  // on this sampler's device, not the caller's
   }
   CudaSampler(const CudaSampler&) = delete;
   CudaSampler& operator=(const CudaSampler&) = delete;

@@ -52,6 +52,12 @@ class CudaTrainer final : public TrainBackend {
                  "trainer: the dataset must hold 1 to 2^32 - 1 points");
     CUFM_REQUIRE(data.dim == model.data_dim,
                  "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
+    // The upload reads n * dim floats and fm_prepare indexes the one-hot by label: the same
+    // checks as cufm::Trainer's, for a caller who builds this backend directly (the gpu tests).
+    data.validate();
+    CUFM_REQUIRE(model.num_classes == 0 || (data.labelled() && data.num_classes <= model.num_classes),
+                 "trainer: a conditional model (" << model.num_classes << " classes) needs labels in [0, "
+                                                  << model.num_classes << ")");
 
     // The dataset lives on the device beside the model, the optimiser and the batch's activations;
     // refuse early, with numbers, when they cannot all fit.
@@ -103,6 +109,7 @@ class CudaTrainer final : public TrainBackend {
                             &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
       *b = DeviceBuffer();
     }
+    stream_.reset();  // on this trainer's device, not the caller's
   }
 
   void run(uint64_t n) override {

@@ -124,8 +124,11 @@ class DeviceScope {
 class Stream {
  public:
   Stream() { CUFM_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() {
+  ~Stream() { reset(); }
+  // Destroys the stream now (its owner does it under its own device's scope).
+  void reset() {
     if (s_ && cudaStreamDestroy(s_) != cudaSuccess) (void)cudaGetLastError();
+    s_ = nullptr;
   }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;

@@ -1,5 +1,6 @@
-// The GPUs the CUDA runtime sees. Never throws: no driver, no device or a broken install all
-// read as "no GPU", so that Device::Auto falls back to the CPU.
+// The GPUs the CUDA runtime sees, read once per process (the set cannot change once the runtime
+// has started). Never throws: no driver, no device or a broken install all read as "no GPU", so
+// that Device::Auto falls back to the CPU.
 #include <cuda_runtime.h>
 
 #include <vector>
@@ -8,7 +9,8 @@
 
 namespace cufm::detail {
 
-std::vector<DeviceInfo> cuda_device_list() {
+namespace {
+std::vector<DeviceInfo> read_device_list() {
   std::vector<DeviceInfo> list;
   try {
     int count = 0;
@@ -34,6 +36,21 @@ std::vector<DeviceInfo> cuda_device_list() {
     list.clear();  // std::bad_alloc or similar: report no GPU rather than abort
   }
   return list;
+}
+}  // namespace
+
+std::vector<DeviceInfo> cuda_device_list() {
+  static const std::vector<DeviceInfo> list = read_device_list();
+  return list;
+}
+
+int cuda_current_device() {
+  int d = 0;
+  if (cudaGetDevice(&d) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return d;
 }
 
 }  // namespace cufm::detail

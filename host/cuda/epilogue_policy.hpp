@@ -11,6 +11,9 @@
 // - Unfused: plain GEMMs and cuFM's own kernels for everything (bias_add, the activation kernels,
 //   column_sum). The fallback that runs when cuBLASLt refuses an epilogue; selecting it outright lets
 //   the tests run that path on GPUs where every epilogue exists (CUFM_LT_EPILOGUES=unfused).
+// - ForwardOnly (for the tests): as Fused, but no DRELU/DGELU backward, so every fused forward is
+//   re-planned unfused when the backward is built: the path taken on a GPU whose cuBLASLt fuses
+//   the activation forward but refuses its derivative.
 #pragma once
 
 #include <cstdlib>
@@ -22,17 +25,26 @@
 
 namespace cufm::cuda {
 
-enum class Epilogues : int { Fused = 0, Unfused = 1 };
+enum class Epilogues : int { Fused = 0, Unfused = 1, ForwardOnly = 2 };
 
 inline const char* to_string(Epilogues e) {
-  return e == Epilogues::Unfused ? "unfused" : "fused";
+  switch (e) {
+    case Epilogues::Unfused:
+      return "unfused";
+    case Epilogues::ForwardOnly:
+      return "forward-only";
+    default:
+      return "fused";
+  }
 }
 
-// "fused" or "unfused" (nullptr or "": fused); anything else is an error naming the value.
+// "fused", "unfused" or "forward-only" (nullptr or "": fused); anything else is an error naming
+// the value.
 inline Epilogues parse_epilogues(const char* value) {
   if (value == nullptr || *value == '\0' || std::strcmp(value, "fused") == 0) return Epilogues::Fused;
   if (std::strcmp(value, "unfused") == 0) return Epilogues::Unfused;
-  CUFM_FAIL("CUFM_LT_EPILOGUES must be 'fused' or 'unfused', got '" << value << "'");
+  if (std::strcmp(value, "forward-only") == 0) return Epilogues::ForwardOnly;
+  CUFM_FAIL("CUFM_LT_EPILOGUES must be 'fused', 'unfused' or 'forward-only', got '" << value << "'");
 }
 
 // The process's setting: the environment variable CUFM_LT_EPILOGUES, read once.
@@ -43,7 +55,8 @@ inline Epilogues epilogues_from_environment() {
 
 struct EpiloguePlan {
   bool bias = false;        // BIAS forward, BGRADB / D*_BGRAD backward (else bias_add / column_sum)
-  bool activation = false;  // RELU/GELU(_AUX)_BIAS forward and DRELU/DGELU backward (else the kernels)
+  bool activation = false;  // RELU/GELU(_AUX)_BIAS forward (else the activation kernels)
+  bool derivative = false;  // DRELU/DGELU backward after a fused forward (else that forward is re-planned)
 };
 
 inline EpiloguePlan plan_epilogues(Activation act, Precision precision, Epilogues mode) {
@@ -60,6 +73,7 @@ inline EpiloguePlan plan_epilogues(Activation act, Precision precision, Epilogue
     default:
       p.activation = false;  // SiLU: no epilogue
   }
+  p.derivative = p.activation && mode == Epilogues::Fused;
   return p;
 }
 

@@ -83,8 +83,7 @@ struct GemmSpec {
   cudaDataType_t a_type = CUDA_R_32F, b_type = CUDA_R_32F, d_type = CUDA_R_32F;
   int64_t lda = 0, ldb = 0, ldd = 0;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  void* bias = nullptr;    // bias (input) or bias gradient (output)
-  int32_t bias_type = -1;  // -1: cuBLASLt's default (the output type)
+  void* bias = nullptr;  // bias (input) or bias gradient (output)
   void* aux = nullptr;
   int64_t aux_ld = 0;
   const void* a = nullptr;
@@ -132,15 +131,32 @@ const char* epilogue_name(cublasLtEpilogue_t e) {
   }
 }
 
+// "relu+bias GEMM 512 x 4096 x 512 (lda 512, ldb 512, ldd 512)": for messages.
+std::string describe_spec(const GemmSpec& s) {
+  std::ostringstream os;
+  os << epilogue_name(s.epilogue) << " GEMM " << s.m << " x " << s.n << " x " << s.k << " (lda " << s.lda
+     << ", ldb " << s.ldb << ", ldd " << s.ldd << ")";
+  return os.str();
+}
+
+void refuse(std::vector<std::string>* refusals, const GemmSpec& s, const std::string& why) {
+  if (refusals) refusals->push_back(describe_spec(s) + ": " + why);
+}
+
 }  // namespace
 
 class LtGemm {
  public:
   // The GEMM with the first heuristic algorithm that runs; nullptr when none does (the caller
   // then falls back to a simpler epilogue). Test-runs on `stream` and waits for it: setup only.
+  // A refusal is appended to *refusals (for describe()).
   static std::unique_ptr<LtGemm> try_create(cublasLtHandle_t handle, const GemmSpec& s, void* workspace,
-                                            size_t workspace_bytes, cudaStream_t stream) {
-    if (s.aux && s.aux_ld % 8 != 0) return nullptr;  // cuBLASLt's aux rule, checked before asking it
+                                            size_t workspace_bytes, cudaStream_t stream,
+                                            std::vector<std::string>* refusals) {
+    if (s.aux && s.aux_ld % 8 != 0) {  // cuBLASLt's aux rule, checked before asking it
+      refuse(refusals, s, "its aux leading dimension is not a multiple of 8");
+      return nullptr;
+    }
     std::unique_ptr<LtGemm> g(new LtGemm(s, workspace, workspace_bytes));
     g->handle_ = handle;
     CUFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&g->desc_, s.compute, CUDA_R_32F));
@@ -148,7 +164,6 @@ class LtGemm {
     set_attr(g->desc_, CUBLASLT_MATMUL_DESC_TRANSB, s.tb);
     set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE, s.epilogue);
     if (s.bias) set_attr(g->desc_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, s.bias);
-    if (s.bias_type >= 0) set_attr(g->desc_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, s.bias_type);
     if (s.aux) {
       set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, s.aux);
       set_attr(g->desc_, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, s.aux_ld);
@@ -181,19 +196,42 @@ class LtGemm {
                                           results, &returned);
     }
     cublasLtMatmulPreferenceDestroy(pref);
-    // "Not supported" or "invalid value" (this epilogue, type or shape is not accepted) means: fall
-    // back. Anything else (allocation, initialisation, internal errors) is a real failure.
-    if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) return nullptr;
-    CUFM_CUBLAS_CHECK(st);
+    // The heuristic answers NOT_SUPPORTED when no algorithm runs this configuration: fall back to a
+    // simpler epilogue. INVALID_VALUE is documented only for a malformed request; for a fused
+    // epilogue it is still a refusal to fall back from (recorded, and shown by describe()), but for
+    // a plain GEMM nothing simpler exists: an error naming the status and the shape.
+    const bool fused = s.epilogue != CUBLASLT_EPILOGUE_DEFAULT;
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || (fused && st == CUBLAS_STATUS_INVALID_VALUE)) {
+      refuse(refusals, s, std::string("the heuristic answered ") + detail::cublas_status_name(st));
+      return nullptr;
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      CUFM_FAIL("cuBLASLt's heuristic failed for the " << describe_spec(s) << ": "
+                                                       << detail::cublas_status_name(st) << "; "
+                                                       << detail::cublas_advice(st));
+    }
+    cublasStatus_t last = CUBLAS_STATUS_SUCCESS;
     for (int i = 0; i < returned; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       g->algo_ = results[i].algo;
       const cublasStatus_t run = g->launch(stream);
-      if (run == CUBLAS_STATUS_NOT_SUPPORTED || run == CUBLAS_STATUS_INVALID_VALUE) continue;
-      CUFM_CUBLAS_CHECK(run);
+      if (run == CUBLAS_STATUS_NOT_SUPPORTED || run == CUBLAS_STATUS_INVALID_VALUE) {
+        last = run;
+        continue;
+      }
+      if (run != CUBLAS_STATUS_SUCCESS) {
+        CUFM_FAIL("cuBLASLt failed to run the " << describe_spec(s) << ": " << detail::cublas_status_name(run)
+                                                << "; " << detail::cublas_advice(run));
+      }
       CUFM_CUDA_CHECK(cudaStreamSynchronize(stream));  // a fault here is sticky: report it
       return g;
     }
+    refuse(refusals, s,
+           returned == 0
+               ? std::string("the heuristic offered no algorithm")
+               : "none of its " + std::to_string(returned) + " algorithms ran (last: " +
+                     (last == CUBLAS_STATUS_SUCCESS ? "none usable" : detail::cublas_status_name(last)) +
+                     ")");
     return nullptr;
   }
 
@@ -342,19 +380,23 @@ void LtMlp::build(cudaStream_t stream) {
   };
   // The unfused forward of a layer: bias epilogue into z (else plain GEMM + bias in the kernel).
   auto build_unfused_forward = [&](int l, Layer& ly, const void* x) {
+    if (training && !ly.last && ly.z.get() == nullptr) {  // the activation kernels read z back
+      ly.z = DeviceBuffer(rows * static_cast<size_t>(L.out_pad[l]) * esize, "pre-activations", stream);
+      ly.zp = ly.z.get();
+    }
     GemmSpec s = forward_spec(l, x, ly.zp, ly.last);
     ly.fwd = nullptr;
     if (epilogues_.bias) {
       s.epilogue = CUBLASLT_EPILOGUE_BIAS;
       s.bias = const_cast<void*>(bias_for_epilogue(l, ly.last));
-      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
     }
     ly.bias_fused = ly.fwd != nullptr;
     ly.act_fused = false;
     if (!ly.fwd) {
       s.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
       s.bias = nullptr;
-      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
     }
     CUFM_REQUIRE(ly.fwd, "cuBLASLt has no algorithm for layer " << l << " (" << L.out_pad[l] << " x " << rows_
                                                                 << " x " << L.in_pad[l] << ", precision "
@@ -374,9 +416,13 @@ void LtMlp::build(cudaStream_t stream) {
     } else {
       if (training) {
         ly->a = DeviceBuffer(rows * width * esize, "activations", stream);
-        ly->z = DeviceBuffer(rows * width * esize, "pre-activations", stream);
         ly->y = ly->a.get();
-        ly->zp = ly->z.get();
+        // The pre-activation: GELU's epilogue writes it as its aux output; a fused ReLU keeps a
+        // bit mask instead, and an unfused layer gets z in build_unfused_forward.
+        if (fusable_act && act == Activation::GELU) {
+          ly->z = DeviceBuffer(rows * width * esize, "pre-activations", stream);
+          ly->zp = ly->z.get();
+        }
       } else {
         ly->y = (l % 2 == 0) ? scratch_a_.get() : scratch_b_.get();
         ly->zp = scratch_z_.get();
@@ -397,7 +443,7 @@ void LtMlp::build(cudaStream_t stream) {
           s.aux = ly->zp;
           s.aux_ld = static_cast<int64_t>(width);
         }
-        ly->fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+        ly->fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
         ly->act_fused = ly->bias_fused = ly->fwd != nullptr;
       }
       if (!ly->fwd) build_unfused_forward(l, *ly, x);
@@ -435,16 +481,16 @@ void LtMlp::build(cudaStream_t stream) {
         GemmSpec f = s;
         f.aux = relu ? prev.mask.get() : prev.zp;
         f.aux_ld = relu ? prev.mask_ld : L.out_pad[l - 1];
-        if (act_type_ == DType::F32 && epilogues_.bias) {
+        if (act_type_ == DType::F32 && epilogues_.bias && epilogues_.derivative) {
           f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
           f.bias = grads_ + L.b_off[l - 1];
-          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
           prev.db_from_next_dx = ly.dx != nullptr;
         }
-        if (!ly.dx) {
+        if (!ly.dx && epilogues_.derivative) {
           f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU : CUBLASLT_EPILOGUE_DGELU;
           f.bias = nullptr;
-          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
         }
         if (!ly.dx) {
           // No fused derivative: the previous layer's forward stores z and runs the kernels instead.
@@ -453,7 +499,7 @@ void LtMlp::build(cudaStream_t stream) {
           prev.mask = DeviceBuffer();
         }
       }
-      if (!ly.dx) ly.dx = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+      if (!ly.dx) ly.dx = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
       CUFM_REQUIRE(ly.dx, "cuBLASLt has no algorithm for the input gradient of layer "
                               << l << " at precision " << to_string(precision_) << ": try precision fp32");
     }
@@ -478,10 +524,10 @@ void LtMlp::build(cudaStream_t stream) {
       GemmSpec f = s;
       f.epilogue = CUBLASLT_EPILOGUE_BGRADB;
       f.bias = grads_ + L.b_off[l];
-      ly.dw = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream);
+      ly.dw = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
       ly.bgradb_fused = ly.dw != nullptr;
     }
-    if (!ly.dw) ly.dw = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream);
+    if (!ly.dw) ly.dw = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
     CUFM_REQUIRE(ly.dw, "cuBLASLt has no algorithm for the weight gradient of layer "
                             << l << " at precision " << to_string(precision_) << ": try precision fp32");
     g = g_prev;
@@ -536,6 +582,7 @@ std::string LtMlp::describe() const {
     if (ly.dx) os << ", dX " << ly.dx->name();
     os << "\n";
   }
+  for (const std::string& r : refusals_) os << "  refused: " << r << "\n";
   return os.str();
 }
 

@@ -111,6 +111,7 @@ class LtMlp {
   DeviceBuffer workspace_, input_, output_, dout_, grad_a_, grad_b_, scratch_a_, scratch_b_, scratch_z_;
   DeviceBuffer column_sum_ws_;  // column_sum's split partials (training)
   std::vector<std::unique_ptr<Layer>> layer_;
+  std::vector<std::string> refusals_;  // the fused epilogues cuBLASLt refused, and why
 };
 
 }  // namespace cufm::cuda

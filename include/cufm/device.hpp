@@ -17,13 +17,16 @@ struct DeviceInfo {
   std::string name;
   int sm_major = 0, sm_minor = 0;
   size_t total_memory = 0;
+  bool usable = true;  // this build has code for it (an architecture it was built for, or an older
+                       // one whose PTX the driver compiles for it)
 };
 
 // True when this build contains the CUDA backend.
 bool cuda_built();
 // The GPUs the CUDA runtime sees (empty without the CUDA backend, a driver or a device).
 std::vector<DeviceInfo> cuda_devices();
-// Auto -> CUDA when built and a GPU is present, else CPU. CUDA without one throws cufm::Error.
+// Auto -> CUDA when built and the current GPU is usable, else CPU. CUDA without one throws
+// cufm::Error naming why.
 Device resolve_device(Device requested);
 
 const char* to_string(Device d);

@@ -509,6 +509,72 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
 
 // The step update with its error reduction over more elements than the launch has threads, so that
 // each thread's partial sum carries over several grid-stride rounds.
+// The unguided paths: one copy of the rows with one label for all (and with no classes at all),
+// no stage-point output, collect_velocity's plain copy, and the scaled norm against zeros.
+TEST(Sampler, UnguidedInputsAndNormsMatchCpu) {
+  CUFM_REQUIRE_GPU();
+  const int64_t n = test::pick(513, 33);
+  const int dim = 5;
+  const size_t e = static_cast<size_t>(n) * dim;
+  const std::vector<float> x = test::random_floats(e, -2.0f, 2.0f, 81),
+                           k = test::random_floats(e, -1.0f, 1.0f, 82);
+  DeviceArray<float> xd(x), kd(k);
+  const cuda::StageCombination c = one_term(xd.get(), kd.get(), 0.5f, 0.25f);
+  std::vector<float> y(e);
+  for (size_t i = 0; i < e; ++i) y[i] = x[i] + 0.25f * (0.0f + 0.5f * k[i]);
+  for (const int classes : {0, 4}) {
+    MlpConfig model;
+    model.data_dim = dim;
+    model.hidden = {8};
+    model.time_features = 0;
+    model.num_classes = classes;
+    const int in = model.input_dim(), ld = (in + 7) / 8 * 8;
+    DeviceArray<float> input(static_cast<size_t>(n) * ld);
+    input.poison();
+    cuda::ModelInput mi;
+    mi.n = n;
+    mi.dim = dim;
+    mi.time_features = 0;
+    mi.num_classes = classes;
+    mi.label_all = classes > 0 ? 2 : -1;
+    mi.copies = 1;
+    mi.input = input.get();
+    mi.ld = ld;
+    const float t = 0.75f;
+    cuda::stage_input(c, t, mi, nullptr, nullptr);
+    std::vector<float> want(static_cast<size_t>(n) * ld, 0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      cpu::write_input_row(model, y.data() + i * dim, t, classes > 0 ? 2 : -1, want.data() + i * ld);
+    }
+    EXPECT_TRUE(test::bits_equal(input.download().data(), want.data(), want.size())) << classes << " classes";
+  }
+  // collect_velocity without guidance: the first dim columns of each row, as they are.
+  const int ldv = 8;
+  const std::vector<float> v = test::random_floats(static_cast<size_t>(n) * ldv, -1.0f, 1.0f, 83);
+  DeviceArray<float> vd(v), out(e);
+  out.poison();
+  cuda::collect_velocity(vd.get(), ldv, n, dim, 1, 0.0f, out.get(), nullptr);
+  std::vector<float> vw(e);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int d = 0; d < dim; ++d) vw[i * dim + d] = v[i * ldv + d];
+  }
+  EXPECT_TRUE(test::bits_equal(out.download().data(), vw.data(), e));
+  // The scaled norm of k against x and against zeros (xn nullptr: the initial step's norms).
+  DeviceArray<double> sum(1);
+  DeviceArray<char> ws(cuda::solver_workspace_bytes());
+  ws.zero();
+  for (const bool with_xn : {true, false}) {
+    DeviceArray<float> yd(y);
+    cuda::scaled_norm_sq(kd.get(), xd.get(), with_xn ? yd.get() : nullptr, static_cast<int64_t>(e), 1e-3f,
+                         1e-2f, sum.get(), ws.get(), nullptr);
+    double want = 0.0;
+    for (size_t i = 0; i < e; ++i)
+      want += hd::scaled_error_sq(k[i], x[i], with_xn ? y[i] : 0.0f, 1e-3f, 1e-2f);
+    EXPECT_NEAR(sum.download()[0], want, 1e-12 * want) << (with_xn ? "with x_new" : "against zeros");
+    EXPECT_GT(want, 0.0);
+  }
+}
+
 TEST(Sampler, UpdateOverManyGridRounds) {
   CUFM_REQUIRE_GPU();
   const size_t e = static_cast<size_t>(test::pick(600000, 3000));

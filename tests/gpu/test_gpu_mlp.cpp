@@ -84,6 +84,10 @@ TEST_P(LtMlpTest, ForwardBackwardMatchCpu) {
     EXPECT_EQ(plan.find("bias"), std::string::npos) << plan;
     EXPECT_EQ(plan.find("relu+"), std::string::npos) << plan;
     EXPECT_EQ(plan.find("gelu+"), std::string::npos) << plan;
+  } else if (mc.epilogues == cuda::Epilogues::ForwardOnly) {
+    EXPECT_EQ(plan.find("drelu"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("dgelu"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("+aux"), std::string::npos) << plan;  // every fused forward was re-planned
   } else if (mc.precision == Precision::FP32) {
     EXPECT_EQ(plan.find("gelu+"), std::string::npos) << plan;
     EXPECT_EQ(plan.find("dgelu"), std::string::npos) << plan;
@@ -162,14 +166,22 @@ std::vector<MlpCase> cases() {
       c.push_back({Activation::ReLU, p, {37, 130, 5}, e});
     }
   }
+  // A fused forward whose derivative epilogue is refused: the plan rebuilds that forward unfused.
+  for (Precision p : {Precision::TF32, Precision::BF16}) {
+    for (Activation a : {Activation::ReLU, Activation::GELU}) {
+      c.push_back({a, p, {64, 40}, cuda::Epilogues::ForwardOnly});
+    }
+  }
   return c;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, LtMlpTest, ::testing::ValuesIn(cases()),
                          [](const ::testing::TestParamInfo<MlpCase>& pi) {
-                           std::string name =
-                               std::string(pi.param.epilogues == cuda::Epilogues::Unfused ? "unfused_" : "") +
-                               to_string(pi.param.precision) + "_" + to_string(pi.param.act);
+                           const cuda::Epilogues e = pi.param.epilogues;
+                           std::string name = e == cuda::Epilogues::Unfused       ? "unfused_"
+                                              : e == cuda::Epilogues::ForwardOnly ? "forward_only_"
+                                                                                  : "";
+                           name += std::string(to_string(pi.param.precision)) + "_" + to_string(pi.param.act);
                            for (int w : pi.param.hidden) name += "_" + std::to_string(w);
                            return name;
                          });

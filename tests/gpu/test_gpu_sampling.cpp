@@ -146,6 +146,9 @@ TEST(GpuSamplerReuse, EveryCallMatchesAFreshSampler) {
   calls.push_back({&a2, c, false});
   c.precision = Precision::TF32;
   calls.push_back({&a2, c, false});
+  c.precision = Precision::BF16;
+  calls.push_back({&a2, c, false});
+  calls.push_back({&a, c, false});  // new weights through the same bf16 graphs: the bf16 copy is rewritten
   SampleConfig cu = base_config();
   cu.device = Device::CUDA;
   calls.push_back({&b, cu, false});  // another model
@@ -231,18 +234,26 @@ TEST(GpuSamplingTrajectory, FixedAndAdaptive) {
 
 TEST(GpuSamplingPrecision, Tf32AndBf16StayClose) {
   CUFM_REQUIRE_GPU();
-  const Model model(conditional_model(), 13);
-  SampleConfig cfg = base_config();
-  cfg.solver = Solver::RK4;
-  cfg.labels = {0};
-  cfg.guidance = 1.5f;
-  cfg.device = Device::CPU;
-  const SampleResult cpu = sample(model, cfg);
-  for (Precision p : {Precision::TF32, Precision::BF16}) {
-    cfg.precision = p;
-    const SampleResult gpu = detail::cuda_sample(model, cfg);
-    const double tol = p == Precision::TF32 ? 2e-2 : 5e-2;
-    EXPECT_TRUE(test::all_close(gpu.x.data(), cpu.x.data(), cpu.x.size(), tol, tol)) << to_string(p);
+  // Every activation: inference runs cuBLASLt's RELU_BIAS at every precision and GELU_BIAS at
+  // TF32 and BF16 (tanh.approx, below those precisions' own error), SiLU through cuFM's kernel.
+  for (Activation act : {Activation::SiLU, Activation::ReLU, Activation::GELU}) {
+    MlpConfig mc = conditional_model();
+    mc.activation = act;
+    const Model model(mc, 13);
+    SampleConfig cfg = base_config();
+    cfg.solver = Solver::RK4;
+    cfg.labels = {0};
+    cfg.guidance = 1.5f;
+    cfg.device = Device::CPU;
+    const SampleResult cpu = sample(model, cfg);
+    for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+      cfg.precision = p;
+      const SampleResult gpu = detail::cuda_sample(model, cfg);
+      const double tol = p == Precision::FP32 ? 1e-4 : p == Precision::TF32 ? 2e-2 : 5e-2;
+      EXPECT_TRUE(test::all_close(gpu.x.data(), cpu.x.data(), cpu.x.size(), tol, tol))
+          << to_string(act) << " " << to_string(p);
+      EXPECT_GT(test::norm2(gpu.x), 0.0);
+    }
   }
 }
 

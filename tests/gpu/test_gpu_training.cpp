@@ -223,15 +223,18 @@ TEST(GpuTraining, RunEnqueuesWithoutReadingBack) {
 TEST(GpuTraining, OversizeDatasetThrowsCufmError) {
   CUFM_REQUIRE_GPU();
   const MlpConfig mc = plain_mlp({16});
-  const Dataset data = data_for(2, 0, 300000);  // 2.4 MB
   detail::CudaTrainerOptions opt;
-  opt.memory_limit = size_t{1} << 20;  // pretend the GPU has 1 MiB free
+  // Pretend the GPU has 40 MiB free: the model, its optimiser, a batch's activations and the
+  // 32 MiB cuBLASLt workspace fit, and so do 1000 points; 2M points (16 MB) do not.
+  opt.memory_limit = size_t{40} << 20;
+  const TrainState state{0, Model(mc, 1).params(), {}, {}, {}};
+  EXPECT_NO_THROW(
+      detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0, 1000), state, opt));
   try {
-    detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data,
-                                   TrainState{0, Model(mc, 1).params(), {}, {}, {}}, opt);
+    detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0, 2000000), state, opt);
     FAIL() << "expected cufm::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("dataset"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the dataset needs 15 MiB"), std::string::npos) << e.what();
   }
 }
 
