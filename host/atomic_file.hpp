@@ -1,70 +1,49 @@
-// Writes a file whole or not at all: the bytes go to "<path>.tmp.<pid>" in the target's folder
-// (so the final rename stays on one filesystem and is atomic), are flushed to disk, and only then
-// replace the target. Any failure removes the temporary and leaves an existing target untouched.
+// Writes a file whole or not at all, and never through a planted link (internal).
+//
+// - The target must be absent or a regular file: a symlink, FIFO, device node or folder given as an
+//   output is refused, never replaced.
+// - The bytes go to a temporary ".<name>.cufm-tmp.<pid>.<random>" in the target's folder, created
+//   with O_CREAT | O_EXCL (mkstemp), so a link planted at any name is never followed, and on the
+//   target's filesystem, so the final rename is atomic. Its mode follows the umask, as a plain
+//   create's would.
+// - commit() flushes the temporary to disk, renames it over the target and then syncs the folder,
+//   so after a crash either the old file or the new one is there, complete.
+// - Any failure (or destruction without commit) removes the temporary; the target is untouched.
+// - Temporaries that killed runs left beside the target (their process is gone) are removed when the
+//   next write of that target starts.
 #pragma once
 
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
+#include <cstddef>
 #include <string>
-
-#include "cufm/error.hpp"
 
 namespace cufm::detail {
 
 class AtomicFile {
  public:
-  explicit AtomicFile(const std::string& path)
-      : path_(path), temp_(path + ".tmp." + std::to_string(static_cast<long>(::getpid()))) {
-    CUFM_REQUIRE(!path.empty(), "cannot write a file with an empty path");
-    file_ = std::fopen(temp_.c_str(), "wb");
-    CUFM_REQUIRE(file_ != nullptr, "cannot write '" << path_ << "': creating '" << temp_ << "' failed ("
-                                                    << std::strerror(errno)
-                                                    << "); check that the folder exists and is writable");
-  }
-
+  explicit AtomicFile(const std::string& path);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile();
 
-  // An uncommitted file (an exception on the way) is discarded; the target was never touched.
-  ~AtomicFile() {
-    if (file_ != nullptr) std::fclose(file_);
-    if (!committed_) std::remove(temp_.c_str());
-  }
-
-  void write(const void* data, size_t bytes) {
-    if (bytes == 0) return;
-    if (std::fwrite(data, 1, bytes, file_) != bytes) {
-      fail("writing " + std::to_string(bytes) + " bytes failed");
-    }
-  }
-
-  // Flushes to disk and renames over the target.
-  void commit() {
-    if (std::fflush(file_) != 0) fail("flushing failed");
-    if (::fsync(::fileno(file_)) != 0) fail("fsync failed");
-    std::FILE* f = file_;
-    file_ = nullptr;
-    if (std::fclose(f) != 0) fail("closing failed");
-    if (std::rename(temp_.c_str(), path_.c_str()) != 0) fail("renaming the temporary over the target failed");
-    committed_ = true;
-  }
+  void write(const void* data, size_t bytes);
+  void commit();
 
   const std::string& temp_path() const { return temp_; }
 
  private:
-  [[noreturn]] void fail(const std::string& what) {
-    const int err = errno;
-    CUFM_FAIL("cannot write '" << path_ << "': " << what << " (" << std::strerror(err)
-                               << "); the existing file, if any, is unchanged");
-  }
+  [[noreturn]] void fail(const std::string& what, int err);
 
   std::string path_;
   std::string temp_;
-  std::FILE* file_ = nullptr;
+  int fd_ = -1;
   bool committed_ = false;
 };
+
+// Refuses (cufm::Error) an output path that exists and is not a regular file, naming what it is;
+// `what` names the output ("--out", "the checkpoint"). Used before a run's work starts.
+void require_writable_target(const std::string& path, const std::string& what);
+
+// The prefix of this target's temporaries, ".<name>.cufm-tmp." (the fault tests look for them).
+std::string temp_prefix_for(const std::string& path);
 
 }  // namespace cufm::detail

@@ -1,19 +1,15 @@
-// Checkpoints as safetensors files.
-//
-// Layout: an 8-byte little-endian header length N, N bytes of JSON (padded with spaces so the data
-// starts 8-byte aligned) mapping each tensor name to {dtype, shape, data_offsets} plus a
-// "__metadata__" map of strings, then the tensors' bytes back to back. Loading checks every claim
-// the header makes against the configuration and the file's size before copying a byte.
+// Checkpoints: the schema inside a safetensors container (host/safetensors.hpp). The metadata holds
+// the format, the model and training configuration, the step and the dataset's descriptor; the
+// tensors are the parameters in nn.Linear's layout, then Adam's moments and the EMA under the
+// prefixes "adam_m.", "adam_v." and "ema.". Loading checks every claim the header makes against the
+// configuration and the file's size before allocating or reading a tensor.
 #include "cufm/checkpoint.hpp"
-
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -21,7 +17,8 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "host/atomic_file.hpp"
+#include "host/memory.hpp"
+#include "host/safetensors.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "cuFM's file formats assume a little-endian host");
 
@@ -32,7 +29,6 @@ using json = nlohmann::json;
 
 constexpr const char* kFormat = "cufm-checkpoint";
 constexpr const char* kFormatVersion = "1";
-constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // safetensors' own limit
 
 // ---- enum names that have no public to_string -------------------------------------------------
 const char* time_sampling_name(TimeSampling t) {
@@ -302,177 +298,95 @@ TrainConfig train_config_from_json(const std::string& s) {
 void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   const ParamLayout layout(ckpt.model);
   check_state(layout, ckpt.state, "save_checkpoint '" + path + "'");
-
-  json header = json::object();
-  header["__metadata__"] = {{"format", kFormat},
-                            {"format_version", kFormatVersion},
-                            {"model", to_json(ckpt.model)},
-                            {"train", to_json(ckpt.train)},
-                            {"step", std::to_string(ckpt.state.step)},
-                            {"dataset", ckpt.dataset}};
-  const std::vector<TensorRef> tensors =
-      tensor_list(layout, ckpt.state.ema.empty() ? WithEma::No : WithEma::Yes);
-  uint64_t offset = 0;
-  for (const TensorRef& t : tensors) {
-    const uint64_t bytes = t.size * sizeof(float);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
+  const json metadata = {{"format", kFormat},
+                         {"format_version", kFormatVersion},
+                         {"model", to_json(ckpt.model)},
+                         {"train", to_json(ckpt.train)},
+                         {"step", std::to_string(ckpt.state.step)},
+                         {"dataset", ckpt.dataset}};
+  std::vector<detail::SafetensorsTensor> tensors;
+  for (const TensorRef& t : tensor_list(layout, ckpt.state.ema.empty() ? WithEma::No : WithEma::Yes)) {
+    tensors.push_back(
+        {t.name, "F32", t.shape, buffer_of(ckpt.state, t.buffer).data() + t.offset, t.size * sizeof(float)});
   }
-  // Invalid UTF-8 in the dataset name is replaced rather than failing the save.
-  std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
-  text.append((8 - text.size() % 8) % 8, ' ');
-
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i)
-    len[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
-  detail::AtomicFile out(path);
-  out.write(len, sizeof len);
-  out.write(text.data(), text.size());
-  for (const TensorRef& t : tensors)
-    out.write(buffer_of(ckpt.state, t.buffer).data() + t.offset, t.size * sizeof(float));
-  out.commit();
+  detail::write_safetensors(path, metadata, tensors);
 }
 
 // ---- load -----------------------------------------------------------------------------------
-Checkpoint load_checkpoint(const std::string& path) {
-  const std::string where = "checkpoint '" + path + "'";
-  struct stat st;
-  CUFM_REQUIRE(::stat(path.c_str(), &st) == 0, "cannot open " << where << ": " << std::strerror(errno));
-  CUFM_REQUIRE(S_ISREG(st.st_mode), "cannot read " << where << ": not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  CUFM_REQUIRE(in.good(), "cannot open " << where << ": " << std::strerror(errno));
-  std::vector<char> file(static_cast<size_t>(st.st_size));
-  in.read(file.data(), static_cast<std::streamsize>(file.size()));
-  CUFM_REQUIRE(in.gcount() == static_cast<std::streamsize>(file.size()),
-               "cannot read " << where << ": read " << in.gcount() << " of " << file.size() << " bytes");
+namespace {
 
-  CUFM_REQUIRE(file.size() >= 8,
-               where << " is too short to be a safetensors file (" << file.size() << " bytes)");
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(file[i]);
-  CUFM_REQUIRE(header_len <= file.size() - 8, where << " is truncated or corrupt: its header length "
-                                                    << header_len << " is larger than the " << file.size() - 8
-                                                    << " bytes that follow");
-  CUFM_REQUIRE(header_len <= kMaxHeaderBytes, where << ": header length " << header_len << " exceeds the "
-                                                    << kMaxHeaderBytes << "-byte limit");
-  const std::string header_text(file.data() + 8, header_len);
-  const uint64_t data_begin = 8 + header_len;
-  const uint64_t data_size = file.size() - data_begin;
-
-  json header;
-  try {
-    header = json::parse(header_text);
-  } catch (const json::exception& e) {
-    CUFM_FAIL(where << " is corrupt: its header is not valid JSON (" << e.what() << ")");
-  }
-  CUFM_REQUIRE(header.is_object(), where << " is corrupt: its header is not a JSON object");
-
-  // Metadata: the configuration, which determines every tensor the file must hold.
-  const auto meta_it = header.find("__metadata__");
-  CUFM_REQUIRE(meta_it != header.end() && meta_it->is_object(),
-               where << " is not a cuFM checkpoint: its header has no __metadata__ map");
-  const json& meta = *meta_it;
+// The metadata's configuration, which determines every tensor the file must hold.
+void read_metadata(const json& meta, const std::string& where, Checkpoint& ckpt) {
   const auto meta_string = [&](const char* key) {
     const auto it = meta.find(key);
     CUFM_REQUIRE(it != meta.end() && it->is_string(), where << ": metadata '" << key << "' is missing");
     return it->get<std::string>();
   };
+  CUFM_REQUIRE(!meta.empty(), where << " is not a cuFM checkpoint: its header has no __metadata__ map");
   CUFM_REQUIRE(meta_string("format") == kFormat,
                where << " is not a cuFM checkpoint (metadata format '" << meta_string("format") << "')");
   CUFM_REQUIRE(meta_string("format_version") == kFormatVersion,
                where << " has format version " << meta_string("format_version")
                      << "; this build reads version " << kFormatVersion);
-
-  Checkpoint ckpt;
   try {
     ckpt.model = mlp_config_from_json(meta_string("model"));
     ckpt.train = train_config_from_json(meta_string("train"));
   } catch (const Error& e) {
-    CUFM_FAIL(where << " has a bad configuration: " << e.what());
+    CUFM_FAIL(where << " has a bad configuration: " << e.message());
   }
   CUFM_REQUIRE(parse_u64(meta_string("step"), ckpt.state.step),
                where << ": metadata 'step' = '" << meta_string("step") << "' is not an unsigned integer");
   const auto dataset_it = meta.find("dataset");
   if (dataset_it != meta.end() && dataset_it->is_string()) ckpt.dataset = dataset_it->get<std::string>();
+}
 
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& path) {
+  const std::string where = "checkpoint '" + path + "'";
+  const detail::SafetensorsReader file(path, where);  // the container, checked against the file
+  Checkpoint ckpt;
+  read_metadata(file.metadata(), where, ckpt);
+
+  // Every entry must be one of the tensors the configuration implies, with its dtype and shape,
+  // and each of those must be present: checked before anything is allocated.
   const ParamLayout layout(ckpt.model);
-  const bool with_ema = header.contains("ema." + layout.tensors().front().name);
+  bool with_ema = false;
+  for (const detail::SafetensorsEntry& e : file.entries())
+    with_ema = with_ema || e.name.rfind("ema.", 0) == 0;
   const std::vector<TensorRef> expected = tensor_list(layout, with_ema ? WithEma::Yes : WithEma::No);
+  std::map<std::string, const TensorRef*> by_name;
+  for (const TensorRef& t : expected) by_name[t.name] = &t;
+  std::vector<std::pair<const detail::SafetensorsEntry*, const TensorRef*>> reads;
+  for (const detail::SafetensorsEntry& e : file.entries()) {
+    const auto found = by_name.find(e.name);
+    CUFM_REQUIRE(found != by_name.end(), where << " holds an unexpected tensor '" << e.name
+                                               << "' for its model configuration " << to_json(ckpt.model));
+    const TensorRef& t = *found->second;
+    const std::string what = where + " tensor '" + t.name + "'";
+    CUFM_REQUIRE(e.dtype == "F32", what << " has dtype " << e.dtype << "; cuFM stores F32");
+    CUFM_REQUIRE(e.shape == t.shape, what << " has shape " << shape_text(e.shape)
+                                          << " but the model configuration needs " << shape_text(t.shape));
+    CUFM_REQUIRE(e.end - e.begin == t.size * sizeof(float),
+                 what << " has data_offsets [" << e.begin << ", " << e.end << "] but shape "
+                      << shape_text(t.shape) << " of F32 needs " << t.size * sizeof(float) << " bytes");
+    by_name.erase(found);  // a name twice is caught here too
+    reads.emplace_back(&e, &t);
+  }
+  CUFM_REQUIRE(by_name.empty(), where << " is missing tensor '" << by_name.begin()->first << "'");
+  file.require_tiled();
+
+  // The file holds every byte the configuration claims (the container tiles its data section), so
+  // the allocation below is bounded by the file's real size, and by the memory there is.
+  const uint64_t buffers = with_ema ? 4 : 3;
+  detail::require_memory(detail::mul_sat(layout.total(), buffers * sizeof(float)),
+                         "loading " + where + " (" + std::to_string(layout.total()) + " parameters)",
+                         "load it on a machine with more memory");
   for (std::vector<float>* v : {&ckpt.state.params, &ckpt.state.adam_m, &ckpt.state.adam_v})
     v->resize(layout.total());
   if (with_ema) ckpt.state.ema.resize(layout.total());
-
-  std::map<std::string, const TensorRef*> by_name;
-  for (const TensorRef& t : expected) by_name[t.name] = &t;
-
-  // Each header entry must be one of the expected tensors with the expected dtype and shape.
-  struct Extent {
-    uint64_t begin, end;
-    const TensorRef* tensor;
-  };
-  std::vector<Extent> extents;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    if (it.key() == "__metadata__") continue;
-    const auto found = by_name.find(it.key());
-    CUFM_REQUIRE(found != by_name.end(), where << " holds an unexpected tensor '" << it.key()
-                                               << "' for its model configuration " << to_json(ckpt.model));
-    const TensorRef& t = *found->second;
-    const json& entry = it.value();
-    const std::string what = where + " tensor '" + t.name + "'";
-    CUFM_REQUIRE(entry.is_object(), what << " has a malformed header entry");
-    const auto dtype = entry.find("dtype");
-    CUFM_REQUIRE(dtype != entry.end() && dtype->is_string() && *dtype == "F32",
-                 what << " has dtype " << (dtype == entry.end() ? std::string("(none)") : dtype->dump())
-                      << "; cuFM stores F32");
-    const auto shape = entry.find("shape");
-    std::vector<int64_t> got_shape;
-    bool shape_ok = shape != entry.end() && shape->is_array();
-    if (shape_ok) {
-      for (const json& d : *shape) {
-        shape_ok = shape_ok && d.is_number_integer();
-        if (shape_ok) got_shape.push_back(d.get<int64_t>());
-      }
-    }
-    CUFM_REQUIRE(shape_ok && got_shape == t.shape,
-                 what << " has shape " << (shape_ok ? shape_text(got_shape) : std::string("(malformed)"))
-                      << " but the model configuration needs " << shape_text(t.shape));
-    const auto offsets = entry.find("data_offsets");
-    CUFM_REQUIRE(offsets != entry.end() && offsets->is_array() && offsets->size() == 2 &&
-                     (*offsets)[0].is_number_unsigned() && (*offsets)[1].is_number_unsigned(),
-                 what << " has malformed data_offsets; expected [begin, end]");
-    const uint64_t begin = (*offsets)[0].get<uint64_t>(), end = (*offsets)[1].get<uint64_t>();
-    CUFM_REQUIRE(begin <= end && end - begin == t.size * sizeof(float),
-                 what << " has data_offsets [" << begin << ", " << end << "] but shape "
-                      << shape_text(t.shape) << " of F32 needs " << t.size * sizeof(float) << " bytes");
-    CUFM_REQUIRE(end <= data_size, where << " is truncated: tensor '" << t.name << "' ends at byte " << end
-                                         << " of the data section, which has only " << data_size << " bytes");
-    extents.push_back({begin, end, &t});
-  }
-  for (const TensorRef& t : expected) {
-    const bool present =
-        std::any_of(extents.begin(), extents.end(), [&](const Extent& e) { return e.tensor == &t; });
-    CUFM_REQUIRE(present, where << " is missing tensor '" << t.name << "'");
-  }
-
-  // The tensors must tile the data section exactly: no overlap, no gap, nothing after.
-  std::sort(extents.begin(), extents.end(),
-            [](const Extent& a, const Extent& b) { return a.begin < b.begin; });
-  uint64_t cursor = 0;
-  for (const Extent& e : extents) {
-    CUFM_REQUIRE(e.begin >= cursor, where << " is corrupt: tensor '" << e.tensor->name
-                                          << "' at data_offsets [" << e.begin << ", " << e.end
-                                          << "] overlaps the tensor before it");
-    CUFM_REQUIRE(e.begin == cursor, where << " is corrupt: a gap of " << e.begin - cursor
-                                          << " bytes before tensor '" << e.tensor->name << "'");
-    cursor = e.end;
-  }
-  CUFM_REQUIRE(cursor == data_size,
-               where << " is corrupt: " << data_size - cursor << " bytes after the last tensor");
-
-  for (const Extent& e : extents) {
-    std::memcpy(buffer_of(ckpt.state, e.tensor->buffer).data() + e.tensor->offset,
-                file.data() + data_begin + e.begin, e.end - e.begin);
-  }
+  for (const auto& [entry, tensor] : reads)
+    file.read(*entry, buffer_of(ckpt.state, tensor->buffer).data() + tensor->offset);
   check_state(layout, ckpt.state, where);
   return ckpt;
 }

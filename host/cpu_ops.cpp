@@ -140,8 +140,13 @@ void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* par
   }
 }
 
+int max_threads() {
+  return 4 * std::max(1, omp_get_num_procs());
+}
+
 void set_threads(int threads) {
-  const int n = threads > 0 ? threads : omp_get_num_procs();
+  // More threads than 4x the cores only adds contention (and OpenBLAS's buffers per thread).
+  const int n = threads > 0 ? std::min(threads, max_threads()) : omp_get_num_procs();
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
 }

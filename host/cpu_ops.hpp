@@ -58,7 +58,9 @@ double l2_norm(const float* g, size_t n);
 void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m,
                float* v, float* ema);
 
-// Threads for the CPU backend's own loops and for OpenBLAS (0: all cores).
+// Threads for the CPU backend's own loops and for OpenBLAS (0: all cores; at most max_threads()).
 void set_threads(int threads);
+// 4x the cores: the most threads set_threads uses (the CLI says so when asked for more).
+int max_threads();
 
 }  // namespace cufm::cpu

@@ -14,6 +14,7 @@
 
 #include "cufm/error.hpp"
 #include "cufm/philox.hpp"
+#include "host/memory.hpp"
 
 namespace cufm {
 
@@ -181,6 +182,9 @@ Dataset make_toy(const std::string& name, int64_t n, uint64_t seed) {
   CUFM_REQUIRE(n >= 1 && n <= (int64_t{1} << 32),
                "toy dataset '" << name << "': n must be in [1, 2^32], got " << n);
 
+  detail::require_memory(detail::mul_sat(static_cast<uint64_t>(n), 2 * sizeof(float) + sizeof(int32_t)),
+                         "toy dataset '" + name + "' of " + std::to_string(n) + " points",
+                         "draw fewer points");
   Dataset d;
   d.name = name;
   d.n = n;

@@ -6,9 +6,7 @@ namespace cufm::detail {
 
 void throw_error(const char* file, int line, const std::string& message) {
   const char* base = std::strrchr(file, '/');
-  std::ostringstream os;
-  os << message << " [" << (base ? base + 1 : file) << ":" << line << "]";
-  throw Error(os.str());
+  throw Error(message, std::string(base ? base + 1 : file) + ":" + std::to_string(line));
 }
 
 }  // namespace cufm::detail

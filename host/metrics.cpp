@@ -1,6 +1,8 @@
 // Sample-set distances: sliced Wasserstein-2 and energy distance, on the CPU in double.
 #include "cufm/metrics.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -8,19 +10,23 @@
 
 #include "cufm/error.hpp"
 #include "cufm/philox.hpp"
+#include "host/memory.hpp"
 
 namespace cufm {
 
 namespace {
 
+constexpr int kMaxProjections = 1000000;
+
 void check_sets(const float* a, int64_t na, const float* b, int64_t nb, int dim) {
   CUFM_REQUIRE(a && b, "metrics: null sample set");
-  CUFM_REQUIRE(na >= 1 && nb >= 1, "metrics: both sample sets must be non-empty, got " << na << " and " << nb);
+  CUFM_REQUIRE(na >= 1 && nb >= 1,
+               "metrics: both sample sets must be non-empty, got " << na << " and " << nb);
   CUFM_REQUIRE(dim >= 1, "metrics: dim must be >= 1, got " << dim);
   auto finite = [dim](const float* p, int64_t n, const char* which) {
     for (int64_t i = 0; i < n * dim; ++i) {
       CUFM_REQUIRE(std::isfinite(p[i]), "metrics: the " << which << " set holds a non-finite value at row "
-                                                         << i / dim << ", column " << i % dim);
+                                                        << i / dim << ", column " << i % dim);
     }
   };
   finite(a, na, "first");
@@ -42,8 +48,8 @@ std::vector<int64_t> subset(int64_t n, int64_t k, uint64_t seed, uint32_t which)
   return idx;
 }
 
-double mean_distance(const float* a, const std::vector<int64_t>& ia, const float* b, const std::vector<int64_t>& ib,
-                     int dim) {
+double mean_distance(const float* a, const std::vector<int64_t>& ia, const float* b,
+                     const std::vector<int64_t>& ib, int dim) {
   double total = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
   for (size_t i = 0; i < ia.size(); ++i) {
@@ -68,8 +74,18 @@ double mean_distance(const float* a, const std::vector<int64_t>& ia, const float
 double sliced_wasserstein2(const float* a, int64_t na, const float* b, int64_t nb, int dim, int projections,
                            uint64_t seed) {
   check_sets(a, na, b, nb, dim);
-  CUFM_REQUIRE(projections >= 1, "sliced_wasserstein2: projections must be >= 1, got " << projections);
+  CUFM_REQUIRE(
+      projections >= 1 && projections <= kMaxProjections,
+      "sliced_wasserstein2: projections must be in [1, " << kMaxProjections << "], got " << projections);
   const int64_t levels = std::max(na, nb);
+  // Each thread sorts one projection of both sets at a time.
+  detail::require_memory(
+      detail::add_sat(
+          static_cast<uint64_t>(projections) * sizeof(double),
+          detail::mul_sat(static_cast<uint64_t>(na) + static_cast<uint64_t>(nb),
+                          sizeof(double) * static_cast<uint64_t>(std::max(1, omp_get_max_threads())))),
+      "sliced_wasserstein2 over " + std::to_string(na) + " and " + std::to_string(nb) + " points",
+      "pass fewer points or use fewer threads");
   std::vector<double> per_projection(projections);
 #pragma omp parallel for schedule(dynamic)
   for (int p = 0; p < projections; ++p) {
@@ -78,7 +94,8 @@ double sliced_wasserstein2(const float* a, int64_t na, const float* b, int64_t n
     double norm = 0.0;
     for (int g = 0; g < (dim + 3) / 4; ++g) {
       float z[4];
-      rng::normal4(seed, rng::kMetricStream, 0x80000000u + static_cast<uint32_t>(p), static_cast<uint32_t>(g), z);
+      rng::normal4(seed, rng::kMetricStream, 0x80000000u + static_cast<uint32_t>(p), static_cast<uint32_t>(g),
+                   z);
       for (int k = 0; k < 4 && 4 * g + k < dim; ++k) {
         dir[4 * g + k] = z[k];
         norm += static_cast<double>(z[k]) * z[k];
@@ -114,6 +131,11 @@ double energy_distance(const float* a, int64_t na, const float* b, int64_t nb, i
                        uint64_t seed) {
   check_sets(a, na, b, nb, dim);
   CUFM_REQUIRE(max_points >= 2, "energy_distance: max_points must be >= 2, got " << max_points);
+  // Two index lists of each set's size (the subsets are drawn from a full shuffle's prefix).
+  detail::require_memory(
+      detail::mul_sat(static_cast<uint64_t>(na) + static_cast<uint64_t>(nb), 2 * sizeof(int64_t)),
+      "energy_distance over " + std::to_string(na) + " and " + std::to_string(nb) + " points",
+      "pass fewer points");
   const std::vector<int64_t> ia = subset(na, max_points, seed, 0), ib = subset(nb, max_points, seed, 1);
   // The V-statistic: non-negative, and zero only for identical empirical sets.
   const double xy = mean_distance(a, ia, b, ib, dim);

@@ -7,6 +7,7 @@
 #include "cufm/error.hpp"
 #include "cufm/philox.hpp"
 #include "host/cpu_ops.hpp"
+#include "host/memory.hpp"
 
 namespace cufm {
 
@@ -22,16 +23,18 @@ void MlpConfig::validate() const {
                "model time_features must be 0 (raw t) or an even number up to 64, got " << time_features);
   CUFM_REQUIRE(num_classes >= 0 && num_classes <= 100000,
                "model num_classes must be in [0, 100000], got " << num_classes);
-  CUFM_REQUIRE(activation == Activation::SiLU || activation == Activation::ReLU ||
-                   activation == Activation::GELU,
-               "model activation must be silu, relu or gelu");
+  CUFM_REQUIRE(
+      activation == Activation::SiLU || activation == Activation::ReLU || activation == Activation::GELU,
+      "model activation must be silu, relu or gelu");
 }
 
 int MlpConfig::input_dim() const {
   return data_dim + hd::time_feature_count(time_features) + (num_classes > 0 ? num_classes + 1 : 0);
 }
 
-int MlpConfig::layer_in(int l) const { return l == 0 ? input_dim() : hidden[l - 1]; }
+int MlpConfig::layer_in(int l) const {
+  return l == 0 ? input_dim() : hidden[l - 1];
+}
 int MlpConfig::layer_out(int l) const {
   return l == static_cast<int>(hidden.size()) ? data_dim : hidden[l];
 }
@@ -43,9 +46,12 @@ bool MlpConfig::operator==(const MlpConfig& o) const {
 
 const char* to_string(Activation a) {
   switch (a) {
-    case Activation::ReLU: return "relu";
-    case Activation::GELU: return "gelu";
-    default: return "silu";
+    case Activation::ReLU:
+      return "relu";
+    case Activation::GELU:
+      return "gelu";
+    default:
+      return "silu";
   }
 }
 
@@ -70,14 +76,17 @@ ParamLayout::ParamLayout(const MlpConfig& config) {
 }
 
 Model::Model(const MlpConfig& config, uint64_t seed) : config_(config), layout_(config) {
+  detail::require_memory(detail::mul_sat(layout_.total(), sizeof(float)),
+                         "a model of " + std::to_string(layout_.total()) + " parameters",
+                         "use smaller widths");
   params_.resize(layout_.total());
   const auto& tensors = layout_.tensors();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const int layer = static_cast<int>(i / 2);
     const float bound = 1.0f / std::sqrt(static_cast<float>(config.layer_in(layer)));
     for (size_t k = tensors[i].offset; k < tensors[i].offset + tensors[i].size; ++k) {
-      const Philox4x32 r = rng::draw(seed, rng::kInitStream, static_cast<uint32_t>(k >> 34),
-                                     static_cast<uint32_t>(k >> 2));
+      const Philox4x32 r =
+          rng::draw(seed, rng::kInitStream, static_cast<uint32_t>(k >> 34), static_cast<uint32_t>(k >> 2));
       params_[k] = (2.0f * hd::uniform01(r.v[k & 3]) - 1.0f) * bound;
     }
   }

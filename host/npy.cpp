@@ -18,6 +18,7 @@
 #include "cufm/dataset.hpp"
 #include "cufm/error.hpp"
 #include "host/atomic_file.hpp"
+#include "host/memory.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "cuFM's file formats assume a little-endian host");
 
@@ -348,6 +349,9 @@ NpyArray read_npy(const std::string& path) {
   CUFM_REQUIRE(available == data_bytes, "'" << path << "' is corrupt: " << available - data_bytes
                                             << " unexpected bytes after the array data");
 
+  detail::require_memory(detail::add_sat(data_bytes, detail::mul_sat(count, sizeof(double))),
+                         "reading '" + path + "' (shape " + shape_text(shape) + ")",
+                         "use a smaller file or a machine with more memory");
   std::vector<char> raw(data_bytes);
   read_bytes(raw.data(), data_bytes, "array data");
 

@@ -16,11 +16,16 @@ namespace cufm {
 
 const char* to_string(Solver s) {
   switch (s) {
-    case Solver::Euler: return "euler";
-    case Solver::Midpoint: return "midpoint";
-    case Solver::Heun: return "heun";
-    case Solver::RK4: return "rk4";
-    default: return "dopri5";
+    case Solver::Euler:
+      return "euler";
+    case Solver::Midpoint:
+      return "midpoint";
+    case Solver::Heun:
+      return "heun";
+    case Solver::RK4:
+      return "rk4";
+    default:
+      return "dopri5";
   }
 }
 
@@ -33,11 +38,15 @@ Solver parse_solver(const std::string& s) {
 
 int solver_order(Solver s) {
   switch (s) {
-    case Solver::Euler: return 1;
+    case Solver::Euler:
+      return 1;
     case Solver::Midpoint:
-    case Solver::Heun: return 2;
-    case Solver::RK4: return 4;
-    default: return 5;
+    case Solver::Heun:
+      return 2;
+    case Solver::RK4:
+      return 4;
+    default:
+      return 5;
   }
 }
 
@@ -45,16 +54,20 @@ void SampleConfig::validate(const MlpConfig& model) const {
   CUFM_REQUIRE(count >= 1 && count <= (int64_t{1} << 31), "sample count must be in [1, 2^31], got " << count);
   CUFM_REQUIRE(solver == Solver::Dopri5 || (steps >= 1 && steps <= 1000000),
                "steps must be in [1, 10^6], got " << steps);
-  CUFM_REQUIRE(solver != Solver::Dopri5 || (atol > 0.0f && rtol >= 0.0f && max_steps >= 1),
-               "dopri5 needs atol > 0, rtol >= 0 and max_steps >= 1, got atol " << atol << " rtol " << rtol
-                                                                               << " max_steps " << max_steps);
-  CUFM_REQUIRE(labels.empty() || labels.size() == 1 || static_cast<int64_t>(labels.size()) == count,
-               "labels: give none, one for all samples, or one per sample (" << count << "), got "
-                                                                            << labels.size());
+  // Tolerances below ~1e-15 are meaningless in fp32 (a step's error is ~1e-7 of the state) and make
+  // the scaled error (err / (atol + rtol |x|))^2 overflow.
+  CUFM_REQUIRE(solver != Solver::Dopri5 || (std::isfinite(atol) && atol >= 1e-15f && std::isfinite(rtol) &&
+                                            rtol >= 0.0f && max_steps >= 1),
+               "dopri5 needs a finite atol >= 1e-15, a finite rtol >= 0 and max_steps >= 1, got atol "
+                   << atol << " rtol " << rtol << " max_steps " << max_steps);
+  CUFM_REQUIRE(
+      labels.empty() || labels.size() == 1 || static_cast<int64_t>(labels.size()) == count,
+      "labels: give none, one for all samples, or one per sample (" << count << "), got " << labels.size());
   CUFM_REQUIRE(labels.empty() || model.num_classes > 0, "labels given, but the model is unconditional");
   for (size_t i = 0; i < labels.size(); ++i) {
-    CUFM_REQUIRE(labels[i] >= 0 && labels[i] < model.num_classes,
-                 "label " << labels[i] << " at index " << i << " is outside [0, " << model.num_classes << ")");
+    CUFM_REQUIRE(labels[i] >= 0 && labels[i] < model.num_classes, "label " << labels[i] << " at index " << i
+                                                                           << " is outside [0, "
+                                                                           << model.num_classes << ")");
   }
   CUFM_REQUIRE(!guidance || model.num_classes > 0, "guidance needs a conditional model (num_classes > 0)");
   CUFM_REQUIRE(!guidance || !labels.empty(), "guidance needs class labels to guide towards");
@@ -62,12 +75,24 @@ void SampleConfig::validate(const MlpConfig& model) const {
   CUFM_REQUIRE(threads >= 0, "threads must be >= 0, got " << threads);
 }
 
+namespace hd::dopri5 {
+void check_step(float h, float t, float span) {
+  CUFM_REQUIRE(std::isfinite(h), "dopri5's step size became "
+                                     << h << " at t = " << t
+                                     << ": the velocity field returned NaN or Inf there");
+  CUFM_REQUIRE(h > 1e-7f * span, "dopri5's step size collapsed to "
+                                     << h << " at t = " << t
+                                     << ": the field is not smooth enough for atol/rtol; loosen them");
+}
+}  // namespace hd::dopri5
+
 void sampler_noise(uint64_t seed, int64_t first, int64_t count, int dim, float* x0) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) {
     float z[4];
     for (int g = 0; g < (dim + 3) / 4; ++g) {
-      rng::normal4(seed, rng::kSamplerNoiseStream, static_cast<uint32_t>(first + i), static_cast<uint32_t>(g), z);
+      rng::normal4(seed, rng::kSamplerNoiseStream, static_cast<uint32_t>(first + i), static_cast<uint32_t>(g),
+                   z);
       for (int k = 0; k < 4 && 4 * g + k < dim; ++k) x0[i * dim + 4 * g + k] = z[k];
     }
   }
@@ -106,8 +131,8 @@ struct Trajectory {
   }
 };
 
-OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, int steps, float atol, float rtol,
-                         int max_steps, float t0, float t1, const Trajectory& traj) {
+OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, int steps, float atol,
+                         float rtol, int max_steps, float t0, float t1, const Trajectory& traj) {
   OdeResult r;
   const size_t n = x.size();
   std::vector<float> k1(n), k2(n), k3(n), k4(n), k5(n), k6(n), k7(n), y(n);
@@ -166,14 +191,12 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
   const std::vector<float> zero(n, 0.0f);
   {
     const double d0 = rms_scaled(x, x, zero, atol, rtol), d1 = rms_scaled(k1, x, zero, atol, rtol);
-    double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
-    h0 = std::min<double>(h0, span);
+    const double h0 = dp::first_guess(d0, d1, span);
     combine(y, x, static_cast<float>(h0), {{1.0f, &k1}});
     eval(t + static_cast<float>(h0), y, k2);
     for (size_t i = 0; i < n; ++i) k3[i] = k2[i] - k1[i];
     const double d2 = rms_scaled(k3, x, zero, atol, rtol) / h0;
-    const double h1 = std::max(d1, d2) <= 1e-15 ? std::max(1e-6, h0 * 1e-3) : std::pow(0.01 / std::max(d1, d2), 0.2);
-    h = static_cast<float>(std::min({100.0 * h0, h1, static_cast<double>(span)}));
+    h = dp::initial_step(h0, d1, d2, span);
   }
   std::vector<float> err(n);
   while (t < t1) {
@@ -206,9 +229,7 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
       ++r.rejected_steps;
     }
     h *= dp::step_factor(e);
-    CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to " << h << " at t = " << t
-                                                                     << ": the field is not smooth enough for "
-                                                                        "atol/rtol; loosen them");
+    dp::check_step(h, t, span);
   }
   r.x = std::move(x);
   return r;
@@ -268,8 +289,9 @@ class ModelField {
 
 }  // namespace
 
-OdeResult integrate(const std::function<void(float t, const float* x, float* v)>& velocity, std::vector<float> x0,
-                    Solver solver, int steps, float atol, float rtol, int max_steps, float t0, float t1) {
+OdeResult integrate(const std::function<void(float t, const float* x, float* v)>& velocity,
+                    std::vector<float> x0, Solver solver, int steps, float atol, float rtol, int max_steps,
+                    float t0, float t1) {
   CUFM_REQUIRE(solver == Solver::Dopri5 || steps >= 1, "integrate: steps must be >= 1, got " << steps);
   CUFM_REQUIRE(t1 > t0, "integrate: t1 must be > t0");
   return integrate_impl(velocity, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1, Trajectory{});
@@ -305,8 +327,9 @@ SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
   resolve_device(config.device);  // throws for an explicit --device cuda
 #endif
   config.validate(model.config());
-  CUFM_REQUIRE(config.precision == Precision::FP32,
-               "precision " << to_string(config.precision) << " needs the CUDA backend; the CPU samples in fp32");
+  CUFM_REQUIRE(
+      config.precision == Precision::FP32,
+      "precision " << to_string(config.precision) << " needs the CUDA backend; the CPU samples in fp32");
   cpu::set_threads(config.threads);
   const int D = model.config().data_dim;
   SampleResult res;
@@ -318,9 +341,9 @@ SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
   ModelField field(model, config);
   Trajectory traj;
   if (config.keep_trajectory) traj = Trajectory{&res.times, &res.trajectory};
-  OdeResult r = integrate_impl([&](float t, const float* x, float* v) { field(t, x, v); }, std::move(x0),
-                               config.solver, config.steps, config.atol, config.rtol, config.max_steps, 0.0f,
-                               1.0f, traj);
+  OdeResult r =
+      integrate_impl([&](float t, const float* x, float* v) { field(t, x, v); }, std::move(x0), config.solver,
+                     config.steps, config.atol, config.rtol, config.max_steps, 0.0f, 1.0f, traj);
   res.x = std::move(r.x);
   res.evaluations = r.evaluations;
   res.accepted_steps = r.accepted_steps;

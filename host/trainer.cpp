@@ -1,15 +1,18 @@
 #include "cufm/trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
+#include "host/memory.hpp"
 
 namespace cufm {
 
 void TrainConfig::validate() const {
-  CUFM_REQUIRE(batch_size >= 1 && batch_size <= (1 << 26), "batch_size must be in [1, 2^26], got " << batch_size);
+  CUFM_REQUIRE(batch_size >= 1 && batch_size <= (1 << 26),
+               "batch_size must be in [1, 2^26], got " << batch_size);
   CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
                "sigma_min must be in [0, 1), got " << path.sigma_min);
   CUFM_REQUIRE(std::isfinite(path.logit_mean) && std::isfinite(path.logit_std) && path.logit_std > 0.0f,
@@ -36,13 +39,36 @@ void check_data(const MlpConfig& model, const Dataset& data) {
   data.validate();
   CUFM_REQUIRE(data.dim == model.data_dim,
                "the data has " << data.dim << " dims but the model's data_dim is " << model.data_dim);
-  CUFM_REQUIRE(data.n <= 0xFFFFFFFFll, "the data has " << data.n << " points; at most 2^32 - 1 are supported");
+  CUFM_REQUIRE(data.n <= 0xFFFFFFFFll,
+               "the data has " << data.n << " points; at most 2^32 - 1 are supported");
   if (model.num_classes > 0) {
-    CUFM_REQUIRE(data.labelled(), "the model is conditional (" << model.num_classes
-                                                               << " classes) but the data has no labels");
+    CUFM_REQUIRE(data.labelled(),
+                 "the model is conditional (" << model.num_classes << " classes) but the data has no labels");
     CUFM_REQUIRE(data.num_classes <= model.num_classes,
                  "the data has " << data.num_classes << " classes but the model only " << model.num_classes);
   }
+}
+
+// Host memory a trainer holds: on the CPU the dataset's copy and one batch's activations; on both
+// the parameters with their gradient, Adam moments, EMA and the copy state() hands out.
+uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dataset& data, Device device) {
+  using detail::add_sat;
+  using detail::mul_sat;
+  const uint64_t params = ParamLayout(m).total();
+  uint64_t bytes = mul_sat(params, 6 * sizeof(float));
+  if (device == Device::CPU) {
+    bytes =
+        add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n), data.dim * sizeof(float) + sizeof(int32_t)));
+    uint64_t row = static_cast<uint64_t>(m.input_dim()) + 2 * static_cast<uint64_t>(m.data_dim);
+    int widest = m.input_dim();
+    for (int h : m.hidden) {
+      row += 2 * static_cast<uint64_t>(h);
+      widest = std::max(widest, h);
+    }
+    row += 2 * static_cast<uint64_t>(widest);
+    bytes = add_sat(bytes, mul_sat(mul_sat(static_cast<uint64_t>(c.batch_size), row), sizeof(float)));
+  }
+  return bytes;
 }
 
 std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfig& model,
@@ -72,10 +98,16 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
   check_data(model_config_, data);
   for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
     for (size_t i = 0; i < buf->size(); ++i) {
-      CUFM_REQUIRE(std::isfinite((*buf)[i]), "trainer: the initial state holds a non-finite value at index " << i);
+      CUFM_REQUIRE(std::isfinite((*buf)[i]),
+                   "trainer: the initial state holds a non-finite value at index " << i);
     }
   }
   device_ = resolve_device(config_.device);
+  detail::require_memory(
+      host_training_bytes(model_config_, config_, data, device_),
+      "training (model, optimiser" +
+          std::string(device_ == Device::CPU ? ", dataset copy and a batch's activations)" : ")"),
+      "use a smaller batch, smaller widths or a subset of the data");
   backend_ = make_backend(device_, model_config_, config_, data, state);
 }
 
@@ -88,7 +120,9 @@ float Trainer::step() {
   return backend_->loss();
 }
 
-void Trainer::run(uint64_t n) { backend_->run(n); }
+void Trainer::run(uint64_t n) {
+  backend_->run(n);
+}
 
 float Trainer::loss() {
   CUFM_REQUIRE(backend_->step_count() > 0, "trainer: loss() asked before any step ran");
@@ -111,9 +145,15 @@ void Trainer::fit(uint64_t steps, const std::function<void(const FitProgress&)>&
   }
 }
 
-uint64_t Trainer::step_count() const { return backend_->step_count(); }
-TrainState Trainer::state() const { return backend_->state(); }
-Model Trainer::model() const { return Model(model_config_, backend_->state().params); }
+uint64_t Trainer::step_count() const {
+  return backend_->step_count();
+}
+TrainState Trainer::state() const {
+  return backend_->state();
+}
+Model Trainer::model() const {
+  return Model(model_config_, backend_->state().params);
+}
 
 Model Trainer::ema_model() const {
   TrainState s = backend_->state();

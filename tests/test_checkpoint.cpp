@@ -273,7 +273,7 @@ TEST_F(BadCheckpoint, CorruptHeaders) {
   EXPECT_THAT(with_header("x" + good_.header.substr(1)), HasSubstr("not valid JSON"));
   EXPECT_THAT(with_header("[1, 2, 3]"), HasSubstr("not a JSON object"));
   EXPECT_THAT(with_header(replaced(good_.header, "__metadata__", "__metadataX_")),
-              HasSubstr("no __metadata__"));
+              HasSubstr("tensor '__metadataX_' has no dtype"));
   EXPECT_THAT(with_header(replaced(good_.header, "\"cufm-checkpoint\"", "\"other-checkpoint\"")),
               HasSubstr("not a cuFM checkpoint"));
   EXPECT_THAT(with_header(replaced(good_.header, "\"format_version\":\"1\"", "\"format_version\":\"2\"")),
@@ -292,7 +292,7 @@ TEST_F(BadCheckpoint, TensorsInconsistentWithTheConfig) {
                                    "\"dtype\":\"F32\",\"shape\":[16,12]")),
               HasSubstr("has shape [16, 12] but the model configuration needs [12, 16]"));
   EXPECT_THAT(with_header(replaced(good_.header, "\"dtype\":\"F32\"", "\"dtype\":\"F16\"")),
-              HasSubstr("has dtype \"F16\"; cuFM stores F32"));
+              HasSubstr("has dtype F16; cuFM stores F32"));
   EXPECT_THAT(with_header(replaced(good_.header, "\"adam_v.layers.2.bias\"", "\"adam_v.layers.9.bias\"")),
               HasSubstr("unexpected tensor 'adam_v.layers.9.bias'"));
   // Remove one tensor's entry (and leave its bytes): reported as missing.
@@ -362,11 +362,12 @@ TEST(CheckpointSave, FailedSaveLeavesOldFileIntact) {
 
 TEST(CheckpointSave, UnwritableTargets) {
   TempDir dir;
-  // The target is a folder: the final rename fails; the folder and its contents are untouched.
+  // The target is a folder: refused before anything is written; the folder and its contents stay.
   const std::string sub = dir.file("sub");
   ASSERT_EQ(0, mkdir(sub.c_str(), 0755));
   write_bytes(sub + "/keep", "keep");
-  EXPECT_THAT(error_of([&] { cufm::save_checkpoint(sub, make_checkpoint(false)); }), HasSubstr("unchanged"));
+  EXPECT_THAT(error_of([&] { cufm::save_checkpoint(sub, make_checkpoint(false)); }),
+              HasSubstr("exists and is a folder"));
   EXPECT_EQ(read_bytes(sub + "/keep"), "keep");
   // The folder does not exist: nothing is created.
   EXPECT_THAT(

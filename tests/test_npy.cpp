@@ -193,11 +193,11 @@ TEST(Npy, WriteReplacesWholeOrNotAtAll) {
   EXPECT_EQ(cufm::read_npy(target).values, (std::vector<double>{1.0, 2.0}));
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"t.npy"});
 
-  // Onto a path that is a folder: the rename fails, the folder and its contents stay.
+  // Onto a path that is a folder: refused before anything is written; the folder and its contents stay.
   const std::string sub = dir.file("sub");
   ASSERT_EQ(0, mkdir(sub.c_str(), 0755));
   write_bytes(sub + "/keep", "keep");
-  EXPECT_THAT(error_of([&] { cufm::write_npy(sub, x.data(), {2}); }), HasSubstr("unchanged"));
+  EXPECT_THAT(error_of([&] { cufm::write_npy(sub, x.data(), {2}); }), HasSubstr("exists and is a folder"));
   EXPECT_EQ(read_bytes(sub + "/keep"), "keep");
   EXPECT_EQ(dir.entries().size(), 2u);
 

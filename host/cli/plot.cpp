@@ -66,13 +66,47 @@ PlotRange fit_range(const float* xy, int64_t n, int dim, int dx, int dy) {
   return {cx - half, cx + half, cy - half, cy + half};
 }
 
-}  // namespace
+// Encodes w x h RGB pixels with libpng and writes them through a temporary file.
+void encode_png(const std::string& path, const std::vector<png_byte>& rgb, int w, int h) {
+  png_image image;
+  std::memset(&image, 0, sizeof image);
+  image.version = PNG_IMAGE_VERSION;
+  image.width = static_cast<png_uint_32>(w);
+  image.height = static_cast<png_uint_32>(h);
+  image.format = PNG_FORMAT_RGB;
+  png_alloc_size_t size = 0;
+  const png_int_32 stride = 3 * w;
+  const bool sized = png_image_write_to_memory(&image, nullptr, &size, 0, rgb.data(), stride, nullptr) != 0;
+  CUFM_REQUIRE(sized, "plot '" << path << "': PNG encoding failed (" << image.message << ")");
+  std::vector<png_byte> encoded(size);
+  const bool written =
+      png_image_write_to_memory(&image, encoded.data(), &size, 0, rgb.data(), stride, nullptr) != 0;
+  png_image_free(&image);
+  CUFM_REQUIRE(written, "plot '" << path << "': PNG encoding failed (" << image.message << ")");
 
-PlotStats write_density_png(const std::string& path, const float* xy, int64_t n, int dim,
-                            const PlotOptions& options) {
+  detail::AtomicFile out(path);
+  out.write(encoded.data(), size);
+  out.commit();
+}
+
+void check_size(const std::string& path, const PlotOptions& options) {
   CUFM_REQUIRE(options.width >= 1 && options.width <= 16384 && options.height >= 1 && options.height <= 16384,
                "plot '" << path << "': image size " << options.width << "x" << options.height
                         << " must be within 1..16384 pixels per side");
+}
+
+}  // namespace
+
+void check_range(const PlotRange& r) {
+  CUFM_REQUIRE(std::isfinite(r.x_min) && std::isfinite(r.x_max) && std::isfinite(r.y_min) &&
+                   std::isfinite(r.y_max) && r.x_min < r.x_max && r.y_min < r.y_max,
+               "the plot's range x [" << r.x_min << ", " << r.x_max << "], y [" << r.y_min << ", " << r.y_max
+                                      << "] must be finite with min < max");
+}
+
+PlotStats write_density_png(const std::string& path, const float* xy, int64_t n, int dim,
+                            const PlotOptions& options) {
+  check_size(path, options);
   CUFM_REQUIRE(dim >= 2, "plot '" << path << "': samples have " << dim
                                   << " dimension(s); a density plot needs at least 2");
   CUFM_REQUIRE(options.dim_x >= 0 && options.dim_x < dim && options.dim_y >= 0 && options.dim_y < dim,
@@ -84,10 +118,7 @@ PlotStats write_density_png(const std::string& path, const float* xy, int64_t n,
   PlotStats stats;
   stats.range = options.range ? *options.range : fit_range(xy, n, dim, options.dim_x, options.dim_y);
   const PlotRange& r = stats.range;
-  CUFM_REQUIRE(std::isfinite(r.x_min) && std::isfinite(r.x_max) && std::isfinite(r.y_min) &&
-                   std::isfinite(r.y_max) && r.x_min < r.x_max && r.y_min < r.y_max,
-               "plot '" << path << "': range x [" << r.x_min << ", " << r.x_max << "], y [" << r.y_min << ", "
-                        << r.y_max << "] must be finite with min < max");
+  check_range(r);
 
   const int w = options.width, h = options.height;
   std::vector<uint32_t> counts(static_cast<size_t>(w) * h, 0);
@@ -120,25 +151,67 @@ PlotStats write_density_png(const std::string& path, const float* xy, int64_t n,
     rgb[3 * k + 2] = static_cast<png_byte>(std::lround(c.b));
   }
 
-  png_image image;
-  std::memset(&image, 0, sizeof image);
-  image.version = PNG_IMAGE_VERSION;
-  image.width = static_cast<png_uint_32>(w);
-  image.height = static_cast<png_uint_32>(h);
-  image.format = PNG_FORMAT_RGB;
-  png_alloc_size_t size = 0;
-  const png_int_32 stride = 3 * w;
-  const bool sized = png_image_write_to_memory(&image, nullptr, &size, 0, rgb.data(), stride, nullptr) != 0;
-  CUFM_REQUIRE(sized, "plot '" << path << "': PNG encoding failed (" << image.message << ")");
-  std::vector<png_byte> encoded(size);
-  const bool written =
-      png_image_write_to_memory(&image, encoded.data(), &size, 0, rgb.data(), stride, nullptr) != 0;
-  png_image_free(&image);
-  CUFM_REQUIRE(written, "plot '" << path << "': PNG encoding failed (" << image.message << ")");
+  encode_png(path, rgb, w, h);
+  return stats;
+}
 
-  detail::AtomicFile out(path);
-  out.write(encoded.data(), size);
-  out.commit();
+PlotStats write_histogram_png(const std::string& path, const float* x, int64_t n,
+                              const PlotOptions& options) {
+  check_size(path, options);
+  CUFM_REQUIRE(n >= 1, "plot '" << path << "': no samples to plot (n = " << n << ")");
+  CUFM_REQUIRE(x != nullptr, "plot '" << path << "': samples pointer is null");
+  PlotStats stats;
+  if (options.range) {
+    stats.range = *options.range;
+  } else {
+    std::vector<float> xs;
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isfinite(x[i])) xs.push_back(x[i]);
+    }
+    stats.range = PlotRange{};
+    if (!xs.empty()) {
+      float lo, hi;
+      robust_extent(xs, lo, hi);
+      const float half = std::max(hi - lo, 1e-3f) * 0.55f, c = 0.5f * (lo + hi);
+      stats.range.x_min = c - half;
+      stats.range.x_max = c + half;
+    }
+  }
+  check_range(stats.range);
+  const int w = options.width, h = options.height;
+  std::vector<uint64_t> counts(static_cast<size_t>(w), 0);
+  const double sx = w / (static_cast<double>(stats.range.x_max) - stats.range.x_min);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) {
+      ++stats.non_finite;
+      continue;
+    }
+    const double col = std::floor((x[i] - static_cast<double>(stats.range.x_min)) * sx);
+    if (col < 0 || col >= w) {
+      ++stats.outside;
+      continue;
+    }
+    ++counts[static_cast<size_t>(col)];
+    ++stats.plotted;
+  }
+  // One bar per column, its height proportional to the count (linear: a histogram's shape), on
+  // the ramp's dark end; the bar's colour runs up the ramp with the height.
+  const uint64_t max_count = *std::max_element(counts.begin(), counts.end());
+  std::vector<png_byte> rgb(static_cast<size_t>(w) * h * 3);
+  for (int row = 0; row < h; ++row) {
+    const double level = static_cast<double>(h - row) / h;  // 1 at the top row
+    for (int col = 0; col < w; ++col) {
+      const double height =
+          max_count > 0 ? static_cast<double>(counts[col]) / static_cast<double>(max_count) : 0.0;
+      const Rgb c =
+          height >= level && height > 0 ? ramp(static_cast<float>(0.35 + 0.65 * level)) : ramp(0.0f);
+      const size_t k = (static_cast<size_t>(row) * w + col) * 3;
+      rgb[k] = static_cast<png_byte>(std::lround(c.r));
+      rgb[k + 1] = static_cast<png_byte>(std::lround(c.g));
+      rgb[k + 2] = static_cast<png_byte>(std::lround(c.b));
+    }
+  }
+  encode_png(path, rgb, w, h);
   return stats;
 }
 

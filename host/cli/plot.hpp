@@ -1,5 +1,6 @@
 // PNG pictures of samples for the CLI: a log-scaled 2D histogram of the first two (or two chosen)
-// dimensions, so a trained model's samples can be compared with its data at a glance.
+// dimensions, or a histogram of 1-D samples, so a trained model's samples can be compared with its
+// data at a glance.
 #pragma once
 
 #include <cstdint>
@@ -32,5 +33,12 @@ struct PlotStats {
 // through a temporary file renamed into place. Throws cufm::Error on bad arguments or I/O failure.
 PlotStats write_density_png(const std::string& path, const float* xy, int64_t n, int dim,
                             const PlotOptions& options = {});
+
+// 1-D samples x [n] as a histogram (one bar per pixel column over [x_min, x_max]; y_min/y_max unused).
+PlotStats write_histogram_png(const std::string& path, const float* x, int64_t n, const PlotOptions& options = {});
+
+// Throws cufm::Error unless the range is finite with min < max on both axes: the CLI checks it
+// before any work.
+void check_range(const PlotRange& range);
 
 }  // namespace cufm::cli

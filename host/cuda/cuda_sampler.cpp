@@ -377,14 +377,11 @@ class CudaSampler {
     float h;
     {
       const double d0 = rms(x, x, nullptr), d1 = rms(k1, x, nullptr);
-      double h0 = (d0 < 1e-5 || d1 < 1e-5) ? 1e-6 : 0.01 * d0 / d1;
-      h0 = std::min<double>(h0, span);
+      const double h0 = dp::first_guess(d0, d1, span);
       eval(t + static_cast<float>(h0), comb(x, static_cast<float>(h0), {{1.0f, k1}}), k(1), y, s);
       cuda::solver_update(comb(k(1), 1.0f, {{-1.0f, k1}}), elems_, k(2), nullptr, 0, 0, nullptr, nullptr, s);
       const double d2 = rms(k(2), x, nullptr) / h0;
-      const double h1 =
-          std::max(d1, d2) <= 1e-15 ? std::max(1e-6, h0 * 1e-3) : std::pow(0.01 / std::max(d1, d2), 0.2);
-      h = static_cast<float>(std::min({100.0 * h0, h1, static_cast<double>(span)}));
+      h = dp::initial_step(h0, d1, d2, span);
     }
     while (t < t1) {
       CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_->max_steps,
@@ -422,10 +419,7 @@ class CudaSampler {
         ++res.rejected_steps;
       }
       h *= dp::step_factor(e);
-      CUFM_REQUIRE(h > 1e-7f * span, "dopri5 step size collapsed to "
-                                         << h << " at t = " << t
-                                         << ": the field is not smooth enough for "
-                                            "atol/rtol; loosen them");
+      dp::check_step(h, t, span);
     }
     final_x_ = x;
   }

@@ -206,6 +206,28 @@ inline float step_factor(double err) {
       static_cast<float>(std::clamp(f, static_cast<double>(kMinFactor), static_cast<double>(kMaxFactor)));
   return err <= 1.0 ? clamped : std::min(1.0f, clamped);
 }
+
+// Hairer's initial step, in two parts around one evaluation. d0 = ||x0||, d1 = ||f(t0, x0)|| (the
+// solver's scaled RMS norms): the first guess h0, at which the caller evaluates f(t0 + h0, x0 + h0 f0)
+// and measures d2 = ||f(t0 + h0, .) - f0|| / h0; then the step. A non-finite norm (a velocity that
+// is NaN or Inf, or tolerances so small that the scaled norm overflows) gives the smallest guess,
+// and the step loop's check_step reports it.
+inline double first_guess(double d0, double d1, double span) {
+  const double h0 = (!(d0 >= 1e-5) || !(d1 >= 1e-5) || !std::isfinite(d0 / d1)) ? 1e-6 : 0.01 * d0 / d1;
+  return std::min(h0, span);
+}
+inline float initial_step(double h0, double d1, double d2, double span) {
+  const double dmax = std::max(d1, d2);
+  const double h1 = !std::isfinite(dmax) ? h0
+                    : dmax <= 1e-15      ? std::max(1e-6, h0 * 1e-3)
+                                         : std::pow(0.01 / dmax, 0.2);
+  return static_cast<float>(std::min({100.0 * h0, h1, span}));
+}
+
+// Throws unless the step size h (after the controller's update) is finite and above 1e-7 of the
+// span: a step that collapses means the field is too rough for the tolerances, a NaN that the
+// velocity field itself returned NaN or Inf.
+void check_step(float h, float t, float span);
 }  // namespace dopri5
 
 // One element's scaled error term err / (atol + rtol * max(|x|, |x_new|)), squared; the solver
