@@ -82,8 +82,10 @@ uint64_t environment_cap() {
 
 std::string mib(uint64_t bytes) {
   std::ostringstream os;
-  if (bytes >= (uint64_t{1} << 40)) {
-    os << bytes / (uint64_t{1} << 30) << " GiB";
+  if (bytes >= (uint64_t{10} << 30)) {
+    os.setf(std::ios::fixed);
+    os.precision(1);
+    os << static_cast<double>(bytes) / static_cast<double>(uint64_t{1} << 30) << " GiB";
   } else {
     os << (bytes + (uint64_t{1} << 20) - 1) / (uint64_t{1} << 20) << " MiB";
   }

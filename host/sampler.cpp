@@ -11,6 +11,7 @@
 #include "cufm/philox.hpp"
 #include "host/backend.hpp"
 #include "host/cpu_ops.hpp"
+#include "host/memory.hpp"
 
 namespace cufm {
 
@@ -316,8 +317,44 @@ SampleResult sample(const Model& model, const SampleConfig& config) {
   return Sampler().sample(model, config);
 }
 
+namespace {
+// Host memory a sampling call holds: the result and a fixed-step trajectory on both backends; on
+// the CPU also the solver's buffers (x0, x, the stage point, k1..k7, the error and its zero
+// reference: 12 of count x dim) and one chunk's activations.
+uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device device) {
+  using detail::add_sat;
+  using detail::mul_sat;
+  const uint64_t elems =
+      mul_sat(static_cast<uint64_t>(std::max<int64_t>(c.count, 0)), static_cast<uint64_t>(m.data_dim));
+  const bool cpu = device == Device::CPU;
+  uint64_t bytes = mul_sat(elems, (cpu ? 12 : 1) * sizeof(float));
+  if (c.keep_trajectory && c.solver != Solver::Dopri5) {
+    bytes = add_sat(bytes, mul_sat(mul_sat(elems, static_cast<uint64_t>(c.steps) + 1), sizeof(float)));
+  }
+  if (cpu) {
+    uint64_t row = static_cast<uint64_t>(m.input_dim()) + static_cast<uint64_t>(m.data_dim);
+    int widest = m.input_dim();
+    for (int h : m.hidden) {
+      row += 2 * static_cast<uint64_t>(h);
+      widest = std::max(widest, h);
+    }
+    row += 2 * static_cast<uint64_t>(widest);
+    const uint64_t rows = static_cast<uint64_t>(std::min<int64_t>(c.count, 8192)) * (c.guidance ? 2 : 1);
+    bytes = add_sat(bytes, mul_sat(mul_sat(rows, row), sizeof(float)));
+  }
+  return bytes;
+}
+}  // namespace
+
 SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
+  {
+    const Device device = resolve_device(config.device);
+    detail::require_memory(host_sampling_bytes(model.config(), config, device),
+                           "sampling " + std::to_string(config.count) + " points of dimension " +
+                               std::to_string(model.config().data_dim) + " on the " + to_string(device),
+                           "sample fewer points per call");
+  }
 #if defined(CUFM_WITH_CUDA)
   if (resolve_device(config.device) == Device::CUDA) {  // the GPU sampler validates the config
     if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();

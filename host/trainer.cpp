@@ -15,7 +15,8 @@ void TrainConfig::validate() const {
                "batch_size must be in [1, 2^26], got " << batch_size);
   CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
                "sigma_min must be in [0, 1), got " << path.sigma_min);
-  CUFM_REQUIRE(std::isfinite(path.logit_mean) && std::isfinite(path.logit_std) && path.logit_std > 0.0f,
+  CUFM_REQUIRE(std::isfinite(path.logit_mean) && std::isfinite(path.logit_std) &&
+                   (path.logit_std > 0.0f || path.time_sampling != TimeSampling::LogitNormal),
                "logit-normal time sampling needs a finite mean and a std > 0, got mean "
                    << path.logit_mean << " std " << path.logit_std);
   CUFM_REQUIRE(std::isfinite(optim.lr) && optim.lr > 0.0f, "learning rate must be > 0, got " << optim.lr);

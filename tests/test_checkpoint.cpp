@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,22 +16,23 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "cufm/checkpoint.hpp"
 #include "cufm/error.hpp"
-#include "test_util.hpp"
 #include "cufm/philox.hpp"
+#include "test_util.hpp"
 
 namespace {
 
-using ::testing::HasSubstr;
 using cufm::test::error_of;
-using cufm::test::TempDir;
 using cufm::test::read_bytes;
+using cufm::test::TempDir;
 using cufm::test::write_bytes;
+using ::testing::HasSubstr;
 
 cufm::MlpConfig small_model() {
   cufm::MlpConfig m;
@@ -461,3 +463,85 @@ TEST(CheckpointInterop, PythonSafetensorsReadsEveryTensor) {
 }
 
 }  // namespace
+
+// ---- claims against the file and the machine ----------------------------------------------------
+namespace {
+
+// A checkpoint header for `model` whose tensors are all there, with a sparse data section of the
+// right size: a file of a few KB on disk that claims a huge model.
+std::string write_claiming_checkpoint(const TempDir& dir, const cufm::MlpConfig& model) {
+  nlohmann::json header;
+  header["__metadata__"] = {{"format", "cufm-checkpoint"},
+                            {"format_version", "1"},
+                            {"model", cufm::to_json(model)},
+                            {"train", cufm::to_json(cufm::TrainConfig{})},
+                            {"step", "1"},
+                            {"dataset", "toy:moons:100:0"}};
+  uint64_t offset = 0;
+  for (const char* prefix : {"", "adam_m.", "adam_v."}) {
+    for (int l = 0; l < model.num_layers(); ++l) {
+      const int64_t in = model.layer_in(l), out = model.layer_out(l);
+      const std::string name = std::string(prefix) + "layers." + std::to_string(l);
+      header[name + ".weight"] = {
+          {"dtype", "F32"}, {"shape", {out, in}}, {"data_offsets", {offset, offset + 4 * out * in}}};
+      offset += 4 * out * in;
+      header[name + ".bias"] = {
+          {"dtype", "F32"}, {"shape", {out}}, {"data_offsets", {offset, offset + 4 * out}}};
+      offset += 4 * out;
+    }
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const std::string path = dir.file("claims.safetensors");
+  write_bytes(path, join(text, ""));
+  EXPECT_EQ(0, ::truncate(path.c_str(), static_cast<off_t>(8 + text.size() + offset)));
+  return path;
+}
+
+}  // namespace
+
+// A header that claims a huge model in a small file fails on the first tensor whose shape the
+// claim contradicts, before anything is allocated: run under a 256 MiB address-space limit, where
+// allocating the claimed 1.7 GB first would end in std::bad_alloc.
+TEST_F(BadCheckpoint, AHugeClaimInASmallFileAllocatesNothing) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "an address-space limit and AddressSanitizer's shadow memory do not mix";
+#else
+  const std::string path = dir_.file("bad.safetensors");
+  write_bytes(path, join(replaced(good_.header, "\\\"hidden\\\":[16,12]", "\\\"hidden\\\":[12000,12000]"),
+                         good_.data));
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const rlimit lim{size_t{256} << 20, size_t{256} << 20};
+    ::setrlimit(RLIMIT_AS, &lim);
+    try {
+      cufm::load_checkpoint(path);
+    } catch (const cufm::Error& e) {
+      ::_exit(std::string(e.what()).find("has shape") != std::string::npos ? 0 : 3);
+    } catch (const std::bad_alloc&) {
+      ::_exit(2);
+    }
+    ::_exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(child, ::waitpid(child, &status, 0));
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "2: bad_alloc (allocated before checking), 3: another error, 4: loaded";
+#endif
+}
+
+// A sparse file whose header is consistent and whose size matches: the claim is checked against
+// the memory there is before anything is allocated, and the file is never read whole.
+TEST(CheckpointLoad, AClaimBeyondTheMachinesMemoryIsRefused) {
+  TempDir dir;
+  cufm::MlpConfig m;
+  m.data_dim = 2;
+  m.hidden = {8192, 8192};  // 67M parameters: 805 MB for the weights and Adam's moments
+  const std::string path = write_claiming_checkpoint(dir, m);
+  ::setenv("CUFM_MEMORY_LIMIT", "256M", 1);
+  const std::string msg = error_of([&] { cufm::load_checkpoint(path); });
+  ::unsetenv("CUFM_MEMORY_LIMIT");
+  EXPECT_THAT(msg, HasSubstr("needs about 769 MiB of memory but only 256 MiB are available"));
+}

@@ -35,7 +35,8 @@ PlotStats write_density_png(const std::string& path, const float* xy, int64_t n,
                             const PlotOptions& options = {});
 
 // 1-D samples x [n] as a histogram (one bar per pixel column over [x_min, x_max]; y_min/y_max unused).
-PlotStats write_histogram_png(const std::string& path, const float* x, int64_t n, const PlotOptions& options = {});
+PlotStats write_histogram_png(const std::string& path, const float* x, int64_t n,
+                              const PlotOptions& options = {});
 
 // Throws cufm::Error unless the range is finite with min < max on both axes: the CLI checks it
 // before any work.

@@ -1,0 +1,279 @@
+// See args.hpp. CLI11 parses; everything after that is cuFM's own checking.
+#include "host/cli/args.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "cufm/cufm.hpp"
+#include "host/atomic_file.hpp"
+
+namespace cufm::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string toy_list() {
+  std::string names;
+  for (const auto& t : toy_names()) names += (names.empty() ? "" : ", ") + t;
+  return names;
+}
+
+void record_given(const CLI::App* sub, std::set<std::string>& given) {
+  for (const CLI::Option* o : sub->get_options()) {
+    if (o->count() > 0) given.insert(o->get_name());
+  }
+}
+
+void check_train(TrainArgs& a, bool data_given) {
+  CUFM_REQUIRE(!(a.resume && a.overwrite), "--resume and --overwrite contradict each other: choose one");
+  if (!a.resume || a.was_given("--hidden")) a.hidden_widths = parse_widths(a.hidden);
+  (void)parse_activation(a.activation);
+  CUFM_REQUIRE(a.optimizer == "adam" || a.optimizer == "adamw",
+               "--optimizer must be adam or adamw, got '" << a.optimizer << "'");
+  CUFM_REQUIRE(a.time_sampling == "uniform" || a.time_sampling == "logit-normal",
+               "--time-sampling must be uniform or logit-normal, got '" << a.time_sampling << "'");
+  (void)parse_device(a.device);
+  (void)parse_precision(a.precision);
+  CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
+  CUFM_REQUIRE(!a.out.empty(), "--out is empty");
+
+  CUFM_REQUIRE(data_given || a.resume,
+               "train: --data is required (a toy name: " << toy_list() << "; or a .npy file)");
+  CUFM_REQUIRE(data_given || !a.was_given("--labels"), "--labels needs --data (the .npy file it labels)");
+  if (data_given) a.data.validate();
+  if (data_given && !a.data.is_toy()) {
+    CUFM_REQUIRE(!a.was_given("--n-data") && !a.was_given("--data-seed"),
+                 "--n-data and --data-seed are for toy datasets; '" << a.data.source << "' is a .npy file");
+  }
+  if (a.resume) return;  // the recipe is the checkpoint's; run_train compares the flags given with it
+
+  // The recipe, checked whole before any data is loaded.
+  CUFM_REQUIRE(a.conditional || !a.was_given("--label-dropout"),
+               "--label-dropout applies to conditional models: add --conditional or drop it");
+  CUFM_REQUIRE(
+      a.time_sampling == "logit-normal" || (!a.was_given("--logit-mean") && !a.was_given("--logit-std")),
+      "--logit-mean and --logit-std apply to --time-sampling logit-normal");
+  MlpConfig model;
+  model.data_dim = 1;  // known once the data is loaded
+  model.hidden = a.hidden_widths;
+  model.activation = parse_activation(a.activation);
+  model.time_features = a.time_features;
+  model.validate();
+  TrainConfig tc;
+  tc.batch_size = a.batch;
+  tc.optim.lr = a.lr;
+  tc.optim.weight_decay = a.weight_decay;
+  tc.optim.grad_clip = a.grad_clip;
+  tc.optim.ema_decay = a.ema;
+  tc.label_dropout = a.label_dropout;
+  tc.path.sigma_min = a.sigma_min;
+  tc.path.time_sampling =
+      a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
+  tc.path.logit_mean = a.logit_mean;
+  tc.path.logit_std = a.logit_std;
+  tc.threads = a.threads;
+  tc.validate();
+}
+
+void check_sample(SampleArgs& a) {
+  const Solver solver = parse_solver(a.solver);
+  if (solver == Solver::Dopri5) {
+    CUFM_REQUIRE(!a.given.count("--steps"),
+                 "--steps applies to fixed-step solvers; dopri5 chooses its own steps "
+                 "(set --atol/--rtol)");
+  } else {
+    CUFM_REQUIRE(!a.given.count("--atol") && !a.given.count("--rtol"),
+                 "--atol and --rtol apply to --solver dopri5, not " << a.solver);
+  }
+  CUFM_REQUIRE(!a.label || *a.label >= 0, "--class must be a class index >= 0, got "
+                                              << *a.label
+                                              << " (leave it out to sample "
+                                                 "unconditionally)");
+  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  (void)parse_device(a.device);
+  (void)parse_precision(a.precision);
+  CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
+  CUFM_REQUIRE(std::isfinite(a.range) && a.range > 0 && a.range <= 1e30,
+               "--range must be a positive finite half-width, got " << a.range);
+  CUFM_REQUIRE(fs::path(a.out).extension() != ".png",
+               "--out '" << a.out << "' is where the samples go (.npy); the picture goes to --png");
+  if (a.png.empty()) a.png = fs::path(a.out).replace_extension(".png").string();
+  std::error_code ec;
+  const bool same = fs::weakly_canonical(a.out, ec) == fs::weakly_canonical(a.png, ec);
+  CUFM_REQUIRE(!same && a.out != a.png, "--png '" << a.png << "' would overwrite the samples in --out '"
+                                                  << a.out << "': give them different names");
+  detail::require_writable_target(a.out, "--out");
+  detail::require_writable_target(a.png, "--png");
+  SampleConfig sc;  // the count and tolerances, checked as the library will
+  sc.count = a.count;
+  sc.solver = solver;
+  sc.steps = a.steps;
+  sc.atol = a.atol;
+  sc.rtol = a.rtol;
+  MlpConfig any;
+  any.data_dim = 1;
+  any.hidden = {1};
+  any.num_classes = 1;  // labels are checked against the checkpoint's model later
+  sc.validate(any);
+}
+
+void check_eval(EvalArgs& a, const CLI::App* ev) {
+  a.data.validate();
+  CUFM_REQUIRE(a.data.is_toy() || (ev->count("--n-data") == 0 && ev->count("--data-seed") == 0),
+               "--n-data and --data-seed are for toy datasets; '" << a.data.source << "' is a .npy file");
+  CUFM_REQUIRE(a.max_points >= 2, "--max-points must be >= 2, got " << a.max_points);
+  CUFM_REQUIRE(a.projections >= 1 && a.projections <= 1000000,
+               "--projections must be in [1, 1000000], got " << a.projections);
+}
+
+}  // namespace
+
+std::vector<int> parse_widths(const std::string& s) {
+  std::vector<int> out;
+  size_t start = 0;
+  for (;;) {
+    const size_t comma = s.find(',', start);
+    const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    CUFM_REQUIRE(
+        used != 0 && used == item.size() && !item.empty() && item[0] != '+' && item[0] != ' ',
+        "--hidden: '" << item << "' is not a width (give comma-separated integers, e.g. 512,512,512,512)");
+    CUFM_REQUIRE(v >= 1 && v <= 65536, "--hidden: width " << v << " must be in [1, 65536]");
+    out.push_back(static_cast<int>(v));
+    CUFM_REQUIRE(out.size() <= 64, "--hidden: at most 64 hidden layers");
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+Command parse_command_line(int argc, const char* const* argv) {
+  Command cmd;
+  CLI::App app{"cufm: train and sample flow-matching models on the GPU or the CPU"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", version());
+  app.add_flag("--verbose", cmd.verbose, "Print where in cuFM's source an error was raised");
+  app.fallthrough();  // --verbose (the app's own flag) may also follow the subcommand
+  // CLI11 reads "-1" into an unsigned option as 2^64 - 1: refuse the sign before it converts.
+  const CLI::Validator non_negative(
+      [](std::string& in) { return !in.empty() && in[0] == '-' ? "must be >= 0, got " + in : std::string(); },
+      "NONNEGATIVE");
+  const auto unsigned_option = [&](CLI::Option* o) { return o->check(non_negative); };
+
+  TrainArgs& ta = cmd.train;
+  auto* train = app.add_subcommand("train", "Train a model and write checkpoints");
+  train->add_option("--data", ta.data.source, "Toy dataset (" + toy_list() + ") or a .npy file [N, D]");
+  train->add_option("--labels", ta.data.labels, "Integer labels .npy [N] for --data .npy");
+  train->add_option("--n-data", ta.data.n, "Points drawn for a toy dataset")->capture_default_str();
+  unsigned_option(
+      train->add_option("--data-seed", ta.data.seed, "Seed of the toy dataset")->capture_default_str());
+  train->add_option("--hidden", ta.hidden, "Hidden widths, comma-separated")->capture_default_str();
+  train->add_option("--activation", ta.activation, "silu, relu or gelu")->capture_default_str();
+  train->add_option("--time-features", ta.time_features, "0: raw t; K (even): K sinusoidal features")
+      ->capture_default_str();
+  train->add_flag("--conditional", ta.conditional,
+                  "Condition on the data's labels (classifier-free guidance)");
+  train->add_option("--label-dropout", ta.label_dropout, "Per-sample null-label probability (--conditional)")
+      ->capture_default_str();
+  unsigned_option(
+      train->add_option("--steps", ta.steps, "Total training steps (0: write the initial weights)")
+          ->capture_default_str());
+  train->add_option("--batch", ta.batch, "Batch size")->capture_default_str();
+  train->add_option("--lr", ta.lr, "Learning rate")->capture_default_str();
+  train->add_option("--optimizer", ta.optimizer, "adam or adamw")->capture_default_str();
+  train->add_option("--weight-decay", ta.weight_decay, "Weight decay")->capture_default_str();
+  train->add_option("--grad-clip", ta.grad_clip, "Clip the gradient norm (0: off)")->capture_default_str();
+  train->add_option("--ema", ta.ema, "EMA decay of the weights (0: off)")->capture_default_str();
+  train->add_option("--sigma-min", ta.sigma_min, "sigma_min of the path")->capture_default_str();
+  train->add_option("--time-sampling", ta.time_sampling, "uniform or logit-normal")->capture_default_str();
+  train->add_option("--logit-mean", ta.logit_mean, "Logit-normal mean")->capture_default_str();
+  train->add_option("--logit-std", ta.logit_std, "Logit-normal std")->capture_default_str();
+  unsigned_option(train->add_option("--seed", ta.seed, "Seed of the initialisation and of every draw")
+                      ->capture_default_str());
+  train->add_option("--device", ta.device, "auto, cpu or cuda")->capture_default_str();
+  train->add_option("--precision", ta.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  train->add_option("--threads", ta.threads, "CPU threads (0: all cores; at most 4x the cores)")
+      ->capture_default_str();
+  train->add_option("--out", ta.out, "Output folder")->capture_default_str();
+  unsigned_option(train
+                      ->add_option("--checkpoint-every", ta.checkpoint_every,
+                                   "Steps between checkpoints (0: only at the end)")
+                      ->capture_default_str());
+  unsigned_option(train->add_option("--log-every", ta.log_every, "Steps between progress updates")
+                      ->capture_default_str());
+  train->add_flag("--resume", ta.resume, "Continue from <out>/checkpoint.safetensors");
+  train->add_flag("--overwrite", ta.overwrite,
+                  "Start afresh even if <out> holds a checkpoint (replaced at the first save)");
+  train->add_flag("--quiet", ta.quiet, "No progress bar");
+
+  SampleArgs& sa = cmd.sample;
+  auto* samp = app.add_subcommand("sample", "Sample from a checkpoint; writes .npy and a PNG");
+  samp->add_option("checkpoint", sa.checkpoint, "Checkpoint (.safetensors)")->required();
+  samp->add_option("--count", sa.count, "Number of samples")->capture_default_str();
+  samp->add_option("--solver", sa.solver, "euler, midpoint, heun, rk4 or dopri5")->capture_default_str();
+  samp->add_option("--steps", sa.steps, "Steps of a fixed-step solver")->capture_default_str();
+  samp->add_option("--atol", sa.atol, "dopri5 absolute tolerance")->capture_default_str();
+  samp->add_option("--rtol", sa.rtol, "dopri5 relative tolerance")->capture_default_str();
+  samp->add_option("--class", sa.label, "Class label for a conditional model (leave out: unconditional)");
+  samp->add_option("--guidance", sa.guidance, "Classifier-free guidance scale w (with --class)");
+  samp->add_flag("--ema", sa.ema, "Use the EMA weights");
+  unsigned_option(samp->add_option("--seed", sa.seed, "Noise seed")->capture_default_str());
+  samp->add_option("--device", sa.device, "auto, cpu or cuda")->capture_default_str();
+  samp->add_option("--precision", sa.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
+      ->capture_default_str();
+  samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
+  samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
+  samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
+
+  EvalArgs& ea = cmd.eval;
+  auto* ev = app.add_subcommand("eval", "Distances between a sample file and a dataset");
+  ev->add_option("samples", ea.samples, "Samples .npy [N, D]")->required();
+  ev->add_option("--data", ea.data.source, "Toy dataset or .npy")->required();
+  ev->add_option("--n-data", ea.data.n, "Points drawn for a toy dataset")->capture_default_str();
+  unsigned_option(
+      ev->add_option("--data-seed", ea.data.seed, "Seed of the toy dataset")->capture_default_str());
+  ev->add_option("--projections", ea.projections, "Sliced W2 projections")->capture_default_str();
+  ev->add_option("--max-points", ea.max_points, "Energy distance: points per set")->capture_default_str();
+  unsigned_option(
+      ev->add_option("--seed", ea.seed, "Seed of the projections and subsets")->capture_default_str());
+
+  app.add_subcommand("info", "Version, build options and devices");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    const auto subs = app.get_subcommands();
+    throw HelpRequested{subs.empty() ? app.help() : subs.front()->help()};
+  } catch (const CLI::CallForAllHelp&) {
+    throw HelpRequested{app.help("", CLI::AppFormatMode::All)};
+  } catch (const CLI::CallForVersion&) {
+    throw HelpRequested{version() + "\n"};
+  } catch (const CLI::ParseError& e) {
+    throw Error(std::string(e.what()) + " (see --help)");
+  }
+
+  if (*train) {
+    cmd.kind = Command::Kind::Train;
+    record_given(train, ta.given);
+    check_train(ta, train->count("--data") > 0);
+  } else if (*samp) {
+    cmd.kind = Command::Kind::Sample;
+    record_given(samp, sa.given);
+    check_sample(sa);
+  } else if (*ev) {
+    cmd.kind = Command::Kind::Eval;
+    check_eval(ea, ev);
+  }
+  return cmd;
+}
+
+}  // namespace cufm::cli

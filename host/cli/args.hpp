@@ -1,0 +1,71 @@
+// The cufm command line: what each subcommand takes, parsed and checked before any work (a bad
+// value or a flag that would be ignored is an error here, never half-way through a run).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "host/cli/data_spec.hpp"
+
+namespace cufm::cli {
+
+struct TrainArgs {
+  DataSpec data;
+  std::string hidden = "512,512,512,512", activation = "silu", optimizer = "adam", time_sampling = "uniform";
+  std::string device = "auto", precision = "fp32", out = "cufm-run";
+  int time_features = 0, batch = 4096, threads = 0;
+  bool conditional = false, resume = false, overwrite = false, quiet = false;
+  uint64_t steps = 20000, checkpoint_every = 5000, log_every = 100, seed = 0;
+  float lr = 1e-3f, weight_decay = 0.0f, grad_clip = 0.0f, ema = 0.0f, label_dropout = 0.1f, sigma_min = 0.0f;
+  float logit_mean = 0.0f, logit_std = 1.0f;
+  std::vector<int> hidden_widths;  // --hidden, parsed
+  std::set<std::string> given;     // the options on the command line ("--lr", ...)
+  bool was_given(const std::string& option) const { return given.count(option) > 0; }
+};
+
+struct SampleArgs {
+  std::string checkpoint, solver = "midpoint", device = "auto", precision = "fp32", out = "samples.npy", png;
+  int64_t count = 50000;
+  int steps = 20, threads = 0;
+  std::optional<int> label;
+  float atol = 1e-5f, rtol = 1e-5f;
+  std::optional<float> guidance;
+  bool ema = false;
+  uint64_t seed = 0;
+  double range = 4.5;
+  std::set<std::string> given;
+};
+
+struct EvalArgs {
+  std::string samples;
+  DataSpec data;
+  int projections = 256;
+  int64_t max_points = 4000;
+  uint64_t seed = 0;
+};
+
+struct Command {
+  enum class Kind { Train, Sample, Eval, Info } kind = Kind::Info;
+  TrainArgs train;
+  SampleArgs sample;
+  EvalArgs eval;
+  bool verbose = false;  // print errors' source locations
+};
+
+// Thrown for --help and --version: the text to print, and exit 0.
+struct HelpRequested {
+  std::string text;
+};
+
+// Parses argv and checks every value that can be checked without the data or the checkpoint.
+// Throws HelpRequested, or cufm::Error with a one-line message for any syntax or value error.
+Command parse_command_line(int argc, const char* const* argv);
+
+// --hidden: comma-separated widths, each an integer in [1, 65536], no empty item ("16," and
+// "1,,2" are both refused).
+std::vector<int> parse_widths(const std::string& s);
+
+}  // namespace cufm::cli

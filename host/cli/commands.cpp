@@ -1,0 +1,320 @@
+// The cufm subcommands' work, after parse_command_line has checked their arguments.
+#include "host/cli/commands.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <string>
+
+#include "cufm/cufm.hpp"
+#include "host/atomic_file.hpp"
+#include "host/cli/plot.hpp"
+#include "host/cli/run_lock.hpp"
+#include "host/cpu_ops.hpp"
+
+namespace cufm::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kCheckpointName = "checkpoint.safetensors";
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "--";
+  const long s = static_cast<long>(seconds + 0.5);
+  std::ostringstream os;
+  if (s >= 3600) os << s / 3600 << "h";
+  if (s >= 60) os << (s / 60) % 60 << "m";
+  os << s % 60 << "s";
+  return os.str();
+}
+
+// A one-line progress bar on stderr: step, loss, samples/s and ETA.
+class ProgressBar {
+ public:
+  ProgressBar(uint64_t first, uint64_t total, int batch, bool tty)
+      : first_(first), total_(total), batch_(batch), tty_(tty), start_(std::chrono::steady_clock::now()) {}
+  // Timed from the bar's creation: fit() runs once per checkpoint interval and restarts its clock.
+  void update(const FitProgress& p) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double done = static_cast<double>(p.step - first_);
+    const double rate = seconds > 0 ? done * batch_ / seconds : 0.0;
+    const double eta = done > 0 ? seconds / done * static_cast<double>(total_ - p.step) : -1.0;
+    const int width = 30;
+    const int filled =
+        total_ ? static_cast<int>(width * static_cast<double>(p.step) / static_cast<double>(total_)) : width;
+    std::ostringstream os;
+    os << "step " << p.step << "/" << total_ << " [" << std::string(filled, '=')
+       << std::string(width - filled, ' ') << "] loss " << p.loss << "  " << static_cast<long>(rate)
+       << " samples/s  ETA " << format_duration(eta);
+    std::fprintf(stderr, tty_ ? "\r%s\033[K" : "%s\n", os.str().c_str());
+    if (tty_ && p.step >= total_) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  uint64_t first_, total_;
+  int batch_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+int clamp_threads(int threads, const char* what) {
+  const int cap = cpu::max_threads();
+  if (threads <= cap) return threads;
+  std::fprintf(stderr, "cufm: %s: --threads %d is more than 4x this machine's cores; using %d\n", what,
+               threads, cap);
+  return cap;
+}
+
+std::string widths_text(const std::vector<int>& w) {
+  std::string s;
+  for (int v : w) s += (s.empty() ? "" : ",") + std::to_string(v);
+  return s;
+}
+
+// A flag given on --resume must agree with the checkpoint: a resumed run keeps its recipe.
+template <typename T, typename U>
+void require_same(const TrainArgs& a, const char* option, const T& given, const U& recorded) {
+  if (!a.was_given(option) || given == recorded) return;
+  std::ostringstream os;
+  os << option << " " << given << " differs from the checkpoint's " << recorded
+     << ": a resumed run keeps its recipe (drop " << option << ", or start afresh with --overwrite)";
+  throw Error(os.str());
+}
+
+// The checkpoint's recipe against every recipe flag given with --resume, and its data against
+// --data. Steps, threads, device, precision, logging and checkpoint spacing may change.
+void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
+  const MlpConfig& m = c.model;
+  const TrainConfig& t = c.train;
+  require_same(a, "--hidden", widths_text(a.hidden_widths), widths_text(m.hidden));
+  require_same(a, "--activation", a.activation, std::string(to_string(m.activation)));
+  require_same(a, "--time-features", a.time_features, m.time_features);
+  require_same(a, "--conditional", std::string(a.conditional ? "on" : "off"),
+               std::string(m.num_classes > 0 ? "on" : "off"));
+  require_same(a, "--label-dropout", a.label_dropout, t.label_dropout);
+  require_same(a, "--batch", a.batch, t.batch_size);
+  require_same(a, "--lr", a.lr, t.optim.lr);
+  require_same(a, "--optimizer", a.optimizer,
+               std::string(t.optim.kind == Optimizer::AdamW ? "adamw" : "adam"));
+  require_same(a, "--weight-decay", a.weight_decay, t.optim.weight_decay);
+  require_same(a, "--grad-clip", a.grad_clip, t.optim.grad_clip);
+  require_same(a, "--ema", a.ema, t.optim.ema_decay);
+  require_same(a, "--sigma-min", a.sigma_min, t.path.sigma_min);
+  require_same(a, "--time-sampling", a.time_sampling,
+               std::string(t.path.time_sampling == TimeSampling::LogitNormal ? "logit-normal" : "uniform"));
+  require_same(a, "--logit-mean", a.logit_mean, t.path.logit_mean);
+  require_same(a, "--logit-std", a.logit_std, t.path.logit_std);
+  require_same(a, "--seed", a.seed, t.seed);
+}
+
+// The data of a resumed run: the checkpoint's, and --data (and its options) only to repeat it.
+DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
+  FileStamp data_stamp, labels_stamp;
+  const DataSpec recorded = DataSpec::parse(c.dataset, &data_stamp, &labels_stamp);
+  if (a.was_given("--data")) {
+    const DataSpec& given = a.data;
+    const auto absolute = [](const std::string& p) {
+      std::error_code ec;
+      const fs::path abs = fs::absolute(p, ec);
+      return ec ? p : abs.lexically_normal().string();
+    };
+    bool same = given.is_toy() == recorded.is_toy();
+    if (same && given.is_toy()) {
+      same = given.source == recorded.source && (!a.was_given("--n-data") || given.n == recorded.n) &&
+             (!a.was_given("--data-seed") || given.seed == recorded.seed);
+    } else if (same) {
+      same = absolute(given.source) == absolute(recorded.source) &&
+             (!a.was_given("--labels") || absolute(given.labels) == absolute(recorded.labels));
+    }
+    CUFM_REQUIRE(same, "--data " << spec_text(given) << " differs from the checkpoint's data "
+                                 << spec_text(recorded)
+                                 << ": a resumed run trains on the same data (drop --data, or start afresh "
+                                    "with --overwrite)");
+  }
+  // A .npy file must still hold what it held when the checkpoint was written.
+  for (const auto* st : {&data_stamp, &labels_stamp}) {
+    if (!st->known) continue;
+    const FileStamp now = stamp_file(st->path);
+    CUFM_REQUIRE(
+        now.size == st->size && now.crc32 == st->crc32,
+        "'" << st->path << "' changed since the checkpoint was written (size " << st->size << " -> "
+            << now.size << ", CRC-32 " << st->crc32 << " -> " << now.crc32
+            << "): a resumed run must see the same data; start afresh with --overwrite to train on it");
+  }
+  return recorded;
+}
+
+}  // namespace
+
+int run_train(const TrainArgs& a) {
+  const fs::path dir(a.out);
+  const fs::path ckpt_path = dir / kCheckpointName;
+  // The lock first: it creates the folder if needed and proves it writable, before any work.
+  RunLock lock(a.out);
+  std::error_code ec;
+  const bool has_checkpoint = fs::exists(fs::symlink_status(ckpt_path, ec));
+  CUFM_REQUIRE(a.resume || a.overwrite || !has_checkpoint,
+               "'" << ckpt_path.string()
+                   << "' already exists: pass --resume to continue that run, --overwrite to start afresh, "
+                      "or choose another --out");
+  detail::require_writable_target(ckpt_path.string(), "the checkpoint");
+
+  MlpConfig model;
+  TrainConfig tc;
+  TrainState state;
+  DataSpec spec = a.data;
+  if (a.resume) {
+    CUFM_REQUIRE(has_checkpoint, "--resume: no checkpoint at " << ckpt_path.string());
+    Checkpoint c = load_checkpoint(ckpt_path.string());
+    check_resume_flags(a, c);
+    spec = resume_data(a, c);
+    model = c.model;
+    tc = c.train;
+    state = std::move(c.state);
+    std::fprintf(stderr, "resuming %s at step %llu\n", ckpt_path.c_str(),
+                 static_cast<unsigned long long>(state.step));
+  } else {
+    model.data_dim = 0;  // from the data
+    model.hidden = a.hidden_widths;
+    model.activation = parse_activation(a.activation);
+    model.time_features = a.time_features;
+    tc.batch_size = a.batch;
+    tc.seed = a.seed;
+    tc.optim.kind = a.optimizer == "adamw" ? Optimizer::AdamW : Optimizer::Adam;
+    tc.optim.lr = a.lr;
+    tc.optim.weight_decay = a.weight_decay;
+    tc.optim.grad_clip = a.grad_clip;
+    tc.optim.ema_decay = a.ema;
+    tc.label_dropout = a.label_dropout;
+    tc.path.sigma_min = a.sigma_min;
+    tc.path.time_sampling =
+        a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
+    tc.path.logit_mean = a.logit_mean;
+    tc.path.logit_std = a.logit_std;
+  }
+  tc.device = parse_device(a.device);
+  tc.precision = parse_precision(a.precision);
+  tc.threads = clamp_threads(a.threads, "train");
+  if (a.resume && state.step >= a.steps) {
+    std::fprintf(stderr, "the checkpoint is at step %llu, already >= --steps %llu: nothing to do\n",
+                 static_cast<unsigned long long>(state.step), static_cast<unsigned long long>(a.steps));
+    return 0;
+  }
+
+  const Dataset data = spec.load();
+  if (!a.resume) {
+    model.data_dim = data.dim;
+    CUFM_REQUIRE(!a.conditional || data.labelled(),
+                 "--conditional needs labelled data (--labels for a .npy file)");
+    model.num_classes = a.conditional ? data.num_classes : 0;
+  }
+  Trainer trainer = a.resume ? Trainer(model, state, data, tc) : Trainer(Model(model, tc.seed), data, tc);
+  std::fprintf(stderr, "training %s on %s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
+               model.input_dim());
+  for (int w : model.hidden) std::fprintf(stderr, "%d-", w);
+  std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
+               tc.batch_size, static_cast<unsigned long long>(a.steps));
+
+  const std::string descriptor = spec.describe();
+  auto save = [&]() {
+    save_checkpoint(ckpt_path.string(), Checkpoint{model, tc, trainer.state(), descriptor});
+    lock.keep();
+  };
+  if (a.steps == 0) {  // the initial weights, as a checkpoint
+    save();
+    std::printf("checkpoint: %s (step 0: the initial weights)\n", ckpt_path.c_str());
+    return 0;
+  }
+  ProgressBar bar(trainer.step_count(), a.steps, tc.batch_size, !a.quiet && isatty(fileno(stderr)));
+  const uint64_t every = std::max<uint64_t>(1, a.log_every);
+  while (trainer.step_count() < a.steps) {
+    const uint64_t to_ckpt =
+        a.checkpoint_every > 0 ? a.checkpoint_every - trainer.step_count() % a.checkpoint_every : a.steps;
+    const uint64_t chunk = std::min(a.steps - trainer.step_count(), to_ckpt);
+    trainer.fit(
+        chunk,
+        [&](const FitProgress& p) {
+          if (!std::isfinite(p.loss)) {
+            throw Error("the loss became non-finite at step " + std::to_string(p.step) +
+                        ": lower --lr or set --grad-clip");
+          }
+          if (!a.quiet) bar.update(p);
+        },
+        every);
+    save();
+  }
+  std::printf("checkpoint: %s (step %llu, loss %.5f)\n", ckpt_path.c_str(),
+              static_cast<unsigned long long>(trainer.step_count()), trainer.loss());
+  return 0;
+}
+
+int run_sample(const SampleArgs& a) {
+  const Checkpoint c = load_checkpoint(a.checkpoint);
+  const Model model = c.to_model(a.ema ? Weights::Ema : Weights::Trained);
+  SampleConfig sc;
+  sc.count = a.count;
+  sc.solver = parse_solver(a.solver);
+  sc.steps = a.steps;
+  sc.atol = a.atol;
+  sc.rtol = a.rtol;
+  if (a.label) sc.labels = {*a.label};
+  sc.guidance = a.guidance;
+  sc.seed = a.seed;
+  sc.device = parse_device(a.device);
+  sc.precision = parse_precision(a.precision);
+  sc.threads = clamp_threads(a.threads, "sample");
+  sc.validate(model.config());  // the class against the model, before any work
+  const auto start = std::chrono::steady_clock::now();
+  const SampleResult r = sample(model, sc);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  write_npy(a.out, r.x.data(), {r.count, r.dim});
+  PlotOptions opt;
+  const float half = static_cast<float>(a.range);
+  opt.range = PlotRange{-half, half, -half, half};
+  const PlotStats ps = r.dim == 1 ? write_histogram_png(a.png, r.x.data(), r.count, opt)
+                                  : write_density_png(a.png, r.x.data(), r.count, r.dim, opt);
+  if (ps.non_finite > 0) {
+    std::fprintf(stderr, "warning: %lld samples are not finite\n", static_cast<long long>(ps.non_finite));
+  }
+  std::printf("%lld samples (%s, %lld evaluations, %.3f s on %s): %s, %s\n", static_cast<long long>(r.count),
+              a.solver.c_str(), static_cast<long long>(r.evaluations), secs, to_string(r.device),
+              a.out.c_str(), a.png.c_str());
+  return 0;
+}
+
+int run_eval(const EvalArgs& a) {
+  const NpyArray arr = read_npy(a.samples);
+  CUFM_REQUIRE(arr.shape.size() == 2 && arr.shape[0] >= 1 && arr.shape[1] >= 1,
+               "'" << a.samples << "': samples must be a non-empty 2-D array [N, D]");
+  const Dataset data = a.data.load();
+  CUFM_REQUIRE(data.dim == arr.shape[1],
+               "'" << a.samples << "' has " << arr.shape[1] << " dims but the data has " << data.dim);
+  const std::vector<float> s(arr.values.begin(), arr.values.end());
+  const double sw2 =
+      sliced_wasserstein2(s.data(), arr.shape[0], data.x.data(), data.n, data.dim, a.projections, a.seed);
+  const double ed =
+      energy_distance(s.data(), arr.shape[0], data.x.data(), data.n, data.dim, a.max_points, a.seed);
+  std::printf("sliced_w2 %.6f\nenergy_distance %.6f\n", sw2, ed);
+  return 0;
+}
+
+int run_info() {
+  std::printf("%s\n", build_summary().c_str());
+  const auto devices = cuda_devices();
+  if (devices.empty()) std::printf("GPUs: none found\n");
+  for (const auto& d : devices) {
+    std::printf("GPU %d: %s (sm_%d%d, %.1f GiB)%s\n", d.index, d.name.c_str(), d.sm_major, d.sm_minor,
+                static_cast<double>(d.total_memory) / (1 << 30),
+                d.usable ? "" : ": not usable, this build has no code for it");
+  }
+  std::printf("auto device: %s\n", to_string(resolve_device(Device::Auto)));
+  return 0;
+}
+
+}  // namespace cufm::cli

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The cufm CLI end to end: a tiny train / resume / sample / eval round, and bad input, each of which
+# must give one line on stderr (no source location unless --verbose), a non-zero exit, and leave
+# every existing file as it was.   usage: cli_test.sh <cufm binary> <work folder>
+set -uo pipefail
+CUFM="$1"
+WORK="$2"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+cd "$WORK" || exit 1
+FAILS=0
+fail() {
+  echo "cli_test: FAIL: $*" >&2
+  FAILS=$((FAILS + 1))
+}
+
+run_ok() {  # run_ok <cufm args...>: must exit 0; its stdout+stderr in $OUT_TEXT
+  OUT_TEXT=$("$CUFM" "$@" 2>&1)
+  local rc=$?
+  [ $rc -eq 0 ] || fail "cufm $* exited $rc: $OUT_TEXT"
+}
+
+run_fails() {  # run_fails <needle> <cufm args...>: non-zero exit, one line on stderr naming the needle
+  local needle="$1"
+  shift
+  local err rc
+  err=$("$CUFM" "$@" 2>&1 >/dev/null)
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    fail "cufm $* succeeded; expected an error about '$needle'"
+    return
+  fi
+  [ "$(printf '%s' "$err" | wc -l)" -eq 0 ] || fail "cufm $*: the error is more than one line: $err"
+  [[ "$err" == *"$needle"* ]] || fail "cufm $*: the error does not mention '$needle': $err"
+  [[ "$err" != *".cpp:"* ]] || fail "cufm $*: the error shows a source location without --verbose: $err"
+}
+
+# A .npy of float32 [n, 1] from bytes (printf escapes), for a 1-D model.
+write_npy_1d() {  # write_npy_1d <path> <repeats> <float32 values' bytes as \xNN escapes>
+  local path="$1" reps="$2" bytes="$3"
+  local escapes="${bytes//[^x]/}"
+  local rows=$((reps * ${#escapes} / 4))
+  local dict="{'descr': '<f4', 'fortran_order': False, 'shape': ($rows, 1), }"
+  local total=$(((10 + ${#dict} + 1 + 63) / 64 * 64))
+  local hlen=$((total - 10))
+  {
+    printf '\x93NUMPY\x01\x00'
+    printf "\\x$(printf %02x $((hlen % 256)))\\x$(printf %02x $((hlen / 256)))"
+    printf '%s%*s\n' "$dict" "$((hlen - ${#dict} - 1))" ""
+    for ((i = 0; i < reps; i++)); do printf "$bytes"; done
+  } >"$path"
+}
+
+TRAIN=(train --data 8gaussians --n-data 2000 --hidden 16,16 --batch 64 --device cpu --quiet)
+run_ok "${TRAIN[@]}" --out run --steps 20 --checkpoint-every 10
+CKPT=run/checkpoint.safetensors
+[ -f "$CKPT" ] || fail "no checkpoint written"
+BEFORE=$(sha256sum "$CKPT")
+
+# ---- syntax and values, refused before any work --------------------------------------------
+run_fails "--bogus" train --bogus
+run_fails "required" sample
+run_fails "no_such.npy" train --data no_such.npy --out fresh --quiet
+printf 'this is not an npy file' >bad.npy
+run_fails "bad.npy" train --data bad.npy --out fresh --quiet
+run_fails "solver" sample "$CKPT" --solver rk7 --out x.npy
+run_fails "hidden" train --data moons --hidden 16,x --out fresh --quiet
+run_fails "'' is not a width" train --data moons --hidden 16, --out fresh --quiet
+run_fails "'' is not a width" train --data moons --hidden 1,,2 --out fresh --quiet
+run_fails "device" train --data moons --device tpu --out fresh --quiet
+printf '12345678garbage' >corrupt.safetensors
+run_fails "corrupt.safetensors" sample corrupt.safetensors --out x.npy
+run_fails "label" sample "$CKPT" --class 3 --out x.npy
+for opt in --steps --checkpoint-every --log-every --seed --data-seed; do
+  run_fails "$opt: must be >= 0, got -1" train --data moons --out fresh "$opt" -1
+done
+run_fails "--class must be a class index >= 0, got -5" sample "$CKPT" --class -5 --out x.npy
+run_fails "--labels 'l.npy' is for .npy data" train --data moons --labels l.npy --out fresh
+run_fails "--n-data and --data-seed are for toy datasets" train --data bad.npy --n-data 5 --out fresh
+run_fails "--label-dropout applies to conditional models" train --data moons --label-dropout 0.3 --out fresh
+run_fails "--logit-mean and --logit-std apply to --time-sampling logit-normal" train --data moons --logit-std 0 --out fresh
+run_fails "--max-points must be >= 2" eval x.npy --data moons --max-points 0
+run_fails "--projections must be in [1, 1000000]" eval x.npy --data moons --projections 2000000000
+run_fails "dopri5 needs a finite atol >= 1e-15" sample "$CKPT" --solver dopri5 --atol 1e-38 --rtol 0 --out x.npy
+run_fails "--atol and --rtol apply to --solver dopri5" sample "$CKPT" --atol 1e-3 --out x.npy
+run_fails "--steps applies to fixed-step solvers" sample "$CKPT" --solver dopri5 --steps 5 --out x.npy
+run_fails "--range must be a positive finite half-width" sample "$CKPT" --range 0 --out x.npy
+run_fails "--range must be a positive finite half-width" sample "$CKPT" --range nan --out x.npy
+run_fails "--out 'x.png' is where the samples go" sample "$CKPT" --out x.png
+run_fails "would overwrite the samples" sample "$CKPT" --out y.npy --png y.npy
+run_fails "--guidance needs --class" sample "$CKPT" --guidance 2 --out x.npy
+[ -e fresh ] && fail "a refused train left the folder 'fresh' behind"
+for f in x.npy x.png y.npy; do [ -e "$f" ] && fail "a refused sample wrote $f"; done
+
+# ---- memory: refused with the figures, before allocating --------------------------------------
+export CUFM_MEMORY_LIMIT=1G
+run_fails "needs about 16.0 GiB of memory but only 1024 MiB are available" train --data moons --hidden 65536,65536 --out fresh
+run_fails "needs about" train --data moons --n-data 100 --hidden 16 --batch 67108864 --out fresh
+run_fails "toy dataset 'moons' of 4294967296 points needs about 48.0 GiB" train --data moons --n-data 4294967296 --out fresh
+run_fails "sampling 2147483648 points" sample "$CKPT" --count 2147483648 --out x.npy
+unset CUFM_MEMORY_LIMIT
+[ -e fresh ] && fail "a refused train left the folder 'fresh' behind"
+
+# ---- outputs the user owns are never replaced or followed -------------------------------------
+printf 'precious' >victim.txt
+ln -s victim.txt link.npy
+run_fails "exists and is a symbolic link" sample "$CKPT" --count 10 --out link.npy
+mkfifo fifo.npy
+run_fails "exists and is a FIFO" sample "$CKPT" --count 10 --out fifo.npy
+run_fails "exists and is a device node" sample "$CKPT" --count 10 --out s.npy --png /dev/null
+[ "$(cat victim.txt)" = precious ] || fail "the symlink's target was overwritten"
+[ -L link.npy ] && [ -p fifo.npy ] || fail "a special output path was replaced"
+run_fails "already exists: pass --resume" "${TRAIN[@]}" --out run --steps 5
+run_fails "contradict" "${TRAIN[@]}" --out run --resume --overwrite
+run_fails "cannot create the output folder '/proc/cufm-test'" "${TRAIN[@]}" --out /proc/cufm-test --steps 5
+[ "$(sha256sum "$CKPT")" = "$BEFORE" ] || fail "a failed command changed the existing checkpoint"
+
+# ---- resume: the recipe and the data are the checkpoint's -------------------------------------
+run_fails "--lr 0.01 differs from the checkpoint's 0.001" train --out run --resume --lr 0.01 --steps 30
+run_fails "--hidden 32 differs from the checkpoint's 16,16" train --out run --resume --hidden 32 --steps 30
+run_fails "--data toy 'moons' (100000 points, seed 0) differs from the checkpoint's data toy '8gaussians'" \
+  train --out run --resume --data moons --steps 30
+run_fails "--seed 5 differs" train --out run --resume --seed 5 --steps 30
+[ "$(sha256sum "$CKPT")" = "$BEFORE" ] || fail "a refused resume changed the checkpoint"
+run_ok train --out run --resume --steps 30 --quiet --threads 1 --device cpu
+[[ "$OUT_TEXT" == *"step 30"* ]] || fail "resume did not reach step 30: $OUT_TEXT"
+
+# ---- --steps 0 writes the initial weights; they sample -----------------------------------------
+run_ok "${TRAIN[@]}" --out init --steps 0
+[[ "$OUT_TEXT" == *"step 0: the initial weights"* ]] || fail "--steps 0: $OUT_TEXT"
+run_ok sample init/checkpoint.safetensors --count 50 --steps 2 --device cpu --out init.npy
+[ -f init.npy ] && [ -f init.png ] || fail "sampling the initial weights wrote no files"
+
+# ---- a 1-D model: its samples are plotted as a histogram ---------------------------------------
+write_npy_1d one.npy 64 '\x00\x00\x80\x3f\x00\x00\x80\xbf\x00\x00\x00\x40\x00\x00\x00\x00'
+run_ok train --data one.npy --hidden 8 --batch 32 --steps 5 --device cpu --quiet --out one
+run_ok sample one/checkpoint.safetensors --count 100 --steps 2 --device cpu --out one_s.npy
+[ -s one_s.png ] || fail "no histogram for a 1-D model"
+
+# ---- .npy data: a path with ':' resumes from another folder; a changed file is named -----------
+mkdir -p data sub
+write_npy_1d "data/a:b.npy" 64 '\x00\x00\x80\x3f\x00\x00\x80\xbf'
+run_ok train --data "data/a:b.npy" --hidden 8 --batch 16 --steps 4 --device cpu --quiet --out colon
+(cd sub && "$CUFM" train --out ../colon --resume --steps 8 --quiet --device cpu >/dev/null 2>"$WORK/resume.err") ||
+  fail "resuming a ':' .npy run from another folder: $(cat "$WORK/resume.err")"
+write_npy_1d "data/a:b.npy" 64 '\x00\x00\x00\x40\x00\x00\x80\xbf'
+run_fails "changed since the checkpoint was written" train --out colon --resume --steps 12
+
+# ---- threads above 4x the cores: clamped, and said -----------------------------------------------
+run_ok "${TRAIN[@]}" --out threads --steps 2 --threads 100000
+[[ "$OUT_TEXT" == *"more than 4x this machine's cores"* ]] || fail "--threads 100000 was not reported: $OUT_TEXT"
+
+# ---- --verbose shows where an error was raised ---------------------------------------------------
+err=$("$CUFM" train --data no_such.npy --out fresh --verbose 2>&1)
+[[ "$err" == *"npy.cpp:"* ]] || fail "--verbose did not show the source location: $err"
+
+run_ok sample "$CKPT" --count 500 --solver heun --steps 8 --device cpu --out s.npy
+[ -f s.npy ] && [ -f s.png ] || fail "sample did not write s.npy and s.png"
+run_ok eval s.npy --data 8gaussians --n-data 2000
+[[ "$OUT_TEXT" == *sliced_w2* ]] || fail "eval printed no sliced_w2: $OUT_TEXT"
+run_ok info
+run_ok --help
+run_ok --version
+ls -a run | grep -q 'cufm-tmp' && fail "a temporary was left in run/"
+
+if [ $FAILS -ne 0 ]; then
+  echo "cli_test: $FAILS check(s) failed" >&2
+  exit 1
+fi
+echo "cli_test: every check passed"
