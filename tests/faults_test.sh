@@ -6,6 +6,8 @@
 #   faults_test.sh <cufm> <work> full-disk    a full filesystem (a small tmpfs): the save fails with a
 #                                             message and the old checkpoint stays whole (exit 77, a
 #                                             skip, where no tmpfs can be mounted)
+#   faults_test.sh <cufm> <work> read-only    --out on a read-only filesystem fails before training, at
+#                                             once (exit 77, a skip, where no tmpfs can be mounted)
 #   faults_test.sh <cufm> <work> planted-link a link planted at the old temporary name is not followed
 #   faults_test.sh <cufm> <work> two-runs     a second train into a folder in use fails, naming the first
 set -uo pipefail
@@ -69,6 +71,22 @@ case "$CASE" in
     echo "faults_test full-disk: the save failed cleanly and the old checkpoint is whole"
     ;;
 
+  read-only)
+    mkdir -p ro
+    if ! mount -t tmpfs -o ro,size=1m cufm-fault-test ro 2>mount.err; then
+      echo "faults_test read-only: SKIPPED: cannot mount a tmpfs here ($(head -n1 mount.err))"
+      exit 77
+    fi
+    trap 'umount ro' EXIT
+    start=$(date +%s)
+    err=$("$CUFM" "${TRAIN[@]}" --out ro/run --steps 2000 --checkpoint-every 2000 2>&1)
+    [ $? -ne 0 ] || fail "training into a read-only filesystem succeeded"
+    [[ "$err" == *"Read-only file system"* ]] || fail "the error does not say the filesystem is read-only: $err"
+    [[ "$err" != *"training "* ]] || fail "it trained before finding out: $err"
+    [ $(($(date +%s) - start)) -le 10 ] || fail "the read-only folder was found only after $(($(date +%s) - start)) s"
+    echo "faults_test read-only: refused at once: $err"
+    ;;
+
   planted-link)
     printf 'precious' >victim.txt
     "$CUFM" "${TRAIN[@]}" --out run --steps 1 >/dev/null || fail "the first run failed"
@@ -98,7 +116,7 @@ case "$CASE" in
     ;;
 
   *)
-    echo "usage: faults_test.sh <cufm> <work> kill9|full-disk|planted-link|two-runs" >&2
+    echo "usage: faults_test.sh <cufm> <work> kill9|full-disk|read-only|planted-link|two-runs" >&2
     exit 2
     ;;
 esac

@@ -14,12 +14,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string toy_list() {
-  std::string names;
-  for (const auto& t : toy_names()) names += (names.empty() ? "" : ", ") + t;
-  return names;
-}
-
 void record_given(const CLI::App* sub, std::set<std::string>& given) {
   for (const CLI::Option* o : sub->get_options()) {
     if (o->count() > 0) given.insert(o->get_name());
@@ -55,26 +49,10 @@ void check_train(TrainArgs& a, bool data_given) {
   CUFM_REQUIRE(
       a.time_sampling == "logit-normal" || (!a.was_given("--logit-mean") && !a.was_given("--logit-std")),
       "--logit-mean and --logit-std apply to --time-sampling logit-normal");
-  MlpConfig model;
+  MlpConfig model = model_from(a);
   model.data_dim = 1;  // known once the data is loaded
-  model.hidden = a.hidden_widths;
-  model.activation = parse_activation(a.activation);
-  model.time_features = a.time_features;
   model.validate();
-  TrainConfig tc;
-  tc.batch_size = a.batch;
-  tc.optim.lr = a.lr;
-  tc.optim.weight_decay = a.weight_decay;
-  tc.optim.grad_clip = a.grad_clip;
-  tc.optim.ema_decay = a.ema;
-  tc.label_dropout = a.label_dropout;
-  tc.path.sigma_min = a.sigma_min;
-  tc.path.time_sampling =
-      a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
-  tc.path.logit_mean = a.logit_mean;
-  tc.path.logit_std = a.logit_std;
-  tc.threads = a.threads;
-  tc.validate();
+  recipe_from(a).validate();
 }
 
 void check_sample(SampleArgs& a) {
@@ -129,6 +107,33 @@ void check_eval(EvalArgs& a, const CLI::App* ev) {
 }
 
 }  // namespace
+
+MlpConfig model_from(const TrainArgs& a) {
+  MlpConfig model;
+  model.data_dim = 0;
+  model.hidden = a.hidden_widths;
+  model.activation = parse_activation(a.activation);
+  model.time_features = a.time_features;
+  return model;
+}
+
+TrainConfig recipe_from(const TrainArgs& a) {
+  TrainConfig tc;
+  tc.batch_size = a.batch;
+  tc.seed = a.seed;
+  tc.optim.kind = a.optimizer == "adamw" ? Optimizer::AdamW : Optimizer::Adam;
+  tc.optim.lr = a.lr;
+  tc.optim.weight_decay = a.weight_decay;
+  tc.optim.grad_clip = a.grad_clip;
+  tc.optim.ema_decay = a.ema;
+  tc.label_dropout = a.label_dropout;
+  tc.path.sigma_min = a.sigma_min;
+  tc.path.time_sampling = a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
+  tc.path.logit_mean = a.logit_mean;
+  tc.path.logit_std = a.logit_std;
+  tc.threads = a.threads;
+  return tc;
+}
 
 std::vector<int> parse_widths(const std::string& s) {
   std::vector<int> out;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "cufm/model.hpp"
+#include "cufm/trainer.hpp"
 #include "host/cli/data_spec.hpp"
 
 namespace cufm::cli {
@@ -63,6 +65,10 @@ struct HelpRequested {
 // Parses argv and checks every value that can be checked without the data or the checkpoint.
 // Throws HelpRequested, or cufm::Error with a one-line message for any syntax or value error.
 Command parse_command_line(int argc, const char* const* argv);
+
+// The model (data_dim and num_classes 0: set from the data) and the recipe the train flags give.
+MlpConfig model_from(const TrainArgs& a);
+TrainConfig recipe_from(const TrainArgs& a);
 
 // --hidden: comma-separated widths, each an integer in [1, 65536], no empty item ("16," and
 // "1,,2" are both refused).

@@ -180,23 +180,8 @@ int run_train(const TrainArgs& a) {
     std::fprintf(stderr, "resuming %s at step %llu\n", ckpt_path.c_str(),
                  static_cast<unsigned long long>(state.step));
   } else {
-    model.data_dim = 0;  // from the data
-    model.hidden = a.hidden_widths;
-    model.activation = parse_activation(a.activation);
-    model.time_features = a.time_features;
-    tc.batch_size = a.batch;
-    tc.seed = a.seed;
-    tc.optim.kind = a.optimizer == "adamw" ? Optimizer::AdamW : Optimizer::Adam;
-    tc.optim.lr = a.lr;
-    tc.optim.weight_decay = a.weight_decay;
-    tc.optim.grad_clip = a.grad_clip;
-    tc.optim.ema_decay = a.ema;
-    tc.label_dropout = a.label_dropout;
-    tc.path.sigma_min = a.sigma_min;
-    tc.path.time_sampling =
-        a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
-    tc.path.logit_mean = a.logit_mean;
-    tc.path.logit_std = a.logit_std;
+    model = model_from(a);
+    tc = recipe_from(a);
   }
   tc.device = parse_device(a.device);
   tc.precision = parse_precision(a.precision);

@@ -18,13 +18,13 @@ namespace cufm::cli {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-namespace {
-
 std::string toy_list() {
   std::string names;
   for (const auto& t : toy_names()) names += (names.empty() ? "" : ", ") + t;
   return names;
 }
+
+namespace {
 
 json stamp_json(const FileStamp& s) {
   return {{"path", s.path}, {"size", s.size}, {"crc32", s.crc32}};

@@ -40,6 +40,9 @@ struct DataSpec {
 // The file's absolute path, size and CRC-32 (zlib).
 FileStamp stamp_file(const std::string& path);
 
+// "checkerboard, 8gaussians, ...": the toy datasets' names, for messages and help.
+std::string toy_list();
+
 // "toy 'checkerboard' (100000 points, seed 0)" or "'/abs/x.npy'": for messages.
 std::string spec_text(const DataSpec& spec);
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The tests, as the README's test command and CI run them:
+#  1. the default build (build/, the CUDA backend when nvcc is found: its gpu tests skip without a
+#     GPU, each naming why) and its whole suite;
+#  2. the CPU backend under AddressSanitizer and UndefinedBehaviorSanitizer (build-sanitize/, the
+#     `sanitize` preset) and its suite, at the smaller sizes CUFM_TEST_SMALL=1 selects.
+# Stops at the first failure. About 15 minutes on 2 cores from a clean checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=$(nproc)
+bash scripts/build.sh
+ctest --test-dir build --output-on-failure -j"$JOBS"
+cmake --preset sanitize >/dev/null
+cmake --build --preset sanitize -j"$JOBS"
+ctest --preset sanitize -j"$JOBS"
