@@ -91,7 +91,7 @@ def checkerboard(n, device):
     row = torch.randint(0, 2, (n,), device=device)
     x2_ = torch.rand(n, device=device) - row.float() * 2
     x2 = x2_ + torch.floor(x1) % 2
-    data = torch.cat([x1[:, None], x2[:, None]], 1) * 2
+    data = torch.cat([x1[:, None], x2[:, None]], 1) / 0.45  # flow_matching's example, as cuFM's make_toy
     label = (torch.floor(x1).long() + 2) * 2 + (1 - row)  # cuFM's: column * 2 + (upper square ? 1 : 0)
     return data, label
 

@@ -1,7 +1,13 @@
 # The BLAS: OpenBLAS, preferring Debian's OpenMP build so that its threads and the CPU backend's
 # OpenMP loops share one thread pool (the pthread build's pool and OpenMP's pool contend for the
 # cores between every GEMM and elementwise pass: measured 130 ms vs 99 ms per R1 step on 2 cores).
-# Defines the exported INTERFACE target cufm_blas and CUFM_CBLAS_INCLUDE_DIR.
+#
+# Defines the imported target cufm::blas (and CUFM_CBLAS_INCLUDE_DIR). It is looked up again
+# wherever cuFM is used: this file is installed beside cufmConfig.cmake, which includes it, so the
+# exported cufm::cufm names cufm::blas, never a path on the machine that built it.
+if(TARGET cufm::blas)
+  return()
+endif()
 set(_cufm_arch_dirs)
 if(CMAKE_LIBRARY_ARCHITECTURE)
   set(_cufm_arch_dirs /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE})
@@ -20,7 +26,8 @@ if(CMAKE_LIBRARY_ARCHITECTURE)
   endforeach()
 endif()
 find_path(CUFM_CBLAS_INCLUDE_DIR cblas.h PATHS ${_cufm_inc_paths} PATH_SUFFIXES ${_cufm_inc_suffixes} REQUIRED)
-message(STATUS "cuFM BLAS: ${CUFM_OPENBLAS_LIBRARY} (cblas.h in ${CUFM_CBLAS_INCLUDE_DIR})")
-
-add_library(cufm_blas INTERFACE)
-target_link_libraries(cufm_blas INTERFACE ${CUFM_OPENBLAS_LIBRARY})
+if(NOT cufm_FIND_QUIETLY)
+  message(STATUS "cuFM BLAS: ${CUFM_OPENBLAS_LIBRARY} (cblas.h in ${CUFM_CBLAS_INCLUDE_DIR})")
+endif()
+add_library(cufm::blas INTERFACE IMPORTED GLOBAL)
+set_target_properties(cufm::blas PROPERTIES INTERFACE_LINK_LIBRARIES "${CUFM_OPENBLAS_LIBRARY}")

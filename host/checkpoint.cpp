@@ -71,6 +71,8 @@ class Fields {
     CUFM_REQUIRE(j_.is_object(), what_ << " must be a JSON object, got " << j_.type_name());
   }
 
+  bool has(const char* key) const { return j_.contains(key); }
+
   const json& get(const char* key) {
     const auto it = j_.find(key);
     CUFM_REQUIRE(it != j_.end(), what_ << " has no field '" << key << "'");
@@ -234,7 +236,11 @@ std::string to_json(const TrainConfig& c) {
                 {"eps", finite(c.optim.eps, "optim.eps")},
                 {"weight_decay", finite(c.optim.weight_decay, "optim.weight_decay")},
                 {"grad_clip", finite(c.optim.grad_clip, "optim.grad_clip")},
-                {"ema_decay", finite(c.optim.ema_decay, "optim.ema_decay")}};
+                {"ema_decay", finite(c.optim.ema_decay, "optim.ema_decay")},
+                {"lr_schedule", to_string(c.optim.lr_schedule)},
+                {"warmup_steps", std::to_string(c.optim.warmup_steps)},
+                {"decay_steps", std::to_string(c.optim.decay_steps)},
+                {"min_lr", finite(c.optim.min_lr, "optim.min_lr")}};
   j["label_dropout"] = finite(c.label_dropout, "label_dropout");
   j["device"] = to_string(c.device);
   j["precision"] = to_string(c.precision);
@@ -285,6 +291,12 @@ TrainConfig train_config_from_json(const std::string& s) {
   c.optim.weight_decay = optim.get_float("weight_decay");
   c.optim.grad_clip = optim.get_float("grad_clip");
   c.optim.ema_decay = optim.get_float("ema_decay");
+  if (optim.has("lr_schedule")) {  // absent in checkpoints from before schedules: constant
+    c.optim.lr_schedule = parse_lr_schedule(optim.get_string("lr_schedule"));
+    c.optim.warmup_steps = optim.get_u64("warmup_steps");
+    c.optim.decay_steps = optim.get_u64("decay_steps");
+    c.optim.min_lr = optim.get_float("min_lr");
+  }
   optim.finish();
   c.label_dropout = f.get_float("label_dropout");
   c.device = parse_device(f.get_string("device"));

@@ -50,6 +50,7 @@ void Dataset::validate() const {
 namespace {
 
 using hd::rn_add;
+using hd::rn_div;
 using hd::rn_fma;
 using hd::rn_mul;
 using hd::rn_sub;
@@ -59,10 +60,13 @@ struct Point {
   int32_t label;
 };
 
-// facebookresearch/flow_matching's checkerboard: x1 ~ U[-2, 2); x2 ~ U[0, 1) or U[-2, -1), shifted
-// up by one in odd columns; both scaled by 2. The 8 occupied 2x2 squares are those with
-// floor(x/2) + floor(y/2) even. Label: column (0..3) * 2 + (upper square of the column ? 1 : 0).
-// Every operation is exact (24-bit uniforms, power-of-two scales), so the squares are exact too.
+// facebookresearch/flow_matching's checkerboard (its 2D examples' inf_train_gen): x1 ~ U[-2, 2);
+// x2 ~ U[0, 1) or U[-2, -1), shifted up by one in odd columns; both divided by 0.45, so the points
+// fill 8 of the 16 squares of side 1/0.45 in [-4.44, 4.44)^2. Label: column (0..3) * 2 + (upper square
+// of the column ? 1 : 0). Every operation before the division is exact (24-bit uniforms, integer
+// shifts), and the division is one correctly rounded IEEE operation, which keeps the order of the
+// values: a point lies in the square its unscaled coordinates name. (Before 2026-11-29 cuFM
+// multiplied by 2, a square of side 2 in [-4, 4)^2: see the README's release notes.)
 Point checkerboard(const Philox4x32& r) {
   const float x1 = rn_sub(rn_mul(hd::uniform01(r.v[0]), 4.0f), 2.0f);
   const int lower = static_cast<int>(r.v[2] >> 31);         // randint(0, 2)
@@ -70,7 +74,7 @@ Point checkerboard(const Philox4x32& r) {
   const int odd = column & 1;                               // floor(x1) mod 2
   const float x2 =
       rn_add(rn_sub(hd::uniform01(r.v[1]), static_cast<float>(2 * lower)), static_cast<float>(odd));
-  return {rn_mul(x1, 2.0f), rn_mul(x2, 2.0f), column * 2 + (1 - lower)};
+  return {rn_div(x1, 0.45f), rn_div(x2, 0.45f), column * 2 + (1 - lower)};
 }
 
 // 8 Gaussians (std 0.3) on a circle of radius 2*sqrt(2); label = mode k at angle 2*pi*k/8.

@@ -10,6 +10,24 @@
 
 namespace cufm {
 
+const char* to_string(LrSchedule s) {
+  switch (s) {
+    case LrSchedule::Cosine:
+      return "cosine";
+    case LrSchedule::Linear:
+      return "linear";
+    default:
+      return "constant";
+  }
+}
+
+LrSchedule parse_lr_schedule(const std::string& s) {
+  if (s == "constant") return LrSchedule::Constant;
+  if (s == "cosine") return LrSchedule::Cosine;
+  if (s == "linear") return LrSchedule::Linear;
+  CUFM_FAIL("unknown learning-rate schedule '" << s << "': expected constant, cosine or linear");
+}
+
 void TrainConfig::validate() const {
   CUFM_REQUIRE(batch_size >= 1 && batch_size <= (1 << 26),
                "batch_size must be in [1, 2^26], got " << batch_size);
@@ -27,6 +45,13 @@ void TrainConfig::validate() const {
                "weight_decay must be >= 0, got " << optim.weight_decay);
   CUFM_REQUIRE(std::isfinite(optim.grad_clip) && optim.grad_clip >= 0.0f,
                "grad_clip must be >= 0 (0: off), got " << optim.grad_clip);
+  CUFM_REQUIRE(optim.lr_schedule == LrSchedule::Constant || optim.lr_schedule == LrSchedule::Cosine ||
+                   optim.lr_schedule == LrSchedule::Linear,
+               "unknown learning-rate schedule " << static_cast<int>(optim.lr_schedule));
+  CUFM_REQUIRE(optim.lr_schedule == LrSchedule::Constant || optim.decay_steps >= 1,
+               "a cosine or linear learning-rate decay needs decay_steps >= 1");
+  CUFM_REQUIRE(std::isfinite(optim.min_lr) && optim.min_lr >= 0.0f && optim.min_lr <= optim.lr,
+               "min_lr must be in [0, lr = " << optim.lr << "], got " << optim.min_lr);
   CUFM_REQUIRE(optim.ema_decay >= 0.0f && optim.ema_decay < 1.0f,
                "ema_decay must be in [0, 1) (0: off), got " << optim.ema_decay);
   CUFM_REQUIRE(label_dropout >= 0.0f && label_dropout <= 1.0f,

@@ -125,6 +125,13 @@ run_fails "--seed 5 differs" train --out run --resume --seed 5 --steps 30
 run_ok train --out run --resume --steps 30 --quiet --threads 1 --device cpu
 [[ "$OUT_TEXT" == *"step 30"* ]] || fail "resume did not reach step 30: $OUT_TEXT"
 
+# ---- learning-rate schedules: recorded, and kept on resume -------------------------------------
+run_fails "--decay-steps and --min-lr apply to --lr-schedule cosine or linear" "${TRAIN[@]}" --out sched --decay-steps 5
+run_fails "unknown learning-rate schedule 'step'" "${TRAIN[@]}" --out sched --lr-schedule step
+run_ok "${TRAIN[@]}" --out sched --steps 6 --lr-schedule cosine --warmup-steps 2 --min-lr 1e-5
+run_fails "--lr-schedule linear differs from the checkpoint's cosine" train --out sched --resume --steps 8 --lr-schedule linear
+run_ok train --out sched --resume --steps 8 --quiet --device cpu
+
 # ---- --steps 0 writes the initial weights; they sample -----------------------------------------
 run_ok "${TRAIN[@]}" --out init --steps 0
 [[ "$OUT_TEXT" == *"step 0: the initial weights"* ]] || fail "--steps 0: $OUT_TEXT"

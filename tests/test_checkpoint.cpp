@@ -60,6 +60,10 @@ cufm::TrainConfig unusual_train_config() {
   t.optim.weight_decay = 0.01f;
   t.optim.grad_clip = 1.5f;
   t.optim.ema_decay = 0.999f;
+  t.optim.lr_schedule = cufm::LrSchedule::Cosine;
+  t.optim.warmup_steps = 7;
+  t.optim.decay_steps = (uint64_t{1} << 60) + 3;  // not representable as a double
+  t.optim.min_lr = 1.5e-5f;
   t.label_dropout = 0.2f;
   t.device = cufm::Device::CPU;
   t.precision = cufm::Precision::BF16;
@@ -118,10 +122,25 @@ void expect_same_train_config(const cufm::TrainConfig& a, const cufm::TrainConfi
   EXPECT_EQ(a.optim.weight_decay, b.optim.weight_decay);
   EXPECT_EQ(a.optim.grad_clip, b.optim.grad_clip);
   EXPECT_EQ(a.optim.ema_decay, b.optim.ema_decay);
+  EXPECT_EQ(a.optim.lr_schedule, b.optim.lr_schedule);
+  EXPECT_EQ(a.optim.warmup_steps, b.optim.warmup_steps);
+  EXPECT_EQ(a.optim.decay_steps, b.optim.decay_steps);
+  EXPECT_EQ(a.optim.min_lr, b.optim.min_lr);
   EXPECT_EQ(a.label_dropout, b.label_dropout);
   EXPECT_EQ(a.device, b.device);
   EXPECT_EQ(a.precision, b.precision);
   EXPECT_EQ(a.threads, b.threads);
+}
+
+// Checkpoints written before learning-rate schedules existed have no schedule fields: they load
+// with the constant schedule they trained with.
+TEST(ConfigJson, ConfigsWithoutScheduleFieldsAreConstant) {
+  nlohmann::json j = nlohmann::json::parse(cufm::to_json(cufm::TrainConfig{}));
+  for (const char* k : {"lr_schedule", "warmup_steps", "decay_steps", "min_lr"}) j["optim"].erase(k);
+  const cufm::TrainConfig t = cufm::train_config_from_json(j.dump());
+  EXPECT_EQ(t.optim.lr_schedule, cufm::LrSchedule::Constant);
+  EXPECT_EQ(t.optim.warmup_steps, 0u);
+  EXPECT_EQ(t.optim.min_lr, 0.0f);
 }
 
 TEST(ConfigJson, RoundTripsEveryField) {

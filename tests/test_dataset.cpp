@@ -17,9 +17,9 @@
 
 namespace {
 
-using ::testing::HasSubstr;
 using cufm::test::error_of;
 using cufm::test::TempDir;
+using ::testing::HasSubstr;
 
 int expected_classes(const std::string& name) {
   if (name == "checkerboard" || name == "8gaussians") return 8;
@@ -76,18 +76,27 @@ TEST(Toys, DeterministicInSeedAndPrefixStable) {
   }
 }
 
+// flow_matching's checkerboard: its unscaled coordinates divided by 0.45 (one rounding, which keeps
+// their order), so each point lies in the square of side 1/0.45 its unscaled cell names.
 TEST(Toys, CheckerboardOccupiesExactlyTheEightSquares) {
   const cufm::Dataset d = cufm::make_toy("checkerboard", 50000, 3);
+  // The square boundaries k / 0.45 for k = -2..2, rounded as the data is.
+  float edge[5];
+  for (int k = -2; k <= 2; ++k) edge[k + 2] = static_cast<float>(k) / 0.45f;
+  const auto cell = [&](float v) {  // -2..1: the unscaled floor
+    int c = -2;
+    for (int k = 1; k <= 3; ++k) c += v >= edge[k] ? 1 : 0;
+    return c;
+  };
   std::set<std::pair<int, int>> cells;
   std::set<int> labels_seen;
   for (int64_t i = 0; i < d.n; ++i) {
     const float x = d.x[2 * i], y = d.x[2 * i + 1];
-    ASSERT_GE(x, -4.0f);
-    ASSERT_LT(x, 4.0f);
-    ASSERT_GE(y, -4.0f);
-    ASSERT_LT(y, 4.0f);
-    const int col = static_cast<int>(std::floor(x / 2.0f));  // -2..1
-    const int row = static_cast<int>(std::floor(y / 2.0f));  // -2..1
+    ASSERT_GE(x, edge[0]);
+    ASSERT_LT(x, edge[4]);
+    ASSERT_GE(y, edge[0]);
+    ASSERT_LT(y, edge[4]);
+    const int col = cell(x), row = cell(y);
     ASSERT_EQ(((col + row) % 2 + 2) % 2, 0)
         << "point " << i << " (" << x << ", " << y << ") in an empty square";
     // Label: column * 2 + (upper of the column's two squares).
@@ -98,6 +107,8 @@ TEST(Toys, CheckerboardOccupiesExactlyTheEightSquares) {
   }
   EXPECT_EQ(cells.size(), 8u);
   EXPECT_EQ(labels_seen.size(), 8u);
+  // The extent flow_matching's plots show: +-2 / 0.45 = +-4.44.
+  EXPECT_NEAR(edge[4], 4.4444f, 1e-4f);
 }
 
 TEST(Toys, LabelsMatchGeometry) {

@@ -2,6 +2,7 @@
 #include "host/cli/args.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -44,6 +45,8 @@ void check_train(TrainArgs& a, bool data_given) {
   if (a.resume) return;  // the recipe is the checkpoint's; run_train compares the flags given with it
 
   // The recipe, checked whole before any data is loaded.
+  CUFM_REQUIRE(a.lr_schedule != "constant" || (!a.was_given("--decay-steps") && !a.was_given("--min-lr")),
+               "--decay-steps and --min-lr apply to --lr-schedule cosine or linear");
   CUFM_REQUIRE(a.conditional || !a.was_given("--label-dropout"),
                "--label-dropout applies to conditional models: add --conditional or drop it");
   CUFM_REQUIRE(
@@ -128,10 +131,18 @@ TrainConfig recipe_from(const TrainArgs& a) {
   tc.optim.ema_decay = a.ema;
   tc.label_dropout = a.label_dropout;
   tc.path.sigma_min = a.sigma_min;
-  tc.path.time_sampling = a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
+  tc.path.time_sampling =
+      a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
   tc.path.logit_mean = a.logit_mean;
   tc.path.logit_std = a.logit_std;
   tc.threads = a.threads;
+  tc.optim.lr_schedule = parse_lr_schedule(a.lr_schedule);
+  tc.optim.warmup_steps = a.warmup_steps;
+  tc.optim.decay_steps =
+      a.decay_steps > 0 || a.steps <= a.warmup_steps ? a.decay_steps : a.steps - a.warmup_steps;
+  if (tc.optim.lr_schedule != LrSchedule::Constant)
+    tc.optim.decay_steps = std::max<uint64_t>(1, tc.optim.decay_steps);
+  tc.optim.min_lr = a.min_lr;
   return tc;
 }
 
@@ -194,6 +205,13 @@ Command parse_command_line(int argc, const char* const* argv) {
   train->add_option("--batch", ta.batch, "Batch size")->capture_default_str();
   train->add_option("--lr", ta.lr, "Learning rate")->capture_default_str();
   train->add_option("--optimizer", ta.optimizer, "adam or adamw")->capture_default_str();
+  train->add_option("--lr-schedule", ta.lr_schedule, "constant, cosine or linear (decay to --min-lr)")
+      ->capture_default_str();
+  unsigned_option(train->add_option("--warmup-steps", ta.warmup_steps, "Linear learning-rate warm-up steps")
+                      ->capture_default_str());
+  unsigned_option(train->add_option("--decay-steps", ta.decay_steps,
+                                    "Steps of the decay (default: the rest of the run after the warm-up)"));
+  train->add_option("--min-lr", ta.min_lr, "The learning rate the decay ends at")->capture_default_str();
   train->add_option("--weight-decay", ta.weight_decay, "Weight decay")->capture_default_str();
   train->add_option("--grad-clip", ta.grad_clip, "Clip the gradient norm (0: off)")->capture_default_str();
   train->add_option("--ema", ta.ema, "EMA decay of the weights (0: off)")->capture_default_str();

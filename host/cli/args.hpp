@@ -23,6 +23,9 @@ struct TrainArgs {
   uint64_t steps = 20000, checkpoint_every = 5000, log_every = 100, seed = 0;
   float lr = 1e-3f, weight_decay = 0.0f, grad_clip = 0.0f, ema = 0.0f, label_dropout = 0.1f, sigma_min = 0.0f;
   float logit_mean = 0.0f, logit_std = 1.0f;
+  std::string lr_schedule = "constant";
+  uint64_t warmup_steps = 0, decay_steps = 0;  // decay_steps 0: the rest of the run (--steps - warm-up)
+  float min_lr = 0.0f;
   std::vector<int> hidden_widths;  // --hidden, parsed
   std::set<std::string> given;     // the options on the command line ("--lr", ...)
   bool was_given(const std::string& option) const { return given.count(option) > 0; }

@@ -111,6 +111,10 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
   require_same(a, "--logit-mean", a.logit_mean, t.path.logit_mean);
   require_same(a, "--logit-std", a.logit_std, t.path.logit_std);
   require_same(a, "--seed", a.seed, t.seed);
+  require_same(a, "--lr-schedule", a.lr_schedule, std::string(to_string(t.optim.lr_schedule)));
+  require_same(a, "--warmup-steps", a.warmup_steps, t.optim.warmup_steps);
+  require_same(a, "--decay-steps", a.decay_steps, t.optim.decay_steps);
+  require_same(a, "--min-lr", a.min_lr, t.optim.min_lr);
 }
 
 // The data of a resumed run: the checkpoint's, and --data (and its options) only to repeat it.

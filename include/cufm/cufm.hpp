@@ -2,6 +2,7 @@
 #pragma once
 
 #include "cufm/checkpoint.hpp"
+#include "cufm/config.hpp"
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/error.hpp"

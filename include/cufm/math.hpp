@@ -14,6 +14,10 @@
 namespace cufm {
 
 enum class Activation : int { SiLU = 0, ReLU = 1, GELU = 2 };
+// The learning rate over the steps: a linear warm-up from lr / warmup_steps to lr over the first
+// warmup_steps steps, then constant, or a cosine or linear decay to min_lr over decay_steps steps
+// (min_lr after them).
+enum class LrSchedule : int { Constant = 0, Cosine = 1, Linear = 2 };
 namespace hd {
 
 // ---- activations -------------------------------------------------------------------------
@@ -121,7 +125,29 @@ struct AdamCoeffs {
 struct AdamHyper {
   float lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay;
   bool decoupled;
+  LrSchedule schedule = LrSchedule::Constant;
+  uint64_t warmup_steps = 0, decay_steps = 0;
+  float min_lr = 0.0f;
 };
+
+// The learning rate of step t (1-based). Single IEEE operations and cuFM's deterministic cosine,
+// so both backends compute the same bits: the GPU's optimiser evaluates it on the device from the
+// device's step counter, inside the captured training step.
+CUFM_HD float scheduled_lr(const AdamHyper& h, uint64_t t) {
+  if (t <= h.warmup_steps) {
+    return rn_div(rn_mul(h.lr, static_cast<float>(t)), static_cast<float>(h.warmup_steps));
+  }
+  if (h.schedule == LrSchedule::Constant) return h.lr;
+  const uint64_t s = t - h.warmup_steps;  // 1-based step of the decay
+  if (s >= h.decay_steps) return h.min_lr;
+  const float progress = rn_div(static_cast<float>(s), static_cast<float>(h.decay_steps));  // (0, 1)
+  const float span = rn_sub(h.lr, h.min_lr);
+  if (h.schedule == LrSchedule::Linear) return rn_sub(h.lr, rn_mul(span, progress));
+  // Cosine: min_lr + span * (1 + cos(pi * progress)) / 2, cos(pi p) = cos(2 pi (p / 2)).
+  float sn, cs;
+  det_sincos_turns(rn_mul(progress, 0.5f), sn, cs);
+  return rn_add(h.min_lr, rn_mul(rn_mul(span, 0.5f), rn_add(1.0f, cs)));
+}
 
 // b^e by squaring: only IEEE multiplications, so host and device agree to the bit (pow() need not).
 CUFM_HD double powi(double b, uint64_t e) {
@@ -138,7 +164,7 @@ CUFM_HD double powi(double b, uint64_t e) {
 // factor is PyTorch's clip_grad_norm_: max_norm / (norm + 1e-6), when that is below 1.
 CUFM_HD AdamCoeffs adam_coeffs(const AdamHyper& h, uint64_t t, float grad_norm) {
   AdamCoeffs c{};
-  c.lr = h.lr;
+  c.lr = scheduled_lr(h, t);
   c.beta1 = h.beta1;
   c.beta2 = h.beta2;
   c.eps = h.eps;

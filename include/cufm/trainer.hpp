@@ -11,8 +11,8 @@
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/math.hpp"
-#include "cufm/path.hpp"
 #include "cufm/model.hpp"
+#include "cufm/path.hpp"
 
 namespace cufm {
 
@@ -23,24 +23,39 @@ struct OptimConfig {
   float lr = 1e-3f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float weight_decay = 0.0f;
-  float grad_clip = 0.0f;   // > 0: clip the global gradient norm to this value
-  float ema_decay = 0.0f;   // > 0: keep an exponential moving average of the weights
+  float grad_clip = 0.0f;  // > 0: clip the global gradient norm to this value
+  float ema_decay = 0.0f;  // > 0: keep an exponential moving average of the weights
+  // The learning rate's schedule (hd::scheduled_lr): linear warm-up over warmup_steps, then
+  // constant, or a cosine or linear decay from lr to min_lr over decay_steps (>= 1 for those).
+  LrSchedule lr_schedule = LrSchedule::Constant;
+  uint64_t warmup_steps = 0;
+  uint64_t decay_steps = 0;
+  float min_lr = 0.0f;
 
   // The values the shared update (hd::adam_coeffs, hd::adam_update) reads.
   hd::AdamHyper hyper() const {
-    return hd::AdamHyper{lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, kind == Optimizer::AdamW};
+    hd::AdamHyper h{lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, kind == Optimizer::AdamW};
+    h.schedule = lr_schedule;
+    h.warmup_steps = warmup_steps;
+    h.decay_steps = decay_steps;
+    h.min_lr = min_lr;
+    return h;
   }
 };
+
+// "constant", "cosine", "linear".
+const char* to_string(LrSchedule s);
+LrSchedule parse_lr_schedule(const std::string& s);
 
 struct TrainConfig {
   int batch_size = 4096;
   uint64_t seed = 0;
   PathConfig path;
   OptimConfig optim;
-  float label_dropout = 0.1f;   // per-sample probability of the null class (conditional models)
+  float label_dropout = 0.1f;  // per-sample probability of the null class (conditional models)
   Device device = Device::Auto;
   Precision precision = Precision::FP32;
-  int threads = 0;              // CPU backend threads; 0: all cores
+  int threads = 0;  // CPU backend threads; 0: all cores
 
   void validate() const;
 };
@@ -55,10 +70,10 @@ struct TrainState {
 };
 
 struct FitProgress {
-  uint64_t step;        // steps done so far
-  uint64_t total;       // steps this fit() will have done when it returns
-  float loss;           // loss of the latest step
-  double seconds;       // wall time since fit() began
+  uint64_t step;   // steps done so far
+  uint64_t total;  // steps this fit() will have done when it returns
+  float loss;      // loss of the latest step
+  double seconds;  // wall time since fit() began
 };
 
 namespace detail {
@@ -93,9 +108,9 @@ class Trainer {
   Device device() const { return device_; }
   const TrainConfig& config() const { return config_; }
   const MlpConfig& model_config() const { return model_config_; }
-  TrainState state() const;   // copies the state to the host
-  Model model() const;        // the current weights
-  Model ema_model() const;    // the EMA weights (throws if EMA is off)
+  TrainState state() const;  // copies the state to the host
+  Model model() const;       // the current weights
+  Model ema_model() const;   // the EMA weights (throws if EMA is off)
 
  private:
   MlpConfig model_config_;

@@ -13,6 +13,7 @@ int main() {
   cfg.device = cufm::Device::CPU;
   cufm::Trainer trainer(cufm::Model(mlp, 0), data, cfg);
   const float loss = trainer.step();
-  std::printf("consumer: cuFM %s, loss %.4f\n", cufm::version().c_str(), loss);
-  return std::isfinite(loss) && loss > 0.0f ? 0 : 1;
+  std::printf("consumer: cuFM %s (config.hpp: %s, CUDA backend %d), loss %.4f\n", cufm::version().c_str(),
+              CUFM_VERSION_STRING, CUFM_HAS_CUDA, loss);
+  return std::isfinite(loss) && loss > 0.0f && cufm::version().rfind(CUFM_VERSION_STRING, 0) == 0 ? 0 : 1;
 }

@@ -339,14 +339,27 @@ TEST(Adam, MatchesCpuBitForBit) {
   struct Case {
     Optimizer kind;
     float grad_clip, weight_decay;
+    LrSchedule schedule;
+    uint64_t warmup;
   };
   // Clipping active (the norm of these gradients is ~180) and off (the default: adam_prepare's
-  // other branch, no norm reduction), with and without weight decay.
-  for (const Case ac : {Case{Optimizer::Adam, 1.0f, 0.01f}, Case{Optimizer::AdamW, 1.0f, 0.01f},
-                        Case{Optimizer::Adam, 0.0f, 0.0f}, Case{Optimizer::AdamW, 0.0f, 0.01f}}) {
+  // other branch, no norm reduction), with and without weight decay; and the learning rate from
+  // each schedule, in its warm-up (step 5 of 8) and in its decay (steps 1..).
+  for (const Case ac : {Case{Optimizer::Adam, 1.0f, 0.01f, LrSchedule::Constant, 0},
+                        Case{Optimizer::AdamW, 1.0f, 0.01f, LrSchedule::Constant, 0},
+                        Case{Optimizer::Adam, 0.0f, 0.0f, LrSchedule::Constant, 0},
+                        Case{Optimizer::AdamW, 0.0f, 0.01f, LrSchedule::Constant, 0},
+                        Case{Optimizer::Adam, 0.0f, 0.0f, LrSchedule::Cosine, 8},
+                        Case{Optimizer::AdamW, 1.0f, 0.0f, LrSchedule::Cosine, 1},
+                        Case{Optimizer::Adam, 0.0f, 0.0f, LrSchedule::Linear, 2}}) {
     SCOPED_TRACE(std::string(ac.kind == Optimizer::Adam ? "adam" : "adamw") + " clip " +
-                 std::to_string(ac.grad_clip) + " wd " + std::to_string(ac.weight_decay));
+                 std::to_string(ac.grad_clip) + " wd " + std::to_string(ac.weight_decay) + " " +
+                 to_string(ac.schedule) + " warm-up " + std::to_string(ac.warmup));
     OptimConfig o;
+    o.lr_schedule = ac.schedule;
+    o.warmup_steps = ac.warmup;
+    o.decay_steps = 7;
+    o.min_lr = 1e-4f;
     o.kind = ac.kind;
     o.lr = 3e-3f;
     o.weight_decay = ac.weight_decay;
@@ -379,6 +392,7 @@ TEST(Adam, MatchesCpuBitForBit) {
     const hd::AdamCoeffs c = cpu::adam_coeffs(o, done + 1, after.grad_norm);
     cpu::adam_step(c, g.data(), n, p.data(), m.data(), v.data(), ema.data());
     EXPECT_EQ(after.coeffs.grad_scale, c.grad_scale);
+    EXPECT_EQ(after.coeffs.lr, c.lr);
     EXPECT_EQ(after.coeffs.bias_corr1, c.bias_corr1);
     EXPECT_EQ(after.coeffs.bias_corr2_sqrt, c.bias_corr2_sqrt);
     const std::vector<float> pg = pd.download();
