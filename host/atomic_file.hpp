@@ -3,14 +3,15 @@
 // - The target must be absent or a regular file: a symlink, FIFO, device node or folder given as an
 //   output is refused, never replaced.
 // - The bytes go to a temporary ".<name>.cufm-tmp.<pid>.<random>" in the target's folder, created
-//   with O_CREAT | O_EXCL (mkstemp), so a link planted at any name is never followed, and on the
-//   target's filesystem, so the final rename is atomic. Its mode follows the umask, as a plain
-//   create's would.
+//   with O_CREAT | O_EXCL | O_NOFOLLOW, so a link planted at any name is never followed, and on the
+//   target's filesystem, so the final rename is atomic. A new file's mode follows the umask, as a
+//   plain create's would; a replaced file keeps its mode.
 // - commit() flushes the temporary to disk, renames it over the target and then syncs the folder,
 //   so after a crash either the old file or the new one is there, complete.
 // - Any failure (or destruction without commit) removes the temporary; the target is untouched.
-// - Temporaries that killed runs left beside the target (their process is gone) are removed when the
-//   next write of that target starts.
+// - Temporaries that killed runs left beside the target are removed when the next write of that
+//   target starts: those that no process holds locked (a writer holds a flock on its temporary)
+//   and whose pid is gone.
 #pragma once
 
 #include <cstddef>

@@ -64,6 +64,16 @@ bool parse_u64(const std::string& s, uint64_t& out) {
   return true;
 }
 
+// An untrusted value in a message: a scalar as written (at most 64 characters), a container by its
+// type alone. (nlohmann's dump() recurses: a crafted header nested 100,000 deep would overflow the
+// stack while the message was being built.)
+std::string describe(const json& v) {
+  if (v.is_structured()) return std::string("a JSON ") + v.type_name();
+  std::string text = v.dump();
+  if (text.size() > 64) text = text.substr(0, 61) + "...";
+  return text;
+}
+
 // ---- strict reading of a JSON object: every field present, no unknown field ------------------
 class Fields {
  public:
@@ -83,7 +93,7 @@ class Fields {
   int get_int(const char* key, int lo, int hi) {
     const json& v = get(key);
     CUFM_REQUIRE(v.is_number_integer(),
-                 what_ << " field '" << key << "' must be an integer, got " << v.dump());
+                 what_ << " field '" << key << "' must be an integer, got " << describe(v));
     const int64_t x = v.get<int64_t>();
     CUFM_REQUIRE(x >= lo && x <= hi,
                  what_ << " field '" << key << "' = " << x << " is outside [" << lo << ", " << hi << "]");
@@ -92,7 +102,7 @@ class Fields {
 
   float get_float(const char* key) {
     const json& v = get(key);
-    CUFM_REQUIRE(v.is_number(), what_ << " field '" << key << "' must be a number, got " << v.dump());
+    CUFM_REQUIRE(v.is_number(), what_ << " field '" << key << "' must be a number, got " << describe(v));
     const double x = v.get<double>();
     const float f = static_cast<float>(x);
     CUFM_REQUIRE(std::isfinite(f), what_ << " field '" << key << "' = " << x << " is not a finite float");
@@ -101,7 +111,7 @@ class Fields {
 
   std::string get_string(const char* key) {
     const json& v = get(key);
-    CUFM_REQUIRE(v.is_string(), what_ << " field '" << key << "' must be a string, got " << v.dump());
+    CUFM_REQUIRE(v.is_string(), what_ << " field '" << key << "' must be a string, got " << describe(v));
     return v.get<std::string>();
   }
 
@@ -112,7 +122,7 @@ class Fields {
     uint64_t x = 0;
     CUFM_REQUIRE(v.is_string() && parse_u64(v.get<std::string>(), x),
                  what_ << " field '" << key
-                       << "' must be an unsigned 64-bit integer as a decimal string, got " << v.dump());
+                       << "' must be an unsigned 64-bit integer as a decimal string, got " << describe(v));
     return x;
   }
 
@@ -131,7 +141,7 @@ class Fields {
 
 json parse_json(const std::string& s, const char* what) {
   try {
-    return json::parse(s);
+    return detail::parse_json_bounded(s);
   } catch (const json::exception& e) {
     CUFM_FAIL(what << " is not valid JSON: " << e.what());
   }
@@ -255,11 +265,12 @@ MlpConfig mlp_config_from_json(const std::string& s) {
   c.data_dim = f.get_int("data_dim", 1, 65536);
   const json& hidden = f.get("hidden");
   CUFM_REQUIRE(hidden.is_array(),
-               "model config field 'hidden' must be an array of widths, got " << hidden.dump());
+               "model config field 'hidden' must be an array of widths, got " << describe(hidden));
   c.hidden.clear();
   for (const json& w : hidden) {
-    CUFM_REQUIRE(w.is_number_integer() && w.get<int64_t>() >= 1 && w.get<int64_t>() <= 65536,
-                 "model config field 'hidden' has a bad width " << w.dump() << "; widths are in [1, 65536]");
+    CUFM_REQUIRE(
+        w.is_number_integer() && w.get<int64_t>() >= 1 && w.get<int64_t>() <= 65536,
+        "model config field 'hidden' has a bad width " << describe(w) << "; widths are in [1, 65536]");
     c.hidden.push_back(w.get<int>());
   }
   c.activation = parse_activation(f.get_string("activation"));

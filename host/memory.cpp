@@ -1,6 +1,7 @@
 // See memory.hpp.
 #include "host/memory.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
@@ -39,45 +40,84 @@ uint64_t mem_available() {
   return kUnknown;
 }
 
-uint64_t cgroup_headroom() {
-  uint64_t limit = read_number("/sys/fs/cgroup/memory.max");  // v2
-  uint64_t used = read_number("/sys/fs/cgroup/memory.current");
-  if (limit == kUnknown) {
-    limit = read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes");  // v1
-    used = read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+// A counter from a memory.stat file ("inactive_file 123"), 0 when absent.
+uint64_t stat_field(const std::string& path, const char* key) {
+  std::ifstream in(path);
+  std::string k;
+  uint64_t v = 0;
+  while (in >> k >> v) {
+    if (k == key) return v;
   }
+  return 0;
+}
+
+// The headroom of one cgroup folder: its limit less what it uses that cannot be reclaimed (the
+// page cache's inactive files are); kUnknown without a limit.
+uint64_t folder_headroom(const std::string& dir, bool v2) {
+  const uint64_t limit = read_number((dir + (v2 ? "/memory.max" : "/memory.limit_in_bytes")).c_str());
   if (limit == kUnknown || limit >= (uint64_t{1} << 60)) return kUnknown;  // v1 writes "no limit" as ~2^63
+  uint64_t used = read_number((dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes")).c_str());
   if (used == kUnknown) used = 0;
+  const uint64_t cache = stat_field(dir + "/memory.stat", v2 ? "inactive_file" : "total_inactive_file");
+  used = used > cache ? used - cache : 0;
   return limit > used ? limit - used : 0;
+}
+
+// The least headroom of this process's cgroup and its ancestors (v2: the unified hierarchy; v1:
+// the memory controller's), found through /proc/self/cgroup; the mount's root when the process's
+// own folder is not visible (a container's namespaced view).
+uint64_t cgroup_headroom() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line, v2_path, v1_path;
+  while (std::getline(in, line)) {
+    const size_t a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (line.compare(0, a, "0") == 0 && controllers.empty()) v2_path = path;
+    std::stringstream list(controllers);
+    for (std::string c; std::getline(list, c, ',');) {
+      if (c == "memory") v1_path = path;
+    }
+  }
+  uint64_t best = kUnknown;
+  const auto walk = [&](const std::string& root, std::string path, bool v2) {
+    bool seen = false;
+    for (;;) {
+      const std::string dir = root + (path == "/" ? "" : path);
+      std::ifstream probe(dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes"));
+      if (probe.good()) {
+        seen = true;
+        best = std::min(best, folder_headroom(dir, v2));
+      }
+      if (path.empty() || path == "/") break;
+      const size_t slash = path.find_last_of('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    }
+    if (!seen) best = std::min(best, folder_headroom(root, v2));
+  };
+  if (!v2_path.empty()) walk("/sys/fs/cgroup", v2_path, true);
+  if (!v1_path.empty()) walk("/sys/fs/cgroup/memory", v1_path, false);
+  if (v2_path.empty() && v1_path.empty())
+    best = std::min(folder_headroom("/sys/fs/cgroup", true), folder_headroom("/sys/fs/cgroup/memory", false));
+  return best;
 }
 
 // CUFM_MEMORY_LIMIT: "1073741824", "512M", "2G".
 uint64_t environment_cap() {
   const char* v = std::getenv("CUFM_MEMORY_LIMIT");
   if (v == nullptr || *v == '\0') return kUnknown;
-  char* end = nullptr;
-  const unsigned long long n = std::strtoull(v, &end, 10);
+  const std::string text = v;
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  const std::string suffix = text.substr(digits);
   uint64_t scale = 1;
-  if (end && *end) {
-    switch (std::toupper(static_cast<unsigned char>(*end))) {
-      case 'K':
-        scale = uint64_t{1} << 10;
-        break;
-      case 'M':
-        scale = uint64_t{1} << 20;
-        break;
-      case 'G':
-        scale = uint64_t{1} << 30;
-        break;
-      default:
-        CUFM_FAIL("CUFM_MEMORY_LIMIT must be a number of bytes with an optional K, M or G suffix, got '"
-                  << v << "'");
-    }
-  }
+  if (suffix == "K" || suffix == "k") scale = uint64_t{1} << 10;
+  if (suffix == "M" || suffix == "m") scale = uint64_t{1} << 20;
+  if (suffix == "G" || suffix == "g") scale = uint64_t{1} << 30;
   CUFM_REQUIRE(
-      end != v,
-      "CUFM_MEMORY_LIMIT must be a number of bytes with an optional K, M or G suffix, got '" << v << "'");
-  return mul_sat(n, scale);
+      digits > 0 && digits <= 19 && (suffix.empty() || scale > 1),
+      "CUFM_MEMORY_LIMIT must be a number of bytes with an optional K, M or G suffix, got '" << text << "'");
+  return mul_sat(std::stoull(text.substr(0, digits)), scale);
 }
 
 std::string mib(uint64_t bytes) {

@@ -3,8 +3,11 @@
 // Layout: "\x93NUMPY", major, minor, the header length (2 bytes in 1.0, 4 bytes after), a Python
 // dict literal {'descr': '<f4', 'fortran_order': False, 'shape': (N, D), } padded with spaces and
 // a newline, then the raw array bytes.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -277,21 +280,29 @@ void write_npy_bytes(const std::string& path, const char* descr, const void* dat
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
+  // Opened once, without blocking (a FIFO would block a plain open), and checked through the
+  // descriptor: no gap between the check and the read.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  CUFM_REQUIRE(fd >= 0, "cannot open .npy file '" << path << "': " << std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   struct stat st;
-  CUFM_REQUIRE(::stat(path.c_str(), &st) == 0,
-               "cannot open .npy file '" << path << "': " << std::strerror(errno));
+  CUFM_REQUIRE(::fstat(fd, &st) == 0, "cannot read .npy file '" << path << "': " << std::strerror(errno));
   CUFM_REQUIRE(S_ISREG(st.st_mode), "cannot read .npy file '" << path << "': not a regular file");
-  std::ifstream in(path, std::ios::binary);
-  CUFM_REQUIRE(in.good(), "cannot open .npy file '" << path << "': " << std::strerror(errno));
-  in.seekg(0, std::ios::end);
-  const auto end = in.tellg();
-  CUFM_REQUIRE(end >= 0, "cannot read .npy file '" << path << "': seeking failed (is it a regular file?)");
-  const uint64_t file_size = static_cast<uint64_t>(end);
-  in.seekg(0, std::ios::beg);
-
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  uint64_t offset = 0;
   const auto read_bytes = [&](char* dst, uint64_t bytes, const char* what) {
-    in.read(dst, static_cast<std::streamsize>(bytes));
-    CUFM_REQUIRE(in.good(), "'" << path << "' is truncated: it ends inside the " << what);
+    while (bytes > 0) {
+      const ssize_t n = ::pread(fd, dst, static_cast<size_t>(std::min<uint64_t>(bytes, uint64_t{1} << 30)),
+                                static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      CUFM_REQUIRE(n > 0, "'" << path << "' is truncated: it ends inside the " << what);
+      dst += n;
+      offset += static_cast<uint64_t>(n);
+      bytes -= static_cast<uint64_t>(n);
+    }
   };
 
   CUFM_REQUIRE(file_size >= kMagicSize + 4,

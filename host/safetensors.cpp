@@ -18,7 +18,9 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // safetensors' own limit
+// cuFM's own headers are a few KB (at most 64 layers x 4 buffers x 2 tensors); 16 MB keeps a
+// crafted header's parsed form (~20x its text) well inside memory.
+constexpr uint64_t kMaxHeaderBytes = 16u << 20;
 
 // pread until done; false at end of file or on an error (errno set).
 bool read_at(int fd, void* dst, uint64_t bytes, uint64_t offset) {
@@ -40,8 +42,16 @@ bool read_at(int fd, void* dst, uint64_t bytes, uint64_t offset) {
 
 }  // namespace
 
+json parse_json_bounded(const std::string& text, int max_depth) {
+  return json::parse(text, [max_depth](int depth, json::parse_event_t, json&) {
+    CUFM_REQUIRE(depth <= max_depth,
+                 "a JSON text is nested deeper than " << max_depth << " levels: it is not one cuFM wrote");
+    return true;
+  });
+}
+
 SafetensorsReader::SafetensorsReader(const std::string& path, const std::string& where) : where_(where) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO must not block the open
   CUFM_REQUIRE(fd_ >= 0, "cannot open " << where << ": " << std::strerror(errno));
   try {
     struct stat st;
@@ -67,7 +77,7 @@ SafetensorsReader::SafetensorsReader(const std::string& path, const std::string&
 
     json header;
     try {
-      header = json::parse(text);
+      header = parse_json_bounded(text);
     } catch (const json::exception& e) {
       CUFM_FAIL(where << " is corrupt: its header is not valid JSON (" << e.what() << ")");
     }

@@ -60,6 +60,12 @@ struct SafetensorsTensor {
   uint64_t bytes = 0;
 };
 
+// Parses JSON whose nesting is at most max_depth deep (cuFM's own headers and configurations are
+// 3 deep): deeper input throws cufm::Error before a deep structure is built (a crafted header
+// cannot exhaust the stack in later recursive code); text that is not JSON throws
+// nlohmann::json::exception.
+nlohmann::json parse_json_bounded(const std::string& text, int max_depth = 16);
+
 // Writes the container through an AtomicFile (a temporary renamed into place).
 void write_safetensors(const std::string& path, const nlohmann::json& metadata,
                        const std::vector<SafetensorsTensor>& tensors);

@@ -1,7 +1,9 @@
 // Writing files safely (host/atomic_file.hpp): never through a planted link, never over what is not
 // a regular file, never a torn target, and no temporaries left by dead runs.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,25 +75,66 @@ TEST(AtomicFile, SpecialTargetsAreRefusedNotReplaced) {
               HasSubstr("is a device node"));
 }
 
-// A killed run leaves its temporary; the next write of that target removes it, but never the
-// temporary of a live process.
+// A killed run leaves its temporary; the next write of that target removes it. Never removed: a
+// temporary whose writer lives (its pid, and the flock it holds), a planted link with the same
+// name pattern (nor its target), another target's temporary.
 TEST(AtomicFile, TemporariesOfDeadRunsAreRemoved) {
   TempDir dir;
   const std::string target = dir.file("c.safetensors");
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) ::_exit(0);
-  ASSERT_EQ(child, ::waitpid(child, nullptr, 0));  // its pid now names no process
   const std::string prefix = cufm::detail::temp_prefix_for(target);
-  const std::string dead = dir.file(prefix + std::to_string(child) + ".AbC123");
-  const std::string live = dir.file(prefix + std::to_string(static_cast<long>(::getppid())) + ".XyZ789");
-  const std::string other = dir.file(".other.cufm-tmp." + std::to_string(child) + ".AbC123");
-  for (const auto& f : {dead, live, other}) write_bytes(f, std::string(1000, 'x'));
+  const pid_t dead = ::fork();
+  ASSERT_GE(dead, 0);
+  if (dead == 0) ::_exit(0);
+  ASSERT_EQ(dead, ::waitpid(dead, nullptr, 0));  // its pid now names no process
+  // A live writer: a child holding its temporary open and locked until told to go.
+  int go[2];
+  ASSERT_EQ(0, ::pipe(go));
+  const pid_t writer = ::fork();
+  ASSERT_GE(writer, 0);
+  const std::string live_named =
+      dir.file(prefix + std::to_string(writer > 0 ? writer : ::getpid()) + ".XyZ789");
+  if (writer == 0) {
+    const int fd = ::open(live_named.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
+    char c;
+    (void)::write(go[1], "r", 1);  // ready
+    (void)::read(go[0], &c, 1);    // wait for the parent
+    ::_exit(0);
+  }
+  char ready;
+  ASSERT_EQ(1, ::read(go[0], &ready, 1));
+  const std::string stale = dir.file(prefix + std::to_string(dead) + ".AbC123");
+  const std::string other = dir.file(".other.cufm-tmp." + std::to_string(dead) + ".AbC123");
+  const std::string victim = dir.file("victim.txt");
+  const std::string link = dir.file(prefix + std::to_string(dead) + ".LiNk00");
+  write_bytes(stale, std::string(1000, 'x'));
+  write_bytes(other, std::string(1000, 'x'));
+  write_bytes(victim, "precious");
+  ASSERT_EQ(0, ::symlink(victim.c_str(), link.c_str()));
   const std::vector<float> x = {1.0f};
   cufm::write_npy(target, x.data(), {1});
-  EXPECT_EQ(::access(dead.c_str(), F_OK), -1) << "a dead run's temporary stayed";
-  EXPECT_EQ(::access(live.c_str(), F_OK), 0) << "a live process's temporary was removed";
+  (void)::write(go[1], "g", 1);
+  int status = 0;
+  ASSERT_EQ(writer, ::waitpid(writer, &status, 0));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(::access(stale.c_str(), F_OK), -1) << "a dead run's temporary stayed";
+  EXPECT_EQ(::access(live_named.c_str(), F_OK), 0) << "a live writer's temporary was removed";
   EXPECT_EQ(::access(other.c_str(), F_OK), 0) << "another target's temporary was removed";
+  EXPECT_TRUE(is_link(link)) << "a link with a temporary's name was removed";
+  EXPECT_EQ(read_bytes(victim), "precious");
+}
+
+// A replaced file keeps its permissions (a private 0600 checkpoint stays private).
+TEST(AtomicFile, ReplacedFilesKeepTheirMode) {
+  TempDir dir;
+  const std::string f = dir.file("c.npy");
+  write_bytes(f, "old");
+  ASSERT_EQ(0, ::chmod(f.c_str(), 0600));
+  const std::vector<float> x = {1.0f};
+  cufm::write_npy(f, x.data(), {1});
+  struct stat st;
+  ASSERT_EQ(0, ::stat(f.c_str(), &st));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
 TEST(AtomicFile, NewFilesFollowTheUmask) {

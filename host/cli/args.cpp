@@ -1,11 +1,14 @@
 // See args.hpp. CLI11 parses; everything after that is cuFM's own checking.
 #include "host/cli/args.hpp"
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 #include "cufm/cufm.hpp"
 #include "host/atomic_file.hpp"
@@ -37,6 +40,8 @@ void check_train(TrainArgs& a, bool data_given) {
   CUFM_REQUIRE(data_given || a.resume,
                "train: --data is required (a toy name: " << toy_list() << "; or a .npy file)");
   CUFM_REQUIRE(data_given || !a.was_given("--labels"), "--labels needs --data (the .npy file it labels)");
+  CUFM_REQUIRE(data_given || (!a.was_given("--n-data") && !a.was_given("--data-seed")),
+               "--n-data and --data-seed need --data (the toy they shape)");
   if (data_given) a.data.validate();
   if (data_given && !a.data.is_toy()) {
     CUFM_REQUIRE(!a.was_given("--n-data") && !a.was_given("--data-seed"),
@@ -56,6 +61,23 @@ void check_train(TrainArgs& a, bool data_given) {
   model.data_dim = 1;  // known once the data is loaded
   model.validate();
   recipe_from(a).validate();
+}
+
+// Whether two paths name one file (both exist and share a device and inode), or are the same text.
+bool same_file(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  struct stat sa, sb;
+  return ::stat(a.c_str(), &sa) == 0 && ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
+}
+
+// The parent folder of an output must exist: found before the work, not at the write.
+void require_parent_folder(const std::string& path, const char* what) {
+  const fs::path parent = fs::path(path).parent_path();
+  if (parent.empty()) return;
+  struct stat st;
+  CUFM_REQUIRE(::stat(parent.c_str(), &st) == 0 && S_ISDIR(st.st_mode),
+               what << " '" << path << "': the folder '" << parent.string() << "' does not exist");
 }
 
 void check_sample(SampleArgs& a) {
@@ -81,10 +103,17 @@ void check_sample(SampleArgs& a) {
   CUFM_REQUIRE(fs::path(a.out).extension() != ".png",
                "--out '" << a.out << "' is where the samples go (.npy); the picture goes to --png");
   if (a.png.empty()) a.png = fs::path(a.out).replace_extension(".png").string();
-  std::error_code ec;
-  const bool same = fs::weakly_canonical(a.out, ec) == fs::weakly_canonical(a.png, ec);
-  CUFM_REQUIRE(!same && a.out != a.png, "--png '" << a.png << "' would overwrite the samples in --out '"
-                                                  << a.out << "': give them different names");
+  std::error_code ec_out, ec_png;
+  const fs::path out_c = fs::weakly_canonical(a.out, ec_out), png_c = fs::weakly_canonical(a.png, ec_png);
+  const bool same = same_file(a.out, a.png) || (!ec_out && !ec_png && out_c == png_c);
+  CUFM_REQUIRE(!same, "--png '" << a.png << "' would overwrite the samples in --out '" << a.out
+                                << "': give them different names");
+  for (const auto& [path, what] :
+       {std::pair<const std::string&, const char*>{a.out, "--out"}, {a.png, "--png"}}) {
+    CUFM_REQUIRE(!same_file(path, a.checkpoint),
+                 what << " '" << path << "' is the checkpoint being sampled: give the output another name");
+    require_parent_folder(path, what);
+  }
   detail::require_writable_target(a.out, "--out");
   detail::require_writable_target(a.png, "--png");
   SampleConfig sc;  // the count and tolerances, checked as the library will
@@ -178,23 +207,44 @@ Command parse_command_line(int argc, const char* const* argv) {
   app.set_version_flag("--version", version());
   app.add_flag("--verbose", cmd.verbose, "Print where in cuFM's source an error was raised");
   app.fallthrough();  // --verbose (the app's own flag) may also follow the subcommand
-  // CLI11 reads "-1" into an unsigned option as 2^64 - 1: refuse the sign before it converts.
+  // CLI11 converts integers with strtoull/strtoll in base 0: "-1" into an unsigned option wraps to
+  // 2^64 - 1, " -1" too, "010" reads as 8 and "0x40" as 64. Counts and seeds are plain decimals.
+  // A plain decimal: digits, and no leading zero but for "0" itself.
+  const auto plain_decimal = [](const std::string& digits) {
+    return !digits.empty() && digits.find_first_not_of("0123456789") == std::string::npos &&
+           (digits.size() == 1 || digits[0] != '0');
+  };
   const CLI::Validator non_negative(
-      [](std::string& in) { return !in.empty() && in[0] == '-' ? "must be >= 0, got " + in : std::string(); },
+      [plain_decimal](std::string& in) {
+        if (plain_decimal(in)) return std::string();
+        return in.find('-') != std::string::npos && in.find_first_not_of(" -0123456789") == std::string::npos
+                   ? "must be >= 0, got " + in
+                   : "must be a decimal integer >= 0, got '" + in + "'";
+      },
       "NONNEGATIVE");
+  const CLI::Validator decimal(
+      [plain_decimal](std::string& in) {
+        return plain_decimal(!in.empty() && in[0] == '-' ? in.substr(1) : in)
+                   ? std::string()
+                   : "must be a decimal integer, got '" + in + "'";
+      },
+      "DECIMAL");
   const auto unsigned_option = [&](CLI::Option* o) { return o->check(non_negative); };
+  const auto int_option = [&](CLI::Option* o) { return o->check(decimal); };
 
   TrainArgs& ta = cmd.train;
   auto* train = app.add_subcommand("train", "Train a model and write checkpoints");
   train->add_option("--data", ta.data.source, "Toy dataset (" + toy_list() + ") or a .npy file [N, D]");
   train->add_option("--labels", ta.data.labels, "Integer labels .npy [N] for --data .npy");
-  train->add_option("--n-data", ta.data.n, "Points drawn for a toy dataset")->capture_default_str();
+  int_option(
+      train->add_option("--n-data", ta.data.n, "Points drawn for a toy dataset")->capture_default_str());
   unsigned_option(
       train->add_option("--data-seed", ta.data.seed, "Seed of the toy dataset")->capture_default_str());
   train->add_option("--hidden", ta.hidden, "Hidden widths, comma-separated")->capture_default_str();
   train->add_option("--activation", ta.activation, "silu, relu or gelu")->capture_default_str();
-  train->add_option("--time-features", ta.time_features, "0: raw t; K (even): K sinusoidal features")
-      ->capture_default_str();
+  int_option(
+      train->add_option("--time-features", ta.time_features, "0: raw t; K (even): K sinusoidal features")
+          ->capture_default_str());
   train->add_flag("--conditional", ta.conditional,
                   "Condition on the data's labels (classifier-free guidance)");
   train->add_option("--label-dropout", ta.label_dropout, "Per-sample null-label probability (--conditional)")
@@ -202,7 +252,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   unsigned_option(
       train->add_option("--steps", ta.steps, "Total training steps (0: write the initial weights)")
           ->capture_default_str());
-  train->add_option("--batch", ta.batch, "Batch size")->capture_default_str();
+  int_option(train->add_option("--batch", ta.batch, "Batch size")->capture_default_str());
   train->add_option("--lr", ta.lr, "Learning rate")->capture_default_str();
   train->add_option("--optimizer", ta.optimizer, "adam or adamw")->capture_default_str();
   train->add_option("--lr-schedule", ta.lr_schedule, "constant, cosine or linear (decay to --min-lr)")
@@ -223,8 +273,8 @@ Command parse_command_line(int argc, const char* const* argv) {
                       ->capture_default_str());
   train->add_option("--device", ta.device, "auto, cpu or cuda")->capture_default_str();
   train->add_option("--precision", ta.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
-  train->add_option("--threads", ta.threads, "CPU threads (0: all cores; at most 4x the cores)")
-      ->capture_default_str();
+  int_option(train->add_option("--threads", ta.threads, "CPU threads (0: all cores; at most 4x the cores)")
+                 ->capture_default_str());
   train->add_option("--out", ta.out, "Output folder")->capture_default_str();
   unsigned_option(train
                       ->add_option("--checkpoint-every", ta.checkpoint_every,
@@ -240,19 +290,20 @@ Command parse_command_line(int argc, const char* const* argv) {
   SampleArgs& sa = cmd.sample;
   auto* samp = app.add_subcommand("sample", "Sample from a checkpoint; writes .npy and a PNG");
   samp->add_option("checkpoint", sa.checkpoint, "Checkpoint (.safetensors)")->required();
-  samp->add_option("--count", sa.count, "Number of samples")->capture_default_str();
+  int_option(samp->add_option("--count", sa.count, "Number of samples")->capture_default_str());
   samp->add_option("--solver", sa.solver, "euler, midpoint, heun, rk4 or dopri5")->capture_default_str();
-  samp->add_option("--steps", sa.steps, "Steps of a fixed-step solver")->capture_default_str();
+  int_option(samp->add_option("--steps", sa.steps, "Steps of a fixed-step solver")->capture_default_str());
   samp->add_option("--atol", sa.atol, "dopri5 absolute tolerance")->capture_default_str();
   samp->add_option("--rtol", sa.rtol, "dopri5 relative tolerance")->capture_default_str();
-  samp->add_option("--class", sa.label, "Class label for a conditional model (leave out: unconditional)");
+  int_option(samp->add_option("--class", sa.label,
+                              "Class label for a conditional model (leave out: unconditional)"));
   samp->add_option("--guidance", sa.guidance, "Classifier-free guidance scale w (with --class)");
   samp->add_flag("--ema", sa.ema, "Use the EMA weights");
   unsigned_option(samp->add_option("--seed", sa.seed, "Noise seed")->capture_default_str());
   samp->add_option("--device", sa.device, "auto, cpu or cuda")->capture_default_str();
   samp->add_option("--precision", sa.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
-  samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
-      ->capture_default_str();
+  int_option(samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
+                 ->capture_default_str());
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
   samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
   samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
@@ -261,11 +312,12 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto* ev = app.add_subcommand("eval", "Distances between a sample file and a dataset");
   ev->add_option("samples", ea.samples, "Samples .npy [N, D]")->required();
   ev->add_option("--data", ea.data.source, "Toy dataset or .npy")->required();
-  ev->add_option("--n-data", ea.data.n, "Points drawn for a toy dataset")->capture_default_str();
+  int_option(ev->add_option("--n-data", ea.data.n, "Points drawn for a toy dataset")->capture_default_str());
   unsigned_option(
       ev->add_option("--data-seed", ea.data.seed, "Seed of the toy dataset")->capture_default_str());
-  ev->add_option("--projections", ea.projections, "Sliced W2 projections")->capture_default_str();
-  ev->add_option("--max-points", ea.max_points, "Energy distance: points per set")->capture_default_str();
+  int_option(ev->add_option("--projections", ea.projections, "Sliced W2 projections")->capture_default_str());
+  int_option(ev->add_option("--max-points", ea.max_points, "Energy distance: points per set")
+                 ->capture_default_str());
   unsigned_option(
       ev->add_option("--seed", ea.seed, "Seed of the projections and subsets")->capture_default_str());
 

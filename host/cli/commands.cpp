@@ -77,12 +77,28 @@ std::string widths_text(const std::vector<int>& w) {
   return s;
 }
 
+// A value as the user would type it: a float in the fewest digits that read back as that float.
+template <typename T>
+std::string value_text(const T& v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+std::string value_text(float v) {
+  for (int digits = 6;; ++digits) {
+    std::ostringstream os;
+    os.precision(digits);
+    os << v;
+    if (digits >= 9 || std::stof(os.str()) == v) return os.str();
+  }
+}
+
 // A flag given on --resume must agree with the checkpoint: a resumed run keeps its recipe.
 template <typename T, typename U>
 void require_same(const TrainArgs& a, const char* option, const T& given, const U& recorded) {
   if (!a.was_given(option) || given == recorded) return;
   std::ostringstream os;
-  os << option << " " << given << " differs from the checkpoint's " << recorded
+  os << option << " " << value_text(given) << " differs from the checkpoint's " << value_text(recorded)
      << ": a resumed run keeps its recipe (drop " << option << ", or start afresh with --overwrite)";
   throw Error(os.str());
 }
@@ -93,7 +109,8 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
   const MlpConfig& m = c.model;
   const TrainConfig& t = c.train;
   require_same(a, "--hidden", widths_text(a.hidden_widths), widths_text(m.hidden));
-  require_same(a, "--activation", a.activation, std::string(to_string(m.activation)));
+  require_same(a, "--activation", std::string(to_string(parse_activation(a.activation))),
+               std::string(to_string(m.activation)));
   require_same(a, "--time-features", a.time_features, m.time_features);
   require_same(a, "--conditional", std::string(a.conditional ? "on" : "off"),
                std::string(m.num_classes > 0 ? "on" : "off"));
@@ -111,7 +128,8 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
   require_same(a, "--logit-mean", a.logit_mean, t.path.logit_mean);
   require_same(a, "--logit-std", a.logit_std, t.path.logit_std);
   require_same(a, "--seed", a.seed, t.seed);
-  require_same(a, "--lr-schedule", a.lr_schedule, std::string(to_string(t.optim.lr_schedule)));
+  require_same(a, "--lr-schedule", std::string(to_string(parse_lr_schedule(a.lr_schedule))),
+               std::string(to_string(t.optim.lr_schedule)));
   require_same(a, "--warmup-steps", a.warmup_steps, t.optim.warmup_steps);
   require_same(a, "--decay-steps", a.decay_steps, t.optim.decay_steps);
   require_same(a, "--min-lr", a.min_lr, t.optim.min_lr);
@@ -120,26 +138,48 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
 // The data of a resumed run: the checkpoint's, and --data (and its options) only to repeat it.
 DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
   FileStamp data_stamp, labels_stamp;
-  const DataSpec recorded = DataSpec::parse(c.dataset, &data_stamp, &labels_stamp);
+  DataSpec recorded;
+  try {
+    recorded = DataSpec::parse(c.dataset, &data_stamp, &labels_stamp);
+  } catch (const Error& e) {
+    if (!a.was_given("--data")) throw;
+    // A checkpoint written through the library records its data in free text: take --data's word.
+    std::fprintf(stderr, "cufm: warning: %s; resuming on --data %s as given\n", e.message().c_str(),
+                 spec_text(a.data).c_str());
+    return a.data;
+  }
   if (a.was_given("--data")) {
     const DataSpec& given = a.data;
-    const auto absolute = [](const std::string& p) {
+    // The same file: the same path, the same inode, or (moved) the same size and CRC-32.
+    const auto same_file = [](const std::string& path, const std::string& recorded_path,
+                              const FileStamp& stamp) {
       std::error_code ec;
-      const fs::path abs = fs::absolute(p, ec);
-      return ec ? p : abs.lexically_normal().string();
+      if (fs::absolute(path, ec).lexically_normal() == fs::absolute(recorded_path, ec).lexically_normal())
+        return true;
+      if (fs::equivalent(path, recorded_path, ec)) return true;
+      if (!stamp.known) return false;
+      const FileStamp now = stamp_file(path);
+      return now.size == stamp.size && now.crc32 == stamp.crc32;
     };
     bool same = given.is_toy() == recorded.is_toy();
     if (same && given.is_toy()) {
       same = given.source == recorded.source && (!a.was_given("--n-data") || given.n == recorded.n) &&
              (!a.was_given("--data-seed") || given.seed == recorded.seed);
     } else if (same) {
-      same = absolute(given.source) == absolute(recorded.source) &&
-             (!a.was_given("--labels") || absolute(given.labels) == absolute(recorded.labels));
+      same = same_file(given.source, recorded.source, data_stamp) &&
+             (!a.was_given("--labels") || same_file(given.labels, recorded.labels, labels_stamp));
     }
     CUFM_REQUIRE(same, "--data " << spec_text(given) << " differs from the checkpoint's data "
                                  << spec_text(recorded)
                                  << ": a resumed run trains on the same data (drop --data, or start afresh "
                                     "with --overwrite)");
+    if (!given.is_toy()) {
+      // The file the user named now (it may have moved): read from there, checked against the stamp.
+      recorded.source = given.source;
+      if (a.was_given("--labels")) recorded.labels = given.labels;
+      data_stamp.path = given.source;
+      if (labels_stamp.known && a.was_given("--labels")) labels_stamp.path = given.labels;
+    }
   }
   // A .npy file must still hold what it held when the checkpoint was written.
   for (const auto* st : {&data_stamp, &labels_stamp}) {
@@ -196,6 +236,9 @@ int run_train(const TrainArgs& a) {
     return 0;
   }
 
+  // The data's descriptor (its files' CRC-32s) before the data is read: a file that changes in
+  // between is caught at the next resume, not recorded as what the model saw.
+  const std::string descriptor = spec.describe();
   const Dataset data = spec.load();
   if (!a.resume) {
     model.data_dim = data.dim;
@@ -210,7 +253,6 @@ int run_train(const TrainArgs& a) {
   std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
                tc.batch_size, static_cast<unsigned long long>(a.steps));
 
-  const std::string descriptor = spec.describe();
   auto save = [&]() {
     save_checkpoint(ckpt_path.string(), Checkpoint{model, tc, trainer.state(), descriptor});
     lock.keep();

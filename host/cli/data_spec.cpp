@@ -2,6 +2,7 @@
 #include "host/cli/data_spec.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
+#include "host/safetensors.hpp"
 
 namespace cufm::cli {
 namespace fs = std::filesystem;
@@ -49,8 +51,13 @@ FileStamp stamp_file(const std::string& path) {
   std::error_code ec;
   const fs::path abs = fs::absolute(path, ec);
   s.path = ec ? path : abs.lexically_normal().string();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO must not block
   CUFM_REQUIRE(fd >= 0, "cannot open '" << path << "': " << std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    CUFM_FAIL("cannot read '" << path << "': not a regular file");
+  }
   std::vector<unsigned char> buf(size_t{1} << 20);
   uLong crc = ::crc32(0L, Z_NULL, 0);
   for (;;) {
@@ -83,6 +90,7 @@ void DataSpec::validate() const {
   if (is_toy()) {
     CUFM_REQUIRE(labels.empty(), "--labels '" << labels << "' is for .npy data; the toy '" << source
                                               << "' carries its own labels");
+    CUFM_REQUIRE(n >= 1 && n <= (int64_t{1} << 32), "--n-data must be in [1, 2^32], got " << n);
     return;
   }
   CUFM_REQUIRE(fs::path(source).extension() == ".npy",
@@ -115,7 +123,7 @@ DataSpec DataSpec::parse(const std::string& d, FileStamp* data_stamp, FileStamp*
   if (!d.empty() && d[0] == '{') {
     json j;
     try {
-      j = json::parse(d);
+      j = detail::parse_json_bounded(d);
     } catch (const json::exception&) {
       CUFM_FAIL("the checkpoint's data descriptor is not valid JSON: pass --data");
     }

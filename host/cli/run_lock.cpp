@@ -19,7 +19,7 @@ RunLock::RunLock(const std::string& folder) : folder_(folder) {
   namespace fs = std::filesystem;
   std::error_code ec;
   struct stat st;
-  if (::lstat(folder.c_str(), &st) == 0) {
+  if (::stat(folder.c_str(), &st) == 0) {  // a link to a folder is the user's folder
     CUFM_REQUIRE(S_ISDIR(st.st_mode), "--out '" << folder << "' exists and is not a folder");
   } else {
     created_ = fs::create_directories(folder, ec);
@@ -28,6 +28,16 @@ RunLock::RunLock(const std::string& folder) : folder_(folder) {
   const std::string path = folder + "/" + kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
   CUFM_REQUIRE(fd_ >= 0, "cannot write to the output folder '" << folder << "': " << std::strerror(errno));
+  // Truncated below: it must be a lock file of ours, not a hard link to another file.
+  struct stat lock_st;
+  if (::fstat(fd_, &lock_st) != 0 || !S_ISREG(lock_st.st_mode) || lock_st.st_nlink != 1 ||
+      lock_st.st_uid != ::geteuid()) {
+    ::close(fd_);
+    fd_ = -1;
+    CUFM_FAIL("'" << path
+                  << "' is not a lock file cufm made (a link, or another user's file): remove it, or "
+                     "choose another --out");
+  }
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
     char buf[32] = {};

@@ -12,24 +12,30 @@
 
 namespace cufm::fuzz {
 
-// The path, removed again when the process exits.
+// The path, in a private folder (mkdtemp: a name planted in /tmp is never opened), removed again
+// with its folder when the process exits.
 struct InputFile {
-  std::string path;
-  ~InputFile() { ::unlink(path.c_str()); }
+  std::string dir, path;
+  ~InputFile() {
+    ::unlink(path.c_str());
+    ::rmdir(dir.c_str());
+  }
 };
 
 inline const std::string& input_path(const char* suffix) {
-  static const InputFile file{[&] {
+  static const InputFile file = [&] {
     const char* tmp = std::getenv("TMPDIR");
-    return std::string(tmp && *tmp ? tmp : "/tmp") + "/cufm-fuzz-" + std::to_string(::getpid()) + suffix;
-  }()};
+    std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/cufm-fuzz-XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) std::abort();
+    return InputFile{templ, templ + "/input" + suffix};
+  }();
   return file.path;
 }
 
 // Writes the bytes to the process's input file and returns its path.
 inline const std::string& as_file(const uint8_t* data, size_t size, const char* suffix) {
   const std::string& path = input_path(suffix);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) std::abort();
   size_t done = 0;
   while (done < size) {
