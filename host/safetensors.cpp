@@ -45,7 +45,7 @@ bool read_at(int fd, void* dst, uint64_t bytes, uint64_t offset) {
 json parse_json_bounded(const std::string& text, int max_depth) {
   return json::parse(text, [max_depth](int depth, json::parse_event_t, json&) {
     CUFM_REQUIRE(depth <= max_depth,
-                 "a JSON text is nested deeper than " << max_depth << " levels: it is not one cuFM wrote");
+                 "holds JSON nested deeper than " << max_depth << " levels, which cuFM never writes");
     return true;
   });
 }
@@ -80,6 +80,8 @@ SafetensorsReader::SafetensorsReader(const std::string& path, const std::string&
       header = parse_json_bounded(text);
     } catch (const json::exception& e) {
       CUFM_FAIL(where << " is corrupt: its header is not valid JSON (" << e.what() << ")");
+    } catch (const Error& e) {
+      CUFM_FAIL(where << " is corrupt: its header " << e.message());
     }
     CUFM_REQUIRE(header.is_object(), where << " is corrupt: its header is not a JSON object");
     metadata_ = json::object();

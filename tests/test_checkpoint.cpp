@@ -564,3 +564,14 @@ TEST(CheckpointLoad, AClaimBeyondTheMachinesMemoryIsRefused) {
   ::unsetenv("CUFM_MEMORY_LIMIT");
   EXPECT_THAT(msg, HasSubstr("needs about 769 MiB of memory but only 256 MiB are available"));
 }
+
+// JSON nested 100,000 deep (200 KB, in the header itself or in the model's configuration) is
+// refused as it is parsed: nothing recursive ever walks it (a stack overflow before).
+TEST_F(BadCheckpoint, DeeplyNestedJsonIsRefused) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_THAT(
+      with_header(replaced(good_.header, "\"__metadata__\"", "\"deep\":" + deep + ",\"__metadata__\"")),
+      HasSubstr("nested deeper than 16 levels, which cuFM never writes"));
+  EXPECT_THAT(with_header(replaced(good_.header, "\\\"hidden\\\":[16,12]", "\\\"hidden\\\":" + deep)),
+              HasSubstr("nested deeper than 16 levels, which cuFM never writes"));
+}
