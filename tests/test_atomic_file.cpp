@@ -86,23 +86,31 @@ TEST(AtomicFile, TemporariesOfDeadRunsAreRemoved) {
   ASSERT_GE(dead, 0);
   if (dead == 0) ::_exit(0);
   ASSERT_EQ(dead, ::waitpid(dead, nullptr, 0));  // its pid now names no process
-  // A live writer: a child holding its temporary open and locked until told to go.
-  int go[2];
+  // A live writer: a child holding its temporary open and locked until told to go. Two pipes
+  // (ready: child to parent; go: parent to child), each end closed where it is not used, so a
+  // child that dies early gives the parent end-of-file, never a hang.
+  int ready[2], go[2];
+  ASSERT_EQ(0, ::pipe(ready));
   ASSERT_EQ(0, ::pipe(go));
   const pid_t writer = ::fork();
   ASSERT_GE(writer, 0);
   const std::string live_named =
       dir.file(prefix + std::to_string(writer > 0 ? writer : ::getpid()) + ".XyZ789");
   if (writer == 0) {
+    ::close(ready[0]);
+    ::close(go[1]);
     const int fd = ::open(live_named.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
     if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
     char c;
-    (void)::write(go[1], "r", 1);  // ready
-    (void)::read(go[0], &c, 1);    // wait for the parent
+    if (::write(ready[1], "r", 1) != 1) ::_exit(1);
+    (void)::read(go[0], &c, 1);  // until the parent writes, or closes its end
     ::_exit(0);
   }
-  char ready;
-  ASSERT_EQ(1, ::read(go[0], &ready, 1));
+  ::close(ready[1]);
+  ::close(go[0]);
+  char r = 0;
+  ASSERT_EQ(1, ::read(ready[0], &r, 1)) << "the writer child did not start";
+  ::close(ready[0]);
   const std::string stale = dir.file(prefix + std::to_string(dead) + ".AbC123");
   const std::string other = dir.file(".other.cufm-tmp." + std::to_string(dead) + ".AbC123");
   const std::string victim = dir.file("victim.txt");
@@ -113,7 +121,7 @@ TEST(AtomicFile, TemporariesOfDeadRunsAreRemoved) {
   ASSERT_EQ(0, ::symlink(victim.c_str(), link.c_str()));
   const std::vector<float> x = {1.0f};
   cufm::write_npy(target, x.data(), {1});
-  (void)::write(go[1], "g", 1);
+  ::close(go[1]);  // the child reads end-of-file and exits
   int status = 0;
   ASSERT_EQ(writer, ::waitpid(writer, &status, 0));
   EXPECT_EQ(WEXITSTATUS(status), 0);
