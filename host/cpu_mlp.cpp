@@ -27,9 +27,12 @@ CUFM_SIMD_CLONES void act_rows(const float* pre, int64_t r0, int64_t r1, int wid
 
 void act_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* act) {
   switch (a) {
-    case Activation::ReLU: return act_rows<Activation::ReLU>(pre, r0, r1, width, act);
-    case Activation::GELU: return act_rows<Activation::GELU>(pre, r0, r1, width, act);
-    default: return act_rows<Activation::SiLU>(pre, r0, r1, width, act);
+    case Activation::ReLU:
+      return act_rows<Activation::ReLU>(pre, r0, r1, width, act);
+    case Activation::GELU:
+      return act_rows<Activation::GELU>(pre, r0, r1, width, act);
+    default:
+      return act_rows<Activation::SiLU>(pre, r0, r1, width, act);
   }
 }
 
@@ -53,14 +56,15 @@ CUFM_SIMD_CLONES void act_grad_rows(const float* pre, int64_t r0, int64_t r1, in
   }
 }
 
-void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da, float* colsum,
-                   float* next, int next_width) {
+void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da,
+                   float* colsum, float* next, int next_width) {
   switch (a) {
     case Activation::ReLU:
       return act_grad_rows<Activation::ReLU>(pre, r0, r1, width, da, colsum, next, next_width);
     case Activation::GELU:
       return act_grad_rows<Activation::GELU>(pre, r0, r1, width, da, colsum, next, next_width);
-    default: return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum, next, next_width);
+    default:
+      return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum, next, next_width);
   }
 }
 
@@ -86,11 +90,23 @@ void reduce_blocks(const std::vector<float>& partial, int blocks, int width, flo
 void linear(const float* x, const float* w, const float* b, int64_t batch, int in, int out, float* y) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < batch; ++r) std::memcpy(y + r * out, b, sizeof(float) * out);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), out, in, 1.0f, x, in, w,
-              in, 1.0f, y, out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), out, in, 1.0f, x, in, w, in,
+              1.0f, y, out);
 }
 
 }  // namespace
+
+uint64_t MlpWorkspace::floats_for(const MlpConfig& model, int64_t b) {
+  uint64_t row = static_cast<uint64_t>(model.data_dim);  // out
+  int widest = model.input_dim();
+  for (int h : model.hidden) {
+    row += 2 * static_cast<uint64_t>(h);  // pre and act
+    widest = std::max(widest, h);
+  }
+  row += 2 * static_cast<uint64_t>(widest);  // dbuf0, dbuf1
+  const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(b, 0));
+  return row != 0 && rows > UINT64_MAX / row ? UINT64_MAX : rows * row;
+}
 
 void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
   const size_t hidden = model.hidden.size();

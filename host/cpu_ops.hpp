@@ -15,14 +15,14 @@ namespace cufm::cpu {
 // Per-step inputs drawn from Philox: the first layer's input [B, input_dim] with x_t, the time
 // features and the class one-hot, plus each row's t and data index (for the loss).
 struct PreparedBatch {
-  std::vector<float> input;        // [B, model.input_dim()]
-  std::vector<float> t;            // [B]
-  std::vector<uint32_t> index;     // [B]
-  std::vector<int32_t> label;      // [B] after dropout (the null class when dropped), or empty
+  std::vector<float> input;     // [B, model.input_dim()]
+  std::vector<float> t;         // [B]
+  std::vector<uint32_t> index;  // [B]
+  std::vector<int32_t> label;   // [B] after dropout (the null class when dropped), or empty
 };
 
-void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
-                   uint64_t step, PreparedBatch& out);
+void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                   PreparedBatch& out);
 
 // Fills row i of the first layer's input from x [D], t and a label (-1: unconditional model).
 void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row);
@@ -30,17 +30,19 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
 // Loss and dL/dv for the batch: regenerates eps from the counters, u = x1 - (1 - s) eps,
 // loss = mean((v - u)^2), grad = 2 (v - u) / (B D). The sum runs in a fixed order (blocks of
 // 256 rows, then the blocks in order), so its bits do not depend on the thread count.
-float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
-                uint64_t step, const PreparedBatch& batch, const float* v, float* grad);
+float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                const PreparedBatch& batch, const float* v, float* grad);
 
 // A forward/backward workspace for one batch size.
 struct MlpWorkspace {
   int64_t batch = 0;
-  std::vector<std::vector<float>> pre;   // pre-activations of each hidden layer [B, out_l]
-  std::vector<std::vector<float>> act;   // activations of each hidden layer [B, out_l]
-  std::vector<float> out;                // [B, D]
-  std::vector<float> dbuf0, dbuf1;       // backward scratch, [B, max width]
+  std::vector<std::vector<float>> pre;  // pre-activations of each hidden layer [B, out_l]
+  std::vector<std::vector<float>> act;  // activations of each hidden layer [B, out_l]
+  std::vector<float> out;               // [B, D]
+  std::vector<float> dbuf0, dbuf1;      // backward scratch, [B, max width]
   void resize(const MlpConfig& model, int64_t batch);
+  // The floats resize(model, batch) allocates, without allocating (the memory checks' estimate).
+  static uint64_t floats_for(const MlpConfig& model, int64_t batch);
 };
 
 // Forward over a batch: keeps what the backward needs in the workspace; result in ws.out.
@@ -55,8 +57,8 @@ hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm);
 // Global L2 norm of a buffer, summed in double in a fixed order.
 double l2_norm(const float* g, size_t n);
 // One optimiser step (and EMA) over the flat buffers.
-void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m,
-               float* v, float* ema);
+void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m, float* v,
+               float* ema);
 
 // Threads for the CPU backend's own loops and for OpenBLAS (0: all cores; at most max_threads()).
 void set_threads(int threads);

@@ -332,15 +332,12 @@ uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device d
     bytes = add_sat(bytes, mul_sat(mul_sat(elems, static_cast<uint64_t>(c.steps) + 1), sizeof(float)));
   }
   if (cpu) {
-    uint64_t row = static_cast<uint64_t>(m.input_dim()) + static_cast<uint64_t>(m.data_dim);
-    int widest = m.input_dim();
-    for (int h : m.hidden) {
-      row += 2 * static_cast<uint64_t>(h);
-      widest = std::max(widest, h);
-    }
-    row += 2 * static_cast<uint64_t>(widest);
-    const uint64_t rows = static_cast<uint64_t>(std::min<int64_t>(c.count, 8192)) * (c.guidance ? 2 : 1);
-    bytes = add_sat(bytes, mul_sat(mul_sat(rows, row), sizeof(float)));
+    // One chunk of model inputs (both passes with guidance) and the MLP's workspace for it.
+    const int64_t rows = std::min<int64_t>(c.count, 8192) * (c.guidance ? 2 : 1);
+    bytes = add_sat(
+        bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(rows), static_cast<uint64_t>(m.input_dim())),
+                               cpu::MlpWorkspace::floats_for(m, rows)),
+                       sizeof(float)));
   }
   return bytes;
 }
@@ -348,20 +345,16 @@ uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device d
 
 SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
-  {
-    const Device device = resolve_device(config.device);
-    detail::require_memory(host_sampling_bytes(model.config(), config, device),
-                           "sampling " + std::to_string(config.count) + " points of dimension " +
-                               std::to_string(model.config().data_dim) + " on the " + to_string(device),
-                           "sample fewer points per call");
-  }
+  const Device device = resolve_device(config.device);  // throws for an unusable explicit 'cuda'
+  detail::require_memory(host_sampling_bytes(model.config(), config, device),
+                         "sampling " + std::to_string(config.count) + " points of dimension " +
+                             std::to_string(model.config().data_dim) + " on the " + to_string(device),
+                         "sample fewer points per call");
 #if defined(CUFM_WITH_CUDA)
-  if (resolve_device(config.device) == Device::CUDA) {  // the GPU sampler validates the config
+  if (device == Device::CUDA) {  // the GPU sampler validates the config
     if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();
     return detail::cuda_sample(*state_->cuda, model, config);
   }
-#else
-  resolve_device(config.device);  // throws for an explicit --device cuda
 #endif
   config.validate(model.config());
   CUFM_REQUIRE(

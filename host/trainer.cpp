@@ -6,6 +6,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
+#include "host/cpu_ops.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -85,14 +86,11 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
   if (device == Device::CPU) {
     bytes =
         add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n), data.dim * sizeof(float) + sizeof(int32_t)));
-    uint64_t row = static_cast<uint64_t>(m.input_dim()) + 2 * static_cast<uint64_t>(m.data_dim);
-    int widest = m.input_dim();
-    for (int h : m.hidden) {
-      row += 2 * static_cast<uint64_t>(h);
-      widest = std::max(widest, h);
-    }
-    row += 2 * static_cast<uint64_t>(widest);
-    bytes = add_sat(bytes, mul_sat(mul_sat(static_cast<uint64_t>(c.batch_size), row), sizeof(float)));
+    // A batch's input and dL/dv, and the MLP's workspace.
+    const uint64_t io = static_cast<uint64_t>(m.input_dim()) + static_cast<uint64_t>(m.data_dim);
+    bytes = add_sat(bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io),
+                                           cpu::MlpWorkspace::floats_for(m, c.batch_size)),
+                                   sizeof(float)));
   }
   return bytes;
 }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <sstream>
 #include <string>
+#include <utility>
 
 #include "cufm/cufm.hpp"
 #include "host/atomic_file.hpp"
@@ -181,10 +182,13 @@ DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
       if (labels_stamp.known && a.was_given("--labels")) labels_stamp.path = given.labels;
     }
   }
-  // A .npy file must still hold what it held when the checkpoint was written.
-  for (const auto* st : {&data_stamp, &labels_stamp}) {
+  // A .npy file must still hold what it held when the checkpoint was written; the stamps read
+  // here are the new checkpoint's (describe() does not read the files again).
+  for (auto [st, kept] :
+       {std::pair{&data_stamp, &recorded.source_stamp}, std::pair{&labels_stamp, &recorded.labels_stamp}}) {
     if (!st->known) continue;
     const FileStamp now = stamp_file(st->path);
+    *kept = now;
     CUFM_REQUIRE(
         now.size == st->size && now.crc32 == st->crc32,
         "'" << st->path << "' changed since the checkpoint was written (size " << st->size << " -> "

@@ -110,8 +110,10 @@ std::string DataSpec::describe() const {
   if (is_toy()) {
     j = {{"kind", "toy"}, {"name", source}, {"n", n}, {"seed", std::to_string(seed)}};
   } else {
-    j = {{"kind", "npy"}, {"data", stamp_json(stamp_file(source))}, {"labels", nullptr}};
-    if (!labels.empty()) j["labels"] = stamp_json(stamp_file(labels));
+    j = {{"kind", "npy"},
+         {"data", stamp_json(source_stamp.known ? source_stamp : stamp_file(source))},
+         {"labels", nullptr}};
+    if (!labels.empty()) j["labels"] = stamp_json(labels_stamp.known ? labels_stamp : stamp_file(labels));
   }
   return j.dump();
 }

@@ -22,6 +22,9 @@ struct DataSpec {
   std::string labels;  // labels .npy (optional)
   int64_t n = 100000;  // toy size
   uint64_t seed = 0;   // toy seed
+  // The .npy files' stamps when already computed (a resume checks them): describe() reuses them
+  // instead of reading the files again.
+  FileStamp source_stamp, labels_stamp;
 
   bool is_toy() const;
   // Throws unless the combination is meaningful: a known toy or a .npy path; --labels only for .npy.

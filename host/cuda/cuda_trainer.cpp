@@ -52,11 +52,14 @@ class CudaTrainer final : public TrainBackend {
                  "trainer: the dataset must hold 1 to 2^32 - 1 points");
     CUFM_REQUIRE(data.dim == model.data_dim,
                  "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
-    // The upload reads n * dim floats and fm_prepare indexes the one-hot by label: the same
-    // checks as cufm::Trainer's, for a caller who builds this backend directly (the gpu tests).
-    data.validate();
-    CUFM_REQUIRE(model.num_classes == 0 || (data.labelled() && data.num_classes <= model.num_classes),
-                 "trainer: a conditional model (" << model.num_classes << " classes) needs labels in [0, "
+    // The upload reads n * dim floats and n labels: their sizes, for a caller who builds this backend
+    // directly (the gpu tests). cufm::Trainer has already checked every value (Dataset::validate);
+    // fm_prepare only compares labels, so an out-of-range one cannot write outside its row.
+    CUFM_REQUIRE(data.x.size() == static_cast<size_t>(data.n) * static_cast<size_t>(data.dim),
+                 "trainer: x holds " << data.x.size() << " floats, not n * dim");
+    CUFM_REQUIRE(model.num_classes == 0 || (data.labels.size() == static_cast<size_t>(data.n) &&
+                                            data.num_classes <= model.num_classes),
+                 "trainer: a conditional model (" << model.num_classes << " classes) needs n labels in [0, "
                                                   << model.num_classes << ")");
 
     // The dataset lives on the device beside the model, the optimiser and the batch's activations;
