@@ -569,6 +569,13 @@ void LtMlp::backward(cudaStream_t stream) {
   }
 }
 
+const void* LtMlp::hidden_activation(int l) const {
+  CUFM_REQUIRE(mode_ == MlpMode::Training, "LtMlp: hidden activations are kept in training mode only");
+  CUFM_REQUIRE(l >= 0 && l + 1 < static_cast<int>(layer_.size()),
+               "LtMlp: hidden layer " << l << " out of range [0, " << layer_.size() - 1 << ")");
+  return layer_[l]->a.get();
+}
+
 std::string LtMlp::describe() const {
   std::ostringstream os;
   os << "cuBLASLt MLP, precision " << to_string(precision_) << ", " << rows_ << " rows, epilogues "

@@ -83,6 +83,9 @@ class LtMlp {
   int output_ld() const { return layout_.out_pad.back(); }
   // dL/d(output) [rows, output_ld()] of act_type(), which the caller fills before backward().
   void* dout() const { return dout_.get(); }
+  // Hidden layer l's activation [rows, layout().out_pad[l]] of act_type(), as the last forward()
+  // left it (Training only; for tests that check a backward against the forward's own decisions).
+  const void* hidden_activation(int l) const;
 
   void forward(cudaStream_t stream);
   // Writes every parameter's gradient (overwrites). Needs the forward of the same input.

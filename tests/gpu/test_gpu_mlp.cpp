@@ -5,7 +5,10 @@
 // weights, input and gradient, so only the device's rounding of activations remains).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <iostream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -63,12 +66,10 @@ TEST_P(LtMlpTest, ForwardBackwardMatchCpu) {
     }
   }
 
-  // CPU reference.
+  // CPU reference forward (its backward runs once the device's forward is known, below).
   cpu::MlpWorkspace ws;
   cpu::mlp_forward(cfg, params.data(), input.data(), rows, ws);
   const std::vector<float> out_ref = ws.out;
-  std::vector<float> grads_ref(params.size());
-  cpu::mlp_backward(cfg, params.data(), input.data(), rows, dout.data(), ws, grads_ref.data());
 
   // GPU.
   const cuda::PaddedLayout layout(cfg);
@@ -122,6 +123,48 @@ TEST_P(LtMlpTest, ForwardBackwardMatchCpu) {
   const Tol tol = tol_for(mc.precision);
   EXPECT_TRUE(test::close_to_scale(out, out_ref, tol.atol_frac, tol.rtol)) << "forward";
   EXPECT_GT(test::norm2(out), 0.0);
+
+  // ReLU's derivative jumps at 0. Where TF32/BF16 rounding puts a pre-activation on the other side
+  // of 0 from the CPU's fp32 one, the two gradients rightly differ by that row's whole contribution
+  // (seen on an H200: one such row moved a bias gradient from 0.33 to 0.03). So the CPU backward
+  // takes the device forward's own decisions (activation > 0), and each place where they differ
+  // must lie within the forward's tolerance of 0: a disagreement anywhere else is a bug.
+  if (cfg.activation == Activation::ReLU) {
+    for (int l = 0; l + 1 < layout.layers; ++l) {
+      const int width = cfg.hidden[l], ld = layout.out_pad[l];
+      const size_t n = static_cast<size_t>(rows) * ld;
+      std::vector<float> a(n);
+      CUFM_CUDA_CHECK(cudaDeviceSynchronize());
+      if (bf16) {
+        std::vector<__nv_bfloat16> h(n);
+        CUFM_CUDA_CHECK(cudaMemcpy(h.data(), mlp.hidden_activation(l), n * 2, cudaMemcpyDeviceToHost));
+        a = test::to_float(h);
+      } else {
+        CUFM_CUDA_CHECK(cudaMemcpy(a.data(), mlp.hidden_activation(l), n * 4, cudaMemcpyDeviceToHost));
+      }
+      std::vector<float>& pre = ws.pre[l];
+      float scale = 0.0f;
+      for (float z : pre) scale = std::max(scale, std::abs(z));
+      const float band = static_cast<float>(tol.atol_frac) * scale;
+      int disagreements = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int j = 0; j < width; ++j) {
+          const bool on = a[r * ld + j] > 0.0f;
+          float& z = pre[r * width + j];
+          if (on == (z > 0.0f)) continue;
+          ++disagreements;
+          EXPECT_LE(std::abs(z), band)
+              << "layer " << l << " row " << r << " unit " << j << ": the device's ReLU is "
+              << (on ? "on" : "off") << " at pre-activation " << z;
+          z = on ? std::numeric_limits<float>::min() : 0.0f;
+        }
+      }
+      std::cout << "  layer " << l << ": " << disagreements << " ReLU decisions within " << band
+                << " of 0 differ from the CPU's\n";
+    }
+  }
+  std::vector<float> grads_ref(params.size());
+  cpu::mlp_backward(cfg, params.data(), input.data(), rows, dout.data(), ws, grads_ref.data());
 
   upload_as(mlp.dout(), dout_pad);
   g_dev.poison();
