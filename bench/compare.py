@@ -131,7 +131,8 @@ def main():
           f"{machine.get('logical_cpus', os.cpu_count())} logical CPUs",
           f"- Threads used: cuFM {machine.get('threads', '?')}, PyTorch {torch_j['machine'].get('threads', 'n/a')}",
           f"- GPU: {', '.join(g['name'] for g in gpus) if gpus else 'none'}",
-          f"- Commit: {commit_line()}",
+          f"- Commit of the checkout this report was written in: {commit_line()} (the binaries' own commit is in"
+          " the cuFM build line)",
           f"- cuFM build: {' '.join(str(machine.get('build', '?')).split())}",
           f"- PyTorch: {torch_j['machine'].get('torch', 'not run')}",
           ""]

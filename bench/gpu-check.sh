@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: run cuFM's GPU tests (with cuBLASLt's fused epilogues and without
 # them), compute-sanitizer memcheck and racecheck on small problems and every benchmark binary
-# briefly, and write bench/results/<date>-<device>.md (copied to $OUT when set).
+# briefly, and write bench/results/<date>-<device>-gpu-check.md (copied to $OUT when set).
 #
 # The binaries come from bench/gpu-pack.sh's gpu-pack.tar.xz when it is there (built elsewhere: a GPU
 # machine's image may have nvcc, CMake and PyTorch but none of the build's -dev packages), else
@@ -236,7 +236,7 @@ DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null
 SLUG=$(echo "$DEVICE" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p "$RESULTS"
-REPORT="$RESULTS/$DATE-$SLUG.md"
+REPORT="$RESULTS/$DATE-$SLUG-gpu-check.md"
 
 # ---- the GPU tests, with cuBLASLt's epilogues and without ---------------------------------
 for t in "${TESTS[@]}"; do

@@ -9,6 +9,7 @@
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "cufm/velocity.hpp"
 
 namespace cufm::detail {
 
@@ -45,9 +46,23 @@ struct CudaSamplerDeleter {
 };
 using CudaSamplerPtr = std::unique_ptr<CudaSampler, CudaSamplerDeleter>;
 CudaSamplerPtr make_cuda_sampler(int64_t max_chunk_rows = 0);
-SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config);
+// x0: the caller's HOST points [count, dim] to integrate from, or nullptr for the seed's noise.
+SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config,
+                         const float* x0 = nullptr);
 // One call with a sampler of its own.
-SampleResult cuda_sample(const Model& model, const SampleConfig& config);
+SampleResult cuda_sample(const Model& model, const SampleConfig& config, const float* x0 = nullptr);
+// The GPU field behind cufm::VelocityField (host/cuda/cuda_field.cpp).
+class CudaField;
+struct CudaFieldDeleter {
+  void operator()(CudaField* f) const;
+};
+using CudaFieldPtr = std::unique_ptr<CudaField, CudaFieldDeleter>;
+CudaFieldPtr make_cuda_field(const Model& model, const FieldOptions& options);
+// host_pointers: x, labels and v are host memory (the call waits); else device memory, enqueued on
+// stream (a cudaStream_t) without waiting.
+void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels, int64_t n,
+                         float* v, void* stream, bool host_pointers);
+void cuda_field_set_weights(CudaField& field, const Model& model);
 std::vector<DeviceInfo> cuda_device_list();
 int cuda_current_device();  // the device the runtime would use now (0 unless the caller chose one)
 #endif

@@ -124,6 +124,44 @@ void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
   batch = b;
 }
 
+void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
+                    const int32_t* labels, int64_t n, const float* guidance, float* v,
+                    FieldScratch& scratch) {
+  if (model.num_classes > 0 && labels) {
+    for (int64_t i = 0; i < n; ++i) {
+      CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= model.num_classes,
+                   "label " << labels[i] << " at row " << i << " is outside [0, " << model.num_classes
+                            << "] (the last is the null class)");
+    }
+  }
+  const int D = model.data_dim, in = model.input_dim();
+  const bool guided = guidance != nullptr;
+  const int64_t passes = guided ? 2 : 1;
+  constexpr int64_t kChunk = 8192;
+  for (int64_t first = 0; first < n; first += kChunk) {
+    const int64_t rows = std::min(kChunk, n - first);
+    // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
+    scratch.input.resize(static_cast<size_t>(passes * rows) * in);
+    float* input = scratch.input.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      const int32_t label = model.num_classes > 0 ? (labels ? labels[first + i] : model.null_class()) : -1;
+      const float ti = t_rows ? t_rows[first + i] : t;
+      write_input_row(model, x + (first + i) * D, ti, label, input + i * in);
+      if (guided)
+        write_input_row(model, x + (first + i) * D, ti, model.null_class(), input + (rows + i) * in);
+    }
+    mlp_forward(model, params, input, passes * rows, scratch.ws);
+    const float* out = scratch.ws.out.data();
+    if (!guided) {
+      std::memcpy(v + first * D, out, sizeof(float) * rows * D);
+      continue;
+    }
+    const float w = *guidance;
+    for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
+  }
+}
+
 void mlp_forward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                  MlpWorkspace& ws) {
   if (ws.batch != batch) ws.resize(model, batch);

@@ -33,6 +33,15 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
 float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                 const PreparedBatch& batch, const float* v, float* grad);
 
+// The model's velocity at n points, in chunks of 8192 rows (the one CPU evaluation behind
+// Model::forward, VelocityField and the CPU sampler): v [n, D] at x [n, D], with per-row times
+// t_rows [n] or, when nullptr, t for every row, and labels [n] (nullptr: the null class of a
+// conditional model). guidance (non-null: w) runs each chunk's conditional and null rows as one
+// pass of 2 x rows and returns hd::guided. Labels must lie in [0, num_classes] (the last: null).
+struct FieldScratch;
+void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
+                    const int32_t* labels, int64_t n, const float* guidance, float* v, FieldScratch& scratch);
+
 // A forward/backward workspace for one batch size.
 struct MlpWorkspace {
   int64_t batch = 0;
@@ -51,6 +60,12 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 // Backward from dL/dout [B, D]: writes the gradient of every parameter into grads (overwrites).
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads);
+
+// What evaluate_model keeps between calls (one chunk's inputs and activations).
+struct FieldScratch {
+  std::vector<float> input;
+  MlpWorkspace ws;
+};
 
 // Adam coefficients for step t (1-based) and the clipping factor for a gradient norm.
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm);

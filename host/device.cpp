@@ -131,7 +131,8 @@ std::string version() {
 
 std::string build_summary() {
   std::ostringstream os;
-  os << "cuFM " << CUFM_VERSION_STRING << " (" << CUFM_BUILD_TYPE << ", " << CUFM_CXX_COMPILER << ")\n";
+  os << "cuFM " << CUFM_VERSION_STRING << " (" << CUFM_BUILD_TYPE << ", " << CUFM_CXX_COMPILER << ", commit "
+     << CUFM_SOURCE_COMMIT << ")\n";
 #if defined(CUFM_WITH_CUDA)
   os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
      << ")\n";

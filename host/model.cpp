@@ -103,26 +103,8 @@ void Model::forward(const float* x, const float* t, const int32_t* labels, int64
   CUFM_REQUIRE(n >= 0, "forward: batch size must be >= 0, got " << n);
   if (n == 0) return;
   CUFM_REQUIRE(x && t && v, "forward: x, t and v must not be null");
-  const int D = config_.data_dim, in = config_.input_dim();
-  constexpr int64_t kChunk = 8192;
-  cpu::MlpWorkspace ws;
-  std::vector<float> input;
-  for (int64_t first = 0; first < n; first += kChunk) {
-    const int64_t rows = std::min(kChunk, n - first);
-    input.assign(static_cast<size_t>(rows) * in, 0.0f);
-    for (int64_t i = 0; i < rows; ++i) {
-      int32_t label = -1;
-      if (config_.num_classes > 0) {
-        label = labels ? labels[first + i] : config_.null_class();
-        CUFM_REQUIRE(label >= 0 && label <= config_.num_classes,
-                     "forward: label " << label << " at row " << first + i << " is outside [0, "
-                                       << config_.num_classes << "] (the last is the null class)");
-      }
-      cpu::write_input_row(config_, x + (first + i) * D, t[first + i], label, input.data() + i * in);
-    }
-    cpu::mlp_forward(config_, params_.data(), input.data(), rows, ws);
-    std::memcpy(v + first * D, ws.out.data(), sizeof(float) * rows * D);
-  }
+  cpu::FieldScratch scratch;
+  cpu::evaluate_model(config_, params_.data(), x, t, 0.0f, labels, n, nullptr, v, scratch);
 }
 
 }  // namespace cufm

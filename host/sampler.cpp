@@ -74,6 +74,10 @@ void SampleConfig::validate(const MlpConfig& model) const {
   CUFM_REQUIRE(!guidance || !labels.empty(), "guidance needs class labels to guide towards");
   CUFM_REQUIRE(!guidance || std::isfinite(*guidance), "guidance scale must be finite");
   CUFM_REQUIRE(threads >= 0, "threads must be >= 0, got " << threads);
+  CUFM_REQUIRE(
+      t0 >= 0.0f && t0 <= 1.0f && t1 >= 0.0f && t1 <= 1.0f && t0 != t1,
+      "the span [t0, t1] must lie in [0, 1] (the times the model was trained on) with t0 != t1, got t0 "
+          << t0 << " t1 " << t1);
 }
 
 namespace hd::dopri5 {
@@ -143,10 +147,8 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
   };
   traj.record(t0, x);
   if (solver != Solver::Dopri5) {
-    const float span = t1 - t0;
     for (int s = 0; s < steps; ++s) {
-      const float t = t0 + span * static_cast<float>(s) / static_cast<float>(steps);
-      const float tn = t0 + span * static_cast<float>(s + 1) / static_cast<float>(steps);
+      const float t = hd::fixed_step_time(t0, t1, s, steps), tn = hd::fixed_step_time(t0, t1, s + 1, steps);
       const float h = tn - t;
       switch (solver) {
         case Solver::Euler:
@@ -183,110 +185,61 @@ OdeResult integrate_impl(const Field& f, std::vector<float> x, Solver solver, in
     return r;
   }
 
-  // Dormand-Prince 5(4) with first-same-as-last and Hairer's initial step.
+  // Dormand-Prince 5(4) with first-same-as-last and Hairer's initial step. The controller runs on
+  // the distance s in [0, length] from t0 (dp::Direction): h > 0 in either direction.
   namespace dp = hd::dopri5;
-  const float span = t1 - t0;
-  float t = t0;
-  eval(t, x, k1);
+  const dp::Direction dir(t0, t1);
+  const float length = dir.length;
+  float s = 0.0f;
+  eval(t0, x, k1);
   float h;
   const std::vector<float> zero(n, 0.0f);
   {
     const double d0 = rms_scaled(x, x, zero, atol, rtol), d1 = rms_scaled(k1, x, zero, atol, rtol);
-    const double h0 = dp::first_guess(d0, d1, span);
-    combine(y, x, static_cast<float>(h0), {{1.0f, &k1}});
-    eval(t + static_cast<float>(h0), y, k2);
+    const double h0 = dp::first_guess(d0, d1, length);
+    combine(y, x, dir.step(static_cast<float>(h0)), {{1.0f, &k1}});
+    eval(dir.at(s, static_cast<float>(h0)), y, k2);
     for (size_t i = 0; i < n; ++i) k3[i] = k2[i] - k1[i];
     const double d2 = rms_scaled(k3, x, zero, atol, rtol) / h0;
-    h = dp::initial_step(h0, d1, d2, span);
+    h = dp::initial_step(h0, d1, d2, length);
   }
   std::vector<float> err(n);
-  while (t < t1) {
+  while (s < length) {
     CUFM_REQUIRE(r.accepted_steps + r.rejected_steps < max_steps,
-                 "dopri5 did not reach t = " << t1 << " within max_steps = " << max_steps << " (at t = " << t
-                                             << "): loosen atol/rtol or raise max_steps");
-    if (t + h > t1 || t1 - (t + h) < 1e-6f * span) h = t1 - t;
-    combine(y, x, h, {{dp::a21, &k1}});
-    eval(t + dp::c2 * h, y, k2);
-    combine(y, x, h, {{dp::a31, &k1}, {dp::a32, &k2}});
-    eval(t + dp::c3 * h, y, k3);
-    combine(y, x, h, {{dp::a41, &k1}, {dp::a42, &k2}, {dp::a43, &k3}});
-    eval(t + dp::c4 * h, y, k4);
-    combine(y, x, h, {{dp::a51, &k1}, {dp::a52, &k2}, {dp::a53, &k3}, {dp::a54, &k4}});
-    eval(t + dp::c5 * h, y, k5);
-    combine(y, x, h, {{dp::a61, &k1}, {dp::a62, &k2}, {dp::a63, &k3}, {dp::a64, &k4}, {dp::a65, &k5}});
-    eval(t + h, y, k6);
-    combine(y, x, h, {{dp::b1, &k1}, {dp::b3, &k3}, {dp::b4, &k4}, {dp::b5, &k5}, {dp::b6, &k6}});
-    eval(t + h, y, k7);
-    combine(err, zero, h,
+                 "dopri5 did not reach t = " << t1 << " within max_steps = " << max_steps << " (at t = "
+                                             << dir.time(s) << "): loosen atol/rtol or raise max_steps");
+    if (s + h > length || length - (s + h) < 1e-6f * length) h = length - s;
+    const float hs = dir.step(h);  // the signed step the stage combinations take
+    combine(y, x, hs, {{dp::a21, &k1}});
+    eval(dir.at(s, dp::c2 * h), y, k2);
+    combine(y, x, hs, {{dp::a31, &k1}, {dp::a32, &k2}});
+    eval(dir.at(s, dp::c3 * h), y, k3);
+    combine(y, x, hs, {{dp::a41, &k1}, {dp::a42, &k2}, {dp::a43, &k3}});
+    eval(dir.at(s, dp::c4 * h), y, k4);
+    combine(y, x, hs, {{dp::a51, &k1}, {dp::a52, &k2}, {dp::a53, &k3}, {dp::a54, &k4}});
+    eval(dir.at(s, dp::c5 * h), y, k5);
+    combine(y, x, hs, {{dp::a61, &k1}, {dp::a62, &k2}, {dp::a63, &k3}, {dp::a64, &k4}, {dp::a65, &k5}});
+    eval(dir.at(s, h), y, k6);
+    combine(y, x, hs, {{dp::b1, &k1}, {dp::b3, &k3}, {dp::b4, &k4}, {dp::b5, &k5}, {dp::b6, &k6}});
+    eval(dir.at(s, h), y, k7);
+    combine(err, zero, hs,
             {{dp::e1, &k1}, {dp::e3, &k3}, {dp::e4, &k4}, {dp::e5, &k5}, {dp::e6, &k6}, {dp::e7, &k7}});
     const double e = rms_scaled(err, x, y, atol, rtol);
     if (e <= 1.0) {
-      t = (t + h >= t1) ? t1 : t + h;
+      s = (s + h >= length) ? length : s + h;
       std::swap(x, y);
       std::swap(k1, k7);  // first same as last
       ++r.accepted_steps;
-      traj.record(t, x);
+      traj.record(dir.time(s), x);
     } else {
       ++r.rejected_steps;
     }
     h *= dp::step_factor(e);
-    dp::check_step(h, t, span);
+    dp::check_step(h, dir.time(s), length);
   }
   r.x = std::move(x);
   return r;
 }
-
-// The model (with guidance) as a field over a batch of `count` samples.
-class ModelField {
- public:
-  ModelField(const Model& model, const SampleConfig& cfg) : model_(model), cfg_(cfg) {
-    const MlpConfig& m = model.config();
-    in_ = m.input_dim();
-    if (m.num_classes > 0) {
-      labels_.resize(cfg.count, m.null_class());
-      for (int64_t i = 0; i < cfg.count; ++i) {
-        if (!cfg.labels.empty()) labels_[i] = cfg.labels.size() == 1 ? cfg.labels[0] : cfg.labels[i];
-      }
-    }
-  }
-
-  void operator()(float t, const float* x, float* v) {
-    const MlpConfig& m = model_.config();
-    const int D = m.data_dim;
-    const bool guided = cfg_.guidance.has_value();
-    const int passes = guided ? 2 : 1;
-    constexpr int64_t kChunk = 8192;
-    for (int64_t first = 0; first < cfg_.count; first += kChunk) {
-      const int64_t rows = std::min(kChunk, cfg_.count - first);
-      // Guided: the conditional rows then the null rows, in one forward pass of 2 * rows.
-      input_.resize(static_cast<size_t>(passes * rows) * in_);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < rows; ++i) {
-        const int32_t label = m.num_classes > 0 ? labels_[first + i] : -1;
-        cpu::write_input_row(m, x + (first + i) * D, t, label, input_.data() + i * in_);
-        if (guided) {
-          cpu::write_input_row(m, x + (first + i) * D, t, m.null_class(), input_.data() + (rows + i) * in_);
-        }
-      }
-      cpu::mlp_forward(m, model_.params().data(), input_.data(), passes * rows, ws_);
-      const float* out = ws_.out.data();
-      if (!guided) {
-        std::memcpy(v + first * D, out, sizeof(float) * rows * D);
-        continue;
-      }
-      const float w = *cfg_.guidance;
-      for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
-    }
-  }
-
- private:
-  const Model& model_;
-  const SampleConfig& cfg_;
-  int in_ = 0;
-  std::vector<int32_t> labels_;
-  std::vector<float> input_;
-  cpu::MlpWorkspace ws_;
-};
 
 }  // namespace
 
@@ -294,7 +247,8 @@ OdeResult integrate(const std::function<void(float t, const float* x, float* v)>
                     std::vector<float> x0, Solver solver, int steps, float atol, float rtol, int max_steps,
                     float t0, float t1) {
   CUFM_REQUIRE(solver == Solver::Dopri5 || steps >= 1, "integrate: steps must be >= 1, got " << steps);
-  CUFM_REQUIRE(t1 > t0, "integrate: t1 must be > t0");
+  CUFM_REQUIRE(std::isfinite(t0) && std::isfinite(t1) && t1 != t0,
+               "integrate: t0 and t1 must be finite and different, got " << t0 << " and " << t1);
   return integrate_impl(velocity, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1, Trajectory{});
 }
 
@@ -315,6 +269,10 @@ void Sampler::release() {
 
 SampleResult sample(const Model& model, const SampleConfig& config) {
   return Sampler().sample(model, config);
+}
+
+SampleResult integrate(const Model& model, const std::vector<float>& x0, const SampleConfig& config) {
+  return Sampler().integrate(model, x0, config);
 }
 
 namespace {
@@ -344,6 +302,20 @@ uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device d
 }  // namespace
 
 SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
+  return run(model, nullptr, config);
+}
+
+SampleResult Sampler::integrate(const Model& model, const std::vector<float>& x0,
+                                const SampleConfig& config) {
+  const uint64_t want = static_cast<uint64_t>(std::max<int64_t>(config.count, 0)) *
+                        static_cast<uint64_t>(model.config().data_dim);
+  CUFM_REQUIRE(x0.size() == want, "integrate: x0 holds " << x0.size() << " floats; count " << config.count
+                                                         << " x data_dim " << model.config().data_dim
+                                                         << " needs " << want);
+  return run(model, x0.data(), config);
+}
+
+SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleConfig& config) {
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
   const Device device = resolve_device(config.device);  // throws for an unusable explicit 'cuda'
   detail::require_memory(host_sampling_bytes(model.config(), config, device),
@@ -353,7 +325,7 @@ SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
 #if defined(CUFM_WITH_CUDA)
   if (device == Device::CUDA) {  // the GPU sampler validates the config
     if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();
-    return detail::cuda_sample(*state_->cuda, model, config);
+    return detail::cuda_sample(*state_->cuda, model, config, x0_in);
   }
 #endif
   config.validate(model.config());
@@ -366,14 +338,28 @@ SampleResult Sampler::sample(const Model& model, const SampleConfig& config) {
   res.count = config.count;
   res.dim = D;
   res.device = Device::CPU;
-  std::vector<float> x0(static_cast<size_t>(config.count) * D);
-  sampler_noise(config.seed, 0, config.count, D, x0.data());
-  ModelField field(model, config);
+  std::vector<float> x0;
+  if (x0_in) {
+    x0.assign(x0_in, x0_in + static_cast<size_t>(config.count) * D);
+  } else {
+    x0.resize(static_cast<size_t>(config.count) * D);
+    sampler_noise(config.seed, 0, config.count, D, x0.data());
+  }
+  // The field: the model over all points, with one label for all or per sample (else the null class).
+  std::vector<int32_t> labels;
+  if (!config.labels.empty()) {
+    labels = config.labels.size() == 1 ? std::vector<int32_t>(config.count, config.labels[0]) : config.labels;
+  }
+  const float* guidance = config.guidance ? &*config.guidance : nullptr;
+  cpu::FieldScratch scratch;
+  auto field = [&](float t, const float* x, float* v) {
+    cpu::evaluate_model(model.config(), model.params().data(), x, nullptr, t,
+                        labels.empty() ? nullptr : labels.data(), config.count, guidance, v, scratch);
+  };
   Trajectory traj;
   if (config.keep_trajectory) traj = Trajectory{&res.times, &res.trajectory};
-  OdeResult r =
-      integrate_impl([&](float t, const float* x, float* v) { field(t, x, v); }, std::move(x0), config.solver,
-                     config.steps, config.atol, config.rtol, config.max_steps, 0.0f, 1.0f, traj);
+  OdeResult r = integrate_impl(field, std::move(x0), config.solver, config.steps, config.atol, config.rtol,
+                               config.max_steps, config.t0, config.t1, traj);
   res.x = std::move(r.x);
   res.evaluations = r.evaluations;
   res.accepted_steps = r.accepted_steps;

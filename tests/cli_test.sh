@@ -172,6 +172,25 @@ run_ok sample "$CKPT" --count 500 --solver heun --steps 8 --device cpu --out s.n
 [ -f s.npy ] && [ -f s.png ] || fail "sample did not write s.npy and s.png"
 run_ok eval s.npy --data 8gaussians --n-data 2000
 [[ "$OUT_TEXT" == *sliced_w2* ]] || fail "eval printed no sliced_w2: $OUT_TEXT"
+
+# ---- integrate from given points, backwards and forwards; the velocity field at given points -----
+run_ok sample "$CKPT" --x0 s.npy --t0 1 --t1 0 --solver rk4 --steps 32 --device cpu --out back.npy
+run_ok sample "$CKPT" --x0 back.npy --solver rk4 --steps 32 --device cpu --out there.npy
+run_ok eval there.npy --data s.npy
+w2=$(printf '%s\n' "$OUT_TEXT" | awk '/^sliced_w2/ {print $2}')
+awk -v w="$w2" 'BEGIN {exit !(w < 0.01)}' || fail "back-and-forth integration did not return to the samples: sliced W2 $w2"
+run_fails "--x0 gives the points" sample "$CKPT" --x0 s.npy --count 5 --out x.npy
+run_fails "must lie in [0, 1]" sample "$CKPT" --x0 s.npy --t1 1.5 --out x.npy
+run_fails "expected points [N, 2]" sample "$CKPT" --x0 one_s.npy --out x.npy
+run_ok velocity "$CKPT" --x s.npy --t 0.5 --device cpu --out v.npy
+[ -f v.npy ] || fail "velocity wrote no v.npy"
+[[ "$OUT_TEXT" == *"velocity at 500 points"* ]] || fail "velocity: $OUT_TEXT"
+run_fails "--t must lie in [0, 1]" velocity "$CKPT" --x s.npy --t 2 --out v2.npy
+run_fails "--class given, but the checkpoint's model is unconditional" velocity "$CKPT" --x s.npy --t 0.5 --class 1 --out v2.npy
+run_fails "expected points [N, 2]" velocity "$CKPT" --x one_s.npy --t 0.5 --out v2.npy
+run_fails "is the --x file" velocity "$CKPT" --x s.npy --t 0.5 --out s.npy
+run_fails "required" velocity "$CKPT" --t 0.5
+[ -e v2.npy ] && fail "a refused velocity wrote v2.npy"
 run_ok info
 run_ok --help
 run_ok --version

@@ -80,6 +80,25 @@ void require_parent_folder(const std::string& path, const char* what) {
                what << " '" << path << "': the folder '" << parent.string() << "' does not exist");
 }
 
+void check_velocity(const VelocityArgs& a) {
+  CUFM_REQUIRE(std::isfinite(a.t) && a.t >= 0.0f && a.t <= 1.0f,
+               "--t must lie in [0, 1] (the times the model was trained on), got " << a.t);
+  CUFM_REQUIRE(!a.label || *a.label >= 0, "--class must be a class index >= 0, got " << *a.label);
+  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(!a.guidance || std::isfinite(*a.guidance), "--guidance must be finite");
+  (void)parse_device(a.device);
+  (void)parse_precision(a.precision);
+  CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
+  CUFM_REQUIRE(fs::path(a.out).extension() == ".npy", "--out '" << a.out << "' must be a .npy file");
+  for (const auto& [path, what] :
+       {std::pair<const std::string&, const char*>{a.checkpoint, "the checkpoint"}, {a.x, "the --x file"}}) {
+    CUFM_REQUIRE(!same_file(a.out, path),
+                 "--out '" << a.out << "' is " << what << ": give the output another name");
+  }
+  require_parent_folder(a.out, "--out");
+  detail::require_writable_target(a.out, "--out");
+}
+
 void check_sample(SampleArgs& a) {
   const Solver solver = parse_solver(a.solver);
   if (solver == Solver::Dopri5) {
@@ -95,6 +114,10 @@ void check_sample(SampleArgs& a) {
                                               << " (leave it out to sample "
                                                  "unconditionally)");
   CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(a.x0.empty() || (!a.given.count("--count") && !a.given.count("--seed")),
+               "--x0 gives the points (their count too): --count and --seed apply to sampling from noise");
+  CUFM_REQUIRE(a.x0.empty() || !same_file(a.x0, a.out),
+               "--out '" << a.out << "' is the --x0 file: give the output another name");
   (void)parse_device(a.device);
   (void)parse_precision(a.precision);
   CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
@@ -122,6 +145,8 @@ void check_sample(SampleArgs& a) {
   sc.steps = a.steps;
   sc.atol = a.atol;
   sc.rtol = a.rtol;
+  sc.t0 = a.t0;
+  sc.t1 = a.t1;
   MlpConfig any;
   any.data_dim = 1;
   any.hidden = {1};
@@ -300,6 +325,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--guidance", sa.guidance, "Classifier-free guidance scale w (with --class)");
   samp->add_flag("--ema", sa.ema, "Use the EMA weights");
   unsigned_option(samp->add_option("--seed", sa.seed, "Noise seed")->capture_default_str());
+  samp->add_option("--x0", sa.x0, "Integrate from these points (.npy [N, D]) instead of noise");
+  samp->add_option("--t0", sa.t0, "Start time, in [0, 1]")->capture_default_str();
+  samp->add_option("--t1", sa.t1, "End time, in [0, 1] (below --t0: backwards, data to noise)")
+      ->capture_default_str();
   samp->add_option("--device", sa.device, "auto, cpu or cuda")->capture_default_str();
   samp->add_option("--precision", sa.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
   int_option(samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
@@ -307,6 +336,21 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
   samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
   samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
+
+  VelocityArgs& va = cmd.velocity;
+  auto* vel = app.add_subcommand("velocity", "Evaluate a checkpoint's velocity field at points; writes .npy");
+  vel->add_option("checkpoint", va.checkpoint, "Checkpoint (.safetensors)")->required();
+  vel->add_option("--x", va.x, "The points (.npy [N, D])")->required();
+  vel->add_option("--t", va.t, "The time, in [0, 1]")->required();
+  int_option(vel->add_option("--class", va.label,
+                             "Class label for every point (conditional model; leave out: null)"));
+  vel->add_option("--guidance", va.guidance, "Classifier-free guidance scale w (with --class)");
+  vel->add_flag("--ema", va.ema, "Use the EMA weights");
+  vel->add_option("--device", va.device, "auto, cpu or cuda")->capture_default_str();
+  vel->add_option("--precision", va.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  int_option(vel->add_option("--threads", va.threads, "CPU threads (0: all cores; at most 4x the cores)")
+                 ->capture_default_str());
+  vel->add_option("--out", va.out, "Output .npy [N, D]")->capture_default_str();
 
   EvalArgs& ea = cmd.eval;
   auto* ev = app.add_subcommand("eval", "Distances between a sample file and a dataset");
@@ -344,6 +388,9 @@ Command parse_command_line(int argc, const char* const* argv) {
     cmd.kind = Command::Kind::Sample;
     record_given(samp, sa.given);
     check_sample(sa);
+  } else if (*vel) {
+    cmd.kind = Command::Kind::Velocity;
+    check_velocity(va);
   } else if (*ev) {
     cmd.kind = Command::Kind::Eval;
     check_eval(ea, ev);

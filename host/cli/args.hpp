@@ -33,6 +33,8 @@ struct TrainArgs {
 
 struct SampleArgs {
   std::string checkpoint, solver = "midpoint", device = "auto", precision = "fp32", out = "samples.npy", png;
+  std::string x0;  // the points to integrate from (.npy [N, D]) instead of the seed's noise
+  float t0 = 0.0f, t1 = 1.0f;
   int64_t count = 50000;
   int steps = 20, threads = 0;
   std::optional<int> label;
@@ -44,6 +46,15 @@ struct SampleArgs {
   std::set<std::string> given;
 };
 
+struct VelocityArgs {
+  std::string checkpoint, x, out = "velocity.npy", device = "auto", precision = "fp32";
+  float t = 0.0f;
+  std::optional<int> label;
+  std::optional<float> guidance;
+  bool ema = false;
+  int threads = 0;
+};
+
 struct EvalArgs {
   std::string samples;
   DataSpec data;
@@ -53,9 +64,10 @@ struct EvalArgs {
 };
 
 struct Command {
-  enum class Kind { Train, Sample, Eval, Info } kind = Kind::Info;
+  enum class Kind { Train, Sample, Velocity, Eval, Info } kind = Kind::Info;
   TrainArgs train;
   SampleArgs sample;
+  VelocityArgs velocity;
   EvalArgs eval;
   bool verbose = false;  // print errors' source locations
 };

@@ -24,6 +24,23 @@ namespace {
 
 constexpr const char* kCheckpointName = "checkpoint.safetensors";
 
+// A .npy of finite points [N, dim] as floats; `what` names the option in errors.
+std::vector<float> read_points(const std::string& path, const char* what, int dim) {
+  const NpyArray arr = read_npy(path);
+  std::ostringstream shape;
+  for (size_t i = 0; i < arr.shape.size(); ++i) shape << (i ? ", " : "") << arr.shape[i];
+  CUFM_REQUIRE(arr.shape.size() == 2 && arr.shape[0] >= 1 && arr.shape[1] == dim,
+               what << " '" << path << "': expected points [N, " << dim
+                    << "] (the model's data_dim), got shape [" << shape.str() << "]");
+  std::vector<float> x(arr.values.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = static_cast<float>(arr.values[i]);
+    CUFM_REQUIRE(std::isfinite(x[i]), what << " '" << path << "': value " << i << " (row " << i / dim
+                                           << ") is not a finite float32: " << arr.values[i]);
+  }
+  return x;
+}
+
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--";
   const long s = static_cast<long>(seconds + 0.5);
@@ -304,9 +321,16 @@ int run_sample(const SampleArgs& a) {
   sc.device = parse_device(a.device);
   sc.precision = parse_precision(a.precision);
   sc.threads = clamp_threads(a.threads, "sample");
+  sc.t0 = a.t0;
+  sc.t1 = a.t1;
+  std::vector<float> x0;
+  if (!a.x0.empty()) {
+    x0 = read_points(a.x0, "--x0", model.config().data_dim);
+    sc.count = static_cast<int64_t>(x0.size()) / model.config().data_dim;
+  }
   sc.validate(model.config());  // the class against the model, before any work
   const auto start = std::chrono::steady_clock::now();
-  const SampleResult r = sample(model, sc);
+  const SampleResult r = a.x0.empty() ? sample(model, sc) : integrate(model, x0, sc);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_npy(a.out, r.x.data(), {r.count, r.dim});
   PlotOptions opt;
@@ -320,6 +344,33 @@ int run_sample(const SampleArgs& a) {
   std::printf("%lld samples (%s, %lld evaluations, %.3f s on %s): %s, %s\n", static_cast<long long>(r.count),
               a.solver.c_str(), static_cast<long long>(r.evaluations), secs, to_string(r.device),
               a.out.c_str(), a.png.c_str());
+  return 0;
+}
+
+int run_velocity(const VelocityArgs& a) {
+  const Checkpoint c = load_checkpoint(a.checkpoint);
+  const Model model = c.to_model(a.ema ? Weights::Ema : Weights::Trained);
+  const MlpConfig& m = model.config();
+  CUFM_REQUIRE(!a.label || m.num_classes > 0, "--class given, but the checkpoint's model is unconditional");
+  CUFM_REQUIRE(!a.label || *a.label < m.num_classes,
+               "--class " << *a.label << " is outside the model's classes [0, " << m.num_classes << ")");
+  const std::vector<float> x = read_points(a.x, "--x", m.data_dim);
+  const int64_t n = static_cast<int64_t>(x.size()) / m.data_dim;
+  FieldOptions o;
+  o.guidance = a.guidance;
+  o.device = parse_device(a.device);
+  o.precision = parse_precision(a.precision);
+  o.threads = clamp_threads(a.threads, "velocity");
+  VelocityField field(model, o);
+  std::vector<int32_t> labels;
+  if (a.label) labels.assign(static_cast<size_t>(n), *a.label);
+  std::vector<float> v(x.size());
+  const auto start = std::chrono::steady_clock::now();
+  field.evaluate(a.t, x.data(), labels.empty() ? nullptr : labels.data(), n, v.data());
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  write_npy(a.out, v.data(), {n, m.data_dim});
+  std::printf("velocity at %lld points, t = %g (%.3f s on %s): %s\n", static_cast<long long>(n),
+              static_cast<double>(a.t), secs, to_string(field.device()), a.out.c_str());
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// The cufm command-line tool: train, sample, eval, info. Every failure is one line on stderr and a
+// The cufm command-line tool: train, sample, velocity, eval, info. Every failure is one line on stderr and a
 // non-zero exit (the source location only with --verbose); outputs are written to temporary
 // names and renamed into place.
 #include <cstdio>
@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
         return cufm::cli::run_train(cmd.train);
       case cufm::cli::Command::Kind::Sample:
         return cufm::cli::run_sample(cmd.sample);
+      case cufm::cli::Command::Kind::Velocity:
+        return cufm::cli::run_velocity(cmd.velocity);
       case cufm::cli::Command::Kind::Eval:
         return cufm::cli::run_eval(cmd.eval);
       default:

@@ -1,8 +1,8 @@
 // Sampling on the GPU: the CPU's solvers (host/sampler.cpp) with the model through cuBLASLt and
 // each stage's state update fused into the kernel that writes the model input. Guidance runs the
 // conditional and null rows as one forward pass of 2n rows. The model runs over the points in
-// chunks whose activations fit in kChunkBytes (one chunk up to ~170k points at width 512), so large
-// counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are
+// chunks whose activations fit in about 1 GiB (cuda::inference_chunk_rows: one chunk up to ~170k
+// points at width 512), so large counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are
 // captured as CUDA graphs; Dopri5 reads back one scalar per step (the error norm) for its
 // step-size controller. A CudaSampler (cufm::Sampler) keeps its plans, buffers and graphs for the
 // next call of the same shape; a call that throws waits for its queued work and drops them all.
@@ -48,8 +48,6 @@ StageCombination comb(const float* x, float h, std::initializer_list<std::pair<f
   return c;
 }
 
-constexpr size_t kChunkBytes = size_t{1} << 30;  // the model's activations per chunk of points
-
 // What the model's plans and buffers depend on.
 struct ShapeKey {
   MlpConfig model;
@@ -70,10 +68,12 @@ struct GraphKey {
   float guidance = 0.0f;
   int32_t label_all = -1;
   const int32_t* labels = nullptr;  // the per-sample labels' buffer (its contents are rewritten)
+  float t0 = 0.0f, t1 = 1.0f;       // the span: every stage's time is baked in
   bool operator==(const GraphKey& o) const {
     return solver == o.solver && steps == o.steps && keep_trajectory == o.keep_trajectory &&
            std::memcmp(&guidance, &o.guidance, sizeof(float)) == 0 && label_all == o.label_all &&
-           labels == o.labels;
+           labels == o.labels && std::memcmp(&t0, &o.t0, sizeof(float)) == 0 &&
+           std::memcmp(&t1, &o.t1, sizeof(float)) == 0;
   }
 };
 
@@ -98,17 +98,20 @@ class CudaSampler {
   CudaSampler(const CudaSampler&) = delete;
   CudaSampler& operator=(const CudaSampler&) = delete;
 
-  SampleResult sample(const Model& model, const SampleConfig& cfg) {
+  SampleResult sample(const Model& model, const SampleConfig& cfg, const float* x0) {
     cfg.validate(model.config());
     const cuda::DeviceScope on(device_);
     cfg_ = &cfg;
+    x0_ = x0;
     try {
       prepare(model, cfg);
       SampleResult res = run();
       cfg_ = nullptr;
+      x0_ = nullptr;
       return res;
     } catch (...) {
       cfg_ = nullptr;
+      x0_ = nullptr;
       // A failed call leaves nothing half-built for the next one: wait for what it queued and
       // drop everything (the next call rebuilds).
       (void)cudaStreamSynchronize(stream_.get());
@@ -149,13 +152,7 @@ class CudaSampler {
     if (!shape_ || !(*shape_ == shape)) {
       reset();
       const cuda::PaddedLayout layout(m);
-      // Bytes per model row: input, three activation buffers (inference), fp32 output.
-      const size_t esize = cfg.precision == Precision::BF16 ? 2 : 4;
-      const size_t row_bytes = (layout.in_pad[0] + 3 * static_cast<size_t>(layout.max_width_pad())) * esize +
-                               static_cast<size_t>(layout.out_pad.back()) * sizeof(float);
-      chunk_ = std::max<int64_t>(1024, static_cast<int64_t>(kChunkBytes / (copies_ * row_bytes)));
-      if (max_chunk_ > 0) chunk_ = std::min(chunk_, max_chunk_);
-      chunk_ = std::min(chunk_, n_);
+      chunk_ = std::min(cuda::inference_chunk_rows(layout, cfg.precision, copies_, max_chunk_), n_);
       params_ = DeviceBuffer(layout.total * sizeof(float), "the parameters", s);
       if (cfg.precision == Precision::BF16) {
         params_bf16_ = DeviceBuffer(layout.total * sizeof(__nv_bfloat16), "the bf16 weights", s);
@@ -206,7 +203,7 @@ class CudaSampler {
     if (cfg_->solver == Solver::Dopri5) {
       ensure(x_, elems_ * sizeof(float), "the samples");
       ensure(y_, elems_ * sizeof(float), "the samples");
-      cuda::sampler_noise(cfg_->seed, n_, dim_, x_.as<float>(), s);
+      start_points(x_.as<float>());
       dopri5(res);
     } else {
       fixed_steps(res);
@@ -217,6 +214,15 @@ class CudaSampler {
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.evaluations = evaluations_;
     return res;
+  }
+
+  // The initial points in x: the caller's (uploaded) or the seed's noise.
+  void start_points(float* x) {
+    if (x0_) {
+      CUFM_CUDA_CHECK(cudaMemcpyAsync(x, x0_, elems_ * sizeof(float), cudaMemcpyHostToDevice, stream_.get()));
+    } else {
+      cuda::sampler_noise(cfg_->seed, n_, dim_, x, stream_.get());
+    }
   }
 
   // k = v(t, y) for the stage point y = comb (also stored in y_out when given), chunk by chunk.
@@ -255,8 +261,8 @@ class CudaSampler {
 
   // One fixed step from slot(i) to slot(i + 1), enqueued (or captured) on s.
   void enqueue_step(int i, int steps, const std::function<float*(int)>& slot, cudaStream_t s) {
-    const float t = static_cast<float>(i) / static_cast<float>(steps);
-    const float tn = static_cast<float>(i + 1) / static_cast<float>(steps);
+    const float t = hd::fixed_step_time(cfg_->t0, cfg_->t1, i, steps);
+    const float tn = hd::fixed_step_time(cfg_->t0, cfg_->t1, i + 1, steps);
     const float h = tn - t;
     const float* x = slot(i);
     float* xn = slot(i + 1);
@@ -304,10 +310,10 @@ class CudaSampler {
     // size (and host memory) bounded however many steps are asked for. The graphs stay for the
     // next call with the same key and buffers, which then only rewrites the weights, the labels
     // and the noise before launching them.
-    const GraphKey key{cfg_->solver,     steps,        keep, cfg_->guidance.value_or(0.0f),
-                       input_.label_all, input_.labels};
+    const GraphKey key{cfg_->solver,     steps,         keep,     cfg_->guidance.value_or(0.0f),
+                       input_.label_all, input_.labels, cfg_->t0, cfg_->t1};
     if (!(key == graph_key_)) graphs_.clear();
-    cuda::sampler_noise(cfg_->seed, n_, dim_, x_.as<float>(), s);
+    start_points(x_.as<float>());
     if (graphs_.empty()) {
       const int chunks = static_cast<int>((n_ + chunk_ - 1) / chunk_);
       const int steps_per_graph = std::max(1, 256 / chunks);  // about 256 chunk evaluations per stage
@@ -330,7 +336,7 @@ class CudaSampler {
     evaluations_ = static_cast<int64_t>(steps) * stages(cfg_->solver);
     final_x_ = slot(steps);
     if (keep) {
-      for (int i = 0; i <= steps; ++i) res.times.push_back(static_cast<float>(i) / static_cast<float>(steps));
+      for (int i = 0; i <= steps; ++i) res.times.push_back(hd::fixed_step_time(cfg_->t0, cfg_->t1, i, steps));
       res.trajectory.resize((static_cast<size_t>(steps) + 1) * elems_);
       CUFM_CUDA_CHECK(cudaMemcpyAsync(res.trajectory.data(), x_.get(), res.trajectory.size() * sizeof(float),
                                       cudaMemcpyDeviceToHost, s));
@@ -366,66 +372,73 @@ class CudaSampler {
   void dopri5(SampleResult& res) {
     namespace dp = hd::dopri5;
     cudaStream_t s = stream_.get();
-    const float t0 = 0.0f, t1 = 1.0f, span = t1 - t0, atol = cfg_->atol, rtol = cfg_->rtol;
+    const float atol = cfg_->atol, rtol = cfg_->rtol;
+    const dp::Direction dir(cfg_->t0, cfg_->t1);
+    const float length = dir.length;
     float* x = x_.as<float>();
     float* y = y_.as<float>();
     float* k1 = k(0);
     float* k7 = k(6);
-    float t = t0;
-    record(res, t, x);
-    eval(t, comb(x, 0.0f, {}), k1, nullptr, s);
+    float s_done = 0.0f;  // the distance from t0 covered so far
+    record(res, dir.t0, x);
+    eval(dir.t0, comb(x, 0.0f, {}), k1, nullptr, s);
     float h;
     {
       const double d0 = rms(x, x, nullptr), d1 = rms(k1, x, nullptr);
-      const double h0 = dp::first_guess(d0, d1, span);
-      eval(t + static_cast<float>(h0), comb(x, static_cast<float>(h0), {{1.0f, k1}}), k(1), y, s);
+      const double h0 = dp::first_guess(d0, d1, length);
+      eval(dir.at(s_done, static_cast<float>(h0)), comb(x, dir.step(static_cast<float>(h0)), {{1.0f, k1}}),
+           k(1), y, s);
       cuda::solver_update(comb(k(1), 1.0f, {{-1.0f, k1}}), elems_, k(2), nullptr, 0, 0, nullptr, nullptr, s);
       const double d2 = rms(k(2), x, nullptr) / h0;
-      h = dp::initial_step(h0, d1, d2, span);
+      h = dp::initial_step(h0, d1, d2, length);
     }
-    while (t < t1) {
+    while (s_done < length) {
       CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_->max_steps,
-                   "dopri5 did not reach t = " << t1 << " within max_steps = " << cfg_->max_steps
-                                               << " (at t = " << t
+                   "dopri5 did not reach t = " << dir.t1 << " within max_steps = " << cfg_->max_steps
+                                               << " (at t = " << dir.time(s_done)
                                                << "): loosen atol/rtol or raise max_steps");
-      if (t + h > t1 || t1 - (t + h) < 1e-6f * span) h = t1 - t;
+      if (s_done + h > length || length - (s_done + h) < 1e-6f * length) h = length - s_done;
+      const float hs = dir.step(h);
       float* k2 = k(1);
       float* k3 = k(2);
       float* k4 = k(3);
       float* k5 = k(4);
       float* k6 = k(5);
-      eval(t + dp::c2 * h, comb(x, h, {{dp::a21, k1}}), k2, nullptr, s);
-      eval(t + dp::c3 * h, comb(x, h, {{dp::a31, k1}, {dp::a32, k2}}), k3, nullptr, s);
-      eval(t + dp::c4 * h, comb(x, h, {{dp::a41, k1}, {dp::a42, k2}, {dp::a43, k3}}), k4, nullptr, s);
-      eval(t + dp::c5 * h, comb(x, h, {{dp::a51, k1}, {dp::a52, k2}, {dp::a53, k3}, {dp::a54, k4}}), k5,
+      eval(dir.at(s_done, dp::c2 * h), comb(x, hs, {{dp::a21, k1}}), k2, nullptr, s);
+      eval(dir.at(s_done, dp::c3 * h), comb(x, hs, {{dp::a31, k1}, {dp::a32, k2}}), k3, nullptr, s);
+      eval(dir.at(s_done, dp::c4 * h), comb(x, hs, {{dp::a41, k1}, {dp::a42, k2}, {dp::a43, k3}}), k4,
            nullptr, s);
-      eval(t + h, comb(x, h, {{dp::a61, k1}, {dp::a62, k2}, {dp::a63, k3}, {dp::a64, k4}, {dp::a65, k5}}), k6,
+      eval(dir.at(s_done, dp::c5 * h),
+           comb(x, hs, {{dp::a51, k1}, {dp::a52, k2}, {dp::a53, k3}, {dp::a54, k4}}), k5, nullptr, s);
+      eval(dir.at(s_done, h),
+           comb(x, hs, {{dp::a61, k1}, {dp::a62, k2}, {dp::a63, k3}, {dp::a64, k4}, {dp::a65, k5}}), k6,
            nullptr, s);
       const StageCombination y_comb =
-          comb(x, h, {{dp::b1, k1}, {dp::b3, k3}, {dp::b4, k4}, {dp::b5, k5}, {dp::b6, k6}});
-      eval(t + h, y_comb, k7, y, s);
+          comb(x, hs, {{dp::b1, k1}, {dp::b3, k3}, {dp::b4, k4}, {dp::b5, k5}, {dp::b6, k6}});
+      eval(dir.at(s_done, h), y_comb, k7, y, s);
       const StageCombination e_comb = comb(
-          nullptr, h, {{dp::e1, k1}, {dp::e3, k3}, {dp::e4, k4}, {dp::e5, k5}, {dp::e6, k6}, {dp::e7, k7}});
+          nullptr, hs, {{dp::e1, k1}, {dp::e3, k3}, {dp::e4, k4}, {dp::e5, k5}, {dp::e6, k6}, {dp::e7, k7}});
       // Rewrites y with the same bits and reduces the scaled error against (x, y).
       cuda::solver_update(y_comb, elems_, y, &e_comb, atol, rtol, err_sum_.as<double>(), workspace_.get(), s);
       const double e = read_rms();
       if (e <= 1.0) {
-        t = (t + h >= t1) ? t1 : t + h;
+        s_done = (s_done + h >= length) ? length : s_done + h;
         std::swap(x, y);
         std::swap(k1, k7);  // first same as last
         ++res.accepted_steps;
-        record(res, t, x);
+        record(res, dir.time(s_done), x);
       } else {
         ++res.rejected_steps;
       }
       h *= dp::step_factor(e);
-      dp::check_step(h, t, span);
+      dp::check_step(h, dir.time(s_done), length);
     }
     final_x_ = x;
   }
 
   const int64_t max_chunk_;
   const SampleConfig* cfg_ = nullptr;  // the call in progress
+  const float* x0_ = nullptr;          // its HOST initial points, or nullptr: the seed's noise
   std::optional<ShapeKey> shape_;      // what mlp_ and the buffers were built for
   GraphKey graph_key_;                 // what graphs_ were captured for
   int64_t n_ = 0, elems_ = 0, chunk_ = 0;
@@ -452,12 +465,13 @@ CudaSamplerPtr make_cuda_sampler(int64_t max_chunk_rows) {
   return CudaSamplerPtr(new CudaSampler(max_chunk_rows));
 }
 
-SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config) {
-  return sampler.sample(model, config);
+SampleResult cuda_sample(CudaSampler& sampler, const Model& model, const SampleConfig& config,
+                         const float* x0) {
+  return sampler.sample(model, config, x0);
 }
 
-SampleResult cuda_sample(const Model& model, const SampleConfig& config) {
-  return make_cuda_sampler(0)->sample(model, config);
+SampleResult cuda_sample(const Model& model, const SampleConfig& config, const float* x0) {
+  return make_cuda_sampler(0)->sample(model, config, x0);
 }
 
 }  // namespace cufm::detail

@@ -569,6 +569,16 @@ void LtMlp::backward(cudaStream_t stream) {
   }
 }
 
+int64_t inference_chunk_rows(const PaddedLayout& layout, Precision precision, int copies, int64_t cap) {
+  constexpr size_t kChunkBytes = size_t{1} << 30;
+  const size_t esize = precision == Precision::BF16 ? 2 : 4;
+  const size_t row_bytes = (layout.in_pad[0] + 3 * static_cast<size_t>(layout.max_width_pad())) * esize +
+                           static_cast<size_t>(layout.out_pad.back()) * sizeof(float);
+  int64_t rows =
+      std::max<int64_t>(1024, static_cast<int64_t>(kChunkBytes / (static_cast<size_t>(copies) * row_bytes)));
+  return cap > 0 ? std::min(rows, cap) : rows;
+}
+
 const void* LtMlp::hidden_activation(int l) const {
   CUFM_REQUIRE(mode_ == MlpMode::Training, "LtMlp: hidden activations are kept in training mode only");
   CUFM_REQUIRE(l >= 0 && l + 1 < static_cast<int>(layer_.size()),

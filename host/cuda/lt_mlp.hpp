@@ -57,6 +57,10 @@ inline int round_up(int v, int m) {
 
 enum class MlpMode : int { Training = 0, Inference = 1 };
 
+// Points per inference pass whose activations (input, three hidden buffers and the fp32 output per
+// row, times `copies`: 2 with guidance) fit in about 1 GiB, at least 1024, at most cap when cap > 0.
+int64_t inference_chunk_rows(const PaddedLayout& layout, Precision precision, int copies, int64_t cap);
+
 // One cuBLASLt matmul with its descriptor, layouts and the algorithm that passed its test run.
 class LtGemm;
 

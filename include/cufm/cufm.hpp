@@ -13,3 +13,4 @@
 #include "cufm/philox.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "cufm/velocity.hpp"

@@ -206,6 +206,13 @@ CUFM_HD float guided(float v_null, float v_cond, float w) {
   return v_null + w * (v_cond - v_null);
 }
 
+// ---- fixed-step solvers -------------------------------------------------------------------
+// The time of fixed step i of `steps` over [t0, t1] (either direction): t0 + span * i / steps,
+// exactly t1 at the end. Both backends' loops and trajectories use it.
+inline float fixed_step_time(float t0, float t1, int i, int steps) {
+  return i == steps ? t1 : t0 + (t1 - t0) * static_cast<float>(i) / static_cast<float>(steps);
+}
+
 // ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b
 // (also the 7th stage's row: first same as last), and e = b - b_hat for the embedded error.
@@ -221,6 +228,18 @@ constexpr float b1 = 35.0f / 384, b3 = 500.0f / 1113, b4 = 125.0f / 192, b5 = -2
                 b6 = 11.0f / 84;
 constexpr float e1 = 71.0f / 57600, e3 = -71.0f / 16695, e4 = 71.0f / 1920, e5 = -17253.0f / 339200,
                 e6 = 22.0f / 525, e7 = -1.0f / 40;
+// The controller's view of [t0, t1], in either direction: it advances a distance s in
+// [0, length] with steps h > 0; the stages' combinations take the signed step sign * h and run at
+// t0 + sign * (s + c h). Forwards from t0 = 0 each of these is the plain s + c h, bit for bit.
+struct Direction {
+  float t0, t1, sign, length;
+  Direction(float from, float to)
+      : t0(from), t1(to), sign(to >= from ? 1.0f : -1.0f), length(to >= from ? to - from : from - to) {}
+  float time(float s) const { return s == length ? t1 : t0 + sign * s; }  // exactly t1 at the end
+  float at(float s, float dh) const { return t0 + sign * (s + dh); }
+  float step(float h) const { return sign * h; }
+};
+
 // Step-size controller: h *= clamp(safety * err^(-1/5), min, max).
 constexpr float kSafety = 0.9f, kMinFactor = 0.2f, kMaxFactor = 10.0f;
 

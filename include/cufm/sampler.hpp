@@ -1,6 +1,7 @@
 // Sampling: integrates dx/dt = v(x, t) from t = 0 (x ~ N(0, I)) to t = 1, with fixed-step
 // Euler, midpoint, Heun or RK4, or adaptive Dormand-Prince 5(4); optional classifier-free guidance
-// v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)).
+// v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)). integrate() runs the same solvers from the
+// caller's points, over any span of [0, 1] in either direction (t1 < t0: data back to noise).
 #pragma once
 
 #include <cstdint>
@@ -24,13 +25,14 @@ int solver_order(Solver s);
 struct SampleConfig {
   int64_t count = 1000;
   Solver solver = Solver::Midpoint;
-  int steps = 20;                      // fixed-step solvers
-  float atol = 1e-5f, rtol = 1e-5f;    // Dopri5
-  int max_steps = 100000;              // Dopri5: accepted + rejected steps before giving up
-  std::vector<int32_t> labels;         // empty, one label for all, or one per sample
-  std::optional<float> guidance;       // set: classifier-free guidance with this scale w
+  int steps = 20;                    // fixed-step solvers
+  float atol = 1e-5f, rtol = 1e-5f;  // Dopri5
+  int max_steps = 100000;            // Dopri5: accepted + rejected steps before giving up
+  std::vector<int32_t> labels;       // empty, one label for all, or one per sample
+  std::optional<float> guidance;     // set: classifier-free guidance with this scale w
   uint64_t seed = 0;
-  bool keep_trajectory = false;        // fixed-step solvers: keep x at every step
+  bool keep_trajectory = false;  // keep x at every (accepted) step, with its time
+  float t0 = 0.0f, t1 = 1.0f;    // the span, inside [0, 1]; t1 < t0 integrates backwards
   Device device = Device::Auto;
   Precision precision = Precision::FP32;
   int threads = 0;
@@ -41,10 +43,10 @@ struct SampleConfig {
 struct SampleResult {
   int64_t count = 0;
   int dim = 0;
-  std::vector<float> x;              // [count, dim] at t = 1
-  std::vector<float> times;          // with a trajectory: the times, steps + 1 of them
-  std::vector<float> trajectory;     // [steps + 1, count, dim]
-  int64_t evaluations = 0;           // velocity evaluations of the whole batch
+  std::vector<float> x;           // [count, dim] at t = t1
+  std::vector<float> times;       // with a trajectory: the times, steps + 1 of them
+  std::vector<float> trajectory;  // [steps + 1, count, dim]
+  int64_t evaluations = 0;        // velocity evaluations of the whole batch
   int accepted_steps = 0, rejected_steps = 0;
   Device device = Device::CPU;
 };
@@ -52,8 +54,14 @@ struct SampleResult {
 // The initial noise of sample i, dims [0, D): a pure function of (seed, i).
 void sampler_noise(uint64_t seed, int64_t first, int64_t count, int dim, float* x0);
 
-// One sampling run: Sampler().sample(model, config).
+// One sampling run: Sampler().sample(model, config). Equals integrate() from
+// sampler_noise(config.seed, 0, config.count, ...), bit for bit.
 SampleResult sample(const Model& model, const SampleConfig& config);
+
+// Integrates the model's field from the caller's points x0 [config.count, data_dim] (row-major)
+// over [config.t0, config.t1] with config's solver, labels, guidance, device and precision
+// (config.seed is not used). Integrating back and forth returns to x0 within the solver's error.
+SampleResult integrate(const Model& model, const std::vector<float>& x0, const SampleConfig& config);
 
 // A sampler that keeps what a GPU run sets up (the weights' device copy, the cuBLASLt plans, the
 // buffers, the captured graphs) for its next call. Sampling models of one shape again and again
@@ -73,15 +81,18 @@ class Sampler {
   Sampler& operator=(const Sampler&) = delete;
 
   SampleResult sample(const Model& model, const SampleConfig& config);
+  SampleResult integrate(const Model& model, const std::vector<float>& x0, const SampleConfig& config);
   void release();
 
  private:
+  SampleResult run(const Model& model, const float* x0, const SampleConfig& config);  // x0 nullptr: noise
   struct State;
   std::unique_ptr<State> state_;
 };
 
-// Integrates a caller's velocity field on the CPU with the same solvers (used by the tests to
-// measure each solver's order on fields with known solutions). v(t, x, out) fills out [n*dim].
+// Integrates a caller's velocity field on the CPU with the same solvers from t0 to t1 (t1 < t0
+// integrates backwards; the tests measure each solver's order with it on fields with known
+// solutions). v(t, x, out) fills out [n*dim].
 struct OdeResult {
   std::vector<float> x;
   int64_t evaluations = 0;

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
+#include "cufm/velocity.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/backend.hpp"
 
@@ -232,6 +234,113 @@ TEST(GpuSamplingTrajectory, FixedAndAdaptive) {
     ASSERT_EQ(gpu.trajectory.size(), cpu.trajectory.size());
     EXPECT_TRUE(
         test::all_close(gpu.trajectory.data(), cpu.trajectory.data(), cpu.trajectory.size(), 1e-4, 1e-4));
+  }
+}
+
+// integrate() from the caller's points, backwards and over part of [0, 1], against the CPU; and
+// sample() is integrate() from the seed's noise bit for bit on the GPU as on the CPU.
+TEST(GpuIntegrate, CallersPointsBothDirectionsMatchCpu) {
+  CUFM_REQUIRE_GPU();
+  const Model model(conditional_model(), 14);
+  for (Solver s : {Solver::Midpoint, Solver::RK4, Solver::Dopri5}) {
+    for (const auto& [t0, t1] : {std::pair{1.0f, 0.0f}, std::pair{0.8f, 0.3f}, std::pair{0.2f, 0.9f}}) {
+      SampleConfig cfg = base_config();
+      cfg.solver = s;
+      cfg.keep_trajectory = true;
+      cfg.labels = {2};
+      cfg.guidance = 1.5f;
+      cfg.t0 = t0;
+      cfg.t1 = t1;
+      std::vector<float> x0 = test::random_floats(static_cast<size_t>(cfg.count) * 2, -2.0f, 2.0f, 91);
+      cfg.device = Device::CPU;
+      const SampleResult cpu = integrate(model, x0, cfg);
+      cfg.device = Device::CUDA;
+      const SampleResult gpu = integrate(model, x0, cfg);
+      SCOPED_TRACE(std::string(to_string(s)) + " from " + std::to_string(t0) + " to " + std::to_string(t1));
+      expect_match(gpu, cpu, 1e-4, 1e-4);
+      ASSERT_EQ(gpu.times.size(), cpu.times.size());
+      EXPECT_EQ(gpu.times.front(), t0);
+      EXPECT_EQ(gpu.times.back(), t1);
+      EXPECT_TRUE(test::all_close(gpu.times.data(), cpu.times.data(), cpu.times.size(), 1e-4, 1e-4));
+      ASSERT_EQ(gpu.trajectory.size(), cpu.trajectory.size());
+      EXPECT_TRUE(
+          test::all_close(gpu.trajectory.data(), cpu.trajectory.data(), cpu.trajectory.size(), 1e-4, 1e-4));
+    }
+  }
+  Sampler sampler;  // one sampler: the graphs must follow the span and the starting points
+  for (Solver s : {Solver::Heun, Solver::Dopri5}) {
+    SampleConfig cfg = base_config();
+    cfg.solver = s;
+    cfg.device = Device::CUDA;
+    std::vector<float> noise(static_cast<size_t>(cfg.count) * 2);
+    sampler_noise(cfg.seed, 0, cfg.count, 2, noise.data());
+    const SampleResult a = sampler.sample(model, cfg);
+    const SampleResult b = sampler.integrate(model, noise, cfg);
+    EXPECT_TRUE(test::bits_equal(b.x.data(), a.x.data(), a.x.size())) << to_string(s);
+    cfg.t0 = 1.0f;
+    cfg.t1 = 0.0f;
+    const SampleResult back = sampler.integrate(model, a.x, cfg);
+    cfg.device = Device::CPU;
+    expect_match(back, integrate(model, a.x, cfg), 1e-4, 1e-4);
+  }
+}
+
+// VelocityField on the GPU against the CPU's, over several chunks, with host and device pointers,
+// guidance, new weights and the other precisions.
+TEST(GpuVelocityField, MatchesCpuHostAndDevicePointers) {
+  CUFM_REQUIRE_GPU();
+  const Model model(conditional_model(), 15), other(conditional_model(), 16);
+  const int64_t n = test::pick(3000, 300);
+  const std::vector<float> x = test::random_floats(static_cast<size_t>(n) * 2, -3.0f, 3.0f, 17);
+  std::vector<int32_t> labels(n);
+  for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>(i % 4);  // 3: the null class
+  for (bool guided : {false, true}) {
+    FieldOptions o;
+    o.device = Device::CPU;
+    if (guided) o.guidance = 2.0f;
+    std::vector<float> want(x.size()), got(x.size()), dev_got(x.size());
+    VelocityField cpu(model, o);
+    cpu.evaluate(0.6f, x.data(), labels.data(), n, want.data());
+    o.device = Device::CUDA;
+    o.max_rows = 1024;  // three chunks, the last one short
+    VelocityField gpu(model, o);
+    EXPECT_EQ(gpu.device(), Device::CUDA);
+    gpu.evaluate(0.6f, x.data(), labels.data(), n, got.data());
+    EXPECT_TRUE(test::all_close(got.data(), want.data(), want.size(), 1e-4, 1e-4))
+        << (guided ? "guided" : "");
+    // Device pointers on the caller's stream: the same bits as the host-pointer call.
+    test::DeviceArray<float> x_dev(x), v_dev(x.size());
+    test::DeviceArray<int32_t> l_dev(labels);
+    cudaStream_t stream;
+    CUFM_CUDA_CHECK(cudaStreamCreate(&stream));
+    v_dev.poison();
+    gpu.evaluate_device(0.6f, x_dev.get(), l_dev.get(), n, v_dev.get(), stream);
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    CUFM_CUDA_CHECK(cudaStreamDestroy(stream));
+    dev_got = v_dev.download();
+    EXPECT_TRUE(test::bits_equal(dev_got.data(), got.data(), got.size()));
+    if (!guided) {  // no labels: the null class
+      gpu.evaluate(0.6f, x.data(), nullptr, n, got.data());
+      cpu.evaluate(0.6f, x.data(), nullptr, n, want.data());
+      EXPECT_TRUE(test::all_close(got.data(), want.data(), want.size(), 1e-4, 1e-4));
+    }
+    // New weights: a fresh field's bits.
+    gpu.set_weights(other);
+    gpu.evaluate(0.6f, x.data(), labels.data(), n, got.data());
+    VelocityField fresh(other, o);
+    fresh.evaluate(0.6f, x.data(), labels.data(), n, want.data());
+    EXPECT_TRUE(test::bits_equal(got.data(), want.data(), want.size()));
+  }
+  for (Precision p : {Precision::TF32, Precision::BF16}) {
+    FieldOptions o;
+    o.device = Device::CPU;
+    std::vector<float> want(x.size()), got(x.size());
+    VelocityField(model, o).evaluate(0.3f, x.data(), labels.data(), n, want.data());
+    o.device = Device::CUDA;
+    o.precision = p;
+    VelocityField(model, o).evaluate(0.3f, x.data(), labels.data(), n, got.data());
+    const double tol = p == Precision::TF32 ? 2e-2 : 5e-2;
+    EXPECT_TRUE(test::all_close(got.data(), want.data(), want.size(), tol, tol)) << to_string(p);
   }
 }
 

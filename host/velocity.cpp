@@ -1,0 +1,126 @@
+// VelocityField: the model's field on a batch of points, through the CPU's evaluate_model or the
+// GPU's CudaField (host/cuda/cuda_field.cpp), which the backends' samplers also run on.
+#include "cufm/velocity.hpp"
+
+#include <cmath>
+#include <vector>
+
+#include "cufm/error.hpp"
+#include "host/backend.hpp"
+#include "host/cpu_ops.hpp"
+
+namespace cufm {
+
+struct VelocityField::Impl {
+  MlpConfig config;
+  FieldOptions options;
+  Device device = Device::CPU;
+  std::vector<float> params;  // CPU
+  cpu::FieldScratch scratch;  // CPU
+#if defined(CUFM_WITH_CUDA)
+  detail::CudaFieldPtr cuda;
+#endif
+};
+
+VelocityField::VelocityField(const Model& model, const FieldOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+  const MlpConfig& m = model.config();
+  CUFM_REQUIRE(!options.guidance || m.num_classes > 0,
+               "guidance needs a conditional model (num_classes > 0)");
+  CUFM_REQUIRE(!options.guidance || std::isfinite(*options.guidance),
+               "guidance scale must be finite, got " << *options.guidance);
+  CUFM_REQUIRE(options.threads >= 0, "threads must be >= 0, got " << options.threads);
+  CUFM_REQUIRE(options.max_rows >= 0, "max_rows must be >= 0 (0: sized by memory), got " << options.max_rows);
+  impl_->config = m;
+  impl_->options = options;
+  impl_->device = resolve_device(options.device);
+#if defined(CUFM_WITH_CUDA)
+  if (impl_->device == Device::CUDA) {
+    impl_->cuda = detail::make_cuda_field(model, options);
+    return;
+  }
+#endif
+  CUFM_REQUIRE(options.precision == Precision::FP32,
+               "precision " << to_string(options.precision) << " needs the CUDA backend; the CPU runs fp32");
+  impl_->params = model.params();
+}
+
+VelocityField::~VelocityField() = default;
+VelocityField::VelocityField(VelocityField&&) noexcept = default;
+VelocityField& VelocityField::operator=(VelocityField&&) noexcept = default;
+
+namespace {
+void check_call(const MlpConfig& m, const FieldOptions& o, float t, const void* x, const int32_t* labels,
+                int64_t n, const void* v) {
+  CUFM_REQUIRE(n >= 0, "VelocityField: the number of points must be >= 0, got " << n);
+  CUFM_REQUIRE(n == 0 || (x && v), "VelocityField: x and v must not be null");
+  CUFM_REQUIRE(std::isfinite(t), "VelocityField: t must be finite, got " << t);
+  CUFM_REQUIRE(!labels || m.num_classes > 0, "VelocityField: labels given, but the model is unconditional");
+  CUFM_REQUIRE(!o.guidance || labels || n == 0,
+               "VelocityField: guidance needs labels, the classes to guide towards");
+}
+}  // namespace
+
+void VelocityField::evaluate(float t, const float* x, const int32_t* labels, int64_t n, float* v) {
+  CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
+  check_call(impl_->config, impl_->options, t, x, labels, n, v);
+  if (n == 0) return;
+#if defined(CUFM_WITH_CUDA)
+  if (impl_->cuda) {
+    if (labels) {  // the device cannot say which label was bad: check here
+      for (int64_t i = 0; i < n; ++i) {
+        CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= impl_->config.num_classes,
+                     "label " << labels[i] << " at row " << i << " is outside [0, "
+                              << impl_->config.num_classes << "] (the last is the null class)");
+      }
+    }
+    detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, nullptr, /*host_pointers=*/true);
+    return;
+  }
+#endif
+  cpu::set_threads(impl_->options.threads);
+  const float* w = impl_->options.guidance ? &*impl_->options.guidance : nullptr;
+  cpu::evaluate_model(impl_->config, impl_->params.data(), x, nullptr, t, labels, n, w, v, impl_->scratch);
+}
+
+void VelocityField::evaluate_device(float t, const float* x, const int32_t* labels, int64_t n, float* v,
+                                    void* stream) {
+  CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
+  check_call(impl_->config, impl_->options, t, x, labels, n, v);
+#if defined(CUFM_WITH_CUDA)
+  CUFM_REQUIRE(impl_->cuda, "VelocityField::evaluate_device: this field runs on the CPU; use evaluate()");
+  if (n == 0) return;
+  detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, stream, /*host_pointers=*/false);
+#else
+  (void)stream;
+  CUFM_FAIL(
+      "VelocityField::evaluate_device: this field runs on the CPU (this build has no CUDA backend); use "
+      "evaluate()");
+#endif
+}
+
+void VelocityField::set_weights(const Model& model) {
+  CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
+  CUFM_REQUIRE(model.config() == impl_->config,
+               "VelocityField::set_weights: the model's configuration differs "
+               "from the field's; build a new field for it");
+#if defined(CUFM_WITH_CUDA)
+  if (impl_->cuda) {
+    detail::cuda_field_set_weights(*impl_->cuda, model);
+    return;
+  }
+#endif
+  impl_->params = model.params();
+}
+
+Device VelocityField::device() const {
+  CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
+  return impl_->device;
+}
+
+const MlpConfig& VelocityField::config() const {
+  CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
+  return impl_->config;
+}
+
+}  // namespace cufm
