@@ -11,6 +11,8 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_sampler.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_field.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/cuda_loss.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/fm_grad.cpp
 )
 # Kernels that must round exactly as the CPU reference (compiled with -ffp-contract=off): no
 # contraction of a*b+c into an FMA. The shared math in fm_* uses explicit _rn intrinsics as well,

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cufm/dataset.hpp"
+#include "cufm/loss.hpp"
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
@@ -23,6 +24,9 @@ class TrainBackend {
   virtual uint64_t step_count() const = 0;
   // Copies parameters, moments and EMA to the host.
   virtual TrainState state() const = 0;
+  // One step on a batch with its draws (host arrays of batch_size rows): the loss and gradient of
+  // cufm::loss_and_grad, then the optimiser's update. Returns the loss (waits for it).
+  virtual float step_given(const FlowBatch& batch) = 0;
 };
 
 // `state` holds params (and moments/EMA, or empty moments to start them at zero).
@@ -63,6 +67,8 @@ CudaFieldPtr make_cuda_field(const Model& model, const FieldOptions& options);
 void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels, int64_t n,
                          float* v, void* stream, bool host_pointers);
 void cuda_field_set_weights(CudaField& field, const Model& model);
+// cufm::loss_and_grad on the GPU (host/cuda/cuda_loss.cpp): the batch is checked by the caller.
+LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision);
 std::vector<DeviceInfo> cuda_device_list();
 int cuda_current_device();  // the device the runtime would use now (0 unless the caller chose one)
 #endif

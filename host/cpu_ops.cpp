@@ -35,8 +35,8 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
   write_input_tail(model, t, label, row);
 }
 
-void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
-                   uint64_t step, PreparedBatch& out) {
+void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                   PreparedBatch& out) {
   const int B = config.batch_size, D = model.data_dim, in = model.input_dim();
   out.input.resize(static_cast<size_t>(B) * in);
   out.t.resize(B);
@@ -70,8 +70,32 @@ void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Data
   }
 }
 
-float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data,
-                uint64_t step, const PreparedBatch& batch, const float* v, float* grad) {
+void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
+                const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
+                std::vector<int32_t>& labels_out) {
+  const int D = model.data_dim;
+  t.resize(static_cast<size_t>(B));
+  eps.resize(static_cast<size_t>(B) * D);
+  labels_out.resize(model.num_classes > 0 ? static_cast<size_t>(B) : 0);
+  const PathConfig& path = config.path;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < B; ++i) {
+    const uint32_t row = static_cast<uint32_t>(i);
+    const hd::SampleDraw d =
+        hd::draw_sample(config.seed, step, row, static_cast<uint32_t>(B), path.time_sampling, path.logit_mean,
+                        path.logit_std, config.label_dropout);
+    t[i] = d.t;
+    if (model.num_classes > 0) labels_out[i] = d.drop_label ? model.null_class() : labels[i];
+    float z[4];
+    for (int g = 0; g < (D + 3) / 4; ++g) {
+      rng::normal4(config.seed, step, row, static_cast<uint32_t>(g), z);
+      for (int k = 0; k < 4 && 4 * g + k < D; ++k) eps[static_cast<size_t>(i) * D + 4 * g + k] = z[k];
+    }
+  }
+}
+
+float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                const PreparedBatch& batch, const float* v, float* grad) {
   const int B = config.batch_size, D = model.data_dim;
   constexpr int kRows = 256;
   const int blocks = (B + kRows - 1) / kRows;
@@ -98,6 +122,46 @@ float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset
   }
   double total = 0.0;
   for (double p : partial) total += p;
+  return static_cast<float>(total / (static_cast<double>(B) * D));
+}
+
+float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& b, float sigma_min,
+                      GivenScratch& scratch, float* grads) {
+  const int D = m.data_dim, in = m.input_dim();
+  const int64_t B = b.size;
+  std::vector<float>& input = scratch.input;
+  input.resize(static_cast<size_t>(B) * in);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < B; ++i) {
+    float* row = input.data() + i * in;
+    // x_t straight into the row; the time features and the one-hot follow.
+    for (int d = 0; d < D; ++d) row[d] = hd::path_xt(b.t[i], b.x1[i * D + d], b.eps[i * D + d], sigma_min);
+    const int32_t label = m.num_classes > 0 ? (b.labels ? b.labels[i] : m.null_class()) : -1;
+    write_input_tail(m, b.t[i], label, row);
+  }
+  MlpWorkspace& ws = scratch.ws;
+  mlp_forward(m, params, input.data(), B, ws);
+  // dL/dv = 2 (v - u) / (B D); the loss summed in double per block of 256 rows, then the blocks in
+  // order: the bits do not depend on the thread count.
+  std::vector<float>& dout = scratch.dout;
+  dout.resize(static_cast<size_t>(B) * D);
+  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
+  constexpr int64_t kRows = 256;
+  const int64_t blocks = (B + kRows - 1) / kRows;
+  std::vector<double> partial(blocks);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    double sum = 0.0;
+    for (int64_t j = blk * kRows * D; j < std::min(B, (blk + 1) * kRows) * D; ++j) {
+      const float diff = ws.out[j] - hd::path_target(b.x1[j], b.eps[j], sigma_min);
+      dout[j] = diff * scale;
+      sum += static_cast<double>(diff) * diff;
+    }
+    partial[blk] = sum;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  mlp_backward(m, params, input.data(), B, dout.data(), ws, grads);
   return static_cast<float>(total / (static_cast<double>(B) * D));
 }
 
@@ -130,8 +194,8 @@ CUFM_SIMD_CLONES void adam_range(const hd::AdamCoeffs& c, const float* grads, si
 }
 }  // namespace
 
-void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m,
-               float* v, float* ema) {
+void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m, float* v,
+               float* ema) {
   constexpr size_t kChunk = 1 << 14;
   const size_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cufm/dataset.hpp"
+#include "cufm/loss.hpp"
 #include "cufm/model.hpp"
 #include "cufm/trainer.hpp"
 
@@ -23,6 +24,14 @@ struct PreparedBatch {
 
 void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                    PreparedBatch& out);
+
+// The draws of training step `step` for the caller's batch of B rows (Trainer::step(batch)): row
+// i's t and label dropout from block 0 of its Philox counter and eps from blocks 1.., as
+// prepare_batch draws them; labels_out: the caller's labels, the null class where dropped
+// (conditional models; left empty otherwise).
+void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
+                const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
+                std::vector<int32_t>& labels_out);
 
 // Fills row i of the first layer's input from x [D], t and a label (-1: unconditional model).
 void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row);
@@ -60,6 +69,15 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 // Backward from dL/dout [B, D]: writes the gradient of every parameter into grads (overwrites).
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads);
+
+// The loss and gradient on a batch with the caller's draws (cufm::loss_and_grad, Trainer::step(batch)):
+// writes every parameter's gradient into grads, returns the loss (summed in a fixed order).
+struct GivenScratch {
+  std::vector<float> input, dout;
+  MlpWorkspace ws;
+};
+float loss_grad_given(const MlpConfig& model, const float* params, const FlowBatch& batch, float sigma_min,
+                      GivenScratch& scratch, float* grads);
 
 // What evaluate_model keeps between calls (one chunk's inputs and activations).
 struct FieldScratch {

@@ -15,7 +15,8 @@ class CpuTrainer final : public TrainBackend {
   CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state)
       : model_(model), config_(config), data_(data), state_(std::move(state)) {
     const size_t n = ParamLayout(model).total();
-    CUFM_REQUIRE(state_.params.size() == n, "trainer: expected " << n << " parameters, got " << state_.params.size());
+    CUFM_REQUIRE(state_.params.size() == n,
+                 "trainer: expected " << n << " parameters, got " << state_.params.size());
     if (state_.adam_m.empty()) state_.adam_m.assign(n, 0.0f);
     if (state_.adam_v.empty()) state_.adam_v.assign(n, 0.0f);
     CUFM_REQUIRE(state_.adam_m.size() == n && state_.adam_v.size() == n,
@@ -35,6 +36,14 @@ class CpuTrainer final : public TrainBackend {
     for (uint64_t i = 0; i < n; ++i) one_step();
   }
 
+  float step_given(const FlowBatch& b) override {
+    cpu::set_threads(config_.threads);
+    loss_ =
+        cpu::loss_grad_given(model_, state_.params.data(), b, config_.path.sigma_min, given_, grads_.data());
+    update();
+    return loss_;
+  }
+
   float loss() override { return loss_; }
   uint64_t step_count() const override { return state_.step; }
   TrainState state() const override { return state_; }
@@ -45,8 +54,14 @@ class CpuTrainer final : public TrainBackend {
     cpu::prepare_batch(model_, config_, data_, step, batch_);
     cpu::mlp_forward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, ws_);
     loss_ = cpu::loss_grad(model_, config_, data_, step, batch_, ws_.out.data(), dout_.data());
-    cpu::mlp_backward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, dout_.data(), ws_,
-                      grads_.data());
+    cpu::mlp_backward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, dout_.data(),
+                      ws_, grads_.data());
+    update();
+  }
+
+  // Clipping, Adam/AdamW and EMA from grads_, then the step counter.
+  void update() {
+    const uint64_t step = state_.step;
     const float norm = config_.optim.grad_clip > 0.0f
                            ? static_cast<float>(cpu::l2_norm(grads_.data(), grads_.size()))
                            : 0.0f;
@@ -62,6 +77,7 @@ class CpuTrainer final : public TrainBackend {
   TrainState state_;
   cpu::PreparedBatch batch_;
   cpu::MlpWorkspace ws_;
+  cpu::GivenScratch given_;
   std::vector<float> grads_, dout_;
   float loss_ = 0.0f;
 };

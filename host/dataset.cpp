@@ -4,6 +4,7 @@
 // compute with single IEEE operations, so make_toy(name, n, seed) gives the same bits everywhere.
 #include "cufm/dataset.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iomanip>
@@ -258,6 +259,24 @@ Dataset load_npy_dataset(const std::string& data_path, const std::string& labels
   }
   d.validate();
   return d;
+}
+
+DatasetSource::DatasetSource(const Dataset& data, uint64_t seed) : data_(data), seed_(seed) {
+  data_.validate();
+  CUFM_REQUIRE(data_.n <= 0xFFFFFFFFll,
+               "DatasetSource: the data has " << data_.n << " points; at most 2^32 - 1 are supported");
+}
+
+void DatasetSource::next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels) {
+  CUFM_REQUIRE(batch_size >= 1 && x1, "DatasetSource: a batch needs batch_size >= 1 and x1");
+  const int D = data_.dim;
+  const uint32_t n = static_cast<uint32_t>(data_.n);
+  for (int i = 0; i < batch_size; ++i) {
+    // The index hd::draw_sample gives row i of step `step` (block 0 of its counter, word 2).
+    const uint32_t idx = hd::uniform_index(rng::draw(seed_, step, static_cast<uint32_t>(i), 0u).v[2], n);
+    std::copy_n(data_.x.data() + static_cast<size_t>(idx) * D, D, x1 + static_cast<size_t>(i) * D);
+    if (labels && data_.labelled()) labels[i] = data_.labels[idx];
+  }
 }
 
 }  // namespace cufm

@@ -135,16 +135,79 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
   backend_ = make_backend(device_, model_config_, config_, data, state);
 }
 
+Trainer::Trainer(const Model& model, const TrainConfig& config)
+    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, config) {}
+
+// No dataset: the backends get an empty one (no copy, no upload) and only step(batch) runs.
+Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config)
+    : model_config_(model_config), config_(config), has_data_(false) {
+  model_config_.validate();
+  config_.validate();
+  for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
+    for (size_t i = 0; i < buf->size(); ++i) {
+      CUFM_REQUIRE(std::isfinite((*buf)[i]),
+                   "trainer: the initial state holds a non-finite value at index " << i);
+    }
+  }
+  device_ = resolve_device(config_.device);
+  Dataset none;
+  none.dim = model_config_.data_dim;
+  none.num_classes = model_config_.num_classes;
+  detail::require_memory(host_training_bytes(model_config_, config_, none, device_),
+                         "training (model, optimiser)", "use a smaller batch or smaller widths");
+  backend_ = make_backend(device_, model_config_, config_, none, state);
+}
+
+void Trainer::require_data(const char* what) const {
+  CUFM_REQUIRE(has_data_,
+               "trainer: " << what
+                           << " draws from a dataset, and this trainer was built without one: pass "
+                              "your batches to step(batch)");
+}
+
+float Trainer::step(const DataBatch& batch) {
+  const MlpConfig& m = model_config_;
+  const int D = m.data_dim;
+  CUFM_REQUIRE(batch.size == config_.batch_size, "step(batch): the batch has "
+                                                     << batch.size << " rows; the config's batch_size is "
+                                                     << config_.batch_size);
+  CUFM_REQUIRE(batch.x1, "step(batch): x1 must not be null");
+  CUFM_REQUIRE(m.num_classes == 0 || batch.labels, "step(batch): the model is conditional ("
+                                                       << m.num_classes << " classes): labels are required");
+  CUFM_REQUIRE(m.num_classes > 0 || !batch.labels,
+               "step(batch): labels given, but the model is unconditional");
+  for (int64_t i = 0; i < batch.size; ++i) {
+    for (int d = 0; d < D; ++d) {
+      CUFM_REQUIRE(std::isfinite(batch.x1[i * D + d]),
+                   "step(batch): x1 at row " << i << ", column " << d << " is not finite");
+    }
+    CUFM_REQUIRE(!batch.labels || (batch.labels[i] >= 0 && batch.labels[i] < m.num_classes),
+                 "step(batch): label " << batch.labels[i] << " at row " << i << " is outside [0, "
+                                       << m.num_classes << ")");
+  }
+  cpu::draw_given(m, config_, backend_->step_count(), batch.size, batch.labels, given_t_, given_eps_,
+                  given_labels_);
+  FlowBatch fb;
+  fb.size = batch.size;
+  fb.x1 = batch.x1;
+  fb.t = given_t_.data();
+  fb.eps = given_eps_.data();
+  fb.labels = given_labels_.empty() ? nullptr : given_labels_.data();
+  return backend_->step_given(fb);
+}
+
 Trainer::~Trainer() = default;
 Trainer::Trainer(Trainer&&) noexcept = default;
 Trainer& Trainer::operator=(Trainer&&) noexcept = default;
 
 float Trainer::step() {
+  require_data("step()");
   backend_->run(1);
   return backend_->loss();
 }
 
 void Trainer::run(uint64_t n) {
+  require_data("run()");
   backend_->run(n);
 }
 
@@ -154,6 +217,7 @@ float Trainer::loss() {
 }
 
 void Trainer::fit(uint64_t steps, const std::function<void(const FitProgress&)>& callback, uint64_t every) {
+  require_data("fit()");
   CUFM_REQUIRE(every >= 1, "fit: the callback interval must be >= 1");
   const auto start = std::chrono::steady_clock::now();
   const uint64_t total = backend_->step_count() + steps;
@@ -165,6 +229,39 @@ void Trainer::fit(uint64_t steps, const std::function<void(const FitProgress&)>&
     if (callback) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       callback(FitProgress{backend_->step_count(), total, backend_->loss(), secs});
+    }
+  }
+}
+
+void Trainer::fit(DataSource& source, uint64_t steps, const std::function<void(const FitProgress&)>& callback,
+                  uint64_t every) {
+  CUFM_REQUIRE(every >= 1, "fit: the callback interval must be >= 1");
+  const MlpConfig& m = model_config_;
+  CUFM_REQUIRE(source.dim() == m.data_dim, "fit: the source's points have "
+                                               << source.dim() << " dims but the model's data_dim is "
+                                               << m.data_dim);
+  CUFM_REQUIRE(
+      m.num_classes == 0 || source.num_classes() > 0,
+      "fit: the model is conditional (" << m.num_classes << " classes) but the source has no labels");
+  CUFM_REQUIRE(
+      m.num_classes == 0 || source.num_classes() <= m.num_classes,
+      "fit: the source has " << source.num_classes() << " classes but the model only " << m.num_classes);
+  const int B = config_.batch_size;
+  std::vector<float> x1(static_cast<size_t>(B) * m.data_dim);
+  std::vector<int32_t> labels(source.num_classes() > 0 ? B : 0);
+  const auto start = std::chrono::steady_clock::now();
+  const uint64_t total = backend_->step_count() + steps;
+  float last = 0.0f;
+  for (uint64_t done = 1; done <= steps; ++done) {
+    source.next_batch(backend_->step_count(), B, x1.data(), labels.empty() ? nullptr : labels.data());
+    DataBatch b;
+    b.size = B;
+    b.x1 = x1.data();
+    b.labels = m.num_classes > 0 ? labels.data() : nullptr;  // an unconditional model ignores them
+    last = step(b);
+    if (callback && (done % every == 0 || done == steps)) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      callback(FitProgress{backend_->step_count(), total, last, secs});
     }
   }
 }

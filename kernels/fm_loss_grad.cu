@@ -11,6 +11,7 @@
 #include "cufm/math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
+#include "kernels/fm_draws.cuh"
 #include "kernels/grid_sum.cuh"
 
 namespace cufm::kernels {
@@ -34,7 +35,7 @@ struct LossArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* __restrict__ grad) {
-  const uint64_t step = *a.b.step;
+  const uint64_t step = fm_step(a.b);
   const int per_row = a.noise_groups + a.tail_chunks;
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
   const int D = a.b.dim;
@@ -44,10 +45,9 @@ __global__ void __launch_bounds__(kThreads) fm_loss_grad_kernel(LossArgs a, T* _
     const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
     T* out = grad + static_cast<size_t>(row) * a.ld;
     if (slot < a.noise_groups) {
-      const hd::SampleDraw d = hd::draw_sample(a.b.seed, step, row, a.b.n_data, a.b.time_sampling,
-                                               a.b.logit_mean, a.b.logit_std, a.b.label_dropout);
+      const hd::SampleDraw d = fm_row_draw(a.b, step, row);
       float eps[4];
-      rng::normal4(a.b.seed, step, row, static_cast<uint32_t>(slot), eps);
+      fm_row_eps(a.b, step, row, slot, eps);
       const float* x1 = a.b.data + static_cast<size_t>(d.data_index) * D;
       const float* v = a.v + static_cast<size_t>(row) * a.ldv;
 #pragma unroll
@@ -85,7 +85,7 @@ void fm_loss_grad(const FmBatch& batch, const float* v, int ldv, const FmLossOut
       "fm_loss_grad: unknown time_sampling " << static_cast<int>(batch.time_sampling));
   CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
                "fm_loss_grad: data must be a device array of n_data >= 1 rows");
-  CUFM_REQUIRE(batch.step, "fm_loss_grad: step must point to the step index in device memory");
+  check_draws(batch, "fm_loss_grad");
   CUFM_REQUIRE(v && ldv >= batch.dim, "fm_loss_grad: v must be a device array with ldv ("
                                           << ldv << ") >= dim (" << batch.dim << ")");
   CUFM_REQUIRE(out.ld >= batch.dim && out.ld <= (1 << 24),

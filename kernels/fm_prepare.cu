@@ -11,6 +11,7 @@
 #include "cufm/math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
+#include "kernels/fm_draws.cuh"
 
 namespace cufm::kernels {
 
@@ -31,7 +32,7 @@ struct PrepareArgs {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* __restrict__ input) {
-  const uint64_t step = *a.b.step;
+  const uint64_t step = fm_step(a.b);
   const int per_row = a.noise_groups + a.tail_chunks;
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
   const int D = a.b.dim;
@@ -39,8 +40,7 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
   for (const int64_t w : cuda::grid_stride(total)) {
     const uint32_t row = static_cast<uint32_t>(w / per_row);
     const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
-    const hd::SampleDraw d = hd::draw_sample(a.b.seed, step, row, a.b.n_data, a.b.time_sampling,
-                                             a.b.logit_mean, a.b.logit_std, a.b.label_dropout);
+    const hd::SampleDraw d = fm_row_draw(a.b, step, row);
     T* out = input + static_cast<size_t>(row) * a.ld;
     int32_t label = -1;
     if (a.num_classes > 0) {
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
     }
     if (slot < a.noise_groups) {
       float eps[4];
-      rng::normal4(a.b.seed, step, row, static_cast<uint32_t>(slot), eps);
+      fm_row_eps(a.b, step, row, slot, eps);
       const float* x1 = a.b.data + static_cast<size_t>(d.data_index) * D;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -78,6 +78,15 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
 
 }  // namespace
 
+void check_draws(const FmBatch& batch, const char* who) {
+  CUFM_REQUIRE((batch.given_t == nullptr) == (batch.given_eps == nullptr),
+               who << ": set both given_t and given_eps (the caller's draws) or neither");
+  CUFM_REQUIRE(batch.given_t || batch.step, who << ": step must point to the step index in device memory");
+  CUFM_REQUIRE(!batch.given_t || batch.n_data == static_cast<uint32_t>(batch.batch),
+               who << ": with the caller's draws, row i is data row i: n_data (" << batch.n_data
+                   << ") must equal batch (" << batch.batch << ")");
+}
+
 int fm_input_dim(int dim, const FmInputLayout& layout) {
   return dim + hd::time_feature_count(layout.time_features) +
          (layout.num_classes > 0 ? layout.num_classes + 1 : 0);
@@ -93,7 +102,7 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
       "fm_prepare: unknown time_sampling " << static_cast<int>(batch.time_sampling));
   CUFM_REQUIRE(batch.n_data >= 1 && batch.data,
                "fm_prepare: data must be a device array of n_data >= 1 rows");
-  CUFM_REQUIRE(batch.step, "fm_prepare: step must point to the step index in device memory");
+  check_draws(batch, "fm_prepare");
   CUFM_REQUIRE(layout.time_features >= 0 && layout.time_features % 2 == 0 && layout.time_features <= 64,
                "fm_prepare: time_features must be 0 or even up to 64, got " << layout.time_features);
   CUFM_REQUIRE(layout.num_classes >= 0 && layout.num_classes <= 100000,

@@ -6,40 +6,14 @@
 #include <vector>
 
 #include "cufm/cufm.hpp"
+#include "float64_mlp.hpp"
 #include "host/cpu_ops.hpp"
 #include "test_util.hpp"
 
 namespace {
 
 using namespace cufm;
-
-// The float64 oracle: the same MLP written plainly in double.
-double act64(Activation a, double z) {
-  switch (a) {
-    case Activation::ReLU: return z > 0 ? z : 0;
-    case Activation::GELU: return 0.5 * z * (1 + std::tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)));
-    default: return z / (1 + std::exp(-z));
-  }
-}
-
-std::vector<double> forward64(const MlpConfig& m, const std::vector<double>& p, const std::vector<float>& input,
-                              int batch) {
-  const ParamLayout layout(m);
-  std::vector<double> x(input.begin(), input.end());
-  for (int l = 0; l < m.num_layers(); ++l) {
-    const int in = m.layer_in(l), out = m.layer_out(l);
-    std::vector<double> y(static_cast<size_t>(batch) * out);
-    for (int r = 0; r < batch; ++r) {
-      for (int o = 0; o < out; ++o) {
-        double s = p[layout.bias_offset(l) + o];
-        for (int i = 0; i < in; ++i) s += p[layout.weight_offset(l) + o * in + i] * x[r * in + i];
-        y[r * out + o] = l + 1 < m.num_layers() ? act64(m.activation, s) : s;
-      }
-    }
-    x.swap(y);
-  }
-  return x;
-}
+using test::forward64;
 
 struct Case {
   Activation act;
@@ -65,7 +39,8 @@ TEST_P(Gradients, BackwardMatchesFloat64CentralDifferences) {
     float x[3], z[4];
     rng::normal4(5, 0, r, 0, z);
     for (int k = 0; k < 3; ++k) x[k] = z[k];
-    cpu::write_input_row(m, x, 0.1f + 0.13f * r, c.classes > 0 ? r % (c.classes + 1) : -1, input.data() + r * in);
+    cpu::write_input_row(m, x, 0.1f + 0.13f * r, c.classes > 0 ? r % (c.classes + 1) : -1,
+                         input.data() + r * in);
   }
   std::vector<float> weights(static_cast<size_t>(batch) * m.data_dim);  // L = sum(out * weights)
   for (size_t i = 0; i < weights.size(); ++i) weights[i] = std::cos(1.7f * static_cast<float>(i) + 0.3f);
@@ -106,7 +81,8 @@ INSTANTIATE_TEST_SUITE_P(Activations, Gradients,
                                            Case{Activation::GELU, 4, 3}, Case{Activation::ReLU, 0, 4}),
                          [](const auto& p) {
                            return std::string(to_string(p.param.act)) + "_tf" +
-                                  std::to_string(p.param.time_features) + "_c" + std::to_string(p.param.classes);
+                                  std::to_string(p.param.time_features) + "_c" +
+                                  std::to_string(p.param.classes);
                          });
 
 // dL/dv of the MSE loss against central differences of the loss itself, in double.

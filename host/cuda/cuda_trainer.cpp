@@ -15,6 +15,7 @@
 #include "host/backend.hpp"
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
+#include "host/cuda/fm_grad.hpp"
 #include "host/cuda/lt_mlp.hpp"
 #include "kernels/adam.hpp"
 #include "kernels/convert.hpp"
@@ -48,8 +49,9 @@ class CudaTrainer final : public TrainBackend {
     if (ema_on && state.ema.empty()) state.ema = state.params;
     CUFM_REQUIRE(!ema_on || state.ema.size() == n,
                  "trainer: EMA holds " << state.ema.size() << " values, expected " << n);
-    CUFM_REQUIRE(data.n >= 1 && data.n <= 0xFFFFFFFFll,
-                 "trainer: the dataset must hold 1 to 2^32 - 1 points");
+    // n == 0: no dataset (cufm::Trainer(model, config)): only step_given runs.
+    CUFM_REQUIRE(data.n >= 0 && data.n <= 0xFFFFFFFFll,
+                 "trainer: the dataset must hold 0 to 2^32 - 1 points");
     CUFM_REQUIRE(data.dim == model.data_dim,
                  "trainer: data dim " << data.dim << " != model data_dim " << model.data_dim);
     // The upload reads n * dim floats and n labels: their sizes, for a caller who builds this backend
@@ -57,10 +59,11 @@ class CudaTrainer final : public TrainBackend {
     // fm_prepare only compares labels, so an out-of-range one cannot write outside its row.
     CUFM_REQUIRE(data.x.size() == static_cast<size_t>(data.n) * static_cast<size_t>(data.dim),
                  "trainer: x holds " << data.x.size() << " floats, not n * dim");
-    CUFM_REQUIRE(model.num_classes == 0 || (data.labels.size() == static_cast<size_t>(data.n) &&
-                                            data.num_classes <= model.num_classes),
-                 "trainer: a conditional model (" << model.num_classes << " classes) needs n labels in [0, "
-                                                  << model.num_classes << ")");
+    CUFM_REQUIRE(
+        model.num_classes == 0 || data.n == 0 ||
+            (data.labels.size() == static_cast<size_t>(data.n) && data.num_classes <= model.num_classes),
+        "trainer: a conditional model (" << model.num_classes << " classes) needs n labels in [0, "
+                                         << model.num_classes << ")");
 
     // The dataset lives on the device beside the model, the optimiser and the batch's activations;
     // refuse early, with numbers, when they cannot all fit.
@@ -89,7 +92,7 @@ class CudaTrainer final : public TrainBackend {
     cudaStream_t s = stream_.get();
     try {
       setup(model, config, data, state, ema_on, s);
-      if (options_.launch == StepLaunch::Graph) capture();
+      if (options_.launch == StepLaunch::Graph && n_data_ > 0) capture();
     } catch (...) {
       // The destructor does not run for a constructor that throws: let queued uploads finish
       // before the buffers they read and write are freed.
@@ -108,8 +111,9 @@ class CudaTrainer final : public TrainBackend {
     }
     graph_.reset();
     mlp_.reset();
-    for (DeviceBuffer* b : {&data_x_, &data_labels_, &params_, &grads_, &m_, &v_, &ema_, &params_bf16_,
-                            &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
+    for (DeviceBuffer* b :
+         {&given_x1_, &given_eps_, &given_t_, &given_labels_, &data_x_, &data_labels_, &params_, &grads_, &m_,
+          &v_, &ema_, &params_bf16_, &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
       *b = DeviceBuffer();
     }
     stream_.reset();  // on this trainer's device, not the caller's
@@ -117,6 +121,7 @@ class CudaTrainer final : public TrainBackend {
 
   void run(uint64_t n) override {
     const cuda::DeviceScope on(device_);
+    CUFM_REQUIRE(n == 0 || n_data_ > 0, "trainer: no dataset on the device: only step(batch) runs");
     for (uint64_t i = 0; i < n; ++i) {
       if (graph_) {
         graph_.launch(stream_.get());
@@ -136,6 +141,37 @@ class CudaTrainer final : public TrainBackend {
   }
 
   uint64_t step_count() const override { return step_; }
+
+  // The caller's batch and draws, staged, then the same loss, gradient and update as a step of
+  // cuFM's own batches (eager: the graph is captured for those).
+  float step_given(const FlowBatch& fb) override {
+    const cuda::DeviceScope on(device_);
+    CUFM_REQUIRE(fb.size == config_.batch_size,
+                 "trainer: the batch has " << fb.size << " rows, not batch_size " << config_.batch_size);
+    cudaStream_t s = stream_.get();
+    const size_t rows = static_cast<size_t>(fb.size), elems = rows * model_.data_dim;
+    if (!given_x1_.get()) {
+      given_x1_ = DeviceBuffer(elems * sizeof(float), "the batch", s);
+      given_eps_ = DeviceBuffer(elems * sizeof(float), "the batch's noise", s);
+      given_t_ = DeviceBuffer(rows * sizeof(float), "the batch's times", s);
+      if (model_.num_classes > 0)
+        given_labels_ = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
+    }
+    upload(given_x1_, fb.x1, elems * sizeof(float), s);
+    upload(given_eps_, fb.eps, elems * sizeof(float), s);
+    upload(given_t_, fb.t, rows * sizeof(float), s);
+    if (model_.num_classes > 0) upload(given_labels_, fb.labels, rows * sizeof(int32_t), s);
+    kernels::FmBatch b = batch_desc();
+    b.data = given_x1_.as<float>();
+    b.labels = given_labels_.as<int32_t>();
+    b.n_data = static_cast<uint32_t>(fb.size);
+    b.given_t = given_t_.as<float>();
+    b.given_eps = given_eps_.as<float>();
+    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), s);
+    enqueue_update(s);
+    ++step_;
+    return loss();  // waits: the host arrays are free again when this returns
+  }
 
   TrainState state() const override {
     const cuda::DeviceScope on(device_);
@@ -226,30 +262,13 @@ class CudaTrainer final : public TrainBackend {
 
   // One training step, all on `stream`, nothing read back.
   void enqueue_step(cudaStream_t stream) {
-    const bool bf16 = mlp_->act_type() == cuda::DType::BF16;
-    const kernels::FmBatch b = batch_desc();
-    kernels::FmInputLayout in;
-    in.time_features = model_.time_features;
-    in.num_classes = model_.num_classes;
-    in.ld = mlp_->input_ld();
-    kernels::FmPrepareOutputs prep;
-    if (bf16) {
-      prep.input_bf16 = static_cast<__nv_bfloat16*>(mlp_->input());
-    } else {
-      prep.input = static_cast<float*>(mlp_->input());
-    }
-    kernels::fm_prepare(b, in, prep, stream);
-    mlp_->forward(stream);
-    kernels::FmLossOutputs lo;
-    if (bf16) {
-      lo.grad_bf16 = static_cast<__nv_bfloat16*>(mlp_->dout());
-    } else {
-      lo.grad = static_cast<float*>(mlp_->dout());
-    }
-    lo.ld = mlp_->output_ld();
-    lo.loss = loss_.as<float>();
-    kernels::fm_loss_grad(b, mlp_->output(), mlp_->output_ld(), lo, loss_ws_.get(), loss_ws_.bytes(), stream);
-    mlp_->backward(stream);
+    cuda::enqueue_loss_grad(*mlp_, model_, batch_desc(), loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(),
+                            stream);
+    enqueue_update(stream);
+  }
+
+  // Clipping, Adam/AdamW and EMA from the gradients; the device's step counter advances.
+  void enqueue_update(cudaStream_t stream) {
     auto* st = adam_state_.as<cuda::AdamDeviceState>();
     cuda::adam_prepare(config_.optim, grads_.as<float>(), layout_.total, st, adam_ws_.get(), stream);
     cuda::adam_update(st, grads_.as<float>(), layout_.total, params_.as<float>(), m_.as<float>(),
@@ -268,6 +287,7 @@ class CudaTrainer final : public TrainBackend {
   uint32_t n_data_ = 0;
   int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
+  DeviceBuffer given_x1_, given_eps_, given_t_, given_labels_;  // step_given's staging
   DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_,
       loss_ws_, adam_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;

@@ -11,13 +11,41 @@ struct Dataset {
   std::string name;
   int64_t n = 0;
   int dim = 0;
-  std::vector<float> x;          // [n, dim]
-  std::vector<int32_t> labels;   // [n] or empty
-  int num_classes = 0;           // 0 when unlabelled; labels lie in [0, num_classes)
+  std::vector<float> x;         // [n, dim]
+  std::vector<int32_t> labels;  // [n] or empty
+  int num_classes = 0;          // 0 when unlabelled; labels lie in [0, num_classes)
 
   // Throws cufm::Error on an empty set, a size mismatch, NaN or Inf, or a label out of range.
   void validate() const;
   bool labelled() const { return !labels.empty(); }
+};
+
+// A source of training batches that Trainer::fit(source, ...) pulls from: data streamed, generated
+// or read on demand. The caller owns it and keeps it alive during the call.
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  virtual int dim() const = 0;
+  // > 0: the batches are labelled with classes in [0, num_classes()).
+  virtual int num_classes() const { return 0; }
+  // The batch of training step `step` (0-based): x1 [batch_size, dim()] row-major and, when
+  // labelled, labels [batch_size] (else labels is nullptr).
+  virtual void next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels) = 0;
+};
+
+// An in-memory dataset as a DataSource, without a copy (it must outlive the source). Step s's row
+// i is data point uniform_index(Philox(seed, s, i)): the point a Trainer built on the dataset
+// draws itself, so fit(DatasetSource(data, config.seed), ...) trains as fit(...) does, bit for bit.
+class DatasetSource final : public DataSource {
+ public:
+  DatasetSource(const Dataset& data, uint64_t seed);  // validates the data
+  int dim() const override { return data_.dim; }
+  int num_classes() const override { return data_.labelled() ? data_.num_classes : 0; }
+  void next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels) override;
+
+ private:
+  const Dataset& data_;
+  uint64_t seed_;
 };
 
 // The 2D toy sets, each labelled by mode (checkerboard: 8 squares, 8gaussians: 8, moons: 2,

@@ -12,6 +12,13 @@ enum class Device : int { Auto = 0, CPU = 1, CUDA = 2 };
 // accumulation are always FP32; the CPU backend runs FP32 only.
 enum class Precision : int { FP32 = 0, TF32 = 1, BF16 = 2 };
 
+// Where and how a call runs, apart from what it computes (the recipe).
+struct RunOptions {
+  Device device = Device::Auto;
+  Precision precision = Precision::FP32;  // TF32 and BF16 need the CUDA backend
+  int threads = 0;                        // CPU backend threads (0: all cores)
+};
+
 struct DeviceInfo {
   int index = 0;
   std::string name;

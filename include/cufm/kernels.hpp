@@ -43,6 +43,12 @@ struct FmBatch {
   float logit_std = 1.0f;
   float sigma_min = 0.0f;      // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
   float label_dropout = 0.0f;  // per-row probability of the null class (conditional models)
+  // The caller's draws instead of Philox's (both set, or neither): row i takes t = given_t[i],
+  // eps = given_eps[i, :] and x1 = data row i (n_data must equal batch; labels, when used, are per
+  // row: num_classes for the null class), and no label dropout; seed, step and the time sampling
+  // are not used (step may be nullptr). What cufm::loss_and_grad runs on the GPU.
+  const float* given_t = nullptr;    // DEVICE [batch]
+  const float* given_eps = nullptr;  // DEVICE [batch, dim]
 };
 
 // The model input's layout: row i = [x_t (D) | time features | one-hot (num_classes + 1) | zeros].
@@ -67,7 +73,8 @@ struct FmPrepareOutputs {
                                         // the null class), or nullptr; needs num_classes > 0
 };
 
-// Draws t, the data index and eps for every row of the batch and writes the model input.
+// Draws t, the data index and eps for every row of the batch (or takes the given ones) and writes
+// the model input.
 // One pass: one thread per (row, 4 columns); reads B*D floats of data, writes B*ld values.
 void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepareOutputs& out,
                 cudaStream_t stream);

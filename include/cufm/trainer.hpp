@@ -69,6 +69,14 @@ struct TrainState {
   std::vector<float> ema;  // empty when EMA is off
 };
 
+// A batch of the caller's data for Trainer::step(batch): HOST arrays, row-major.
+struct DataBatch {
+  int64_t size = 0;                 // rows: the config's batch_size
+  const float* x1 = nullptr;        // [size, D] the data points (finite)
+  const int32_t* labels = nullptr;  // [size] classes in [0, num_classes): required by a conditional
+                                    // model, nullptr for an unconditional one
+};
+
 struct FitProgress {
   uint64_t step;   // steps done so far
   uint64_t total;  // steps this fit() will have done when it returns
@@ -90,18 +98,30 @@ class Trainer {
   // Resumes from a saved state (a checkpoint's).
   Trainer(const MlpConfig& model_config, const TrainState& state, const Dataset& data,
           const TrainConfig& config);
+  // A trainer without a dataset: every step takes the caller's batch (step(batch)); step(), run()
+  // and fit() refuse. Resumable from a state as above.
+  Trainer(const Model& model, const TrainConfig& config);
+  Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config);
   ~Trainer();
   Trainer(Trainer&&) noexcept;
   Trainer& operator=(Trainer&&) noexcept;
 
   // One step; returns its loss (on the GPU this waits for the step to finish).
   float step();
+  // One step on the caller's batch: the step's draws (t, eps, label dropout) come from (seed, step)
+  // as for cuFM's own batches, row i drawing as if it had drawn data point i; then the same loss,
+  // gradient and optimiser update. Returns the loss (waits on the GPU). Mixes freely with step().
+  float step(const DataBatch& batch);
   // n steps with no read-back in between; loss() then gives the last step's loss.
   void run(uint64_t n);
   float loss();
 
   // Runs `steps` more steps, calling `callback` every `every` steps and after the last.
   void fit(uint64_t steps, const std::function<void(const FitProgress&)>& callback = {},
+           uint64_t every = 100);
+  // The same, each step on source.next_batch(step, batch_size) through step(batch); works with or
+  // without a dataset of the trainer's own.
+  void fit(DataSource& source, uint64_t steps, const std::function<void(const FitProgress&)>& callback = {},
            uint64_t every = 100);
 
   uint64_t step_count() const;
@@ -116,7 +136,11 @@ class Trainer {
   MlpConfig model_config_;
   TrainConfig config_;
   Device device_ = Device::CPU;
+  bool has_data_ = true;
   std::unique_ptr<detail::TrainBackend> backend_;
+  std::vector<float> given_t_, given_eps_;  // step(batch)'s draws
+  std::vector<int32_t> given_labels_;
+  void require_data(const char* what) const;
 };
 
 }  // namespace cufm

@@ -7,6 +7,7 @@
 // weights 5e-3 / 5e-2.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "cufm/kernels.hpp"
+#include "cufm/loss.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 #include "gpu/gpu_test_util.hpp"
@@ -192,6 +194,95 @@ INSTANTIATE_TEST_SUITE_P(Precisions, Determinism,
                          [](const ::testing::TestParamInfo<Precision>& pi) {
                            return std::string(to_string(pi.param));
                          });
+
+// loss_and_grad on the GPU (the trainer's kernels with the caller's draws) against the CPU's, at
+// every precision, with and without classes (and no labels: the null class).
+TEST(GpuLossAndGrad, MatchesCpu) {
+  CUFM_REQUIRE_GPU();
+  for (int classes : {0, 4}) {
+    MlpConfig m;
+    m.data_dim = 5;
+    m.hidden = {64, 40};
+    m.time_features = 8;
+    m.num_classes = classes;
+    const Model model(m, 31);
+    const int n = test::pick(700, 70);
+    const std::vector<float> x1 = test::random_floats(static_cast<size_t>(n) * 5, -2.0f, 2.0f, 32),
+                             eps = test::random_floats(x1.size(), -2.0f, 2.0f, 33),
+                             t = test::random_floats(static_cast<size_t>(n), 0.0f, 1.0f, 34);
+    std::vector<int32_t> labels;
+    for (int i = 0; i < n; ++i) labels.push_back(i % (classes + 1));
+    for (bool given_labels : {true, false}) {
+      if (!given_labels && classes == 0) continue;
+      FlowBatch b;
+      b.size = n;
+      b.x1 = x1.data();
+      b.t = t.data();
+      b.eps = eps.data();
+      b.labels = classes > 0 && given_labels ? labels.data() : nullptr;
+      PathConfig path;
+      path.sigma_min = 0.05f;
+      RunOptions run;
+      run.device = Device::CPU;
+      const LossGrad cpu = loss_and_grad(model, b, path, run);
+      run.device = Device::CUDA;
+      for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+        run.precision = p;
+        const LossGrad gpu = loss_and_grad(model, b, path, run);
+        const double tol = p == Precision::FP32 ? 1e-5 : p == Precision::TF32 ? 1e-2 : 5e-2;
+        SCOPED_TRACE(std::string(to_string(p)) + " classes " + std::to_string(classes));
+        EXPECT_NEAR(gpu.loss, cpu.loss, tol * cpu.loss);
+        ASSERT_EQ(gpu.grad.size(), cpu.grad.size());
+        EXPECT_TRUE(test::close_to_scale(gpu.grad, cpu.grad, p == Precision::FP32 ? 1e-5 : tol, 10 * tol));
+      }
+    }
+  }
+}
+
+// Trainer::step(batch) on a GPU trainer without a dataset against the CPU's, step by step; a GPU
+// trainer with a dataset mixes both kinds of step.
+TEST(GpuTrainBatch, MatchesCpu) {
+  CUFM_REQUIRE_GPU();
+  for (int classes : {0, 3}) {
+    MlpConfig m;
+    m.data_dim = 3;
+    m.hidden = {48, 48};
+    m.time_features = 4;
+    m.num_classes = classes;
+    const Model model(m, 41);
+    TrainConfig tc;
+    tc.batch_size = 256;
+    tc.seed = 42;
+    tc.label_dropout = 0.2f;
+    tc.optim.eps = 1e-3f;  // smooth in the gradient (see the top of this file)
+    tc.device = Device::CPU;
+    Trainer cpu(model, tc);
+    tc.device = Device::CUDA;
+    Trainer gpu(model, tc);
+    const Dataset data = data_for(3, classes, 4096);
+    for (int k = 0; k < 5; ++k) {
+      DataBatch b;
+      b.size = tc.batch_size;
+      b.x1 = data.x.data() + static_cast<size_t>(k) * tc.batch_size * 3;
+      b.labels = classes > 0 ? data.labels.data() + static_cast<size_t>(k) * tc.batch_size : nullptr;
+      const float lc = cpu.step(b), lg = gpu.step(b);
+      EXPECT_NEAR(lg, lc, 1e-5 * lc) << "step " << k << ", " << classes << " classes";
+    }
+    EXPECT_EQ(gpu.step_count(), 5u);
+    EXPECT_TRUE(test::close_to_scale(gpu.state().params, cpu.state().params, 1e-5, 1e-4));
+    EXPECT_THROW(gpu.run(1), Error);
+    Trainer mixed(model, data, tc);
+    mixed.run(2);
+    DataBatch b;
+    b.size = tc.batch_size;
+    b.x1 = data.x.data();
+    b.labels = classes > 0 ? data.labels.data() : nullptr;
+    EXPECT_GT(mixed.step(b), 0.0f);
+    mixed.run(1);
+    EXPECT_EQ(mixed.step_count(), 4u);
+    EXPECT_TRUE(std::isfinite(mixed.loss()));
+  }
+}
 
 TEST(GpuTraining, ResumeContinuesExactly) {
   CUFM_REQUIRE_GPU();

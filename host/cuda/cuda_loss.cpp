@@ -1,0 +1,80 @@
+// cufm::loss_and_grad on the GPU: the caller's batch and draws staged on the device, then the
+// training step's own loss and gradient (cuda::enqueue_loss_grad with FmBatch::given_t/given_eps),
+// read back. The weights are padded and uploaded as the trainer does; nothing is kept.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "cufm/error.hpp"
+#include "host/backend.hpp"
+#include "host/cuda/device_buffer.hpp"
+#include "host/cuda/fm_grad.hpp"
+#include "host/cuda/lt_mlp.hpp"
+#include "kernels/convert.hpp"
+#include "kernels/cuda_check.hpp"
+
+namespace cufm::detail {
+
+using cuda::DeviceBuffer;
+
+LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min,
+                            Precision precision) {
+  const MlpConfig& m = model.config();
+  const int D = m.data_dim;
+  const int64_t B = batch.size;
+  const cuda::Stream stream;
+  cudaStream_t s = stream.get();
+  const cuda::PaddedLayout layout(m);
+  const size_t np = layout.total;
+  DeviceBuffer params(np * sizeof(float), "the parameters", s), grads(np * sizeof(float), "the gradients", s);
+  DeviceBuffer params_bf16;
+  const std::vector<float> padded = layout.pad(model.params());
+  CUFM_CUDA_CHECK(
+      cudaMemcpyAsync(params.get(), padded.data(), np * sizeof(float), cudaMemcpyHostToDevice, s));
+  if (precision == Precision::BF16) {
+    params_bf16 = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights", s);
+    cuda::convert_to_bf16(params.as<float>(), params_bf16.as<__nv_bfloat16>(), np, s);
+  }
+  const size_t elems = static_cast<size_t>(B) * D;
+  DeviceBuffer x1(elems * sizeof(float), "the batch", s), eps(elems * sizeof(float), "the noise", s),
+      t(B * sizeof(float), "the times", s), loss(sizeof(float), "the loss", s);
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(x1.get(), batch.x1, elems * sizeof(float), cudaMemcpyHostToDevice, s));
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(eps.get(), batch.eps, elems * sizeof(float), cudaMemcpyHostToDevice, s));
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(t.get(), batch.t, B * sizeof(float), cudaMemcpyHostToDevice, s));
+  DeviceBuffer labels;
+  std::vector<int32_t> null_labels;
+  if (m.num_classes > 0) {
+    const int32_t* src = batch.labels;
+    if (!src) {
+      null_labels.assign(static_cast<size_t>(B), m.null_class());
+      src = null_labels.data();
+    }
+    labels = DeviceBuffer(B * sizeof(int32_t), "the labels", s);
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(labels.get(), src, B * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  }
+  const size_t ws_bytes = kernels::fm_loss_grad_workspace_bytes(static_cast<int>(B), D);
+  DeviceBuffer loss_ws(ws_bytes, "the loss workspace", s);
+  cuda::LtMlp mlp(m, precision, B, cuda::MlpMode::Training, params.as<float>(),
+                  params_bf16.as<__nv_bfloat16>(), grads.as<float>(), s);
+  kernels::FmBatch b;
+  b.batch = static_cast<int>(B);
+  b.dim = D;
+  b.data = x1.as<float>();
+  b.labels = labels.as<int32_t>();
+  b.n_data = static_cast<uint32_t>(B);
+  b.sigma_min = sigma_min;
+  b.given_t = t.as<float>();
+  b.given_eps = eps.as<float>();
+  cuda::enqueue_loss_grad(mlp, m, b, loss.as<float>(), loss_ws.get(), ws_bytes, s);
+  LossGrad r;
+  std::vector<float> g(np);
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(g.data(), grads.get(), np * sizeof(float), cudaMemcpyDeviceToHost, s));
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(&r.loss, loss.get(), sizeof(float), cudaMemcpyDeviceToHost, s));
+  CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
+  r.grad = layout.unpad(g);
+  return r;
+}
+
+}  // namespace cufm::detail

@@ -1,0 +1,217 @@
+// Trainer::step(batch): the caller's batches, with the step's own draws, on a trainer with or
+// without a dataset; its loss is loss_and_grad's on those draws; it learns; it refuses clearly.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cufm/cufm.hpp"
+
+namespace {
+
+using namespace cufm;
+using ::testing::HasSubstr;
+
+MlpConfig model_config(int classes) {
+  MlpConfig m;
+  m.data_dim = 2;
+  m.hidden = {32, 32};
+  m.time_features = 4;
+  m.num_classes = classes;
+  return m;
+}
+
+TrainConfig train_config() {
+  TrainConfig tc;
+  tc.batch_size = 128;
+  tc.seed = 5;
+  tc.optim.lr = 3e-3f;
+  tc.label_dropout = 0.25f;
+  tc.device = Device::CPU;
+  tc.threads = 1;
+  return tc;
+}
+
+// Rows of a toy dataset as the caller's batch k.
+DataBatch batch_of(const Dataset& data, int k, int size) {
+  DataBatch b;
+  b.size = size;
+  const int64_t first = (static_cast<int64_t>(k) * size) % (data.n - size);
+  b.x1 = data.x.data() + first * data.dim;
+  b.labels = data.labels.empty() ? nullptr : data.labels.data() + first;
+  return b;
+}
+
+// The first step's loss is loss_and_grad's on the step's draws, recomputed here from the public
+// draw functions (block 0 of row i's counter: t and dropout; blocks 1..: eps).
+TEST(TrainBatch, FirstLossIsLossAndGradOnTheStepsDraws) {
+  const Dataset data = make_toy("moons", 2000, 3);
+  for (int classes : {0, 2}) {
+    Dataset d = data;
+    if (classes == 0) {
+      d.labels.clear();
+      d.num_classes = 0;
+    }
+    const MlpConfig m = model_config(classes);
+    const Model model(m, 8);
+    const TrainConfig tc = train_config();
+    Trainer trainer(model, tc);
+    const DataBatch b = batch_of(d, 0, tc.batch_size);
+    std::vector<float> t(tc.batch_size), eps(static_cast<size_t>(tc.batch_size) * 2);
+    std::vector<int32_t> labels;
+    for (int i = 0; i < tc.batch_size; ++i) {
+      const hd::SampleDraw s =
+          hd::draw_sample(tc.seed, 0, i, tc.batch_size, TimeSampling::Uniform, 0.0f, 1.0f, tc.label_dropout);
+      t[i] = s.t;
+      if (classes > 0) labels.push_back(s.drop_label ? classes : b.labels[i]);
+      float z[4];
+      rng::normal4(tc.seed, 0, i, 0, z);
+      eps[2 * i] = z[0];
+      eps[2 * i + 1] = z[1];
+    }
+    FlowBatch fb;
+    fb.size = tc.batch_size;
+    fb.x1 = b.x1;
+    fb.t = t.data();
+    fb.eps = eps.data();
+    fb.labels = labels.empty() ? nullptr : labels.data();
+    RunOptions run;
+    run.device = Device::CPU;
+    const float want = loss_and_grad(model, fb, tc.path, run).loss;
+    EXPECT_EQ(trainer.step(b), want) << classes << " classes";
+    EXPECT_EQ(trainer.step_count(), 1u);
+    if (classes > 0) {
+      EXPECT_GT(std::count(labels.begin(), labels.end(), classes), 0);  // some were dropped
+    }
+  }
+}
+
+TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {
+  const Dataset data = make_toy("moons", 4000, 3);
+  const Model model(model_config(0), 9);
+  Dataset unlabelled = data;
+  unlabelled.labels.clear();
+  unlabelled.num_classes = 0;
+  const TrainConfig tc = train_config();
+  Trainer a(model, tc), b(model, tc);
+  float first = 0.0f, last = 0.0f;
+  for (int k = 0; k < 200; ++k) {
+    const float la = a.step(batch_of(unlabelled, k, tc.batch_size));
+    const float lb = b.step(batch_of(unlabelled, k, tc.batch_size));
+    ASSERT_EQ(la, lb) << "step " << k;  // same batches, same seed: the same bits
+    if (k < 10) first += la;
+    if (k >= 190) last += la;
+  }
+  EXPECT_LT(last, 0.7f * first);  // it learns
+  EXPECT_EQ(a.state().params, b.state().params);
+  // A trainer with a dataset takes both kinds of step.
+  Trainer mixed(model, unlabelled, tc);
+  mixed.step();
+  mixed.step(batch_of(unlabelled, 0, tc.batch_size));
+  mixed.run(2);
+  EXPECT_EQ(mixed.step_count(), 4u);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TrainBatch, RefusedWithTheReason) {
+  const Dataset data = make_toy("moons", 1000, 3);
+  const TrainConfig tc = train_config();
+  Trainer none(Model(model_config(0), 1), tc);
+  EXPECT_THAT(error_of([&] { none.step(); }),
+              HasSubstr("built without one: pass your batches to step(batch)"));
+  EXPECT_THAT(error_of([&] { none.run(3); }), HasSubstr("run() draws from a dataset"));
+  EXPECT_THAT(error_of([&] { none.fit(3); }), HasSubstr("fit() draws from a dataset"));
+  DataBatch b = batch_of(data, 0, tc.batch_size);
+  b.labels = nullptr;
+  b.size = 64;
+  EXPECT_THAT(error_of([&] { none.step(b); }),
+              HasSubstr("the batch has 64 rows; the config's batch_size is 128"));
+  b.size = tc.batch_size;
+  std::vector<float> x(data.x.begin(), data.x.begin() + 2 * tc.batch_size);
+  x[7] = std::nanf("");
+  b.x1 = x.data();
+  EXPECT_THAT(error_of([&] { none.step(b); }), HasSubstr("x1 at row 3, column 1 is not finite"));
+  Trainer cond(Model(model_config(2), 1), tc);
+  DataBatch c = batch_of(data, 0, tc.batch_size);
+  c.labels = nullptr;
+  EXPECT_THAT(error_of([&] { cond.step(c); }), HasSubstr("labels are required"));
+  std::vector<int32_t> labels(tc.batch_size, 0);
+  labels[5] = 2;
+  c.labels = labels.data();
+  EXPECT_THAT(error_of([&] { cond.step(c); }), HasSubstr("label 2 at row 5 is outside [0, 2)"));
+  EXPECT_EQ(none.step_count(), 0u);
+  EXPECT_EQ(cond.step_count(), 0u);
+}
+
+// The in-memory dataset as a DataSource trains exactly as the trainer's own draws do.
+TEST(DataSource, DatasetSourceTrainsAsTheTrainersOwnBatches) {
+  for (int classes : {0, 2}) {
+    Dataset data = make_toy("moons", 3000, 4);
+    if (classes == 0) {
+      data.labels.clear();
+      data.num_classes = 0;
+    }
+    const Model model(model_config(classes), 12);
+    const TrainConfig tc = train_config();
+    Trainer own(model, data, tc), pulled(model, tc);
+    DatasetSource source(data, tc.seed);
+    std::vector<float> losses;
+    own.fit(
+        7, [&](const FitProgress& p) { losses.push_back(p.loss); }, 1);
+    std::vector<float> pulled_losses;
+    pulled.fit(
+        source, 7, [&](const FitProgress& p) { pulled_losses.push_back(p.loss); }, 1);
+    EXPECT_EQ(losses, pulled_losses) << classes << " classes";
+    EXPECT_EQ(own.state().params, pulled.state().params);
+  }
+}
+
+// A source of one's own: a generator, with its errors checked against the model.
+class Ring final : public DataSource {
+ public:
+  int dim() const override { return 2; }
+  void next_batch(uint64_t step, int batch_size, float* x1, int32_t*) override {
+    for (int i = 0; i < batch_size; ++i) {
+      const float a = 0.37f * static_cast<float>(i) + static_cast<float>(step);
+      x1[2 * i] = 3.0f * std::cos(a);
+      x1[2 * i + 1] = 3.0f * std::sin(a);
+    }
+  }
+};
+
+TEST(DataSource, AGeneratorTrains) {
+  const Model model(model_config(0), 13);
+  const TrainConfig tc = train_config();
+  Trainer trainer(model, tc);
+  Ring ring;
+  float first = -1.0f, last = 0.0f;
+  trainer.fit(
+      ring, 150,
+      [&](const FitProgress& p) {
+        if (first < 0) first = p.loss;
+        last = p.loss;
+      },
+      10);
+  EXPECT_EQ(trainer.step_count(), 150u);
+  EXPECT_LT(last, first);
+  Trainer conditional(Model(model_config(3), 1), tc);
+  EXPECT_THAT(error_of([&] { conditional.fit(ring, 1); }), HasSubstr("the source has no labels"));
+  MlpConfig three = model_config(0);
+  three.data_dim = 3;
+  Trainer wide(Model(three, 1), tc);
+  EXPECT_THAT(error_of([&] { wide.fit(ring, 1); }), HasSubstr("the source's points have 2 dims"));
+}
+
+}  // namespace
