@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "cufm/error.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm::bench {
 

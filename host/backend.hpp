@@ -29,6 +29,11 @@ class TrainBackend {
   virtual float step_given(const FlowBatch& batch) = 0;
 };
 
+// Checks a starting state's sizes against the model and completes it: empty Adam moments start at
+// zero, and the EMA at the weights when the config keeps one (cleared when it does not). Both
+// backends' constructors start from it.
+void complete_state(const MlpConfig& model, const TrainConfig& config, TrainState& state);
+
 // `state` holds params (and moments/EMA, or empty moments to start them at zero).
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
                                                const Dataset& data, TrainState state);
@@ -37,7 +42,7 @@ std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const Tra
 // when the list names none ("native", "all"). A GPU at or above it runs this build's code.
 int lowest_built_architecture(const std::string& archs);
 
-#if defined(CUFM_WITH_CUDA)
+// The CUDA backend (host/cuda/; in a build without it, host/cuda_absent.cpp, whose functions say so).
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
                                                 const Dataset& data, TrainState state);
 // The GPU sampler behind cufm::Sampler: keeps the weights' device copy, the cuBLASLt plans, the
@@ -71,6 +76,5 @@ void cuda_field_set_weights(CudaField& field, const Model& model);
 LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision);
 std::vector<DeviceInfo> cuda_device_list();
 int cuda_current_device();  // the device the runtime would use now (0 unless the caller chose one)
-#endif
 
 }  // namespace cufm::detail

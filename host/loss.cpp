@@ -10,7 +10,7 @@
 #include "cufm/error.hpp"
 #include "cufm/math.hpp"
 #include "host/backend.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -53,9 +53,7 @@ LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathCon
       mul_sat(floats, sizeof(float)),
       "a loss and gradient over " + std::to_string(batch.size) + " rows on the " + to_string(device),
       "split the batch");
-#if defined(CUFM_WITH_CUDA)
   if (device == Device::CUDA) return detail::cuda_loss_and_grad(model, batch, path.sigma_min, run.precision);
-#endif
   CUFM_REQUIRE(run.precision == Precision::FP32,
                "precision " << to_string(run.precision) << " needs the CUDA backend; the CPU runs fp32");
   cpu::set_threads(run.threads);

@@ -6,7 +6,7 @@
 
 #include "cufm/error.hpp"
 #include "cufm/philox.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -29,7 +29,7 @@ void MlpConfig::validate() const {
 }
 
 int MlpConfig::input_dim() const {
-  return data_dim + hd::time_feature_count(time_features) + (num_classes > 0 ? num_classes + 1 : 0);
+  return hd::input_width(data_dim, time_features, num_classes);
 }
 
 int MlpConfig::layer_in(int l) const {

@@ -6,7 +6,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -60,6 +60,24 @@ void TrainConfig::validate() const {
   CUFM_REQUIRE(threads >= 0, "threads must be >= 0 (0: all cores), got " << threads);
 }
 
+namespace detail {
+void complete_state(const MlpConfig& model, const TrainConfig& config, TrainState& state) {
+  const size_t n = ParamLayout(model).total();
+  CUFM_REQUIRE(state.params.size() == n,
+               "trainer: expected " << n << " parameters, got " << state.params.size());
+  if (state.adam_m.empty()) state.adam_m.assign(n, 0.0f);
+  if (state.adam_v.empty()) state.adam_v.assign(n, 0.0f);
+  CUFM_REQUIRE(state.adam_m.size() == n && state.adam_v.size() == n,
+               "trainer: Adam moments hold " << state.adam_m.size() << " and " << state.adam_v.size()
+                                             << " values, expected " << n);
+  const bool ema_on = config.optim.ema_decay > 0.0f;
+  if (ema_on && state.ema.empty()) state.ema = state.params;
+  if (!ema_on) state.ema.clear();
+  CUFM_REQUIRE(state.ema.empty() || state.ema.size() == n,
+               "trainer: EMA holds " << state.ema.size() << " values, expected " << n);
+}
+}  // namespace detail
+
 namespace {
 
 void check_data(const MlpConfig& model, const Dataset& data) {
@@ -98,11 +116,7 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
 std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfig& model,
                                                    const TrainConfig& config, const Dataset& data,
                                                    TrainState state) {
-  if (device == Device::CUDA) {
-#if defined(CUFM_WITH_CUDA)
-    return detail::make_cuda_trainer(model, config, data, std::move(state));
-#endif
-  }
+  if (device == Device::CUDA) return detail::make_cuda_trainer(model, config, data, std::move(state));
   CUFM_REQUIRE(config.precision == Precision::FP32,
                "precision " << to_string(config.precision)
                             << " needs the CUDA backend; the CPU backend runs fp32 only");

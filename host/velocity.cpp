@@ -7,7 +7,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm {
 
@@ -17,9 +17,7 @@ struct VelocityField::Impl {
   Device device = Device::CPU;
   std::vector<float> params;  // CPU
   cpu::FieldScratch scratch;  // CPU
-#if defined(CUFM_WITH_CUDA)
-  detail::CudaFieldPtr cuda;
-#endif
+  detail::CudaFieldPtr cuda;  // GPU
 };
 
 VelocityField::VelocityField(const Model& model, const FieldOptions& options)
@@ -34,12 +32,10 @@ VelocityField::VelocityField(const Model& model, const FieldOptions& options)
   impl_->config = m;
   impl_->options = options;
   impl_->device = resolve_device(options.device);
-#if defined(CUFM_WITH_CUDA)
   if (impl_->device == Device::CUDA) {
     impl_->cuda = detail::make_cuda_field(model, options);
     return;
   }
-#endif
   CUFM_REQUIRE(options.precision == Precision::FP32,
                "precision " << to_string(options.precision) << " needs the CUDA backend; the CPU runs fp32");
   impl_->params = model.params();
@@ -65,7 +61,6 @@ void VelocityField::evaluate(float t, const float* x, const int32_t* labels, int
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
   check_call(impl_->config, impl_->options, t, x, labels, n, v);
   if (n == 0) return;
-#if defined(CUFM_WITH_CUDA)
   if (impl_->cuda) {
     if (labels) {  // the device cannot say which label was bad: check here
       for (int64_t i = 0; i < n; ++i) {
@@ -77,7 +72,6 @@ void VelocityField::evaluate(float t, const float* x, const int32_t* labels, int
     detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, nullptr, /*host_pointers=*/true);
     return;
   }
-#endif
   cpu::set_threads(impl_->options.threads);
   const float* w = impl_->options.guidance ? &*impl_->options.guidance : nullptr;
   cpu::evaluate_model(impl_->config, impl_->params.data(), x, nullptr, t, labels, n, w, v, impl_->scratch);
@@ -87,16 +81,9 @@ void VelocityField::evaluate_device(float t, const float* x, const int32_t* labe
                                     void* stream) {
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
   check_call(impl_->config, impl_->options, t, x, labels, n, v);
-#if defined(CUFM_WITH_CUDA)
   CUFM_REQUIRE(impl_->cuda, "VelocityField::evaluate_device: this field runs on the CPU; use evaluate()");
   if (n == 0) return;
   detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, stream, /*host_pointers=*/false);
-#else
-  (void)stream;
-  CUFM_FAIL(
-      "VelocityField::evaluate_device: this field runs on the CPU (this build has no CUDA backend); use "
-      "evaluate()");
-#endif
 }
 
 void VelocityField::set_weights(const Model& model) {
@@ -104,12 +91,10 @@ void VelocityField::set_weights(const Model& model) {
   CUFM_REQUIRE(model.config() == impl_->config,
                "VelocityField::set_weights: the model's configuration differs "
                "from the field's; build a new field for it");
-#if defined(CUFM_WITH_CUDA)
   if (impl_->cuda) {
     detail::cuda_field_set_weights(*impl_->cuda, model);
     return;
   }
-#endif
   impl_->params = model.params();
 }
 

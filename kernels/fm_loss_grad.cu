@@ -1,9 +1,9 @@
-// fm_loss_grad: per row, regenerates the data index and eps from the step's Philox counters,
-// u = x1 - (1 - sigma_min) eps, grad = 2 (v - u) / (B D) and the loss mean((v - u)^2).
-// Launch: one thread per (row, 4 columns of grad), 256 per block, at most kMaxBlocks blocks
-// grid-striding; block sums (CUB, double) go to the workspace and the last block to finish adds
-// them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes
-// B*ld grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
+// fm_loss_grad: per row, regenerates the data index and eps from the step's Philox counters (or
+// reads the caller's: FmBatch::given_t/given_eps), u = x1 - (1 - sigma_min) eps, grad = 2 (v - u) / (B D) and
+// the loss mean((v - u)^2). Launch: one thread per (row, 4 columns of grad), 256 per block, at most
+// kMaxBlocks blocks grid-striding; block sums (CUB, double) go to the workspace and the last block to finish
+// adds them in block order, so the bits never depend on scheduling. Cost: reads B*D v and x1, writes B*ld
+// grad; B = 4096, D = 2: ~100 KB, launch-bound (a few microseconds).
 #include <algorithm>
 #include <cstdint>
 

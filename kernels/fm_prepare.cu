@@ -36,7 +36,6 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
   const int per_row = a.noise_groups + a.tail_chunks;
   const int64_t total = static_cast<int64_t>(a.b.batch) * per_row;
   const int D = a.b.dim;
-  const int tf = hd::time_feature_count(a.time_features);
   for (const int64_t w : cuda::grid_stride(total)) {
     const uint32_t row = static_cast<uint32_t>(w / per_row);
     const int slot = static_cast<int>(w - static_cast<int64_t>(row) * per_row);
@@ -63,14 +62,7 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
     } else {
       const int first = D + 4 * (slot - a.noise_groups);
       for (int col = first; col < first + 4 && col < a.ld; ++col) {
-        const int c = col - D;
-        float value = 0.0f;
-        if (c < tf) {
-          value = hd::time_feature(d.t, a.time_features, c);
-        } else if (a.num_classes > 0 && c < tf + a.num_classes + 1) {
-          value = (c - tf == label) ? 1.0f : 0.0f;
-        }
-        store(out + col, value);
+        store(out + col, hd::input_tail_value(d.t, a.time_features, a.num_classes, label, col - D));
       }
     }
   }
@@ -88,8 +80,7 @@ void check_draws(const FmBatch& batch, const char* who) {
 }
 
 int fm_input_dim(int dim, const FmInputLayout& layout) {
-  return dim + hd::time_feature_count(layout.time_features) +
-         (layout.num_classes > 0 ? layout.num_classes + 1 : 0);
+  return hd::input_width(dim, layout.time_features, layout.num_classes);
 }
 
 void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepareOutputs& out,

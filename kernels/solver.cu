@@ -67,7 +67,6 @@ __global__ void __launch_bounds__(kThreads, 4)
   const int groups = (D + 3) / 4;
   const int tail = (in.ld - D + 3) / 4;
   const int per_row = groups + tail;
-  const int tf = hd::time_feature_count(in.time_features);
   const int64_t total = in.n * per_row;
   for (const int64_t w : grid_stride(total)) {
     const int64_t row = w / per_row;
@@ -89,16 +88,12 @@ __global__ void __launch_bounds__(kThreads, 4)
       }
       const int first = D + 4 * (slot - groups);
       for (int col = first; col < first + 4 && col < in.ld; ++col) {
-        const int c = col - D;
-        float v0 = 0.0f, v1 = 0.0f;
-        if (c < tf) {
-          v0 = v1 = hd::time_feature(t, in.time_features, c);
-        } else if (in.num_classes > 0 && c < tf + in.num_classes + 1) {
-          v0 = (c - tf == label) ? 1.0f : 0.0f;
-          v1 = (c - tf == in.num_classes) ? 1.0f : 0.0f;
+        store(out0 + col, hd::input_tail_value(t, in.time_features, in.num_classes, label, col - D));
+        // The guided copy: the same row with the null class.
+        if (in.copies == 2) {
+          store(out1 + col,
+                hd::input_tail_value(t, in.time_features, in.num_classes, in.num_classes, col - D));
         }
-        store(out0 + col, v0);
-        if (in.copies == 2) store(out1 + col, v1);
       }
     }
   }

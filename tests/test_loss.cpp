@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,6 +17,7 @@
 namespace {
 
 using namespace cufm;
+using test::error_of;
 using ::testing::HasSubstr;
 
 struct Draws {
@@ -135,15 +135,6 @@ TEST(LossAndGradArguments, NoLabelsMeansTheNullClass) {
   const LossGrad none = loss_and_grad(model, d.batch(), {}, run);
   EXPECT_EQ(with_null.loss, none.loss);
   EXPECT_EQ(with_null.grad, none.grad);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(LossAndGradArguments, RefusedWithTheReason) {

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "cufm/cufm.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "test_util.hpp"
 
 namespace {

@@ -5,15 +5,16 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include "cufm/cufm.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 using namespace cufm;
+using test::error_of;
 using ::testing::HasSubstr;
 
 MlpConfig model_config(int classes) {
@@ -114,15 +115,6 @@ TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {
   mixed.step(batch_of(unlabelled, 0, tc.batch_size));
   mixed.run(2);
   EXPECT_EQ(mixed.step_count(), 4u);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(TrainBatch, RefusedWithTheReason) {

@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -13,10 +12,12 @@
 #include "cufm/math.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/velocity.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 using namespace cufm;
+using test::error_of;
 using ::testing::HasSubstr;
 
 MlpConfig conditional(int dim = 3) {
@@ -101,15 +102,6 @@ TEST(VelocityField, SetWeightsAndMove) {
   EXPECT_TRUE(same_bits(got, vb));
   EXPECT_THROW(fa.evaluate(0.5f, x.data(), nullptr, 50, got.data()),
                Error);  // NOLINT(bugprone-use-after-move)
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(VelocityField, RefusesWithTheReason) {

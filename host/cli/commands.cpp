@@ -15,7 +15,7 @@
 #include "host/atomic_file.hpp"
 #include "host/cli/plot.hpp"
 #include "host/cli/run_lock.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm::cli {
 namespace fs = std::filesystem;

@@ -32,6 +32,7 @@ class CudaField {
         guidance_(options.guidance.value_or(0.0f)),
         max_chunk_(cuda::inference_chunk_rows(layout_, options.precision, copies_, options.max_rows)) {
     const cuda::DeviceScope on(device_);
+    CUFM_CUDA_CHECK(cudaEventCreateWithFlags(&last_, cudaEventDisableTiming));
     params_ = DeviceBuffer(layout_.total * sizeof(float), "the parameters", stream_.get());
     if (precision_ == Precision::BF16) {
       params_bf16_ = DeviceBuffer(layout_.total * sizeof(__nv_bfloat16), "the bf16 weights", stream_.get());
@@ -46,7 +47,9 @@ class CudaField {
       std::fprintf(stderr, "cufm: warning: a CUDA error was pending when a VelocityField was destroyed\n");
     }
     mlp_.reset();
-    stream_.reset();
+    for (DeviceBuffer* b : {&params_, &params_bf16_, &x_, &v_, &labels_}) *b = DeviceBuffer();
+    if (last_ && cudaEventDestroy(last_) != cudaSuccess) (void)cudaGetLastError();
+    stream_.reset();  // all on this field's device, not the caller's
   }
   CudaField(const CudaField&) = delete;
   CudaField& operator=(const CudaField&) = delete;
@@ -60,6 +63,8 @@ class CudaField {
   void evaluate(float t, const float* x, const int32_t* labels, int64_t n, float* v, cudaStream_t stream) {
     const cuda::DeviceScope on(device_);
     ensure_plan(std::min(n, max_chunk_));
+    // Calls share the plan's buffers: each waits for the previous one, whatever its stream.
+    CUFM_CUDA_CHECK(cudaStreamWaitEvent(stream, last_, 0));
     const int dim = config_.data_dim;
     for (int64_t first = 0; first < n; first += chunk_) {
       const int64_t rows = std::min(chunk_, n - first);
@@ -80,6 +85,7 @@ class CudaField {
       cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), rows, dim, copies_, guidance_,
                              v + first * dim, stream);
     }
+    CUFM_CUDA_CHECK(cudaEventRecord(last_, stream));
   }
 
   // The host-pointer call: stages x (and labels) on the field's stream, evaluates, copies v back.
@@ -148,6 +154,7 @@ class CudaField {
   int64_t chunk_ = 0;
   int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
+  cudaEvent_t last_ = nullptr;  // recorded after each call's work, on the caller's stream
   std::vector<float> padded_;
   DeviceBuffer params_, params_bf16_, x_, v_, labels_;
   std::unique_ptr<cuda::LtMlp> mlp_;

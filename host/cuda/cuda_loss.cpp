@@ -19,13 +19,15 @@ namespace cufm::detail {
 
 using cuda::DeviceBuffer;
 
-LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min,
-                            Precision precision) {
+namespace {
+
+// The body of cuda_loss_and_grad; every queued copy reads host memory the caller still holds, so a
+// failure first waits for the stream (below).
+LossGrad loss_and_grad_on(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision,
+                          cudaStream_t s) {
   const MlpConfig& m = model.config();
   const int D = m.data_dim;
   const int64_t B = batch.size;
-  const cuda::Stream stream;
-  cudaStream_t s = stream.get();
   const cuda::PaddedLayout layout(m);
   const size_t np = layout.total;
   DeviceBuffer params(np * sizeof(float), "the parameters", s), grads(np * sizeof(float), "the gradients", s);
@@ -75,6 +77,20 @@ LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float si
   CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   r.grad = layout.unpad(g);
   return r;
+}
+
+}  // namespace
+
+LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min,
+                            Precision precision) {
+  const cuda::Stream stream;
+  try {
+    return loss_and_grad_on(model, batch, sigma_min, precision, stream.get());
+  } catch (...) {
+    (void)cudaStreamSynchronize(stream.get());
+    (void)cudaGetLastError();
+    throw;
+  }
 }
 
 }  // namespace cufm::detail

@@ -2,10 +2,10 @@
 // each stage's state update fused into the kernel that writes the model input. Guidance runs the
 // conditional and null rows as one forward pass of 2n rows. The model runs over the points in
 // chunks whose activations fit in about 1 GiB (cuda::inference_chunk_rows: one chunk up to ~170k
-// points at width 512), so large counts fit; the solver state (count x dim floats per stage) is whole. Fixed-step solvers are
-// captured as CUDA graphs; Dopri5 reads back one scalar per step (the error norm) for its
-// step-size controller. A CudaSampler (cufm::Sampler) keeps its plans, buffers and graphs for the
-// next call of the same shape; a call that throws waits for its queued work and drops them all.
+// points at width 512), so large counts fit; the solver state (count x dim floats per stage) is whole.
+// Fixed-step solvers are captured as CUDA graphs; Dopri5 reads back one scalar per step (the error norm) for
+// its step-size controller. A CudaSampler (cufm::Sampler) keeps its plans, buffers and graphs for the next
+// call of the same shape; a call that throws waits for its queued work and drops them all.
 #include <cuda_runtime.h>
 
 #include <algorithm>

@@ -37,18 +37,8 @@ class CudaTrainer final : public TrainBackend {
   CudaTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state,
               const CudaTrainerOptions& options)
       : model_(model), config_(config), options_(options), layout_(model), step_(state.step) {
-    const size_t n = ParamLayout(model).total();
-    CUFM_REQUIRE(state.params.size() == n,
-                 "trainer: expected " << n << " parameters, got " << state.params.size());
-    if (state.adam_m.empty()) state.adam_m.assign(n, 0.0f);
-    if (state.adam_v.empty()) state.adam_v.assign(n, 0.0f);
-    CUFM_REQUIRE(state.adam_m.size() == n && state.adam_v.size() == n,
-                 "trainer: Adam moments hold " << state.adam_m.size() << " and " << state.adam_v.size()
-                                               << " values, expected " << n);
+    complete_state(model, config, state);
     const bool ema_on = config.optim.ema_decay > 0.0f;
-    if (ema_on && state.ema.empty()) state.ema = state.params;
-    CUFM_REQUIRE(!ema_on || state.ema.size() == n,
-                 "trainer: EMA holds " << state.ema.size() << " values, expected " << n);
     // n == 0: no dataset (cufm::Trainer(model, config)): only step_given runs.
     CUFM_REQUIRE(data.n >= 0 && data.n <= 0xFFFFFFFFll,
                  "trainer: the dataset must hold 0 to 2^32 - 1 points");
@@ -76,7 +66,8 @@ class CudaTrainer final : public TrainBackend {
         layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) +
         (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
         static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
-        (size_t{32} << 20);  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
+        (size_t{32} << 20) +  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
+        static_cast<size_t>(config.batch_size) * (2 * model.data_dim + 2) * 4;  // step(batch)'s staging
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
@@ -148,14 +139,19 @@ class CudaTrainer final : public TrainBackend {
     const cuda::DeviceScope on(device_);
     CUFM_REQUIRE(fb.size == config_.batch_size,
                  "trainer: the batch has " << fb.size << " rows, not batch_size " << config_.batch_size);
+    CUFM_REQUIRE(model_.num_classes == 0 || fb.labels,
+                 "trainer: a conditional model's batch needs its labels");
     cudaStream_t s = stream_.get();
     const size_t rows = static_cast<size_t>(fb.size), elems = rows * model_.data_dim;
-    if (!given_x1_.get()) {
-      given_x1_ = DeviceBuffer(elems * sizeof(float), "the batch", s);
-      given_eps_ = DeviceBuffer(elems * sizeof(float), "the batch's noise", s);
-      given_t_ = DeviceBuffer(rows * sizeof(float), "the batch's times", s);
-      if (model_.num_classes > 0)
-        given_labels_ = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
+    if (!given_t_.get()) {  // all at once: a failed allocation leaves none of them set
+      DeviceBuffer x1(elems * sizeof(float), "the batch", s),
+          eps(elems * sizeof(float), "the batch's noise", s), t(rows * sizeof(float), "the batch's times", s),
+          labels;
+      if (model_.num_classes > 0) labels = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
+      given_x1_ = std::move(x1);
+      given_eps_ = std::move(eps);
+      given_labels_ = std::move(labels);
+      given_t_ = std::move(t);
     }
     upload(given_x1_, fb.x1, elems * sizeof(float), s);
     upload(given_eps_, fb.eps, elems * sizeof(float), s);

@@ -16,9 +16,9 @@ enum class TimeSampling : int { Uniform = 0, LogitNormal = 1 };
 
 // The probability path and how training draws its times.
 struct PathConfig {
-  float sigma_min = 0.0f;                    // 0: the linear (optimal-transport) path
+  float sigma_min = 0.0f;  // 0: the linear (optimal-transport) path
   TimeSampling time_sampling = TimeSampling::Uniform;
-  float logit_mean = 0.0f, logit_std = 1.0f; // t = sigmoid(mean + std * z)
+  float logit_mean = 0.0f, logit_std = 1.0f;  // t = sigmoid(mean + std * z)
 };
 
 namespace hd {
@@ -41,7 +41,9 @@ struct SampleDraw {
   bool drop_label;
 };
 
-CUFM_HD float logistic(float x) { return rn_div(1.0f, rn_add(1.0f, det_exp(-x))); }
+CUFM_HD float logistic(float x) {
+  return rn_div(1.0f, rn_add(1.0f, det_exp(-x)));
+}
 
 CUFM_HD SampleDraw draw_sample(uint64_t seed, uint64_t step, uint32_t sample, uint32_t n_data,
                                TimeSampling ts, float ln_mean, float ln_std, float label_dropout) {
@@ -60,7 +62,9 @@ CUFM_HD SampleDraw draw_sample(uint64_t seed, uint64_t step, uint32_t sample, ui
 }
 
 // Number of time features the first layer sees.
-CUFM_HD int time_feature_count(int k) { return k <= 0 ? 1 : k; }
+CUFM_HD int time_feature_count(int k) {
+  return k <= 0 ? 1 : k;
+}
 
 // Time features: raw t (k <= 0), or k sinusoids sin(2*pi*2^j*t), cos(2*pi*2^j*t), j < k/2.
 // Scaling by 2^j is exact, so both backends reduce the argument identically.
@@ -72,6 +76,21 @@ CUFM_HD float time_feature(float t, int k, int i) {
   float s, c;
   det_sincos_turns(frac < 1.0f ? frac : 0.0f, s, c);
   return (i & 1) ? c : s;
+}
+
+// ---- the model's input row ---------------------------------------------------------------
+// [x (dim) | time features | one-hot of num_classes + 1 (conditional models; the last entry is the
+// null class)], then zero padding: its width, and entry c of the part after x for a label (-1:
+// unconditional). The CPU backend, fm_prepare and the sampler's stage_input all build rows with
+// these two.
+CUFM_HD int input_width(int dim, int time_features, int num_classes) {
+  return dim + time_feature_count(time_features) + (num_classes > 0 ? num_classes + 1 : 0);
+}
+CUFM_HD float input_tail_value(float t, int time_features, int num_classes, int32_t label, int c) {
+  const int tf = time_feature_count(time_features);
+  if (c < tf) return time_feature(t, time_features, c);
+  if (num_classes > 0 && c < tf + num_classes + 1) return c - tf == label ? 1.0f : 0.0f;
+  return 0.0f;
 }
 
 }  // namespace hd

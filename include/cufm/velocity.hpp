@@ -39,7 +39,10 @@ class VelocityField {
   // The GPU field only: x, labels and v are DEVICE pointers, the work is enqueued on `stream` (a
   // cudaStream_t; nullptr: the legacy default stream) and the call returns without waiting. Labels
   // are not range-checked on the device: one outside [0, num_classes) reads as no class at all.
-  // Calls on one field must not overlap: they share its buffers.
+  // Calls share the field's buffers, so each call's work waits on the device for the previous
+  // call's, whatever streams they were given. A call with more points than any before it (the
+  // first, too) builds its plan and synchronises the device: make one such call before capturing
+  // calls into a CUDA graph.
   void evaluate_device(float t, const float* x, const int32_t* labels, int64_t n, float* v, void* stream);
 
   // Replaces the weights with another model's of the same configuration (keeps the GPU's plans).

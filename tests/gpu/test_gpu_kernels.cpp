@@ -13,7 +13,7 @@
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "gpu/gpu_test_util.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "kernels/activation.hpp"
 #include "kernels/adam.hpp"
 #include "kernels/convert.hpp"

@@ -14,7 +14,7 @@
 
 #include "cufm/model.hpp"
 #include "gpu/gpu_test_util.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 #include "host/cuda/lt_mlp.hpp"
 #include "kernels/convert.hpp"
 

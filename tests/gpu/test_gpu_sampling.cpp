@@ -277,6 +277,12 @@ TEST(GpuIntegrate, CallersPointsBothDirectionsMatchCpu) {
     const SampleResult a = sampler.sample(model, cfg);
     const SampleResult b = sampler.integrate(model, noise, cfg);
     EXPECT_TRUE(test::bits_equal(b.x.data(), a.x.data(), a.x.size())) << to_string(s);
+    // The same key again from other points: the kept graphs must start from them, not the noise.
+    const std::vector<float> other = test::random_floats(noise.size(), -1.0f, 1.0f, 92);
+    const SampleResult c = sampler.integrate(model, other, cfg);
+    cfg.device = Device::CPU;
+    expect_match(c, integrate(model, other, cfg), 1e-4, 1e-4);
+    cfg.device = Device::CUDA;
     cfg.t0 = 1.0f;
     cfg.t1 = 0.0f;
     const SampleResult back = sampler.integrate(model, a.x, cfg);
@@ -319,6 +325,20 @@ TEST(GpuVelocityField, MatchesCpuHostAndDevicePointers) {
     CUFM_CUDA_CHECK(cudaStreamDestroy(stream));
     dev_got = v_dev.download();
     EXPECT_TRUE(test::bits_equal(dev_got.data(), got.data(), got.size()));
+    // A device call on a non-blocking stream, then at once a host call: the host call waits for it
+    // on the device (they share the field's buffers), and both come out right.
+    cudaStream_t async;
+    CUFM_CUDA_CHECK(cudaStreamCreateWithFlags(&async, cudaStreamNonBlocking));
+    v_dev.poison();
+    std::vector<float> at_once(x.size());
+    gpu.evaluate_device(0.6f, x_dev.get(), l_dev.get(), n, v_dev.get(), async);
+    gpu.evaluate(0.9f, x.data(), labels.data(), n, at_once.data());
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(async));
+    CUFM_CUDA_CHECK(cudaStreamDestroy(async));
+    EXPECT_TRUE(test::bits_equal(v_dev.download().data(), got.data(), got.size()));
+    std::vector<float> later(x.size());
+    gpu.evaluate(0.9f, x.data(), labels.data(), n, later.data());
+    EXPECT_TRUE(test::bits_equal(at_once.data(), later.data(), later.size()));
     if (!guided) {  // no labels: the null class
       gpu.evaluate(0.6f, x.data(), nullptr, n, got.data());
       cpu.evaluate(0.6f, x.data(), nullptr, n, want.data());

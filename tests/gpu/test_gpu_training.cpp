@@ -271,16 +271,25 @@ TEST(GpuTrainBatch, MatchesCpu) {
     EXPECT_EQ(gpu.step_count(), 5u);
     EXPECT_TRUE(test::close_to_scale(gpu.state().params, cpu.state().params, 1e-5, 1e-4));
     EXPECT_THROW(gpu.run(1), Error);
-    Trainer mixed(model, data, tc);
-    mixed.run(2);
+    // Both kinds of step, mixed, against the CPU doing the same: the step counter and the draws of
+    // each kind follow the other's steps.
     DataBatch b;
     b.size = tc.batch_size;
     b.x1 = data.x.data();
     b.labels = classes > 0 ? data.labels.data() : nullptr;
-    EXPECT_GT(mixed.step(b), 0.0f);
+    Trainer mixed(model, data, tc);
+    TrainConfig on_cpu = tc;
+    on_cpu.device = Device::CPU;
+    Trainer mixed_cpu(model, data, on_cpu);
+    mixed.run(2);
+    mixed_cpu.run(2);
+    const float lg = mixed.step(b), lc = mixed_cpu.step(b);
+    EXPECT_NEAR(lg, lc, 1e-5 * lc);
     mixed.run(1);
+    mixed_cpu.run(1);
     EXPECT_EQ(mixed.step_count(), 4u);
-    EXPECT_TRUE(std::isfinite(mixed.loss()));
+    EXPECT_NEAR(mixed.loss(), mixed_cpu.loss(), 1e-5 * mixed_cpu.loss());
+    EXPECT_TRUE(test::close_to_scale(mixed.state().params, mixed_cpu.state().params, 1e-5, 1e-4));
   }
 }
 

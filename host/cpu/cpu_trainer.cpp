@@ -4,7 +4,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm::detail {
 
@@ -14,19 +14,8 @@ class CpuTrainer final : public TrainBackend {
  public:
   CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state)
       : model_(model), config_(config), data_(data), state_(std::move(state)) {
-    const size_t n = ParamLayout(model).total();
-    CUFM_REQUIRE(state_.params.size() == n,
-                 "trainer: expected " << n << " parameters, got " << state_.params.size());
-    if (state_.adam_m.empty()) state_.adam_m.assign(n, 0.0f);
-    if (state_.adam_v.empty()) state_.adam_v.assign(n, 0.0f);
-    CUFM_REQUIRE(state_.adam_m.size() == n && state_.adam_v.size() == n,
-                 "trainer: Adam moments hold " << state_.adam_m.size() << " and " << state_.adam_v.size()
-                                               << " values, expected " << n);
-    if (config_.optim.ema_decay > 0.0f && state_.ema.empty()) state_.ema = state_.params;
-    if (config_.optim.ema_decay <= 0.0f) state_.ema.clear();
-    CUFM_REQUIRE(state_.ema.empty() || state_.ema.size() == n,
-                 "trainer: EMA holds " << state_.ema.size() << " values, expected " << n);
-    grads_.assign(n, 0.0f);
+    complete_state(model_, config_, state_);
+    grads_.assign(state_.params.size(), 0.0f);
     dout_.resize(static_cast<size_t>(config_.batch_size) * model_.data_dim);
     ws_.resize(model_, config_.batch_size);
   }

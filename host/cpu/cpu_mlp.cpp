@@ -10,8 +10,8 @@
 
 #include "cufm/error.hpp"
 #include "cufm/math.hpp"
-#include "host/cpu_ops.hpp"
-#include "host/cpu_simd.hpp"
+#include "host/cpu/cpu_ops.hpp"
+#include "host/cpu/cpu_simd.hpp"
 
 namespace cufm::cpu {
 

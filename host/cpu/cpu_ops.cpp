@@ -1,6 +1,6 @@
 // The CPU backend's per-step elementwise work: drawing the batch, the loss and its gradient, and
 // the optimiser. Each loop runs on OpenMP threads and gives the same bits for any thread count.
-#include "host/cpu_ops.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 #include <cblas.h>
 #include <omp.h>
@@ -12,20 +12,16 @@
 #include "cufm/error.hpp"
 #include "cufm/math.hpp"
 #include "cufm/philox.hpp"
-#include "host/cpu_simd.hpp"
+#include "host/cpu/cpu_simd.hpp"
 
 namespace cufm::cpu {
 
 namespace {
 // The part of an input row after x_t: the time features and the class one-hot.
 void write_input_tail(const MlpConfig& model, float t, int32_t label, float* row) {
-  const int D = model.data_dim;
-  const int tf = hd::time_feature_count(model.time_features);
-  for (int k = 0; k < tf; ++k) row[D + k] = hd::time_feature(t, model.time_features, k);
-  if (model.num_classes > 0) {
-    float* onehot = row + D + tf;
-    std::fill(onehot, onehot + model.num_classes + 1, 0.0f);
-    onehot[label] = 1.0f;
+  const int D = model.data_dim, tail = model.input_dim() - D;
+  for (int c = 0; c < tail; ++c) {
+    row[D + c] = hd::input_tail_value(t, model.time_features, model.num_classes, label, c);
   }
 }
 }  // namespace

@@ -4,11 +4,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "cufm/dataset.hpp"
 #include "cufm/loss.hpp"
 #include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 
 namespace cufm::cpu {
@@ -84,6 +86,13 @@ struct FieldScratch {
   std::vector<float> input;
   MlpWorkspace ws;
 };
+
+// The solvers (host/cpu/cpu_sampler.cpp): integrates dx/dt = f(t, x) over the whole batch x0 from
+// t0 to t1 (t1 < t0: backwards) with `steps` fixed steps or Dopri5's controller; with times and
+// states set, records the time and the state at the start and after every (accepted) step.
+using Field = std::function<void(float t, const float* x, float* v)>;
+OdeResult integrate(const Field& f, std::vector<float> x0, Solver solver, int steps, float atol, float rtol,
+                    int max_steps, float t0, float t1, std::vector<float>* times, std::vector<float>* states);
 
 // Adam coefficients for step t (1-based) and the clipping factor for a gradient norm.
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm);
