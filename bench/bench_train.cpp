@@ -41,23 +41,28 @@ struct TrainRow {
   float loss = 0.0f;
 };
 
-TrainConfig train_config(const Backend& b, int batch, int threads) {
+TrainConfig train_config(int batch) {
   TrainConfig tc;
   tc.batch_size = batch;
   tc.seed = 0;
   tc.optim.kind = Optimizer::Adam;
   tc.optim.lr = 1e-3f;
-  tc.device = b.device;
-  tc.precision = b.precision;
-  tc.threads = threads;
   return tc;
+}
+
+RunOptions run_options(const Backend& b, int threads) {
+  RunOptions run;
+  run.device = b.device;
+  run.precision = b.precision;
+  run.threads = threads;
+  return run;
 }
 
 TrainRow measure_training(const TrainWorkload& w, const Backend& b, const Dataset& data, const Options& opt) {
   const bool gpu = b.device == Device::CUDA;
   const int warmup = opt.warmup >= 0 ? opt.warmup : (opt.smoke ? 1 : (gpu ? 20 : 2));
   const int steps = opt.steps > 0 ? opt.steps : (opt.smoke ? 2 : (gpu ? 300 : w.cpu_steps));
-  Trainer trainer(Model(w.model, 0), data, train_config(b, w.batch, opt.threads));
+  Trainer trainer(Model(w.model, 0), data, train_config(w.batch), run_options(b, opt.threads));
   if (warmup > 0) {
     trainer.run(static_cast<uint64_t>(warmup));
     trainer.loss();
@@ -226,7 +231,7 @@ void run_quality(const std::vector<Backend>& bs, const std::map<std::string, dou
     }
     std::cerr << "[quality] R1 on " << b.name << ": " << n << " steps ..." << std::flush;
     try {
-      Trainer trainer(Model(r1.model, 0), data, train_config(b, r1.batch, opt.threads));
+      Trainer trainer(Model(r1.model, 0), data, train_config(r1.batch), run_options(b, opt.threads));
       const double t0 = now_s();
       trainer.run(static_cast<uint64_t>(n));
       const float loss = trainer.loss();

@@ -36,7 +36,7 @@ void complete_state(const MlpConfig& model, const TrainConfig& config, TrainStat
 
 // `state` holds params (and moments/EMA, or empty moments to start them at zero).
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
-                                               const Dataset& data, TrainState state);
+                                               const Dataset& data, TrainState state, int threads);
 
 // The lowest compute capability (x10) in a CMAKE_CUDA_ARCHITECTURES list ("80;90", "90-real"); 0
 // when the list names none ("native", "all"). A GPU at or above it runs this build's code.
@@ -44,7 +44,7 @@ int lowest_built_architecture(const std::string& archs);
 
 // The CUDA backend (host/cuda/; in a build without it, host/cuda_absent.cpp, whose functions say so).
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
-                                                const Dataset& data, TrainState state);
+                                                const Dataset& data, TrainState state, Precision precision);
 // The GPU sampler behind cufm::Sampler: keeps the weights' device copy, the cuBLASLt plans, the
 // buffers and the fixed-step graphs between calls of the same shape. max_chunk_rows: the model
 // runs over at most this many points at a time (0: sized by memory; the tests use small values

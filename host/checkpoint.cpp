@@ -252,10 +252,7 @@ std::string to_json(const TrainConfig& c) {
                 {"decay_steps", std::to_string(c.optim.decay_steps)},
                 {"min_lr", finite(c.optim.min_lr, "optim.min_lr")}};
   j["label_dropout"] = finite(c.label_dropout, "label_dropout");
-  j["device"] = to_string(c.device);
-  j["precision"] = to_string(c.precision);
-  j["threads"] = c.threads;
-  return j.dump();
+  return j.dump();  // the recipe only: where a run goes (RunOptions) is not the checkpoint's
 }
 
 MlpConfig mlp_config_from_json(const std::string& s) {
@@ -310,9 +307,10 @@ TrainConfig train_config_from_json(const std::string& s) {
   }
   optim.finish();
   c.label_dropout = f.get_float("label_dropout");
-  c.device = parse_device(f.get_string("device"));
-  c.precision = parse_precision(f.get_string("precision"));
-  c.threads = f.get_int("threads", 0, std::numeric_limits<int>::max());
+  // Checkpoints before RunOptions also recorded where they ran: still checked, no longer kept.
+  if (f.has("device")) (void)parse_device(f.get_string("device"));
+  if (f.has("precision")) (void)parse_precision(f.get_string("precision"));
+  if (f.has("threads")) (void)f.get_int("threads", 0, std::numeric_limits<int>::max());
   f.finish();
   return c;
 }

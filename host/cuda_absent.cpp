@@ -24,7 +24,7 @@ void CudaFieldDeleter::operator()(CudaField* f) const {
 }
 
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig&, const TrainConfig&, const Dataset&,
-                                                TrainState) {
+                                                TrainState, Precision) {
   absent("training on the GPU");
 }
 CudaSamplerPtr make_cuda_sampler(int64_t) {

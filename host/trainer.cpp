@@ -57,7 +57,6 @@ void TrainConfig::validate() const {
                "ema_decay must be in [0, 1) (0: off), got " << optim.ema_decay);
   CUFM_REQUIRE(label_dropout >= 0.0f && label_dropout <= 1.0f,
                "label_dropout must be in [0, 1], got " << label_dropout);
-  CUFM_REQUIRE(threads >= 0, "threads must be >= 0 (0: all cores), got " << threads);
 }
 
 namespace detail {
@@ -114,23 +113,25 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
 }
 
 std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfig& model,
-                                                   const TrainConfig& config, const Dataset& data,
-                                                   TrainState state) {
-  if (device == Device::CUDA) return detail::make_cuda_trainer(model, config, data, std::move(state));
-  CUFM_REQUIRE(config.precision == Precision::FP32,
-               "precision " << to_string(config.precision)
-                            << " needs the CUDA backend; the CPU backend runs fp32 only");
-  return detail::make_cpu_trainer(model, config, data, std::move(state));
+                                                   const TrainConfig& config, const RunOptions& run,
+                                                   const Dataset& data, TrainState state) {
+  CUFM_REQUIRE(run.threads >= 0, "threads must be >= 0 (0: all cores), got " << run.threads);
+  if (device == Device::CUDA)
+    return detail::make_cuda_trainer(model, config, data, std::move(state), run.precision);
+  CUFM_REQUIRE(
+      run.precision == Precision::FP32,
+      "precision " << to_string(run.precision) << " needs the CUDA backend; the CPU backend runs fp32 only");
+  return detail::make_cpu_trainer(model, config, data, std::move(state), run.threads);
 }
 
 }  // namespace
 
-Trainer::Trainer(const Model& model, const Dataset& data, const TrainConfig& config)
-    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, data, config) {}
+Trainer::Trainer(const Model& model, const Dataset& data, const TrainConfig& config, const RunOptions& run)
+    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, data, config, run) {}
 
 Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const Dataset& data,
-                 const TrainConfig& config)
-    : model_config_(model_config), config_(config) {
+                 const TrainConfig& config, const RunOptions& run)
+    : model_config_(model_config), config_(config), run_(run) {
   model_config_.validate();
   config_.validate();
   check_data(model_config_, data);
@@ -140,21 +141,22 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
                    "trainer: the initial state holds a non-finite value at index " << i);
     }
   }
-  device_ = resolve_device(config_.device);
+  device_ = resolve_device(run_.device);
   detail::require_memory(
       host_training_bytes(model_config_, config_, data, device_),
       "training (model, optimiser" +
           std::string(device_ == Device::CPU ? ", dataset copy and a batch's activations)" : ")"),
       "use a smaller batch, smaller widths or a subset of the data");
-  backend_ = make_backend(device_, model_config_, config_, data, state);
+  backend_ = make_backend(device_, model_config_, config_, run_, data, state);
 }
 
-Trainer::Trainer(const Model& model, const TrainConfig& config)
-    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, config) {}
+Trainer::Trainer(const Model& model, const TrainConfig& config, const RunOptions& run)
+    : Trainer(model.config(), TrainState{0, model.params(), {}, {}, {}}, config, run) {}
 
 // No dataset: the backends get an empty one (no copy, no upload) and only step(batch) runs.
-Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config)
-    : model_config_(model_config), config_(config), has_data_(false) {
+Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config,
+                 const RunOptions& run)
+    : model_config_(model_config), config_(config), run_(run), has_data_(false) {
   model_config_.validate();
   config_.validate();
   for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
@@ -163,13 +165,13 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const T
                    "trainer: the initial state holds a non-finite value at index " << i);
     }
   }
-  device_ = resolve_device(config_.device);
+  device_ = resolve_device(run_.device);
   Dataset none;
   none.dim = model_config_.data_dim;
   none.num_classes = model_config_.num_classes;
   detail::require_memory(host_training_bytes(model_config_, config_, none, device_),
                          "training (model, optimiser)", "use a smaller batch or smaller widths");
-  backend_ = make_backend(device_, model_config_, config_, none, state);
+  backend_ = make_backend(device_, model_config_, config_, run_, none, state);
 }
 
 void Trainer::require_data(const char* what) const {

@@ -65,9 +65,6 @@ cufm::TrainConfig unusual_train_config() {
   t.optim.decay_steps = (uint64_t{1} << 60) + 3;  // not representable as a double
   t.optim.min_lr = 1.5e-5f;
   t.label_dropout = 0.2f;
-  t.device = cufm::Device::CPU;
-  t.precision = cufm::Precision::BF16;
-  t.threads = 3;
   return t;
 }
 
@@ -127,9 +124,6 @@ void expect_same_train_config(const cufm::TrainConfig& a, const cufm::TrainConfi
   EXPECT_EQ(a.optim.decay_steps, b.optim.decay_steps);
   EXPECT_EQ(a.optim.min_lr, b.optim.min_lr);
   EXPECT_EQ(a.label_dropout, b.label_dropout);
-  EXPECT_EQ(a.device, b.device);
-  EXPECT_EQ(a.precision, b.precision);
-  EXPECT_EQ(a.threads, b.threads);
 }
 
 // Checkpoints written before learning-rate schedules existed have no schedule fields: they load
@@ -141,6 +135,20 @@ TEST(ConfigJson, ConfigsWithoutScheduleFieldsAreConstant) {
   EXPECT_EQ(t.optim.lr_schedule, cufm::LrSchedule::Constant);
   EXPECT_EQ(t.optim.warmup_steps, 0u);
   EXPECT_EQ(t.optim.min_lr, 0.0f);
+}
+
+// Checkpoints written before RunOptions also recorded where they ran: they still load (the fields
+// are checked, then left out of the recipe), and the recipe written now has none of them.
+TEST(ConfigJson, OldRunFieldsLoadAndAreNotWritten) {
+  const std::string now = cufm::to_json(unusual_train_config());
+  for (const char* k : {"device", "precision", "threads"}) EXPECT_THAT(now, ::testing::Not(HasSubstr(k)));
+  nlohmann::json j = nlohmann::json::parse(now);
+  j["device"] = "cuda";
+  j["precision"] = "bf16";
+  j["threads"] = 3;
+  expect_same_train_config(cufm::train_config_from_json(j.dump()), unusual_train_config());
+  j["device"] = "tpu";
+  EXPECT_THAT(error_of([&] { cufm::train_config_from_json(j.dump()); }), HasSubstr("tpu"));
 }
 
 TEST(ConfigJson, RoundTripsEveryField) {

@@ -52,9 +52,8 @@ TEST_F(MemoryLimits, AHugeBatchIsRefused) {
   m.hidden = {512, 512};
   cufm::TrainConfig tc;
   tc.batch_size = 1 << 26;  // --batch 67108864
-  tc.device = cufm::Device::CPU;
   const cufm::Dataset data = cufm::make_toy("moons", 1000, 0);
-  const std::string msg = error_of([&] { cufm::Trainer(cufm::Model(m, 0), data, tc); });
+  const std::string msg = error_of([&] { cufm::Trainer(cufm::Model(m, 0), data, tc, cufm::test::on_cpu()); });
   EXPECT_THAT(msg,
               HasSubstr("training (model, optimiser, dataset copy and a batch's activations) needs about"));
 }

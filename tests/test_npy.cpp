@@ -20,11 +20,11 @@
 
 namespace {
 
-using ::testing::HasSubstr;
 using cufm::test::error_of;
-using cufm::test::TempDir;
 using cufm::test::read_bytes;
+using cufm::test::TempDir;
 using cufm::test::write_bytes;
+using ::testing::HasSubstr;
 
 // A .npy file built byte by byte: magic, version, header length (2 bytes in 1.0, 4 after), header.
 std::string npy_bytes(int major, const std::string& dict, const std::string& data) {

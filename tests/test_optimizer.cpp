@@ -173,10 +173,9 @@ TEST(LrSchedule, WarmupScalesTheFirstTrainingStep) {
   const auto largest_move = [&](uint64_t warmup) {
     TrainConfig tc;
     tc.batch_size = 64;
-    tc.device = Device::CPU;
     tc.optim.warmup_steps = warmup;
     const Model start(m, 3);
-    Trainer tr(start, data, tc);
+    Trainer tr(start, data, tc, test::on_cpu());
     tr.step();
     double most = 0.0;
     const std::vector<float> after = tr.model().params();

@@ -32,8 +32,6 @@ TrainConfig train_config() {
   tc.seed = 5;
   tc.optim.lr = 3e-3f;
   tc.label_dropout = 0.25f;
-  tc.device = Device::CPU;
-  tc.threads = 1;
   return tc;
 }
 
@@ -60,7 +58,7 @@ TEST(TrainBatch, FirstLossIsLossAndGradOnTheStepsDraws) {
     const MlpConfig m = model_config(classes);
     const Model model(m, 8);
     const TrainConfig tc = train_config();
-    Trainer trainer(model, tc);
+    Trainer trainer(model, tc, test::on_cpu(1));
     const DataBatch b = batch_of(d, 0, tc.batch_size);
     std::vector<float> t(tc.batch_size), eps(static_cast<size_t>(tc.batch_size) * 2);
     std::vector<int32_t> labels;
@@ -98,7 +96,7 @@ TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {
   unlabelled.labels.clear();
   unlabelled.num_classes = 0;
   const TrainConfig tc = train_config();
-  Trainer a(model, tc), b(model, tc);
+  Trainer a(model, tc, test::on_cpu(1)), b(model, tc);
   float first = 0.0f, last = 0.0f;
   for (int k = 0; k < 200; ++k) {
     const float la = a.step(batch_of(unlabelled, k, tc.batch_size));
@@ -110,7 +108,7 @@ TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {
   EXPECT_LT(last, 0.7f * first);  // it learns
   EXPECT_EQ(a.state().params, b.state().params);
   // A trainer with a dataset takes both kinds of step.
-  Trainer mixed(model, unlabelled, tc);
+  Trainer mixed(model, unlabelled, tc, test::on_cpu(1));
   mixed.step();
   mixed.step(batch_of(unlabelled, 0, tc.batch_size));
   mixed.run(2);
@@ -120,7 +118,7 @@ TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {
 TEST(TrainBatch, RefusedWithTheReason) {
   const Dataset data = make_toy("moons", 1000, 3);
   const TrainConfig tc = train_config();
-  Trainer none(Model(model_config(0), 1), tc);
+  Trainer none(Model(model_config(0), 1), tc, test::on_cpu(1));
   EXPECT_THAT(error_of([&] { none.step(); }),
               HasSubstr("built without one: pass your batches to step(batch)"));
   EXPECT_THAT(error_of([&] { none.run(3); }), HasSubstr("run() draws from a dataset"));
@@ -135,7 +133,7 @@ TEST(TrainBatch, RefusedWithTheReason) {
   x[7] = std::nanf("");
   b.x1 = x.data();
   EXPECT_THAT(error_of([&] { none.step(b); }), HasSubstr("x1 at row 3, column 1 is not finite"));
-  Trainer cond(Model(model_config(2), 1), tc);
+  Trainer cond(Model(model_config(2), 1), tc, test::on_cpu(1));
   DataBatch c = batch_of(data, 0, tc.batch_size);
   c.labels = nullptr;
   EXPECT_THAT(error_of([&] { cond.step(c); }), HasSubstr("labels are required"));
@@ -157,7 +155,7 @@ TEST(DataSource, DatasetSourceTrainsAsTheTrainersOwnBatches) {
     }
     const Model model(model_config(classes), 12);
     const TrainConfig tc = train_config();
-    Trainer own(model, data, tc), pulled(model, tc);
+    Trainer own(model, data, tc, test::on_cpu(1)), pulled(model, tc);
     DatasetSource source(data, tc.seed);
     std::vector<float> losses;
     own.fit(
@@ -186,7 +184,7 @@ class Ring final : public DataSource {
 TEST(DataSource, AGeneratorTrains) {
   const Model model(model_config(0), 13);
   const TrainConfig tc = train_config();
-  Trainer trainer(model, tc);
+  Trainer trainer(model, tc, test::on_cpu(1));
   Ring ring;
   float first = -1.0f, last = 0.0f;
   trainer.fit(
@@ -198,11 +196,11 @@ TEST(DataSource, AGeneratorTrains) {
       10);
   EXPECT_EQ(trainer.step_count(), 150u);
   EXPECT_LT(last, first);
-  Trainer conditional(Model(model_config(3), 1), tc);
+  Trainer conditional(Model(model_config(3), 1), tc, test::on_cpu(1));
   EXPECT_THAT(error_of([&] { conditional.fit(ring, 1); }), HasSubstr("the source has no labels"));
   MlpConfig three = model_config(0);
   three.data_dim = 3;
-  Trainer wide(Model(three, 1), tc);
+  Trainer wide(Model(three, 1), tc, test::on_cpu(1));
   EXPECT_THAT(error_of([&] { wide.fit(ring, 1); }), HasSubstr("the source's points have 2 dims"));
 }
 

@@ -29,7 +29,6 @@ TrainConfig small_train() {
   tc.batch_size = 256;
   tc.seed = 11;
   tc.optim.lr = 3e-3f;
-  tc.device = Device::CPU;
   return tc;
 }
 
@@ -47,7 +46,7 @@ TEST(Training, LearnsEightGaussians) {
   const Dataset data = make_toy("8gaussians", 20000, 0);
   const Model init(small_model(), 3);
   const double untrained = sw2_to_data(init, data);
-  Trainer trainer(init, data, small_train());
+  Trainer trainer(init, data, small_train(), test::on_cpu());
   float first = trainer.step();
   trainer.run(599);
   const float last = trainer.loss();
@@ -62,7 +61,7 @@ TEST(Training, LearnsEightGaussians) {
 TEST(Training, TwoRunsGiveTheSameBits) {
   const Dataset data = make_toy("moons", 5000, 1);
   const Model init(small_model(), 4);
-  Trainer a(init, data, small_train()), b(init, data, small_train());
+  Trainer a(init, data, small_train(), test::on_cpu()), b(init, data, small_train(), test::on_cpu());
   a.run(5);
   b.run(5);
   EXPECT_EQ(a.loss(), b.loss());
@@ -79,15 +78,15 @@ TEST(Training, ResumeFromCheckpointIsBitExact) {
   const MlpConfig m = small_model(8);
   const Model init(m, 5);
 
-  Trainer straight(init, data, tc);
+  Trainer straight(init, data, tc, test::on_cpu());
   straight.run(12);
 
-  Trainer first(init, data, tc);
+  Trainer first(init, data, tc, test::on_cpu());
   first.run(5);
   const std::string path = (std::filesystem::temp_directory_path() / "cufm_resume_test.safetensors").string();
   save_checkpoint(path, Checkpoint{m, tc, first.state(), "toy"});
   const Checkpoint ck = load_checkpoint(path);
-  Trainer resumed(ck.model, ck.state, data, ck.train);
+  Trainer resumed(ck.model, ck.state, data, ck.train, test::on_cpu());
   EXPECT_EQ(resumed.step_count(), 5u);
   resumed.run(7);
   std::filesystem::remove(path);
@@ -103,7 +102,7 @@ TEST(Training, ResumeFromCheckpointIsBitExact) {
 
 TEST(Guidance, ScaleOneEqualsThePlainConditionalModel) {
   const Dataset data = make_toy("8gaussians", 5000, 3);
-  Trainer trainer(Model(small_model(8), 6), data, small_train());
+  Trainer trainer(Model(small_model(8), 6), data, small_train(), test::on_cpu());
   trainer.run(30);
   const Model model = trainer.model();
   SampleConfig sc;
@@ -119,7 +118,8 @@ TEST(Guidance, ScaleOneEqualsThePlainConditionalModel) {
   sc.guidance = 3.0f;
   const SampleResult strong = sample(model, sc);
   double diff = 0;
-  for (size_t i = 0; i < plain.x.size(); ++i) diff = std::max(diff, static_cast<double>(std::abs(strong.x[i] - plain.x[i])));
+  for (size_t i = 0; i < plain.x.size(); ++i)
+    diff = std::max(diff, static_cast<double>(std::abs(strong.x[i] - plain.x[i])));
   EXPECT_GT(diff, 1e-3);  // a guidance scale that is not 1 changes the samples
 }
 
@@ -193,27 +193,28 @@ TEST(BadInput, ClearErrors) {
   };
   MlpConfig m3 = small_model();
   m3.data_dim = 3;
-  expect_error([&] { Trainer(Model(m3, 0), data, small_train()); }, "dims");
+  expect_error([&] { Trainer(Model(m3, 0), data, small_train(), test::on_cpu()); }, "dims");
   Dataset nan_data = data;
   nan_data.x[7] = NAN;
-  expect_error([&] { Trainer(Model(small_model(), 0), nan_data, small_train()); }, "nan");
+  expect_error([&] { Trainer(Model(small_model(), 0), nan_data, small_train(), test::on_cpu()); }, "nan");
   Dataset inf_data = data;
   inf_data.x[3] = INFINITY;
-  expect_error([&] { Trainer(Model(small_model(), 0), inf_data, small_train()); }, "inf");
+  expect_error([&] { Trainer(Model(small_model(), 0), inf_data, small_train(), test::on_cpu()); }, "inf");
   Dataset empty = data;
   empty.n = 0;
   empty.x.clear();
   empty.labels.clear();
-  expect_error([&] { Trainer(Model(small_model(), 0), empty, small_train()); }, "empty");
+  expect_error([&] { Trainer(Model(small_model(), 0), empty, small_train(), test::on_cpu()); }, "empty");
   Dataset bad_labels = data;
   bad_labels.labels[4] = 9;
-  expect_error([&] { Trainer(Model(small_model(2), 0), bad_labels, small_train()); }, "label");
-  TrainConfig bf16 = small_train();
+  expect_error([&] { Trainer(Model(small_model(2), 0), bad_labels, small_train(), test::on_cpu()); },
+               "label");
+  RunOptions bf16 = test::on_cpu();
   bf16.precision = Precision::BF16;
-  expect_error([&] { Trainer(Model(small_model(), 0), data, bf16); }, "bf16");
+  expect_error([&] { Trainer(Model(small_model(), 0), data, small_train(), bf16); }, "bf16");
   TrainConfig bad_lr = small_train();
   bad_lr.optim.lr = -1;
-  expect_error([&] { Trainer(Model(small_model(), 0), data, bad_lr); }, "learning rate");
+  expect_error([&] { Trainer(Model(small_model(), 0), data, bad_lr, test::on_cpu()); }, "learning rate");
   MlpConfig odd = small_model();
   odd.time_features = 3;
   expect_error([&] { Model(odd, 0); }, "time_features");
@@ -223,9 +224,9 @@ TEST(BadInput, ClearErrors) {
   sc.labels = {5};
   expect_error([&] { sample(Model(small_model(2), 0), sc); }, "label 5");
   if (!cuda_built() || cuda_devices().empty()) {
-    TrainConfig cuda = small_train();
+    RunOptions cuda;
     cuda.device = Device::CUDA;
-    expect_error([&] { Trainer(Model(small_model(), 0), data, cuda); }, "cuda");
+    expect_error([&] { Trainer(Model(small_model(), 0), data, small_train(), cuda); }, "cuda");
   }
 }
 

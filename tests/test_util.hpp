@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cufm/device.hpp"
 #include "cufm/error.hpp"
 
 namespace cufm::test {
@@ -49,6 +50,14 @@ double norm2(const V& v) {
   return std::sqrt(s);
 }
 
+// Where the CPU tests run: the CPU backend, fp32, `threads` threads (0: all cores).
+inline cufm::RunOptions on_cpu(int threads = 0) {
+  cufm::RunOptions run;
+  run.device = cufm::Device::CPU;
+  run.threads = threads;
+  return run;
+}
+
 // Runs f, which must throw cufm::Error, and returns the message.
 template <typename F>
 std::string error_of(F&& f) {
@@ -68,8 +77,9 @@ class TempDir {
     namespace fs = std::filesystem;
     const fs::path base = fs::temp_directory_path();
     for (unsigned i = 0;; ++i) {
-      fs::path candidate = base / ("cufm_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
-                                   "_" + std::to_string(reinterpret_cast<uintptr_t>(this) + i));
+      fs::path candidate =
+          base / ("cufm_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
+                  std::to_string(reinterpret_cast<uintptr_t>(this) + i));
       if (fs::create_directory(candidate)) {
         path_ = candidate.string();
         break;
@@ -86,7 +96,8 @@ class TempDir {
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   std::vector<std::string> entries() const {
     std::vector<std::string> out;
-    for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename().string());
+    for (const auto& e : std::filesystem::directory_iterator(path_))
+      out.push_back(e.path().filename().string());
     return out;
   }
 

@@ -189,7 +189,6 @@ TrainConfig recipe_from(const TrainArgs& a) {
       a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
   tc.path.logit_mean = a.logit_mean;
   tc.path.logit_std = a.logit_std;
-  tc.threads = a.threads;
   tc.optim.lr_schedule = parse_lr_schedule(a.lr_schedule);
   tc.optim.warmup_steps = a.warmup_steps;
   tc.optim.decay_steps =

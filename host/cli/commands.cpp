@@ -248,9 +248,10 @@ int run_train(const TrainArgs& a) {
     model = model_from(a);
     tc = recipe_from(a);
   }
-  tc.device = parse_device(a.device);
-  tc.precision = parse_precision(a.precision);
-  tc.threads = clamp_threads(a.threads, "train");
+  RunOptions run;  // where this run goes, whatever the checkpoint's ran on
+  run.device = parse_device(a.device);
+  run.precision = parse_precision(a.precision);
+  run.threads = clamp_threads(a.threads, "train");
   if (a.resume && state.step >= a.steps) {
     std::fprintf(stderr, "the checkpoint is at step %llu, already >= --steps %llu: nothing to do\n",
                  static_cast<unsigned long long>(state.step), static_cast<unsigned long long>(a.steps));
@@ -267,7 +268,8 @@ int run_train(const TrainArgs& a) {
                  "--conditional needs labelled data (--labels for a .npy file)");
     model.num_classes = a.conditional ? data.num_classes : 0;
   }
-  Trainer trainer = a.resume ? Trainer(model, state, data, tc) : Trainer(Model(model, tc.seed), data, tc);
+  Trainer trainer =
+      a.resume ? Trainer(model, state, data, tc, run) : Trainer(Model(model, tc.seed), data, tc, run);
   std::fprintf(stderr, "training %s on %s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
                model.input_dim());
   for (int w : model.hidden) std::fprintf(stderr, "%d-", w);

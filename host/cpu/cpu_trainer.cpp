@@ -12,8 +12,9 @@ namespace {
 
 class CpuTrainer final : public TrainBackend {
  public:
-  CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state)
-      : model_(model), config_(config), data_(data), state_(std::move(state)) {
+  CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state,
+             int threads)
+      : model_(model), config_(config), threads_(threads), data_(data), state_(std::move(state)) {
     complete_state(model_, config_, state_);
     grads_.assign(state_.params.size(), 0.0f);
     dout_.resize(static_cast<size_t>(config_.batch_size) * model_.data_dim);
@@ -21,12 +22,12 @@ class CpuTrainer final : public TrainBackend {
   }
 
   void run(uint64_t n) override {
-    cpu::set_threads(config_.threads);
+    cpu::set_threads(threads_);
     for (uint64_t i = 0; i < n; ++i) one_step();
   }
 
   float step_given(const FlowBatch& b) override {
-    cpu::set_threads(config_.threads);
+    cpu::set_threads(threads_);
     loss_ =
         cpu::loss_grad_given(model_, state_.params.data(), b, config_.path.sigma_min, given_, grads_.data());
     update();
@@ -62,6 +63,7 @@ class CpuTrainer final : public TrainBackend {
 
   MlpConfig model_;
   TrainConfig config_;
+  int threads_;   // 0: all cores
   Dataset data_;  // a copy: the caller's may not outlive the trainer
   TrainState state_;
   cpu::PreparedBatch batch_;
@@ -74,8 +76,8 @@ class CpuTrainer final : public TrainBackend {
 }  // namespace
 
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
-                                               const Dataset& data, TrainState state) {
-  return std::make_unique<CpuTrainer>(model, config, data, std::move(state));
+                                               const Dataset& data, TrainState state, int threads) {
+  return std::make_unique<CpuTrainer>(model, config, data, std::move(state), threads);
 }
 
 }  // namespace cufm::detail

@@ -59,7 +59,7 @@ class CudaTrainer final : public TrainBackend {
     // refuse early, with numbers, when they cannot all fit.
     const size_t data_bytes = static_cast<size_t>(data.n) * data.dim * sizeof(float) +
                               (model.num_classes > 0 ? static_cast<size_t>(data.n) * sizeof(int32_t) : 0);
-    const bool bf16 = config.precision == Precision::BF16;
+    const bool bf16 = options.precision == Precision::BF16;
     size_t widths = layout_.in_pad[0];
     for (int w : layout_.out_pad) widths += static_cast<size_t>(w);
     const size_t model_bytes =
@@ -213,7 +213,7 @@ class CudaTrainer final : public TrainBackend {
       ema_ = DeviceBuffer(pbytes, "the EMA weights", s);
       upload(ema_, pe.data(), pbytes, s);
     }
-    if (config.precision == Precision::BF16) {
+    if (options_.precision == Precision::BF16) {
       params_bf16_ = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights", s);
       cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), np, s);
     }
@@ -225,9 +225,9 @@ class CudaTrainer final : public TrainBackend {
     loss_ws_ = DeviceBuffer(kernels::fm_loss_grad_workspace_bytes(config.batch_size, model.data_dim),
                             "the loss workspace", s);
     adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace", s);
-    mlp_ = std::make_unique<cuda::LtMlp>(model, config.precision, config.batch_size, cuda::MlpMode::Training,
-                                         params_.as<float>(), params_bf16_.as<__nv_bfloat16>(),
-                                         grads_.as<float>(), s);
+    mlp_ = std::make_unique<cuda::LtMlp>(model, options_.precision, config.batch_size,
+                                         cuda::MlpMode::Training, params_.as<float>(),
+                                         params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
@@ -299,8 +299,10 @@ std::unique_ptr<TrainBackend> make_cuda_trainer_with(const MlpConfig& model, con
 }
 
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const TrainConfig& config,
-                                                const Dataset& data, TrainState state) {
-  return make_cuda_trainer_with(model, config, data, std::move(state), CudaTrainerOptions{});
+                                                const Dataset& data, TrainState state, Precision precision) {
+  CudaTrainerOptions options;
+  options.precision = precision;
+  return make_cuda_trainer_with(model, config, data, std::move(state), options);
 }
 
 std::string cuda_trainer_describe(const TrainBackend& backend) {

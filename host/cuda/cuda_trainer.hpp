@@ -14,6 +14,7 @@ enum class StepLaunch : int {
 };
 
 struct CudaTrainerOptions {
+  Precision precision = Precision::FP32;  // the layers' (RunOptions::precision)
   StepLaunch launch = StepLaunch::Graph;
   size_t memory_limit = 0;  // bytes the dataset may take on the device; 0: the GPU's free memory
 };

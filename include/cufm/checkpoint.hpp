@@ -20,7 +20,7 @@ struct Checkpoint {
   MlpConfig model;
   TrainConfig train;
   TrainState state;
-  std::string dataset;   // the training data's name or path, for information
+  std::string dataset;  // the training data's name or path, for information
 
   Model to_model(Weights which = Weights::Trained) const;
 };

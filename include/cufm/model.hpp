@@ -20,11 +20,11 @@
 namespace cufm {
 
 struct MlpConfig {
-  int data_dim = 2;                                 // D
-  std::vector<int> hidden = {512, 512, 512, 512};   // widths of the hidden layers
+  int data_dim = 2;                                // D
+  std::vector<int> hidden = {512, 512, 512, 512};  // widths of the hidden layers
   Activation activation = Activation::SiLU;
-  int time_features = 0;                            // 0: raw t; K > 0 (even): K sinusoids
-  int num_classes = 0;                              // 0: unconditional
+  int time_features = 0;  // 0: raw t; K > 0 (even): K sinusoids
+  int num_classes = 0;    // 0: unconditional
 
   // Throws cufm::Error naming the first bad field.
   void validate() const;

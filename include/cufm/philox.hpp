@@ -94,11 +94,11 @@ CUFM_HD float det_exp(float x) {
 
 // sin and cos of 2*pi*turns for turns in [0, 1).
 CUFM_HD void det_sincos_turns(float turns, float& s, float& c) {
-  const float q4 = rn_mul(turns, 4.0f);          // exact
-  const int quadrant = static_cast<int>(q4);      // 0..3
+  const float q4 = rn_mul(turns, 4.0f);                // exact
+  const int quadrant = static_cast<int>(q4);           // 0..3
   float f = rn_sub(q4, static_cast<float>(quadrant));  // exact, in [0, 1)
   const bool swap = f > 0.5f;
-  if (swap) f = rn_sub(1.0f, f);                  // exact; angle now in [0, pi/4]
+  if (swap) f = rn_sub(1.0f, f);  // exact; angle now in [0, pi/4]
   const float a = rn_mul(f, 1.57079632679f);
   const float a2 = rn_mul(a, a);
   // Taylor series to a^11 / a^12: error < (pi/4)^13/13! ~ 7e-12.
@@ -122,15 +122,29 @@ CUFM_HD void det_sincos_turns(float turns, float& s, float& c) {
     cos_a = tmp;
   }
   switch (quadrant) {
-    case 0: s = sin_a; c = cos_a; break;
-    case 1: s = cos_a; c = -sin_a; break;
-    case 2: s = -sin_a; c = -cos_a; break;
-    default: s = -cos_a; c = sin_a; break;
+    case 0:
+      s = sin_a;
+      c = cos_a;
+      break;
+    case 1:
+      s = cos_a;
+      c = -sin_a;
+      break;
+    case 2:
+      s = -sin_a;
+      c = -cos_a;
+      break;
+    default:
+      s = -cos_a;
+      c = sin_a;
+      break;
   }
 }
 
 // Uniform in [0, 1) with 24 random bits, and in (0, 1] for a logarithm's argument.
-CUFM_HD float uniform01(uint32_t r) { return static_cast<float>(r >> 8) * 5.9604644775390625e-8f; }
+CUFM_HD float uniform01(uint32_t r) {
+  return static_cast<float>(r >> 8) * 5.9604644775390625e-8f;
+}
 CUFM_HD float uniform01_open0(uint32_t r) {
   return static_cast<float>((r >> 8) + 1u) * 5.9604644775390625e-8f;
 }

@@ -47,15 +47,14 @@ struct OptimConfig {
 const char* to_string(LrSchedule s);
 LrSchedule parse_lr_schedule(const std::string& s);
 
+// The training recipe: what a checkpoint records and a resume continues. Where it runs (device,
+// precision, threads) is the RunOptions given to the Trainer, and may differ from run to run.
 struct TrainConfig {
   int batch_size = 4096;
   uint64_t seed = 0;
   PathConfig path;
   OptimConfig optim;
   float label_dropout = 0.1f;  // per-sample probability of the null class (conditional models)
-  Device device = Device::Auto;
-  Precision precision = Precision::FP32;
-  int threads = 0;  // CPU backend threads; 0: all cores
 
   void validate() const;
 };
@@ -93,15 +92,18 @@ class TrainBackend;
 // every call runs there whatever device is current at the time. Not thread-safe.
 class Trainer {
  public:
-  // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0.
-  Trainer(const Model& model, const Dataset& data, const TrainConfig& config);
+  // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0. run:
+  // the device (Auto: the GPU when there is a usable one), the layers' precision (GPU) and the CPU
+  // backend's threads.
+  Trainer(const Model& model, const Dataset& data, const TrainConfig& config, const RunOptions& run = {});
   // Resumes from a saved state (a checkpoint's).
   Trainer(const MlpConfig& model_config, const TrainState& state, const Dataset& data,
-          const TrainConfig& config);
+          const TrainConfig& config, const RunOptions& run = {});
   // A trainer without a dataset: every step takes the caller's batch (step(batch)); step(), run()
   // and fit() refuse. Resumable from a state as above.
-  Trainer(const Model& model, const TrainConfig& config);
-  Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config);
+  Trainer(const Model& model, const TrainConfig& config, const RunOptions& run = {});
+  Trainer(const MlpConfig& model_config, const TrainState& state, const TrainConfig& config,
+          const RunOptions& run = {});
   ~Trainer();
   Trainer(Trainer&&) noexcept;
   Trainer& operator=(Trainer&&) noexcept;
@@ -127,6 +129,7 @@ class Trainer {
   uint64_t step_count() const;
   Device device() const { return device_; }
   const TrainConfig& config() const { return config_; }
+  const RunOptions& run_options() const { return run_; }
   const MlpConfig& model_config() const { return model_config_; }
   TrainState state() const;  // copies the state to the host
   Model model() const;       // the current weights
@@ -135,6 +138,7 @@ class Trainer {
  private:
   MlpConfig model_config_;
   TrainConfig config_;
+  RunOptions run_;
   Device device_ = Device::CPU;
   bool has_data_ = true;
   std::unique_ptr<detail::TrainBackend> backend_;

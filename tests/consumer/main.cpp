@@ -1,8 +1,7 @@
 // A project outside cuFM that finds the installed package and trains a few steps.
-#include <cufm/cufm.hpp>
-
 #include <cmath>
 #include <cstdio>
+#include <cufm/cufm.hpp>
 
 int main() {
   const cufm::Dataset data = cufm::make_toy("moons", 1000, 0);
@@ -10,8 +9,9 @@ int main() {
   mlp.hidden = {32, 32};
   cufm::TrainConfig cfg;
   cfg.batch_size = 128;
-  cfg.device = cufm::Device::CPU;
-  cufm::Trainer trainer(cufm::Model(mlp, 0), data, cfg);
+  cufm::RunOptions run;
+  run.device = cufm::Device::CPU;
+  cufm::Trainer trainer(cufm::Model(mlp, 0), data, cfg, run);
   const float loss = trainer.step();
   std::printf("consumer: cuFM %s (config.hpp: %s, CUDA backend %d), loss %.4f\n", cufm::version().c_str(),
               CUFM_VERSION_STRING, CUFM_HAS_CUDA, loss);

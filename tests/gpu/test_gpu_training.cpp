@@ -48,11 +48,17 @@ MlpConfig plain_mlp(std::vector<int> hidden) {
   return mc;
 }
 
-TrainConfig train_config(Precision p) {
+RunOptions on(Device d, Precision p = Precision::FP32) {
+  RunOptions r;
+  r.device = d;
+  r.precision = p;
+  return r;
+}
+
+TrainConfig train_config() {
   TrainConfig c;
   c.batch_size = test::pick(512, 64);
   c.seed = 2024;
-  c.precision = p;
   c.optim.lr = 1e-3f;
   c.optim.eps = 1e-3f;
   c.optim.grad_clip = 0.5f;
@@ -82,13 +88,9 @@ TEST_P(GpuVsCpu, LossesAndWeightsAgree) {
   mc.num_classes = rc.classes;
   const Model init(mc, 7);
   const Dataset data = data_for(mc.data_dim, rc.classes);
-  TrainConfig cpu_cfg = train_config(Precision::FP32);
+  TrainConfig cpu_cfg = train_config();
   cpu_cfg.path.time_sampling = rc.ts;
-  cpu_cfg.device = Device::CPU;
-  TrainConfig gpu_cfg = cpu_cfg;
-  gpu_cfg.device = Device::CUDA;
-  gpu_cfg.precision = rc.precision;
-  Trainer cpu(init, data, cpu_cfg), gpu(init, data, gpu_cfg);
+  Trainer cpu(init, data, cpu_cfg, on(Device::CPU)), gpu(init, data, cpu_cfg, on(Device::CUDA, rc.precision));
   ASSERT_EQ(gpu.device(), Device::CUDA);
   double loss_rtol = 1e-5, w_atol = 1e-5, w_rtol = 1e-4;
   if (rc.precision == Precision::TF32) loss_rtol = 1e-2, w_atol = 1e-3, w_rtol = 1e-2;
@@ -176,10 +178,11 @@ TEST_P(Determinism, GraphEqualsEagerAndRunsRepeat) {
   mc.num_classes = 3;
   mc.time_features = 8;
   const Dataset data = data_for(2, 3);
-  const TrainConfig cfg = train_config(GetParam());
+  const TrainConfig cfg = train_config();
   const TrainState init{0, Model(mc, 3).params(), {}, {}, {}};
   const int steps = test::pick(5, 2);
   detail::CudaTrainerOptions graph, eager;
+  graph.precision = eager.precision = GetParam();
   eager.launch = detail::StepLaunch::Eager;
   const TrainRun g1 = run_backend(mc, cfg, data, init, steps, graph);
   const TrainRun e1 = run_backend(mc, cfg, data, init, steps, eager);
@@ -255,10 +258,8 @@ TEST(GpuTrainBatch, MatchesCpu) {
     tc.seed = 42;
     tc.label_dropout = 0.2f;
     tc.optim.eps = 1e-3f;  // smooth in the gradient (see the top of this file)
-    tc.device = Device::CPU;
-    Trainer cpu(model, tc);
-    tc.device = Device::CUDA;
-    Trainer gpu(model, tc);
+    Trainer cpu(model, tc, on(Device::CPU));
+    Trainer gpu(model, tc, on(Device::CUDA));
     const Dataset data = data_for(3, classes, 4096);
     for (int k = 0; k < 5; ++k) {
       DataBatch b;
@@ -277,10 +278,8 @@ TEST(GpuTrainBatch, MatchesCpu) {
     b.size = tc.batch_size;
     b.x1 = data.x.data();
     b.labels = classes > 0 ? data.labels.data() : nullptr;
-    Trainer mixed(model, data, tc);
-    TrainConfig on_cpu = tc;
-    on_cpu.device = Device::CPU;
-    Trainer mixed_cpu(model, data, on_cpu);
+    Trainer mixed(model, data, tc, on(Device::CUDA));
+    Trainer mixed_cpu(model, data, tc, on(Device::CPU));
     mixed.run(2);
     mixed_cpu.run(2);
     const float lg = mixed.step(b), lc = mixed_cpu.step(b);
@@ -297,7 +296,7 @@ TEST(GpuTraining, ResumeContinuesExactly) {
   CUFM_REQUIRE_GPU();
   const MlpConfig mc = plain_mlp({32, 32});
   const Dataset data = data_for(2, 0);
-  const TrainConfig cfg = train_config(Precision::FP32);
+  const TrainConfig cfg = train_config();
   const TrainState init{0, Model(mc, 5).params(), {}, {}, {}};
   const detail::CudaTrainerOptions opt;
   const TrainRun straight = run_backend(mc, cfg, data, init, 5, opt);
@@ -310,9 +309,8 @@ TEST(GpuTraining, ResumeContinuesExactly) {
 TEST(GpuTraining, RunEnqueuesWithoutReadingBack) {
   CUFM_REQUIRE_GPU();
   const MlpConfig mc = plain_mlp({32});
-  TrainConfig cfg = train_config(Precision::FP32);
-  cfg.device = Device::CUDA;
-  Trainer t(Model(mc, 1), data_for(2, 0), cfg);
+  TrainConfig cfg = train_config();
+  Trainer t(Model(mc, 1), data_for(2, 0), cfg, on(Device::CUDA));
   t.run(20);
   EXPECT_EQ(t.step_count(), 20u);
   const float l = t.loss();
@@ -328,10 +326,9 @@ TEST(GpuTraining, OversizeDatasetThrowsCufmError) {
   // 32 MiB cuBLASLt workspace fit, and so do 1000 points; 2M points (16 MB) do not.
   opt.memory_limit = size_t{40} << 20;
   const TrainState state{0, Model(mc, 1).params(), {}, {}, {}};
-  EXPECT_NO_THROW(
-      detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0, 1000), state, opt));
+  EXPECT_NO_THROW(detail::make_cuda_trainer_with(mc, train_config(), data_for(2, 0, 1000), state, opt));
   try {
-    detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0, 2000000), state, opt);
+    detail::make_cuda_trainer_with(mc, train_config(), data_for(2, 0, 2000000), state, opt);
     FAIL() << "expected cufm::Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("the dataset needs 15 MiB"), std::string::npos) << e.what();
@@ -349,9 +346,8 @@ TEST(GpuTrainingDeathTest, DeviceFaultIsACufmError) {
     bool caught = false;
     {
       const MlpConfig mc = plain_mlp({16});
-      TrainConfig cfg = train_config(Precision::FP32);
-      cfg.device = Device::CUDA;
-      Trainer trainer(Model(mc, 1), data_for(2, 0), cfg);
+      TrainConfig cfg = train_config();
+      Trainer trainer(Model(mc, 1), data_for(2, 0), cfg, on(Device::CUDA));
       trainer.run(2);
       (void)trainer.loss();
       // fm_prepare reading its data from the first pages of the address space, which neither the
@@ -392,14 +388,13 @@ TEST(GpuTraining, RunsOnItsOwnDeviceWhateverIsCurrent) {
   }
   const MlpConfig mc = plain_mlp({32});
   const Dataset data = data_for(2, 0);
-  TrainConfig cfg = train_config(Precision::FP32);
-  cfg.device = Device::CUDA;
+  TrainConfig cfg = train_config();
   SampleConfig sc;
   sc.count = 100;
   sc.device = Device::CUDA;
   const auto train_and_sample = [&](int create_on, int run_on) {
     CUFM_CUDA_CHECK(cudaSetDevice(create_on));
-    Trainer t(Model(mc, 1), data, cfg);
+    Trainer t(Model(mc, 1), data, cfg, on(Device::CUDA));
     Sampler sampler;
     (void)sampler.sample(Model(mc, 2), sc);  // binds the sampler to create_on
     CUFM_CUDA_CHECK(cudaSetDevice(run_on));
@@ -421,7 +416,7 @@ TEST(GpuTraining, RunsOnItsOwnDeviceWhateverIsCurrent) {
 TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
   CUFM_REQUIRE_GPU();
   const MlpConfig mc = plain_mlp({16});
-  EXPECT_THROW(detail::make_cuda_trainer_with(mc, train_config(Precision::FP32), data_for(2, 0),
+  EXPECT_THROW(detail::make_cuda_trainer_with(mc, train_config(), data_for(2, 0),
                                               TrainState{0, std::vector<float>(5, 0.1f), {}, {}, {}},
                                               detail::CudaTrainerOptions{}),
                Error);
