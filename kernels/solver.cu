@@ -25,15 +25,7 @@ int blocks_for(int64_t work, int cap) {
   return grid_for(work, kThreads, cap);
 }
 
-// The CPU's combine(): acc = sum_j a_j k_j left to right, then x + h acc (x absent: 0 + h acc).
-__device__ __forceinline__ float combine_at(const StageCombination& c, int64_t i) {
-  float acc = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kMaxStages; ++j) {
-    if (j < c.terms) acc += c.a[j] * c.k[j][i];
-  }
-  return (c.x ? c.x[i] : 0.0f) + c.h * acc;
-}
+using hd::combine_at;  // the CPU backend's combination, to the bit
 
 // Block sum then, in the last block to finish, the blocks' sums in order into *out.
 __device__ __forceinline__ void finish_sum(double s, double* out, unsigned int* counter, double* partials) {
@@ -158,8 +150,7 @@ void stage_input(const StageCombination& comb, float t, const ModelInput& in, fl
   CUFM_REQUIRE(
       in.n >= 1 && in.dim >= 1 && in.input && (in.copies == 1 || in.copies == 2),
       "stage_input: bad model input (n " << in.n << ", dim " << in.dim << ", copies " << in.copies << ")");
-  const int width =
-      in.dim + hd::time_feature_count(in.time_features) + (in.num_classes > 0 ? in.num_classes + 1 : 0);
+  const int width = hd::input_width(in.dim, in.time_features, in.num_classes);
   CUFM_REQUIRE(in.ld >= width, "stage_input: ld " << in.ld << " is below the input width " << width);
   const int per_row = (in.dim + 3) / 4 + (in.ld - in.dim + 3) / 4;
   const int blocks = blocks_for(in.n * per_row, 65535);

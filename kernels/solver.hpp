@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cufm/math.hpp"
 #include "kernels/dtype.hpp"
 
 namespace cufm::cuda {
@@ -13,16 +14,11 @@ namespace cufm::cuda {
 // x0[i, d] = normal4(seed, kSamplerNoiseStream, i, d / 4)[d % 4]: cufm::sampler_noise on the device.
 void sampler_noise(uint64_t seed, int64_t count, int dim, float* x0, cudaStream_t stream);
 
-constexpr int kMaxStages = 7;
+constexpr int kMaxStages = hd::kMaxStages;
 
-// y = x + h * sum_j a[j] k[j], as the CPU's combine() (accumulate left to right, then x + h acc).
-struct StageCombination {
-  const float* x = nullptr;         // [n, dim]; nullptr reads as zeros
-  const float* k[kMaxStages] = {};  // [n, dim] each
-  float a[kMaxStages] = {};
-  int terms = 0;
-  float h = 0.0f;
-};
+// y = x + h * sum_j a[j] k[j] over [n, dim] arrays (x nullptr reads as zeros), evaluated with
+// hd::combine_at as the CPU backend does.
+using StageCombination = hd::Combination;
 
 // The model input for a velocity evaluation at time t of the stage point y (written to y_out too
 // when given). Guided: 2n rows, the conditional rows then the same points with the null class.

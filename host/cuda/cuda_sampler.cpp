@@ -25,6 +25,7 @@
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
+#include "host/solver_driver.hpp"
 #include "kernels/convert.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/solver.hpp"
@@ -35,18 +36,6 @@ namespace {
 
 using cuda::DeviceBuffer;
 using cuda::StageCombination;
-
-StageCombination comb(const float* x, float h, std::initializer_list<std::pair<float, const float*>> terms) {
-  StageCombination c;
-  c.x = x;
-  c.h = h;
-  for (const auto& [a, k] : terms) {
-    c.a[c.terms] = a;
-    c.k[c.terms] = k;
-    ++c.terms;
-  }
-  return c;
-}
 
 // What the model's plans and buffers depend on.
 struct ShapeKey {
@@ -188,7 +177,8 @@ class CudaSampler {
     } else if (m.num_classes > 0 && cfg.labels.size() == 1) {
       input_.label_all = cfg.labels[0];
     }
-    for (int i = 0; i < stages(cfg.solver); ++i) ensure(k_[i], elems_ * sizeof(float), "solver stages");
+    for (int i = 0; i < solver_stages(cfg.solver); ++i)
+      ensure(k_[i], elems_ * sizeof(float), "solver stages");
     // The host copies above read padded_ and cfg.labels: let them finish before either can change.
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
@@ -245,54 +235,39 @@ class CudaSampler {
     ++evaluations_;
   }
   float* k(int i) { return k_[i].as<float>(); }
-  static int stages(Solver solver) {
-    switch (solver) {
-      case Solver::Euler:
-        return 1;
-      case Solver::Midpoint:
-      case Solver::Heun:
-        return 2;
-      case Solver::RK4:
-        return 4;
-      default:
-        return cuda::kMaxStages;  // Dormand-Prince
+
+  // The driver's backend (host/solver_driver.hpp) on the device: stage points fused into the model
+  // input (eval), the updates and the error norm in solver_update, all on one stream; the norms
+  // read back one scalar each.
+  struct DeviceSteps {
+    CudaSampler& sampler;
+    cudaStream_t stream;
+    SampleResult* res;  // nullptr: no trajectory points (the fixed steps keep theirs in slots)
+    void eval(float t, const StageCombination& c, float* k, float* y_out) {
+      sampler.eval(t, c, k, y_out, stream);
     }
-  }
+    void update(const StageCombination& c, float* x_out) {
+      cuda::solver_update(c, sampler.elems_, x_out, nullptr, 0.0f, 0.0f, nullptr, nullptr, stream);
+    }
+    double update_with_error(const StageCombination& y, float* y_out, const StageCombination& err) {
+      cuda::solver_update(y, sampler.elems_, y_out, &err, sampler.cfg_->atol, sampler.cfg_->rtol,
+                          sampler.err_sum_.as<double>(), sampler.workspace_.get(), stream);
+      return sampler.read_rms();
+    }
+    double norm(const float* e, const float* x) { return sampler.rms(e, x, nullptr); }
+    void record(float t, const float* x) {
+      if (res) sampler.record(*res, t, x);
+    }
+  };
 
   // One fixed step from slot(i) to slot(i + 1), enqueued (or captured) on s.
   void enqueue_step(int i, int steps, const std::function<float*(int)>& slot, cudaStream_t s) {
-    const float t = hd::fixed_step_time(cfg_->t0, cfg_->t1, i, steps);
-    const float tn = hd::fixed_step_time(cfg_->t0, cfg_->t1, i + 1, steps);
-    const float h = tn - t;
-    const float* x = slot(i);
-    float* xn = slot(i + 1);
-    float* y = y_.as<float>();
-    const StageCombination at_x = comb(x, 0.0f, {});
-    StageCombination update;
-    switch (cfg_->solver) {
-      case Solver::Euler:
-        eval(t, at_x, k(0), nullptr, s);
-        update = comb(x, h, {{1.0f, k(0)}});
-        break;
-      case Solver::Midpoint:
-        eval(t, at_x, k(0), nullptr, s);
-        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-        update = comb(x, h, {{1.0f, k(1)}});
-        break;
-      case Solver::Heun:
-        eval(t, at_x, k(0), nullptr, s);
-        eval(tn, comb(x, h, {{1.0f, k(0)}}), k(1), y, s);
-        update = comb(x, h, {{0.5f, k(0)}, {0.5f, k(1)}});
-        break;
-      default:  // RK4
-        eval(t, at_x, k(0), nullptr, s);
-        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(0)}}), k(1), y, s);
-        eval(t + 0.5f * h, comb(x, 0.5f * h, {{1.0f, k(1)}}), k(2), y, s);
-        eval(tn, comb(x, h, {{1.0f, k(2)}}), k(3), y, s);
-        update = comb(x, h, {{1.0f / 6, k(0)}, {1.0f / 3, k(1)}, {1.0f / 3, k(2)}, {1.0f / 6, k(3)}});
-        break;
-    }
-    cuda::solver_update(update, elems_, xn, nullptr, 0.0f, 0.0f, nullptr, nullptr, s);
+    float* k_ptr[cuda::kMaxStages];
+    for (int j = 0; j < cuda::kMaxStages; ++j) k_ptr[j] = k(j);
+    DeviceSteps b{*this, s, nullptr};
+    fixed_step(b, fixed_tableau(cfg_->solver), hd::fixed_step_time(cfg_->t0, cfg_->t1, i, steps),
+               hd::fixed_step_time(cfg_->t0, cfg_->t1, i + 1, steps), slot(i), slot(i + 1), k_ptr,
+               y_.as<float>());
   }
 
   void fixed_steps(SampleResult& res) {
@@ -333,7 +308,7 @@ class CudaSampler {
     for (const cuda::CudaGraph& g : graphs_) g.launch(s);
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     res.accepted_steps = steps;
-    evaluations_ = static_cast<int64_t>(steps) * stages(cfg_->solver);
+    evaluations_ = static_cast<int64_t>(steps) * solver_stages(cfg_->solver);
     final_x_ = slot(steps);
     if (keep) {
       for (int i = 0; i <= steps; ++i) res.times.push_back(hd::fixed_step_time(cfg_->t0, cfg_->t1, i, steps));
@@ -368,72 +343,16 @@ class CudaSampler {
     CUFM_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
   }
 
-  // Dormand-Prince 5(4), step for step the CPU's controller (host/sampler.cpp).
+  // Dormand-Prince 5(4): the driver's controller, as on the CPU.
   void dopri5(SampleResult& res) {
-    namespace dp = hd::dopri5;
-    cudaStream_t s = stream_.get();
-    const float atol = cfg_->atol, rtol = cfg_->rtol;
-    const dp::Direction dir(cfg_->t0, cfg_->t1);
-    const float length = dir.length;
-    float* x = x_.as<float>();
-    float* y = y_.as<float>();
-    float* k1 = k(0);
-    float* k7 = k(6);
-    float s_done = 0.0f;  // the distance from t0 covered so far
-    record(res, dir.t0, x);
-    eval(dir.t0, comb(x, 0.0f, {}), k1, nullptr, s);
-    float h;
-    {
-      const double d0 = rms(x, x, nullptr), d1 = rms(k1, x, nullptr);
-      const double h0 = dp::first_guess(d0, d1, length);
-      eval(dir.at(s_done, static_cast<float>(h0)), comb(x, dir.step(static_cast<float>(h0)), {{1.0f, k1}}),
-           k(1), y, s);
-      cuda::solver_update(comb(k(1), 1.0f, {{-1.0f, k1}}), elems_, k(2), nullptr, 0, 0, nullptr, nullptr, s);
-      const double d2 = rms(k(2), x, nullptr) / h0;
-      h = dp::initial_step(h0, d1, d2, length);
-    }
-    while (s_done < length) {
-      CUFM_REQUIRE(res.accepted_steps + res.rejected_steps < cfg_->max_steps,
-                   "dopri5 did not reach t = " << dir.t1 << " within max_steps = " << cfg_->max_steps
-                                               << " (at t = " << dir.time(s_done)
-                                               << "): loosen atol/rtol or raise max_steps");
-      if (s_done + h > length || length - (s_done + h) < 1e-6f * length) h = length - s_done;
-      const float hs = dir.step(h);
-      float* k2 = k(1);
-      float* k3 = k(2);
-      float* k4 = k(3);
-      float* k5 = k(4);
-      float* k6 = k(5);
-      eval(dir.at(s_done, dp::c2 * h), comb(x, hs, {{dp::a21, k1}}), k2, nullptr, s);
-      eval(dir.at(s_done, dp::c3 * h), comb(x, hs, {{dp::a31, k1}, {dp::a32, k2}}), k3, nullptr, s);
-      eval(dir.at(s_done, dp::c4 * h), comb(x, hs, {{dp::a41, k1}, {dp::a42, k2}, {dp::a43, k3}}), k4,
-           nullptr, s);
-      eval(dir.at(s_done, dp::c5 * h),
-           comb(x, hs, {{dp::a51, k1}, {dp::a52, k2}, {dp::a53, k3}, {dp::a54, k4}}), k5, nullptr, s);
-      eval(dir.at(s_done, h),
-           comb(x, hs, {{dp::a61, k1}, {dp::a62, k2}, {dp::a63, k3}, {dp::a64, k4}, {dp::a65, k5}}), k6,
-           nullptr, s);
-      const StageCombination y_comb =
-          comb(x, hs, {{dp::b1, k1}, {dp::b3, k3}, {dp::b4, k4}, {dp::b5, k5}, {dp::b6, k6}});
-      eval(dir.at(s_done, h), y_comb, k7, y, s);
-      const StageCombination e_comb = comb(
-          nullptr, hs, {{dp::e1, k1}, {dp::e3, k3}, {dp::e4, k4}, {dp::e5, k5}, {dp::e6, k6}, {dp::e7, k7}});
-      // Rewrites y with the same bits and reduces the scaled error against (x, y).
-      cuda::solver_update(y_comb, elems_, y, &e_comb, atol, rtol, err_sum_.as<double>(), workspace_.get(), s);
-      const double e = read_rms();
-      if (e <= 1.0) {
-        s_done = (s_done + h >= length) ? length : s_done + h;
-        std::swap(x, y);
-        std::swap(k1, k7);  // first same as last
-        ++res.accepted_steps;
-        record(res, dir.time(s_done), x);
-      } else {
-        ++res.rejected_steps;
-      }
-      h *= dp::step_factor(e);
-      dp::check_step(h, dir.time(s_done), length);
-    }
-    final_x_ = x;
+    float* k_ptr[cuda::kMaxStages];
+    for (int j = 0; j < cuda::kMaxStages; ++j) k_ptr[j] = k(j);
+    DeviceSteps b{*this, stream_.get(), &res};
+    StepCounts counts;
+    final_x_ =
+        detail::dopri5(b, cfg_->t0, cfg_->t1, cfg_->max_steps, x_.as<float>(), y_.as<float>(), k_ptr, counts);
+    res.accepted_steps = counts.accepted;
+    res.rejected_steps = counts.rejected;
   }
 
   const int64_t max_chunk_;

@@ -206,12 +206,59 @@ CUFM_HD float guided(float v_null, float v_cond, float w) {
   return v_null + w * (v_cond - v_null);
 }
 
+// ---- the solvers' stage combinations ---------------------------------------------------------
+// y = x + h * sum_j a[j] k[j], elementwise over arrays of one length (x nullptr reads as zeros):
+// every stage point, step update and error estimate of every solver, on both backends. The sum
+// runs left to right, then x + h acc, each operation rounded once.
+constexpr int kMaxStages = 7;
+struct Combination {
+  const float* x = nullptr;
+  const float* k[kMaxStages] = {};
+  float a[kMaxStages] = {};
+  int terms = 0;
+  float h = 0.0f;
+};
+
+CUFM_HD float combine_at(const Combination& c, int64_t i) {
+  float acc = 0.0f;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int j = 0; j < kMaxStages; ++j) {
+    if (j < c.terms) acc = rn_add(acc, rn_mul(c.a[j], c.k[j][i]));
+  }
+  return rn_add(c.x ? c.x[i] : 0.0f, rn_mul(c.h, acc));
+}
+
 // ---- fixed-step solvers -------------------------------------------------------------------
 // The time of fixed step i of `steps` over [t0, t1] (either direction): t0 + span * i / steps,
 // exactly t1 at the end. Both backends' loops and trajectories use it.
 inline float fixed_step_time(float t0, float t1, int i, int steps) {
   return i == steps ? t1 : t0 + (t1 - t0) * static_cast<float>(i) / static_cast<float>(steps);
 }
+
+// Euler, midpoint, Heun and RK4 as tableaux. Stage i runs at t + c h (c = 1: the step's end time
+// itself) on x + (scale h) sum_j a_j k_j; the update is x + h sum_j b_j k_j (zero weights left
+// out). Written with the scale that each method's textbook form uses, so that both backends and
+// earlier releases round the same way.
+struct FixedStage {
+  float c, scale;
+  float a[3];
+};
+struct FixedTableau {
+  int stages;
+  FixedStage stage[4];
+  float b[4];
+};
+namespace tableau {
+constexpr FixedTableau euler{1, {{0.0f, 0.0f, {}}}, {1.0f}};
+constexpr FixedTableau midpoint{2, {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}}, {0.0f, 1.0f}};
+constexpr FixedTableau heun{2, {{0.0f, 0.0f, {}}, {1.0f, 1.0f, {1.0f}}}, {0.5f, 0.5f}};
+constexpr FixedTableau rk4{
+    4,
+    {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}, {0.5f, 0.5f, {0.0f, 1.0f}}, {1.0f, 1.0f, {0.0f, 0.0f, 1.0f}}},
+    {1.0f / 6, 1.0f / 3, 1.0f / 3, 1.0f / 6}};
+}  // namespace tableau
 
 // ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b

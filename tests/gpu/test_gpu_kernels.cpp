@@ -468,13 +468,13 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   mi.ld = ld;
   const float t = 0.3125f;
   cuda::stage_input(c, t, mi, yd.get(), nullptr);
+  // The CPU twin: the same combination over the host arrays (hd::combine_at, the CPU solvers' own).
+  cuda::StageCombination host_c = c;
+  host_c.x = x.data();
+  host_c.k[0] = k0.data();
+  host_c.k[1] = k1.data();
   std::vector<float> y(e), want(static_cast<size_t>(2 * n) * ld, 0.0f);
-  for (size_t i = 0; i < e; ++i) {
-    float acc = 0.0f;
-    acc += 0.3f * k0[i];
-    acc += -0.7f * k1[i];
-    y[i] = x[i] + 0.125f * acc;
-  }
+  for (size_t i = 0; i < e; ++i) y[i] = hd::combine_at(host_c, static_cast<int64_t>(i));
   for (int64_t i = 0; i < n; ++i) {
     cpu::write_input_row(model, y.data() + i * dim, t, labels[i], want.data() + i * ld);
     cpu::write_input_row(model, y.data() + i * dim, t, model.null_class(), want.data() + (n + i) * ld);
@@ -511,10 +511,10 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   DeviceArray<float> xn(e);
   cuda::solver_update(c, static_cast<int64_t>(e), xn.get(), &err, 1e-3f, 1e-3f, sum.get(), ws.get(), nullptr);
   double sum_ref = 0.0;
+  const cuda::StageCombination host_err = one_term(nullptr, k1.data(), 0.01f, 0.125f);
   for (size_t i = 0; i < e; ++i) {
-    float acc = 0.0f;
-    acc += 0.01f * k1[i];
-    sum_ref += hd::scaled_error_sq(0.0f + 0.125f * acc, x[i], y[i], 1e-3f, 1e-3f);
+    sum_ref +=
+        hd::scaled_error_sq(hd::combine_at(host_err, static_cast<int64_t>(i)), x[i], y[i], 1e-3f, 1e-3f);
   }
   EXPECT_TRUE(test::bits_equal(xn.download().data(), y.data(), e));
   EXPECT_NEAR(sum.download()[0], sum_ref, 1e-12 * sum_ref);
@@ -603,13 +603,12 @@ TEST(Sampler, UpdateOverManyGridRounds) {
   cuda::solver_update(c, static_cast<int64_t>(e), xn.get(), &err, 1e-3f, 1e-3f, sum.get(), ws.get(), nullptr);
   std::vector<float> want(e);
   double sum_ref = 0.0;
-  for (size_t i = 0; i < e; ++i) {
-    float acc = 0.0f;
-    acc += 1.0f * k[i];
-    want[i] = x[i] + 0.05f * acc;
-    float eacc = 0.0f;
-    eacc += 0.02f * k[i];
-    sum_ref += hd::scaled_error_sq(0.0f + 0.05f * eacc, x[i], want[i], 1e-3f, 1e-3f);
+  const cuda::StageCombination host_c = one_term(x.data(), k.data(), 1.0f, 0.05f),
+                               host_err = one_term(nullptr, k.data(), 0.02f, 0.05f);
+  for (size_t i = 0; i < e; ++i) {  // the CPU twin: hd::combine_at over the host arrays
+    want[i] = hd::combine_at(host_c, static_cast<int64_t>(i));
+    sum_ref +=
+        hd::scaled_error_sq(hd::combine_at(host_err, static_cast<int64_t>(i)), x[i], want[i], 1e-3f, 1e-3f);
   }
   EXPECT_TRUE(test::bits_equal(xn.download().data(), want.data(), e));
   const double s1 = sum.download()[0];
