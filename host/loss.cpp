@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "host/backend.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/philox.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "cufm/error.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/philox.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 

@@ -7,8 +7,8 @@
 #include <cstring>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/philox.hpp"
 #include "host/backend.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"

@@ -16,7 +16,7 @@
 #include <utility>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "cufm/sampler.hpp"
 
 namespace cufm::detail {

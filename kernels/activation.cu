@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <initializer_list>
 
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "kernels/activation.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"

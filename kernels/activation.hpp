@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "kernels/column_sum_order.hpp"
 #include "kernels/dtype.hpp"
 

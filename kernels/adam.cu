@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "kernels/adam.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
@@ -85,8 +85,8 @@ void adam_prepare(const OptimConfig& optim, const float* grads, size_t n, AdamDe
   const size_t reduce_n = optim.grad_clip > 0.0f ? n : 0;
   const int blocks = reduce_n > 0 ? kNormBlocks : 1;
   const ReductionWorkspace rw = reduction_workspace(workspace);
-  adam_prepare_kernel<<<blocks, kThreads, 0, stream>>>(optim.hyper(), grads, reduce_n, state, rw.counter,
-                                                       rw.partials);
+  adam_prepare_kernel<<<blocks, kThreads, 0, stream>>>(hd::adam_hyper(optim), grads, reduce_n, state,
+                                                       rw.counter, rw.partials);
   CUFM_CUDA_CHECK_LAUNCH("adam_prepare_kernel");
 }
 

@@ -7,8 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cufm/math.hpp"
-#include "cufm/trainer.hpp"
+#include "cufm/detail/optim.hpp"
 
 namespace cufm::cuda {
 

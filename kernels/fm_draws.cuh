@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/philox.hpp"
 #include "cufm/kernels.hpp"
-#include "cufm/math.hpp"
-#include "cufm/philox.hpp"
 
 namespace cufm::kernels {
 

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 
+#include "cufm/detail/math.hpp"
 #include "cufm/kernels.hpp"
-#include "cufm/math.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
 #include "kernels/fm_draws.cuh"

@@ -7,8 +7,8 @@
 // combinations round exactly as the CPU's combine().
 #include <algorithm>
 
-#include "cufm/math.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/philox.hpp"
 #include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
 #include "kernels/grid_sum.cuh"

@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "kernels/dtype.hpp"
 
 namespace cufm::cuda {

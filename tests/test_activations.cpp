@@ -8,7 +8,7 @@
 #include <sstream>
 #include <string>
 
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 
 namespace {
 

@@ -23,7 +23,7 @@
 
 #include "cufm/checkpoint.hpp"
 #include "cufm/error.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/philox.hpp"
 #include "test_util.hpp"
 
 namespace {

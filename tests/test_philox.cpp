@@ -5,8 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "cufm/math.hpp"
-#include "cufm/philox.hpp"
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/philox.hpp"
 
 namespace {
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cufm/cufm.hpp"
+#include "cufm/detail/path.hpp"
 #include "test_util.hpp"
 
 namespace {

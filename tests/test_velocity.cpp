@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/velocity.hpp"
 #include "test_util.hpp"

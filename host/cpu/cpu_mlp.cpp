@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cufm/detail/math.hpp"
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/cpu/cpu_simd.hpp"
 

@@ -9,9 +9,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/optim.hpp"
+#include "cufm/detail/philox.hpp"
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
-#include "cufm/philox.hpp"
 #include "host/cpu/cpu_simd.hpp"
 
 namespace cufm::cpu {
@@ -162,7 +163,7 @@ float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& 
 }
 
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm) {
-  return hd::adam_coeffs(o.hyper(), t, grad_norm);
+  return hd::adam_coeffs(hd::adam_hyper(o), t, grad_norm);
 }
 
 double l2_norm(const float* g, size_t n) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cufm/dataset.hpp"
+#include "cufm/detail/math.hpp"
 #include "cufm/loss.hpp"
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"

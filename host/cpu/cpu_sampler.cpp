@@ -5,8 +5,8 @@
 #include <cmath>
 #include <vector>
 
+#include "cufm/detail/math.hpp"
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/solver_driver.hpp"
 

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "cufm/sampler.hpp"
 #include "host/backend.hpp"
 #include "host/cuda/cuda_graph.hpp"

@@ -20,7 +20,7 @@
 #include <cstring>
 
 #include "cufm/error.hpp"
-#include "cufm/math.hpp"
+#include "cufm/detail/math.hpp"
 #include "cufm/trainer.hpp"
 
 namespace cufm::cuda {

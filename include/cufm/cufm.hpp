@@ -11,7 +11,6 @@
 #include "cufm/metrics.hpp"
 #include "cufm/model.hpp"
 #include "cufm/path.hpp"
-#include "cufm/philox.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 #include "cufm/velocity.hpp"

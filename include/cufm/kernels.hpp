@@ -17,7 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cufm/math.hpp"
+#include "cufm/path.hpp"  // TimeSampling
 
 namespace cufm::kernels {
 

@@ -10,7 +10,7 @@
 
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
-#include "cufm/math.hpp"
+#include "cufm/math.hpp"  // Activation, LrSchedule
 #include "cufm/model.hpp"
 #include "cufm/path.hpp"
 
@@ -25,22 +25,12 @@ struct OptimConfig {
   float weight_decay = 0.0f;
   float grad_clip = 0.0f;  // > 0: clip the global gradient norm to this value
   float ema_decay = 0.0f;  // > 0: keep an exponential moving average of the weights
-  // The learning rate's schedule (hd::scheduled_lr): linear warm-up over warmup_steps, then
+  // The learning rate's schedule: linear warm-up over warmup_steps, then
   // constant, or a cosine or linear decay from lr to min_lr over decay_steps (>= 1 for those).
   LrSchedule lr_schedule = LrSchedule::Constant;
   uint64_t warmup_steps = 0;
   uint64_t decay_steps = 0;
   float min_lr = 0.0f;
-
-  // The values the shared update (hd::adam_coeffs, hd::adam_update) reads.
-  hd::AdamHyper hyper() const {
-    hd::AdamHyper h{lr, beta1, beta2, eps, weight_decay, grad_clip, ema_decay, kind == Optimizer::AdamW};
-    h.schedule = lr_schedule;
-    h.warmup_steps = warmup_steps;
-    h.decay_steps = decay_steps;
-    h.min_lr = min_lr;
-    return h;
-  }
 };
 
 // "constant", "cosine", "linear".

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "cufm/hd.hpp"
+#include "cufm/detail/hd.hpp"
 
 namespace cufm {
 
