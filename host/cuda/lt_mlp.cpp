@@ -330,38 +330,61 @@ const void* LtMlp::bias_for_epilogue(int l, bool fp32_output) const {
                                                 : static_cast<const void*>(params_bf16_ + layout_.b_off[l]);
 }
 
-void LtMlp::build(cudaStream_t stream) {
-  const PaddedLayout& L = layout_;
-  const int n_layers = L.layers;
-  const size_t esize = dtype_size(act_type_);
-  const cudaDataType_t T = act_type_ == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-  const cublasComputeType_t compute =
-      precision_ == Precision::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const size_t rows = static_cast<size_t>(rows_);
-  const size_t max_w = static_cast<size_t>(L.max_width_pad());
-  const Activation act = config_.activation;
-  const bool training = mode_ == MlpMode::Training;
-  const bool fusable_act = epilogues_.activation;
+// LtMlp::build's planning, in three parts (forward, input gradient, weight gradient), over what
+// every plan reads: the layout, the GEMMs' types and the workspace.
+struct LtMlp::Planner {
+  LtMlp& m;
+  cudaStream_t stream;
+  const PaddedLayout& L;
+  size_t esize;
+  cudaDataType_t T;
+  cublasComputeType_t compute;
+  size_t rows;
+  Activation act;
+  bool training, fusable_act;
+  void* ws;
 
-  workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace", stream);
-  input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input", stream);
-  output_ = DeviceBuffer(rows * L.out_pad.back() * sizeof(float), "the model output", stream);
-  if (training) {
-    dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient", stream);
-    grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
-    grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
-    const size_t colsum_floats = column_sum_workspace_floats(rows_, static_cast<int>(max_w));
-    if (colsum_floats > 0) {
-      column_sum_ws_ = DeviceBuffer(colsum_floats * sizeof(float), "the bias-gradient workspace", stream);
+  Planner(LtMlp& mlp, cudaStream_t s)
+      : m(mlp),
+        stream(s),
+        L(mlp.layout_),
+        esize(dtype_size(mlp.act_type_)),
+        T(mlp.act_type_ == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F),
+        compute(mlp.precision_ == Precision::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F),
+        rows(static_cast<size_t>(mlp.rows_)),
+        act(mlp.config_.activation),
+        training(mlp.mode_ == MlpMode::Training),
+        fusable_act(mlp.epilogues_.activation),
+        ws(nullptr) {}
+
+  // The buffers: the input, the output and the workspace; in training the gradients' ping-pong
+  // buffers and column_sum's partials, in inference the activations' scratch.
+  void allocate() {
+    const size_t max_w = static_cast<size_t>(L.max_width_pad());
+    m.workspace_ = DeviceBuffer(kWorkspaceBytes, "the cuBLASLt workspace", stream);
+    m.input_ = DeviceBuffer(rows * L.in_pad[0] * esize, "the model input", stream);
+    m.output_ = DeviceBuffer(rows * L.out_pad.back() * sizeof(float), "the model output", stream);
+    if (training) {
+      m.dout_ = DeviceBuffer(rows * L.out_pad.back() * esize, "the output gradient", stream);
+      m.grad_a_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
+      m.grad_b_ = DeviceBuffer(rows * max_w * esize, "activation gradients", stream);
+      const size_t colsum_floats = column_sum_workspace_floats(m.rows_, static_cast<int>(max_w));
+      if (colsum_floats > 0) {
+        m.column_sum_ws_ = DeviceBuffer(colsum_floats * sizeof(float), "the bias-gradient workspace", stream);
+      }
+    } else {
+      m.scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
+      m.scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
+      m.scratch_z_ = DeviceBuffer(rows * max_w * esize, "pre-activations", stream);
     }
-  } else {
-    scratch_a_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
-    scratch_b_ = DeviceBuffer(rows * max_w * esize, "activations", stream);
-    scratch_z_ = DeviceBuffer(rows * max_w * esize, "pre-activations", stream);
+    ws = m.workspace_.get();
   }
-  void* ws = workspace_.get();
 
-  auto forward_spec = [&](int l, const void* x, void* d, bool last) {
+  std::unique_ptr<LtGemm> gemm(const GemmSpec& s) {
+    return LtGemm::try_create(m.handle_, s, ws, kWorkspaceBytes, stream, &m.refusals_);
+  }
+
+  GemmSpec forward_spec(int l, const void* x, void* d, bool last) const {
     GemmSpec s;
     s.compute = compute;
     s.ta = CUBLAS_OP_T;
@@ -373,63 +396,65 @@ void LtMlp::build(cudaStream_t stream) {
     s.d_type = last ? CUDA_R_32F : T;
     s.lda = s.ldb = L.in_pad[l];
     s.ldd = L.out_pad[l];
-    s.a = weight(l);
+    s.a = m.weight(l);
     s.b = x;
     s.d = d;
     return s;
-  };
+  }
+
   // The unfused forward of a layer: bias epilogue into z (else plain GEMM + bias in the kernel).
-  auto build_unfused_forward = [&](int l, Layer& ly, const void* x) {
+  void unfused_forward(int l, Layer& ly, const void* x) {
     if (training && !ly.last && ly.z.get() == nullptr) {  // the activation kernels read z back
       ly.z = DeviceBuffer(rows * static_cast<size_t>(L.out_pad[l]) * esize, "pre-activations", stream);
       ly.zp = ly.z.get();
     }
     GemmSpec s = forward_spec(l, x, ly.zp, ly.last);
     ly.fwd = nullptr;
-    if (epilogues_.bias) {
+    if (m.epilogues_.bias) {
       s.epilogue = CUBLASLT_EPILOGUE_BIAS;
-      s.bias = const_cast<void*>(bias_for_epilogue(l, ly.last));
-      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
+      s.bias = const_cast<void*>(m.bias_for_epilogue(l, ly.last));
+      ly.fwd = gemm(s);
     }
     ly.bias_fused = ly.fwd != nullptr;
     ly.act_fused = false;
     if (!ly.fwd) {
       s.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
       s.bias = nullptr;
-      ly.fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
+      ly.fwd = gemm(s);
     }
-    CUFM_REQUIRE(ly.fwd, "cuBLASLt has no algorithm for layer " << l << " (" << L.out_pad[l] << " x " << rows_
-                                                                << " x " << L.in_pad[l] << ", precision "
-                                                                << to_string(precision_)
+    CUFM_REQUIRE(ly.fwd, "cuBLASLt has no algorithm for layer " << l << " (" << L.out_pad[l] << " x "
+                                                                << m.rows_ << " x " << L.in_pad[l]
+                                                                << ", precision " << to_string(m.precision_)
                                                                 << "): try precision fp32 or other widths");
-  };
+  }
 
-  // ---- forward plans ----
-  for (int l = 0; l < n_layers; ++l) {
+  // Layer l's forward: the activation (and its aux output) fused into the GEMM where the policy
+  // and cuBLASLt allow, else the unfused forward.
+  void forward(int l) {
     auto ly = std::make_unique<Layer>();
-    ly->last = l == n_layers - 1;
-    const void* x = l == 0 ? input_.get() : layer_[l - 1]->y;
+    ly->last = l == L.layers - 1;
+    const void* x = l == 0 ? m.input_.get() : m.layer_[l - 1]->y;
     const size_t width = static_cast<size_t>(L.out_pad[l]);
     if (ly->last) {
-      ly->y = ly->zp = output_.get();
-      build_unfused_forward(l, *ly, x);
+      ly->y = ly->zp = m.output_.get();
+      unfused_forward(l, *ly, x);
     } else {
       if (training) {
         ly->a = DeviceBuffer(rows * width * esize, "activations", stream);
         ly->y = ly->a.get();
         // The pre-activation: GELU's epilogue writes it as its aux output; a fused ReLU keeps a
-        // bit mask instead, and an unfused layer gets z in build_unfused_forward.
+        // bit mask instead, and an unfused layer gets z in unfused_forward.
         if (fusable_act && act == Activation::GELU) {
           ly->z = DeviceBuffer(rows * width * esize, "pre-activations", stream);
           ly->zp = ly->z.get();
         }
       } else {
-        ly->y = (l % 2 == 0) ? scratch_a_.get() : scratch_b_.get();
-        ly->zp = scratch_z_.get();
+        ly->y = (l % 2 == 0) ? m.scratch_a_.get() : m.scratch_b_.get();
+        ly->zp = m.scratch_z_.get();
       }
       if (fusable_act) {
         GemmSpec s = forward_spec(l, x, ly->y, false);
-        s.bias = const_cast<void*>(bias_for_epilogue(l, false));
+        s.bias = const_cast<void*>(m.bias_for_epilogue(l, false));
         if (!training) {
           s.epilogue = act == Activation::ReLU ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_GELU_BIAS;
         } else if (act == Activation::ReLU) {
@@ -443,67 +468,69 @@ void LtMlp::build(cudaStream_t stream) {
           s.aux = ly->zp;
           s.aux_ld = static_cast<int64_t>(width);
         }
-        ly->fwd = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
+        ly->fwd = gemm(s);
         ly->act_fused = ly->bias_fused = ly->fwd != nullptr;
       }
-      if (!ly->fwd) build_unfused_forward(l, *ly, x);
+      if (!ly->fwd) unfused_forward(l, *ly, x);
     }
-    layer_.push_back(std::move(ly));
+    m.layer_.push_back(std::move(ly));
   }
-  if (!training) return;
 
-  // ---- backward plans, from the last layer down ----
-  void* g = dout_.get();
-  for (int l = n_layers - 1; l >= 0; --l) {
-    Layer& ly = *layer_[l];
-    void* g_prev = (g == grad_a_.get()) ? grad_b_.get() : grad_a_.get();
-    if (l > 0) {
-      Layer& prev = *layer_[l - 1];
-      GemmSpec s;
-      s.compute = compute;
-      s.ta = CUBLAS_OP_N;
-      s.tb = CUBLAS_OP_N;
-      s.m = L.in_pad[l];
-      s.n = rows;
-      s.k = L.out_pad[l];
-      s.a_type = s.b_type = s.d_type = T;
-      s.lda = L.in_pad[l];
-      s.ldb = L.out_pad[l];
-      s.ldd = L.in_pad[l];
-      s.a = weight(l);
-      s.b = g;
-      s.d = g_prev;
-      if (prev.act_fused) {
-        // The derivative of the previous layer's activation in this GEMM's epilogue, with that
-        // layer's bias gradient too (BGRAD) where the gradient buffer's type allows: cuBLASLt's bias
-        // gradient has the output's type, and in bf16 the fp32 gradient comes from BGRADB instead.
-        const bool relu = act == Activation::ReLU;
-        GemmSpec f = s;
-        f.aux = relu ? prev.mask.get() : prev.zp;
-        f.aux_ld = relu ? prev.mask_ld : L.out_pad[l - 1];
-        if (act_type_ == DType::F32 && epilogues_.bias && epilogues_.derivative) {
-          f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
-          f.bias = grads_ + L.b_off[l - 1];
-          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
-          prev.db_from_next_dx = ly.dx != nullptr;
-        }
-        if (!ly.dx && epilogues_.derivative) {
-          f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU : CUBLASLT_EPILOGUE_DGELU;
-          f.bias = nullptr;
-          ly.dx = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
-        }
-        if (!ly.dx) {
-          // No fused derivative: the previous layer's forward stores z and runs the kernels instead.
-          const void* px = l - 1 == 0 ? input_.get() : layer_[l - 2]->y;
-          build_unfused_forward(l - 1, prev, px);
-          prev.mask = DeviceBuffer();
-        }
+  // dX of layer l (l > 0) from its output gradient g into g_prev, with the previous layer's
+  // activation derivative (and bias gradient) fused where allowed; a refused derivative re-plans
+  // the previous layer's forward unfused.
+  void input_gradient(int l, void* g, void* g_prev) {
+    Layer& ly = *m.layer_[l];
+    Layer& prev = *m.layer_[l - 1];
+    GemmSpec s;
+    s.compute = compute;
+    s.ta = CUBLAS_OP_N;
+    s.tb = CUBLAS_OP_N;
+    s.m = L.in_pad[l];
+    s.n = rows;
+    s.k = L.out_pad[l];
+    s.a_type = s.b_type = s.d_type = T;
+    s.lda = L.in_pad[l];
+    s.ldb = L.out_pad[l];
+    s.ldd = L.in_pad[l];
+    s.a = m.weight(l);
+    s.b = g;
+    s.d = g_prev;
+    if (prev.act_fused) {
+      // The derivative of the previous layer's activation in this GEMM's epilogue, with that
+      // layer's bias gradient too (BGRAD) where the gradient buffer's type allows: cuBLASLt's bias
+      // gradient has the output's type, and in bf16 the fp32 gradient comes from BGRADB instead.
+      const bool relu = act == Activation::ReLU;
+      GemmSpec f = s;
+      f.aux = relu ? prev.mask.get() : prev.zp;
+      f.aux_ld = relu ? prev.mask_ld : L.out_pad[l - 1];
+      if (m.act_type_ == DType::F32 && m.epilogues_.bias && m.epilogues_.derivative) {
+        f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU_BGRAD : CUBLASLT_EPILOGUE_DGELU_BGRAD;
+        f.bias = m.grads_ + L.b_off[l - 1];
+        ly.dx = gemm(f);
+        prev.db_from_next_dx = ly.dx != nullptr;
       }
-      if (!ly.dx) ly.dx = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
-      CUFM_REQUIRE(ly.dx, "cuBLASLt has no algorithm for the input gradient of layer "
-                              << l << " at precision " << to_string(precision_) << ": try precision fp32");
+      if (!ly.dx && m.epilogues_.derivative) {
+        f.epilogue = relu ? CUBLASLT_EPILOGUE_DRELU : CUBLASLT_EPILOGUE_DGELU;
+        f.bias = nullptr;
+        ly.dx = gemm(f);
+      }
+      if (!ly.dx) {
+        // No fused derivative: the previous layer's forward stores z and runs the kernels instead.
+        const void* px = l - 1 == 0 ? m.input_.get() : m.layer_[l - 2]->y;
+        unfused_forward(l - 1, prev, px);
+        prev.mask = DeviceBuffer();
+      }
     }
-    // dW = X^T G (column-major: dW^T[in, out] = X^T[in, rows] * G[rows, out]).
+    if (!ly.dx) ly.dx = gemm(s);
+    CUFM_REQUIRE(ly.dx, "cuBLASLt has no algorithm for the input gradient of layer "
+                            << l << " at precision " << to_string(m.precision_) << ": try precision fp32");
+  }
+
+  // dW of layer l from its output gradient g: dW = X^T G (column-major: dW^T[in, out] =
+  // X^T[in, rows] * G[rows, out]), with the bias gradient (BGRADB) where it is not the next dX's.
+  void weight_gradient(int l, void* g) {
+    Layer& ly = *m.layer_[l];
     GemmSpec s;
     s.compute = compute;
     s.ta = CUBLAS_OP_N;
@@ -516,20 +543,34 @@ void LtMlp::build(cudaStream_t stream) {
     s.lda = L.in_pad[l];
     s.ldb = L.out_pad[l];
     s.ldd = L.in_pad[l];
-    s.a = l == 0 ? input_.get() : layer_[l - 1]->y;
+    s.a = l == 0 ? m.input_.get() : m.layer_[l - 1]->y;
     s.b = g;
-    s.d = grads_ + L.w_off[l];
+    s.d = m.grads_ + L.w_off[l];
     ly.db_from_dw = !ly.db_from_next_dx;
-    if (ly.db_from_dw && epilogues_.bias) {
+    if (ly.db_from_dw && m.epilogues_.bias) {
       GemmSpec f = s;
       f.epilogue = CUBLASLT_EPILOGUE_BGRADB;
-      f.bias = grads_ + L.b_off[l];
-      ly.dw = LtGemm::try_create(handle_, f, ws, kWorkspaceBytes, stream, &refusals_);
+      f.bias = m.grads_ + L.b_off[l];
+      ly.dw = gemm(f);
       ly.bgradb_fused = ly.dw != nullptr;
     }
-    if (!ly.dw) ly.dw = LtGemm::try_create(handle_, s, ws, kWorkspaceBytes, stream, &refusals_);
+    if (!ly.dw) ly.dw = gemm(s);
     CUFM_REQUIRE(ly.dw, "cuBLASLt has no algorithm for the weight gradient of layer "
-                            << l << " at precision " << to_string(precision_) << ": try precision fp32");
+                            << l << " at precision " << to_string(m.precision_) << ": try precision fp32");
+  }
+};
+
+void LtMlp::build(cudaStream_t stream) {
+  Planner p(*this, stream);
+  p.allocate();
+  for (int l = 0; l < layout_.layers; ++l) p.forward(l);
+  if (mode_ != MlpMode::Training) return;
+  // The backward, from the last layer down, its gradient ping-ponging between two buffers.
+  void* g = dout_.get();
+  for (int l = layout_.layers - 1; l >= 0; --l) {
+    void* g_prev = (g == grad_a_.get()) ? grad_b_.get() : grad_a_.get();
+    if (l > 0) p.input_gradient(l, g, g_prev);
+    p.weight_gradient(l, g);
     g = g_prev;
   }
 }

@@ -99,6 +99,7 @@ class LtMlp {
 
  private:
   struct Layer;
+  struct Planner;  // build()'s forward, input-gradient and weight-gradient planning (lt_mlp.cpp)
   void build(cudaStream_t stream);
   const void* weight(int l) const;
   const void* bias_for_epilogue(int l, bool fp32_output) const;
