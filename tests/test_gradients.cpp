@@ -93,19 +93,19 @@ TEST(LossGradient, MatchesCentralDifferences) {
   tc.batch_size = 5;
   const Dataset data = make_toy("rings", 64, 2);
   cpu::PreparedBatch batch;
-  cpu::prepare_batch(m, tc, data, 3, batch);
+  cpu::fm_prepare(m, tc, data, 3, batch);
   std::vector<float> v(10);
   for (size_t i = 0; i < v.size(); ++i) v[i] = 0.4f * std::sin(static_cast<float>(i));
   std::vector<float> grad(v.size(), NAN);
-  cpu::loss_grad(m, tc, data, 3, batch, v.data(), grad.data());
+  cpu::fm_loss_grad(m, tc, data, 3, batch, v.data(), grad.data());
   std::vector<float> scratch(v.size());
   for (size_t k = 0; k < v.size(); ++k) {
     const float h = 1e-2f;  // the loss is quadratic: central differences are exact up to rounding
     std::vector<float> q = v;
     q[k] += h;
-    const double up = cpu::loss_grad(m, tc, data, 3, batch, q.data(), scratch.data());
+    const double up = cpu::fm_loss_grad(m, tc, data, 3, batch, q.data(), scratch.data());
     q[k] -= 2 * h;
-    const double down = cpu::loss_grad(m, tc, data, 3, batch, q.data(), scratch.data());
+    const double down = cpu::fm_loss_grad(m, tc, data, 3, batch, q.data(), scratch.data());
     EXPECT_NEAR(grad[k], (up - down) / (2 * h), 2e-5) << "element " << k;
   }
 }

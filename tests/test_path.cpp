@@ -71,10 +71,10 @@ TEST(Loss, BatchLossAndGradientMatchDoubleReference) {
   }
   cpu::PreparedBatch batch;
   const uint64_t step = 12;
-  cpu::prepare_batch(m, tc, d5, step, batch);
+  cpu::fm_prepare(m, tc, d5, step, batch);
   std::vector<float> v(tc.batch_size * 5), grad(v.size(), NAN);
   for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37f * static_cast<float>(i));
-  const float loss = cpu::loss_grad(m, tc, d5, step, batch, v.data(), grad.data());
+  const float loss = cpu::fm_loss_grad(m, tc, d5, step, batch, v.data(), grad.data());
 
   double sum = 0.0;
   std::vector<double> want_grad(v.size());
@@ -110,12 +110,12 @@ TEST(Loss, ReductionIsIndependentOfThreadCount) {
   tc.batch_size = 3000;
   Dataset data = make_toy("moons", 500, 1);
   cpu::PreparedBatch batch;
-  cpu::prepare_batch(m, tc, data, 0, batch);
+  cpu::fm_prepare(m, tc, data, 0, batch);
   std::vector<float> v(tc.batch_size * 2, 0.3f), g(v.size());
   cpu::set_threads(1);
-  const float l1 = cpu::loss_grad(m, tc, data, 0, batch, v.data(), g.data());
+  const float l1 = cpu::fm_loss_grad(m, tc, data, 0, batch, v.data(), g.data());
   cpu::set_threads(2);
-  const float l2 = cpu::loss_grad(m, tc, data, 0, batch, v.data(), g.data());
+  const float l2 = cpu::fm_loss_grad(m, tc, data, 0, batch, v.data(), g.data());
   EXPECT_EQ(l1, l2);
 }
 

@@ -32,8 +32,8 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
   write_input_tail(model, t, label, row);
 }
 
-void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
-                   PreparedBatch& out) {
+void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                PreparedBatch& out) {
   const int B = config.batch_size, D = model.data_dim, in = model.input_dim();
   out.input.resize(static_cast<size_t>(B) * in);
   out.t.resize(B);
@@ -91,8 +91,8 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
   }
 }
 
-float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
-                const PreparedBatch& batch, const float* v, float* grad) {
+float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                   const PreparedBatch& batch, const float* v, float* grad) {
   const int B = config.batch_size, D = model.data_dim;
   constexpr int kRows = 256;
   const int blocks = (B + kRows - 1) / kRows;

@@ -25,12 +25,13 @@ struct PreparedBatch {
   std::vector<int32_t> label;   // [B] after dropout (the null class when dropped), or empty
 };
 
-void prepare_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
-                   PreparedBatch& out);
+// The CPU twin of the fm_prepare kernel (kernels/fm_prepare.cu), bit for bit.
+void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                PreparedBatch& out);
 
 // The draws of training step `step` for the caller's batch of B rows (Trainer::step(batch)): row
 // i's t and label dropout from block 0 of its Philox counter and eps from blocks 1.., as
-// prepare_batch draws them; labels_out: the caller's labels, the null class where dropped
+// fm_prepare draws them; labels_out: the caller's labels, the null class where dropped
 // (conditional models; left empty otherwise).
 void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
                 const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
@@ -39,11 +40,12 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
 // Fills row i of the first layer's input from x [D], t and a label (-1: unconditional model).
 void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row);
 
-// Loss and dL/dv for the batch: regenerates eps from the counters, u = x1 - (1 - s) eps,
-// loss = mean((v - u)^2), grad = 2 (v - u) / (B D). The sum runs in a fixed order (blocks of
-// 256 rows, then the blocks in order), so its bits do not depend on the thread count.
-float loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
-                const PreparedBatch& batch, const float* v, float* grad);
+// The CPU twin of the fm_loss_grad kernel. Loss and dL/dv for the batch: regenerates eps from the
+// counters, u = x1 - (1 - s) eps, loss = mean((v - u)^2), grad = 2 (v - u) / (B D). The sum runs
+// in a fixed order (blocks of 256 rows, then the blocks in order), so its bits do not depend on
+// the thread count.
+float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                   const PreparedBatch& batch, const float* v, float* grad);
 
 // The model's velocity at n points, in chunks of 8192 rows (the one CPU evaluation behind
 // Model::forward, VelocityField and the CPU sampler): v [n, D] at x [n, D], with per-row times

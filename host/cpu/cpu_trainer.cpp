@@ -41,9 +41,9 @@ class CpuTrainer final : public TrainBackend {
  private:
   void one_step() {
     const uint64_t step = state_.step;
-    cpu::prepare_batch(model_, config_, data_, step, batch_);
+    cpu::fm_prepare(model_, config_, data_, step, batch_);
     cpu::mlp_forward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, ws_);
-    loss_ = cpu::loss_grad(model_, config_, data_, step, batch_, ws_.out.data(), dout_.data());
+    loss_ = cpu::fm_loss_grad(model_, config_, data_, step, batch_, ws_.out.data(), dout_.data());
     cpu::mlp_backward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, dout_.data(),
                       ws_, grads_.data());
     update();

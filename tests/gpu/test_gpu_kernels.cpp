@@ -64,7 +64,7 @@ TEST_P(FmPrepare, MatchesCpuBitForBit) {
   const Dataset data = random_dataset(523, pc.dim, pc.classes, 5);
   const uint64_t step = 7;
   cpu::PreparedBatch ref;
-  cpu::prepare_batch(model, cfg, data, step, ref);
+  cpu::fm_prepare(model, cfg, data, step, ref);
 
   const int in = model.input_dim(), ld = (in + 7) / 8 * 8, B = cfg.batch_size;
   DeviceArray<float> x(data.x), input(static_cast<size_t>(B) * ld), t(B);
@@ -149,7 +149,7 @@ TEST(FmLossGrad, MatchesCpu) {
     const Dataset data = random_dataset(777, dim, 0, 11);
     const uint64_t step = 3;
     cpu::PreparedBatch batch;
-    cpu::prepare_batch(model, cfg, data, step, batch);
+    cpu::fm_prepare(model, cfg, data, step, batch);
     const int B = cfg.batch_size, ldv = dim + 5, ld = (dim + 7) / 8 * 8;
     SCOPED_TRACE("dim " + std::to_string(dim) + " batch " + std::to_string(B));
     const std::vector<float> v = test::random_floats(static_cast<size_t>(B) * ldv, -2.0f, 2.0f, 3);
@@ -157,7 +157,7 @@ TEST(FmLossGrad, MatchesCpu) {
     for (int i = 0; i < B; ++i)
       std::copy_n(v.begin() + static_cast<size_t>(i) * ldv, dim,
                   v_dense.begin() + static_cast<size_t>(i) * dim);
-    const float loss_ref = cpu::loss_grad(model, cfg, data, step, batch, v_dense.data(), grad_ref.data());
+    const float loss_ref = cpu::fm_loss_grad(model, cfg, data, step, batch, v_dense.data(), grad_ref.data());
 
     DeviceArray<float> x(data.x), v_dev(v), grad(static_cast<size_t>(B) * ld), loss(1);
     DeviceArray<__nv_bfloat16> grad16(static_cast<size_t>(B) * ld);
