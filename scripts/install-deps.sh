@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cuFM needs on Debian/Ubuntu, and only what is missing.
 #   scripts/install-deps.sh          build dependencies
-#   scripts/install-deps.sh --test   also Python's numpy + safetensors for the checkpoint interop test
+#   scripts/install-deps.sh --test   also Python's numpy + safetensors for the checkpoint interop test,
+#                                    and python3-venv + python3-dev for the Python package's build
 # The CUDA toolkit is optional: when nvcc is found (PATH or /usr/local/cuda), the CUDA backend is built.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ want_python=0
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
       libcli11-dev nlohmann-json3-dev libpng-dev python3)
 ((want_python)) && ! python3 -m pip --version >/dev/null 2>&1 && pkgs+=(python3-pip)
+((want_python)) && pkgs+=(python3-venv python3-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

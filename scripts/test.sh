@@ -3,7 +3,9 @@
 #  1. the default build (build/, the CUDA backend when nvcc is found: its gpu tests skip without a
 #     GPU, each naming why) and its whole suite;
 #  2. the CPU backend under AddressSanitizer and UndefinedBehaviorSanitizer (build-sanitize/, the
-#     `sanitize` preset) and its suite, at the smaller sizes CUFM_TEST_SMALL=1 selects.
+#     `sanitize` preset) and its suite, at the smaller sizes CUFM_TEST_SMALL=1 selects;
+#  3. the Python package: `pip install .` into a fresh virtual environment (build-python/venv), then
+#     its pytest suite (tests/python), which compares it with the cufm binary of step 1.
 # Stops at the first failure. About 15 minutes on 2 cores from a clean checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +15,7 @@ ctest --test-dir build --output-on-failure -j"$JOBS"
 cmake --preset sanitize >/dev/null
 cmake --build --preset sanitize -j"$JOBS"
 ctest --preset sanitize -j"$JOBS"
+rm -rf build-python/venv
+python3 -m venv build-python/venv
+build-python/venv/bin/python -m pip install --quiet . pytest
+CUFM_CLI="$PWD/build/cufm" build-python/venv/bin/python -m pytest -ra tests/python

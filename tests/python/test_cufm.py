@@ -1,0 +1,111 @@
+"""The Python package against the C++ API: the same seeds give the same bits as the cufm CLI, arrays
+in and out, the open API (integrate, VelocityField, loss_and_grad, step on a caller's batch) and
+clear errors for bad input."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import cufm
+
+
+def small_config(classes=0):
+    return cufm.MlpConfig(data_dim=2, hidden=[32, 32], time_features=4, num_classes=classes)
+
+
+def test_trains_and_samples_like_the_cli(tmp_path):
+    """The CLI's training and sampling, repeated from Python with the same seeds: the same bits."""
+    cli = os.environ.get("CUFM_CLI")
+    if not cli:
+        pytest.skip("CUFM_CLI is not set (the cufm binary to compare with)")
+    out = tmp_path / "run"
+    subprocess.run([cli, "train", "--data", "moons", "--n-data", "2000", "--hidden", "32,32", "--time-features", "4",
+                    "--batch", "128", "--steps", "30", "--device", "cpu", "--quiet", "--out", str(out)], check=True)
+    subprocess.run([cli, "sample", str(out / "checkpoint.safetensors"), "--count", "300", "--steps", "5",
+                    "--device", "cpu", "--out", str(tmp_path / "s.npy")], check=True)
+    cli_model, train, step = cufm.load_checkpoint(str(out / "checkpoint.safetensors"))
+    assert step == 30
+    data = cufm.make_toy("moons", 2000, 0)
+    trainer = cufm.Trainer(cufm.Model(small_config(), train.seed), data, train, device="cpu")
+    trainer.fit(30)
+    assert np.array_equal(trainer.model().params, cli_model.params)
+    x = cufm.sample(trainer.model(), count=300, steps=5, device="cpu")["x"]
+    assert np.array_equal(x, np.load(tmp_path / "s.npy"))
+
+
+def test_fit_callback_step_on_batches_and_checkpoint(tmp_path):
+    data = cufm.make_toy("8gaussians", 4000, 1)
+    config = cufm.TrainConfig(batch_size=256, seed=3, lr=3e-3)
+    trainer = cufm.Trainer(cufm.Model(small_config(), 3), data, config, device="cpu")
+    seen = []
+    trainer.fit(40, lambda step, total, loss, secs: seen.append((step, total, loss)), every=10)
+    assert [s for s, _, _ in seen] == [10, 20, 30, 40]
+    assert all(total == 40 for _, total, _ in seen)
+    assert seen[-1][2] < seen[0][2]
+    loss = trainer.step(data.x[:256])  # a caller's batch
+    assert np.isfinite(loss) and trainer.step_count == 41
+    trainer.save(str(tmp_path / "c.safetensors"), "8gaussians")
+    model, _, step = cufm.load_checkpoint(str(tmp_path / "c.safetensors"))
+    assert step == 41 and np.array_equal(model.params, trainer.model().params)
+    no_data = cufm.Trainer(cufm.Model(small_config(), 3), config=config, device="cpu")
+    with pytest.raises(cufm.Error, match="pass your batches to step"):
+        no_data.fit(1)
+
+
+def test_integrate_back_and_forth_and_the_field():
+    model = cufm.Model(small_config(classes=3), 5)
+    x = cufm.sample(model, count=200, steps=16, solver="rk4", labels=[1], guidance=2.0, device="cpu")["x"]
+    assert x.shape == (200, 2) and x.dtype == np.float32
+    back = cufm.integrate(model, x, solver="rk4", steps=64, t0=1.0, t1=0.0, labels=[1], guidance=2.0, device="cpu")
+    there = cufm.integrate(model, back["x"], solver="rk4", steps=64, labels=[1], guidance=2.0, device="cpu")
+    assert np.max(np.abs(there["x"] - x)) < 1e-3
+    noise = cufm.integrate(model, back["x"], solver="euler", steps=3, keep_trajectory=True, device="cpu")
+    assert noise["trajectory"].shape == (4, 200, 2) and noise["times"].tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    field = cufm.VelocityField(model, device="cpu")
+    t = np.full(200, 0.25, dtype=np.float32)
+    labels = np.zeros(200, dtype=np.int32)
+    assert np.array_equal(field(0.25, x, labels), model.forward(x, t, labels))
+
+
+def test_loss_and_grad_matches_a_float64_finite_difference():
+    model = cufm.Model(cufm.MlpConfig(data_dim=2, hidden=[8]), 2)
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(16, 2)).astype(np.float32)
+    eps = rng.normal(size=(16, 2)).astype(np.float32)
+    t = rng.uniform(size=16).astype(np.float32)
+    loss, grad = cufm.loss_and_grad(model, x1, t, eps, device="cpu")
+    params = model.params.astype(np.float64)
+
+    def loss64(p):
+        w0, b0 = p[:24].reshape(8, 3), p[24:32]
+        w1, b1 = p[32:48].reshape(2, 8), p[48:50]
+        xt = t[:, None] * x1 + (1 - t[:, None]) * eps
+        h = np.concatenate([xt, t[:, None]], axis=1) @ w0.T + b0
+        h = h / (1 + np.exp(-h))
+        v = h @ w1.T + b1
+        return np.mean((v - (x1 - eps)) ** 2)
+
+    assert loss == pytest.approx(loss64(params), rel=1e-5)
+    fd = np.array([(loss64(params + d) - loss64(params - d)) / 2e-6 for d in np.eye(params.size) * 1e-6])
+    assert np.allclose(grad, fd, rtol=1e-3, atol=1e-5 * np.abs(fd).max())
+
+
+def test_arrays_converted_or_refused():
+    model = cufm.Model(small_config(), 1)
+    x64 = np.random.default_rng(1).normal(size=(10, 2))  # float64: converted once
+    strided = np.asarray(x64, dtype=np.float32)[::2]  # non-contiguous: converted once
+    field = cufm.VelocityField(model, device="cpu")
+    assert field(0.5, x64).shape == (10, 2)
+    assert field(0.5, strided).shape == (5, 2)
+    with pytest.raises(cufm.Error, match=r"expected a float32 array of shape \[N, 2\]"):
+        field(0.5, np.zeros((4, 3), dtype=np.float32))
+    with pytest.raises(TypeError):
+        field(0.5, "not an array")
+    with pytest.raises(cufm.Error, match=r"x at \(row 0, col 1\) is nan"):
+        cufm.Dataset(np.array([[0.0, np.nan]], dtype=np.float32))
+    with pytest.raises(cufm.Error, match="must lie in"):
+        cufm.integrate(model, np.zeros((3, 2), dtype=np.float32), t1=2.0, device="cpu")
+    with pytest.raises(cufm.Error, match="unknown solver"):
+        cufm.sample(model, solver="rk7")
