@@ -109,3 +109,25 @@ def test_arrays_converted_or_refused():
         cufm.integrate(model, np.zeros((3, 2), dtype=np.float32), t1=2.0, device="cpu")
     with pytest.raises(cufm.Error, match="unknown solver"):
         cufm.sample(model, solver="rk7")
+
+
+def test_ctrl_c_stops_fit_between_steps_with_the_state_intact():
+    """A SIGINT during a long fit raises KeyboardInterrupt at the next callback chunk; the trainer's
+    state is that of the steps done, and it trains on."""
+    import signal
+
+    data = cufm.make_toy("moons", 1000, 0)
+    trainer = cufm.Trainer(cufm.Model(small_config(), 0), data, cufm.TrainConfig(batch_size=64), device="cpu")
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    previous = signal.signal(signal.SIGALRM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(10**9, every=1)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    done = trainer.step_count
+    assert 0 < done < 10**9
+    assert np.all(np.isfinite(trainer.model().params))
+    trainer.step()
+    assert trainer.step_count == done + 1
