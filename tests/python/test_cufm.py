@@ -131,3 +131,14 @@ def test_ctrl_c_stops_fit_between_steps_with_the_state_intact():
     assert np.all(np.isfinite(trainer.model().params))
     trainer.step()
     assert trainer.step_count == done + 1
+
+
+def test_type_stubs_are_installed():
+    """The wheel carries nanobind's stubs (and py.typed) so that editors complete the API."""
+    import pathlib
+
+    package = pathlib.Path(cufm.__file__).parent
+    assert (package / "py.typed").exists()
+    stub = (package / "_cufm.pyi").read_text()
+    for name in ("class Trainer", "def integrate(", "def loss_and_grad(", "class VelocityField", "def sample("):
+        assert name in stub, name
