@@ -71,7 +71,9 @@ else
   SOURCE="built here (Release, sm_$ARCH)"
 fi
 DIRTY=""
-if git -C "$ROOT" status --porcelain 2>/dev/null | grep -v 'gpu-pack' | grep -q .; then
+# Only a build here comes from this checkout; a pack's binaries are its commit's, whatever the copy
+# of the checkout on this machine looks like.
+if [ "$BUILD" != "$PACK" ] && git -C "$ROOT" status --porcelain 2>/dev/null | grep -v 'gpu-pack' | grep -q .; then
   DIRTY=" (the checkout has local changes)"
 fi
 
