@@ -1,6 +1,7 @@
 // A training row's draws, for fm_prepare and fm_loss_grad alike: Philox's from the (seed, step,
-// row) counters (cuFM's own batches), or the caller's (FmBatch::given_t and given_eps: row i takes
-// t[i], eps[i, :] and data row i, with no label dropout).
+// row) counters (cuFM's own batches; with FmBatch::rows_in_order, row i takes data row i), or the
+// caller's (FmBatch::given_t and given_eps: row i takes t[i], eps[i, :] and data row i, with no
+// label dropout).
 #pragma once
 
 #include <cstdint>
@@ -20,8 +21,10 @@ __device__ __forceinline__ uint64_t fm_step(const FmBatch& b) {
 
 __device__ __forceinline__ hd::SampleDraw fm_row_draw(const FmBatch& b, uint64_t step, uint32_t row) {
   if (b.given_t) return hd::SampleDraw{b.given_t[row], row, false};
-  return hd::draw_sample(b.seed, step, row, b.n_data, b.time_sampling, b.logit_mean, b.logit_std,
-                         b.label_dropout);
+  hd::SampleDraw d = hd::draw_sample(b.seed, step, row, b.n_data, b.time_sampling, b.logit_mean, b.logit_std,
+                                     b.label_dropout);
+  if (b.rows_in_order) d.data_index = row;
+  return d;
 }
 
 // eps of columns [4 group, 4 group + 4) of the row (columns past dim read as 0 from the given eps).

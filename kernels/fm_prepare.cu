@@ -74,6 +74,12 @@ void check_draws(const FmBatch& batch, const char* who) {
   CUFM_REQUIRE((batch.given_t == nullptr) == (batch.given_eps == nullptr),
                who << ": set both given_t and given_eps (the caller's draws) or neither");
   CUFM_REQUIRE(batch.given_t || batch.step, who << ": step must point to the step index in device memory");
+  CUFM_REQUIRE(
+      !(batch.given_t && batch.rows_in_order),
+      who << ": rows_in_order takes Philox's draws; the caller's draws (given_t) are in order already");
+  CUFM_REQUIRE(!batch.rows_in_order || batch.n_data == static_cast<uint32_t>(batch.batch),
+               who << ": with rows_in_order, row i is data row i: n_data (" << batch.n_data
+                   << ") must equal batch (" << batch.batch << ")");
   CUFM_REQUIRE(!batch.given_t || batch.n_data == static_cast<uint32_t>(batch.batch),
                who << ": with the caller's draws, row i is data row i: n_data (" << batch.n_data
                    << ") must equal batch (" << batch.batch << ")");

@@ -1,5 +1,6 @@
 // Trainer::step(batch): the caller's batches, with the step's own draws, on a trainer with or
 // without a dataset; its loss is loss_and_grad's on those draws; it learns; it refuses clearly.
+// prepare_flow and flow_mse: the same draws for a model of the caller's own.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -88,6 +89,125 @@ TEST(TrainBatch, FirstLossIsLossAndGradOnTheStepsDraws) {
       EXPECT_GT(std::count(labels.begin(), labels.end(), classes), 0);  // some were dropped
     }
   }
+}
+
+// prepare_flow + the caller's own forward + flow_mse is Trainer::step(batch)'s loss, step after
+// step: the draws a model of one's own gets (cufm.torch.flow_matching_loss) are the trainer's.
+TEST(FlowOps, PrepareFlowAndFlowMseAreTheTrainersStep) {
+  const Dataset data = make_toy("moons", 2000, 3);
+  for (int classes : {0, 2}) {
+    Dataset d = data;
+    if (classes == 0) {
+      d.labels.clear();
+      d.num_classes = 0;
+    }
+    const MlpConfig m = model_config(classes);
+    const TrainConfig tc = train_config();
+    Trainer trainer(Model(m, 8), tc, test::on_cpu(1));
+    StepDraws draws;
+    draws.seed = tc.seed;
+    draws.path = tc.path;
+    draws.num_classes = classes;
+    draws.label_dropout = tc.label_dropout;
+    const int B = tc.batch_size;
+    for (uint64_t step = 0; step < 3; ++step) {
+      const Model current = trainer.model();
+      const DataBatch b = batch_of(d, static_cast<int>(step), B);
+      draws.step = step;
+      std::vector<float> xt(static_cast<size_t>(B) * 2), t(B), v(xt.size()), grad(xt.size());
+      std::vector<int32_t> labels_out(classes > 0 ? B : 0);
+      prepare_flow(draws, B, 2, b.x1, b.labels, xt.data(), t.data(),
+                   classes > 0 ? labels_out.data() : nullptr);
+      current.forward(xt.data(), t.data(), classes > 0 ? labels_out.data() : nullptr, B, v.data());
+      const float loss = flow_mse(draws, B, 2, b.x1, v.data(), grad.data(), 1);
+      const float want = trainer.step(b);
+      EXPECT_NEAR(loss, want, 2e-6 * want) << classes << " classes, step " << step;
+      if (classes > 0) {
+        EXPECT_GT(std::count(labels_out.begin(), labels_out.end(), classes), 0);  // some were dropped
+        for (int i = 0; i < B; ++i) ASSERT_TRUE(labels_out[i] == classes || labels_out[i] == b.labels[i]);
+      }
+    }
+  }
+}
+
+// Against a float64 oracle on the public Philox draws: x_t, t, the loss and dL/dv = 2 (v - u)/(BD),
+// with sigma_min and logit-normal times; the loss's bits do not depend on the thread count.
+TEST(FlowOps, MatchTheFloat64PathOnTheDraws) {
+  const int B = 700, D = 5;  // several of the loss's 256-row blocks, a partial Philox group
+  std::vector<float> x1(static_cast<size_t>(B) * D), v(x1.size());
+  sampler_noise(3, 0, B, D, x1.data());
+  sampler_noise(4, 0, B, D, v.data());
+  StepDraws draws;
+  draws.seed = 77;
+  draws.step = 12;
+  draws.path.sigma_min = 0.05f;
+  draws.path.time_sampling = TimeSampling::LogitNormal;
+  draws.path.logit_mean = 0.2f;
+  draws.path.logit_std = 0.9f;
+  std::vector<float> xt(x1.size()), t(B), grad(x1.size()), grad2(x1.size());
+  prepare_flow(draws, B, D, x1.data(), nullptr, xt.data(), t.data(), nullptr);
+  std::vector<double> xt64(x1.size()), grad64(x1.size());
+  double loss64 = 0.0;
+  const double s = draws.path.sigma_min;
+  for (int i = 0; i < B; ++i) {
+    const hd::SampleDraw sd = hd::draw_sample(draws.seed, draws.step, i, B, draws.path.time_sampling,
+                                              draws.path.logit_mean, draws.path.logit_std, 0.0f);
+    ASSERT_EQ(t[i], sd.t) << "row " << i;
+    for (int g = 0; g < (D + 3) / 4; ++g) {
+      float z[4];
+      rng::normal4(draws.seed, draws.step, i, g, z);
+      for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
+        const size_t j = static_cast<size_t>(i) * D + 4 * g + k;
+        xt64[j] = sd.t * static_cast<double>(x1[j]) + (1.0 - (1.0 - s) * sd.t) * z[k];
+        const double diff = v[j] - (x1[j] - (1.0 - s) * z[k]);
+        grad64[j] = 2.0 * diff / (static_cast<double>(B) * D);
+        loss64 += diff * diff;
+      }
+    }
+  }
+  loss64 /= static_cast<double>(B) * D;
+  EXPECT_TRUE(test::all_close(xt.data(), xt64.data(), xt.size(), 1e-6, 1e-6));
+  const float loss = flow_mse(draws, B, D, x1.data(), v.data(), grad.data(), 1);
+  EXPECT_NEAR(loss, loss64, 1e-6 * loss64);
+  EXPECT_TRUE(test::all_close(grad.data(), grad64.data(), grad.size(), 1e-9, 1e-6));
+  const float loss2 = flow_mse(draws, B, D, x1.data(), v.data(), grad2.data(), 2);
+  EXPECT_EQ(loss, loss2);
+  EXPECT_EQ(grad, grad2);
+  EXPECT_EQ(flow_mse(draws, B, D, x1.data(), v.data(), nullptr), loss);  // the loss alone
+  draws.step = 13;                                                       // another step, other draws
+  EXPECT_NE(flow_mse(draws, B, D, x1.data(), v.data(), nullptr), loss);
+}
+
+TEST(FlowOps, RefusedWithTheReason) {
+  const int B = 4, D = 2;
+  std::vector<float> x1(B * D, 0.5f), xt(B * D), t(B), v(B * D);
+  std::vector<int32_t> labels = {0, 1, 2, 3}, out(B);
+  StepDraws draws;
+  EXPECT_THAT(error_of([&] { prepare_flow(draws, 0, D, x1.data(), nullptr, xt.data(), t.data(), nullptr); }),
+              HasSubstr("prepare_flow: the batch must have [1, 2^31 - 1] rows, got 0"));
+  EXPECT_THAT(error_of([&] { flow_mse(draws, B, 0, x1.data(), v.data(), nullptr); }),
+              HasSubstr("flow_mse: D must be in [1, 65536], got 0"));
+  EXPECT_THAT(
+      error_of([&] { prepare_flow(draws, B, D, x1.data(), labels.data(), xt.data(), t.data(), out.data()); }),
+      HasSubstr("labels given, but num_classes is 0"));
+  draws.num_classes = 2;
+  EXPECT_THAT(
+      error_of([&] { prepare_flow(draws, B, D, x1.data(), labels.data(), xt.data(), t.data(), out.data()); }),
+      HasSubstr("label 3 at row 3 is outside [0, 2]"));
+  EXPECT_THAT(
+      error_of([&] { prepare_flow(draws, B, D, x1.data(), labels.data(), xt.data(), t.data(), nullptr); }),
+      HasSubstr("needs labels_out"));
+  draws.num_classes = 0;
+  x1[5] = NAN;
+  EXPECT_THAT(error_of([&] { prepare_flow(draws, B, D, x1.data(), nullptr, xt.data(), t.data(), nullptr); }),
+              HasSubstr("x1 at row 2, column 1 is not finite"));
+  draws.path.sigma_min = 1.0f;
+  EXPECT_THAT(error_of([&] { flow_mse(draws, B, D, x1.data(), v.data(), nullptr); }),
+              HasSubstr("sigma_min must be in [0, 1), got 1"));
+  draws.path.sigma_min = 0.0f;
+  draws.label_dropout = 2.0f;
+  EXPECT_THAT(error_of([&] { flow_mse(draws, B, D, x1.data(), v.data(), nullptr); }),
+              HasSubstr("label_dropout must be in [0, 1], got 2"));
 }
 
 TEST(TrainBatch, LearnsAndRepeatsAndMixesWithOwnSteps) {

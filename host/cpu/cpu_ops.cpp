@@ -122,6 +122,29 @@ float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Data
   return static_cast<float>(total / (static_cast<double>(B) * D));
 }
 
+float mse_given(int64_t B, int D, const float* v, const float* x1, const float* eps, float sigma_min,
+                float* grad) {
+  // dL/dv = 2 (v - u) / (B D); the loss summed in double per block of 256 rows, then the blocks in
+  // order: the bits do not depend on the thread count.
+  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
+  constexpr int64_t kRows = 256;
+  const int64_t blocks = (B + kRows - 1) / kRows;
+  std::vector<double> partial(blocks);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    double sum = 0.0;
+    for (int64_t j = blk * kRows * D; j < std::min(B, (blk + 1) * kRows) * D; ++j) {
+      const float diff = v[j] - hd::path_target(x1[j], eps[j], sigma_min);
+      if (grad) grad[j] = diff * scale;
+      sum += static_cast<double>(diff) * diff;
+    }
+    partial[blk] = sum;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return static_cast<float>(total / (static_cast<double>(B) * D));
+}
+
 float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& b, float sigma_min,
                       GivenScratch& scratch, float* grads) {
   const int D = m.data_dim, in = m.input_dim();
@@ -138,28 +161,10 @@ float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& 
   }
   MlpWorkspace& ws = scratch.ws;
   mlp_forward(m, params, input.data(), B, ws);
-  // dL/dv = 2 (v - u) / (B D); the loss summed in double per block of 256 rows, then the blocks in
-  // order: the bits do not depend on the thread count.
-  std::vector<float>& dout = scratch.dout;
-  dout.resize(static_cast<size_t>(B) * D);
-  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
-  constexpr int64_t kRows = 256;
-  const int64_t blocks = (B + kRows - 1) / kRows;
-  std::vector<double> partial(blocks);
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    double sum = 0.0;
-    for (int64_t j = blk * kRows * D; j < std::min(B, (blk + 1) * kRows) * D; ++j) {
-      const float diff = ws.out[j] - hd::path_target(b.x1[j], b.eps[j], sigma_min);
-      dout[j] = diff * scale;
-      sum += static_cast<double>(diff) * diff;
-    }
-    partial[blk] = sum;
-  }
-  double total = 0.0;
-  for (double p : partial) total += p;
-  mlp_backward(m, params, input.data(), B, dout.data(), ws, grads);
-  return static_cast<float>(total / (static_cast<double>(B) * D));
+  scratch.dout.resize(static_cast<size_t>(B) * D);
+  const float loss = mse_given(B, D, ws.out.data(), b.x1, b.eps, sigma_min, scratch.dout.data());
+  mlp_backward(m, params, input.data(), B, scratch.dout.data(), ws, grads);
+  return loss;
 }
 
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm) {

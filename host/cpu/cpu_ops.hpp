@@ -75,6 +75,11 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads);
 
+// The MSE of v [B, D] against u = x1 - (1 - sigma_min) eps, and grad = 2 (v - u) / (B D) when
+// non-null: summed in double per block of 256 rows, then the blocks in order.
+float mse_given(int64_t B, int D, const float* v, const float* x1, const float* eps, float sigma_min,
+                float* grad);
+
 // The loss and gradient on a batch with the caller's draws (cufm::loss_and_grad, Trainer::step(batch)):
 // writes every parameter's gradient into grads, returns the loss (summed in a fixed order).
 struct GivenScratch {

@@ -49,6 +49,9 @@ struct FmBatch {
   // are not used (step may be nullptr). What cufm::loss_and_grad runs on the GPU.
   const float* given_t = nullptr;    // DEVICE [batch]
   const float* given_eps = nullptr;  // DEVICE [batch, dim]
+  // Philox's draws of t, eps and label dropout, but row i takes data row i (n_data must equal
+  // batch): a batch of the caller's own, as cufm::prepare_flow and Trainer::step(batch) take it.
+  bool rows_in_order = false;
 };
 
 // The model input's layout: row i = [x_t (D) | time features | one-hot (num_classes + 1) | zeros].

@@ -35,4 +35,30 @@ struct LossGrad {
 LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathConfig& path = {},
                        const RunOptions& run = {});
 
+// The loss for a model of the caller's own (a PyTorch module, say), on the host: cuFM draws a
+// training step's t and eps for the caller's batch, builds x_t, and after the caller's forward
+// pass gives the loss and dL/dv. Row i of the batch is row i of x1 (no resampling), and its draws
+// are the ones Trainer::step(batch) trains on. On the GPU, kernels::fm_prepare and fm_loss_grad
+// with FmBatch::rows_in_order give the same draws, x_t and gradient bit for bit.
+struct StepDraws {
+  uint64_t seed = 0;           // the Philox key
+  uint64_t step = 0;           // the step's index: a new step, new draws
+  PathConfig path;             // sigma_min and how t is drawn
+  int num_classes = 0;         // > 0: the rows carry labels; num_classes is the null class
+  float label_dropout = 0.0f;  // per-row probability of the null class (num_classes > 0)
+};
+
+// HOST arrays: x1 [B, D] in; x_t [B, D] and t [B] out. With num_classes > 0, labels [B] in
+// [0, num_classes] (nullptr: all null) and labels_out [B] gets them after dropout; otherwise both
+// must be nullptr. Throws cufm::Error for a bad argument or a non-finite x1.
+void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, const int32_t* labels,
+                  float* x_t, float* t, int32_t* labels_out);
+
+// HOST arrays: the mean over B*D of (v - u)^2 against the step's target u = x1 - (1 - sigma_min)
+// eps (eps drawn again from the counters, as the GPU's kernel does), and, when grad is non-null,
+// grad [B, D] = dL/dv = 2 (v - u) / (B D). Summed in double in a fixed order: the same bits for
+// any thread count. threads: 0 for all cores.
+float flow_mse(const StepDraws& draws, int64_t B, int D, const float* x1, const float* v, float* grad,
+               int threads = 0);
+
 }  // namespace cufm

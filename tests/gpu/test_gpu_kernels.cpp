@@ -10,6 +10,7 @@
 
 #include "cufm/dataset.hpp"
 #include "cufm/kernels.hpp"
+#include "cufm/loss.hpp"
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "gpu/gpu_test_util.hpp"
@@ -128,6 +129,90 @@ INSTANTIATE_TEST_SUITE_P(Cases, FmPrepare,
                                   "_c" + std::to_string(c.classes) +
                                   (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
                          });
+
+// rows_in_order (the caller's own batch, Philox's draws): x_t, t and the labels after dropout equal
+// cufm::prepare_flow's bit for bit, and fm_loss_grad's gradient flow_mse's, on a conditional batch
+// with several reduction blocks and a partial noise group.
+TEST(FmRowsInOrder, MatchPrepareFlowAndFlowMse) {
+  CUFM_REQUIRE_GPU();
+  const int B = test::pick(3000, 300), D = 5, classes = 3;
+  const std::vector<float> x1 = test::random_floats(static_cast<size_t>(B) * D, -3.0f, 3.0f, 8);
+  const std::vector<float> v = test::random_floats(x1.size(), -2.0f, 2.0f, 9);
+  std::vector<int32_t> labels(B);
+  for (int i = 0; i < B; ++i) labels[i] = i % (classes + 1);  // the null class too
+  StepDraws draws;
+  draws.seed = 31;
+  draws.step = 6;
+  draws.path.sigma_min = 0.02f;
+  draws.path.time_sampling = TimeSampling::LogitNormal;
+  draws.num_classes = classes;
+  draws.label_dropout = 0.3f;
+  std::vector<float> xt_ref(x1.size()), t_ref(B), grad_ref(x1.size());
+  std::vector<int32_t> labels_ref(B);
+  prepare_flow(draws, B, D, x1.data(), labels.data(), xt_ref.data(), t_ref.data(), labels_ref.data());
+  const float loss_ref = flow_mse(draws, B, D, x1.data(), v.data(), grad_ref.data());
+
+  DeviceArray<float> x(x1), v_dev(v), input(static_cast<size_t>(B) * (D + 1)), t(B), grad(x1.size()), loss(1);
+  DeviceArray<int32_t> labels_dev(labels), label(B);
+  DeviceArray<uint64_t> step_dev(std::vector<uint64_t>{draws.step});
+  kernels::FmBatch b;
+  b.seed = draws.seed;
+  b.step = step_dev.get();
+  b.batch = B;
+  b.dim = D;
+  b.data = x.get();
+  b.labels = labels_dev.get();
+  b.n_data = static_cast<uint32_t>(B);
+  b.time_sampling = draws.path.time_sampling;
+  b.logit_mean = draws.path.logit_mean;
+  b.logit_std = draws.path.logit_std;
+  b.sigma_min = draws.path.sigma_min;
+  b.label_dropout = draws.label_dropout;
+  b.rows_in_order = true;
+  // [x_t | t]: the layout a model of one's own reads (cufm.torch.flow_matching_loss).
+  kernels::FmInputLayout layout{0, 0, D + 1};
+  kernels::FmPrepareOutputs out;
+  out.input = input.get();
+  out.t = t.get();
+  kernels::fm_prepare(b, layout, out, nullptr);
+  const std::vector<float> in = input.download();
+  std::vector<float> xt(x1.size());
+  for (int i = 0; i < B; ++i) {
+    std::copy_n(in.begin() + static_cast<size_t>(i) * (D + 1), D, xt.begin() + static_cast<size_t>(i) * D);
+  }
+  EXPECT_TRUE(test::bits_equal(xt.data(), xt_ref.data(), xt.size()));
+  const std::vector<float> t_got = t.download();
+  EXPECT_TRUE(test::bits_equal(t_got.data(), t_ref.data(), B));
+  // The labels after dropout, from a conditional layout's pass.
+  DeviceArray<float> input_c(static_cast<size_t>(B) * (D + 1 + classes + 1));
+  kernels::FmPrepareOutputs out_c;
+  out_c.input = input_c.get();
+  out_c.label = label.get();
+  kernels::fm_prepare(b, kernels::FmInputLayout{0, classes, D + 1 + classes + 1}, out_c, nullptr);
+  EXPECT_EQ(label.download(), labels_ref);
+
+  const size_t ws_bytes = kernels::fm_loss_grad_workspace_bytes(B, D);
+  DeviceArray<char> ws(ws_bytes);
+  ws.zero();
+  kernels::FmLossOutputs lo;
+  lo.grad = grad.get();
+  lo.ld = D;
+  lo.loss = loss.get();
+  kernels::fm_loss_grad(b, v_dev.get(), D, lo, ws.get(), ws_bytes, nullptr);
+  const std::vector<float> g = grad.download();
+  EXPECT_TRUE(test::bits_equal(g.data(), grad_ref.data(), g.size()));
+  EXPECT_NEAR(loss.download()[0], loss_ref, 2e-7 * loss_ref);  // double sums in another order
+
+  // n_data other than batch is refused in this mode.
+  b.n_data = static_cast<uint32_t>(B - 1);
+  try {
+    kernels::fm_prepare(b, layout, out, nullptr);
+    ADD_FAILURE() << "rows_in_order with n_data != batch was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rows_in_order, row i is data row i"), std::string::npos)
+        << e.what();
+  }
+}
 
 // fp32 and bf16 gradients, bit for bit against the CPU's (rounded to bf16 for the latter). The
 // last case has more work items (B x (noise groups + tail chunks) = 300,000) than the launch has
