@@ -73,7 +73,7 @@ void draw_rows(const StepDraws& d, int64_t B, int D, const int32_t* labels, std:
 }  // namespace
 
 void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, const int32_t* labels,
-                  float* x_t, float* t, int32_t* labels_out) {
+                  float* x_t, float* t, int32_t* labels_out, float* eps_out) {
   check_step_draws(draws, B, D, "prepare_flow");
   CUFM_REQUIRE(x1 && x_t && t, "prepare_flow: x1, x_t and t must not be null");
   CUFM_REQUIRE(draws.num_classes > 0 || (!labels && !labels_out),
@@ -98,6 +98,7 @@ void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, con
     if (labels_out) labels_out[i] = lv[i];
     for (int d = 0; d < D; ++d) x_t[i * D + d] = hd::path_xt(tv[i], x1[i * D + d], eps[i * D + d], s);
   }
+  if (eps_out) std::copy(eps.begin(), eps.end(), eps_out);
 }
 
 float flow_mse(const StepDraws& draws, int64_t B, int D, const float* x1, const float* v, float* grad,

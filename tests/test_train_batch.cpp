@@ -144,8 +144,8 @@ TEST(FlowOps, MatchTheFloat64PathOnTheDraws) {
   draws.path.time_sampling = TimeSampling::LogitNormal;
   draws.path.logit_mean = 0.2f;
   draws.path.logit_std = 0.9f;
-  std::vector<float> xt(x1.size()), t(B), grad(x1.size()), grad2(x1.size());
-  prepare_flow(draws, B, D, x1.data(), nullptr, xt.data(), t.data(), nullptr);
+  std::vector<float> xt(x1.size()), t(B), grad(x1.size()), grad2(x1.size()), eps(x1.size());
+  prepare_flow(draws, B, D, x1.data(), nullptr, xt.data(), t.data(), nullptr, eps.data());
   std::vector<double> xt64(x1.size()), grad64(x1.size());
   double loss64 = 0.0;
   const double s = draws.path.sigma_min;
@@ -158,6 +158,7 @@ TEST(FlowOps, MatchTheFloat64PathOnTheDraws) {
       rng::normal4(draws.seed, draws.step, i, g, z);
       for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
         const size_t j = static_cast<size_t>(i) * D + 4 * g + k;
+        ASSERT_EQ(eps[j], z[k]) << "row " << i;
         xt64[j] = sd.t * static_cast<double>(x1[j]) + (1.0 - (1.0 - s) * sd.t) * z[k];
         const double diff = v[j] - (x1[j] - (1.0 - s) * z[k]);
         grad64[j] = 2.0 * diff / (static_cast<double>(B) * D);

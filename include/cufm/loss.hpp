@@ -50,9 +50,10 @@ struct StepDraws {
 
 // HOST arrays: x1 [B, D] in; x_t [B, D] and t [B] out. With num_classes > 0, labels [B] in
 // [0, num_classes] (nullptr: all null) and labels_out [B] gets them after dropout; otherwise both
-// must be nullptr. Throws cufm::Error for a bad argument or a non-finite x1.
+// must be nullptr. eps [B, D], when non-null, gets the noise (the target is x1 - (1 - sigma_min)
+// eps). Throws cufm::Error for a bad argument or a non-finite x1.
 void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, const int32_t* labels,
-                  float* x_t, float* t, int32_t* labels_out);
+                  float* x_t, float* t, int32_t* labels_out, float* eps = nullptr);
 
 // HOST arrays: the mean over B*D of (v - u)^2 against the step's target u = x1 - (1 - sigma_min)
 // eps (eps drawn again from the counters, as the GPU's kernel does), and, when grad is non-null,

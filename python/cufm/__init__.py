@@ -3,8 +3,15 @@
 The classes and functions are the C++ API's (include/cufm/), bound with nanobind: ``MlpConfig``,
 ``TrainConfig``, ``Model``, ``Dataset``/``make_toy``, ``Trainer`` (fit, step on a caller's batch,
 save), ``sample``, ``integrate`` (from the caller's points, either direction), ``VelocityField``,
-``loss_and_grad``, ``load_checkpoint`` and the metrics. Arrays are numpy float32 (int32 labels).
-Errors are ``cufm.Error`` (a ``ValueError``) with the C++ message.
+``loss_and_grad``, ``load_checkpoint`` and the metrics; for a model of your own, ``prepare_flow`` and
+``flow_mse`` (host arrays) and the CUDA kernels ``fm_prepare`` and ``fm_loss_grad`` (device arrays, in
+place), which ``cufm.torch.flow_matching_loss`` wraps.
+
+Arrays: numpy arrays or anything with DLPack (PyTorch tensors), float32 and C-contiguous without a
+copy; other dtypes and strides are converted once, and what cannot be converted is refused with a
+TypeError. Results come back as numpy arrays that own their memory (``torch.from_numpy`` wraps them
+without a copy); ``cufm.torch`` returns tensors, CUDA ones in place. Errors are ``cufm.Error`` (a
+``ValueError``) with the C++ message. ``import cufm`` does not import torch.
 """
 
 from ._cufm import (  # noqa: F401
@@ -18,11 +25,16 @@ from ._cufm import (  # noqa: F401
     build_summary,
     cuda_built,
     energy_distance,
+    flow_mse,
+    fm_loss_grad,
+    fm_loss_grad_workspace_bytes,
+    fm_prepare,
     integrate,
     load_checkpoint,
     load_npy_dataset,
     loss_and_grad,
     make_toy,
+    prepare_flow,
     sample,
     sliced_wasserstein2,
     version,

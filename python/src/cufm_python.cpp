@@ -17,6 +17,11 @@
 #include <vector>
 
 #include "cufm/cufm.hpp"
+#if defined(CUFM_WITH_CUDA)
+#include <cuda_runtime.h>
+
+#include "cufm/kernels.hpp"
+#endif
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -26,6 +31,71 @@ namespace {
 using FloatIn = nb::ndarray<const float, nb::numpy, nb::c_contig, nb::device::cpu>;
 using LabelsIn = nb::ndarray<const int32_t, nb::numpy, nb::c_contig, nb::device::cpu, nb::ndim<1>>;
 using FloatOut = nb::ndarray<nb::numpy, float>;
+// Any framework's array (numpy, or a PyTorch tensor through DLPack) on the CPU or a CUDA device:
+// the kernels' entry points take these and write their outputs in place.
+using Floats = nb::ndarray<float, nb::c_contig>;
+using ConstFloats = nb::ndarray<const float, nb::c_contig>;
+using ConstLabels = nb::ndarray<const int32_t, nb::c_contig, nb::ndim<1>>;
+using Labels = nb::ndarray<int32_t, nb::c_contig, nb::ndim<1>>;
+
+template <typename A>
+bool on_cuda(const A& a) {
+  return a.device_type() == nb::device::cuda::value;
+}
+
+template <typename A>
+void require_cpu(const A& a, const char* what) {
+  if (a.device_type() != nb::device::cpu::value) {
+    throw cufm::Error(std::string(what) + ": expected an array in host memory (the CPU)");
+  }
+}
+
+// Every array a call gets must live where the first does; returns whether that is a CUDA device.
+template <typename A>
+void require_same_device(const A& a, bool cuda, int device_id, const char* what) {
+  if (on_cuda(a) != cuda || (cuda && a.device_id() != device_id)) {
+    throw cufm::Error(std::string(what) + ": on another device than x1 (every array of the call must be on " +
+                      (cuda ? "cuda:" + std::to_string(device_id) : std::string("the CPU")) + ")");
+  }
+}
+
+void require_shape(size_t ndim, const size_t* shape, std::vector<int64_t> want, const char* what) {
+  bool ok = ndim == want.size();
+  for (size_t k = 0; ok && k < ndim; ++k) ok = static_cast<int64_t>(shape[k]) == want[k];
+  if (!ok) {
+    std::string w, g;
+    for (int64_t v : want) w += (w.empty() ? "" : ", ") + std::to_string(v);
+    for (size_t k = 0; k < ndim; ++k) g += (g.empty() ? "" : ", ") + std::to_string(shape[k]);
+    throw cufm::Error(std::string(what) + ": expected shape [" + w + "], got [" + g + "]");
+  }
+}
+template <typename A>
+void require_shape(const A& a, std::vector<int64_t> want, const char* what) {
+  std::vector<size_t> shape(a.ndim());
+  for (size_t k = 0; k < a.ndim(); ++k) shape[k] = a.shape(k);
+  require_shape(a.ndim(), shape.data(), std::move(want), what);
+}
+
+cufm::TimeSampling parse_time_sampling(const std::string& s) {
+  if (s == "uniform") return cufm::TimeSampling::Uniform;
+  if (s == "logit-normal") return cufm::TimeSampling::LogitNormal;
+  throw cufm::Error("time_sampling must be 'uniform' or 'logit-normal', got '" + s + "'");
+}
+
+cufm::StepDraws step_draws(uint64_t seed, uint64_t step, int num_classes, float label_dropout,
+                           float sigma_min, const std::string& time_sampling, float logit_mean,
+                           float logit_std) {
+  cufm::StepDraws d;
+  d.seed = seed;
+  d.step = step;
+  d.num_classes = num_classes;
+  d.label_dropout = label_dropout;
+  d.path.sigma_min = sigma_min;
+  d.path.time_sampling = parse_time_sampling(time_sampling);
+  d.path.logit_mean = logit_mean;
+  d.path.logit_std = logit_std;
+  return d;
+}
 
 // A numpy array that owns `v`, shaped `shape`.
 FloatOut to_numpy(std::vector<float> v, std::vector<size_t> shape) {
@@ -176,12 +246,7 @@ NB_MODULE(_cufm, m) {
             c->optim.ema_decay = ema_decay;
             c->label_dropout = label_dropout;
             c->path.sigma_min = sigma_min;
-            if (time_sampling != "uniform" && time_sampling != "logit-normal") {
-              throw cufm::Error("time_sampling must be 'uniform' or 'logit-normal', got '" + time_sampling +
-                                "'");
-            }
-            c->path.time_sampling = time_sampling == "logit-normal" ? cufm::TimeSampling::LogitNormal
-                                                                    : cufm::TimeSampling::Uniform;
+            c->path.time_sampling = parse_time_sampling(time_sampling);
             c->path.logit_mean = logit_mean;
             c->path.logit_std = logit_std;
             c->optim.lr_schedule = cufm::parse_lr_schedule(lr_schedule);
@@ -393,18 +458,59 @@ NB_MODULE(_cufm, m) {
           "model"_a, "guidance"_a = nb::none(), "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0)
       .def(
           "__call__",
-          [](cufm::VelocityField& f, float t, FloatIn x, std::optional<LabelsIn> labels) {
+          [](cufm::VelocityField& f, float t, ConstFloats x, std::optional<ConstLabels> labels,
+             nb::object out, uintptr_t stream) -> nb::object {
             const int dim = f.config().data_dim;
-            const int64_t n = rows_of(x, dim, "VelocityField: x");
+            if (x.ndim() != 2 || static_cast<int>(x.shape(1)) != dim) {
+              throw cufm::Error(
+                  "VelocityField: x: expected a float32 array of shape [N, " + std::to_string(dim) +
+                  "], got " + std::to_string(x.ndim()) + " dimension(s)" +
+                  (x.ndim() == 2 ? " with " + std::to_string(x.shape(1)) + " columns" : std::string()));
+            }
+            const int64_t n = static_cast<int64_t>(x.shape(0));
+            const bool cuda = on_cuda(x);
+            const int dev = cuda ? x.device_id() : 0;
+            if (labels) {
+              require_same_device(*labels, cuda, dev, "VelocityField: labels");
+              require_shape(*labels, {n}, "VelocityField: labels");
+            }
+            if (cuda) {
+              if (out.is_none()) {
+                throw cufm::Error(
+                    "VelocityField: a CUDA x needs out, a CUDA array [N, D] (cufm.torch.velocity "
+                    "allocates it)");
+              }
+              Floats o = nb::cast<Floats>(out);
+              require_same_device(o, true, dev, "VelocityField: out");
+              require_shape(o, {n, dim}, "VelocityField: out");
+              nb::gil_scoped_release release;
+              f.evaluate_device(t, x.data(), labels ? labels->data() : nullptr, n, o.data(),
+                                reinterpret_cast<void*>(stream));
+              return out;
+            }
+            if (!out.is_none()) {
+              Floats o = nb::cast<Floats>(out);
+              require_same_device(o, false, 0, "VelocityField: out");
+              require_shape(o, {n, dim}, "VelocityField: out");
+              nb::gil_scoped_release release;
+              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, n, o.data());
+              return out;
+            }
             std::vector<float> v(static_cast<size_t>(n) * dim);
-            const int32_t* l = labels_of(labels, n, "VelocityField");
             {
               nb::gil_scoped_release release;
-              f.evaluate(t, x.data(), l, n, v.data());
+              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, n, v.data());
             }
-            return to_numpy(std::move(v), {static_cast<size_t>(n), static_cast<size_t>(dim)});
+            return nb::cast(to_numpy(std::move(v), {static_cast<size_t>(n), static_cast<size_t>(dim)}),
+                            nb::rv_policy::move);
           },
-          "t"_a, "x"_a, "labels"_a = nb::none())
+          "t"_a, "x"_a, "labels"_a = nb::none(), "out"_a = nb::none(), "stream"_a = 0,
+          "v(x, t, labels) [N, D] at the points x [N, D]. Host x (numpy, or a CPU tensor): returns a new "
+          "numpy "
+          "array, or writes into out. A CUDA x (a GPU field only): used in place, v written into out (a CUDA "
+          "array [N, D]) on `stream` (a cudaStream_t as an int; 0: the legacy default stream) without "
+          "waiting; "
+          "returns out.")
       .def_prop_ro("device",
                    [](const cufm::VelocityField& f) { return std::string(cufm::to_string(f.device())); })
       .def("set_weights", &cufm::VelocityField::set_weights, "model"_a);
@@ -439,6 +545,213 @@ NB_MODULE(_cufm, m) {
       "model"_a, "x1"_a, "t"_a, "eps"_a, "labels"_a = nb::none(), "sigma_min"_a = 0.0f, "device"_a = "auto",
       "precision"_a = "fp32", "threads"_a = 0,
       "(loss, flat gradient) of the flow-matching MSE on the caller's batch and draws, updating nothing.");
+
+  // ---- the flow-matching loss for a model of the caller's own (cufm.torch) -----------------------
+  m.def(
+      "prepare_flow",
+      [](ConstFloats x1, Floats x_t, Floats t, std::optional<ConstLabels> labels,
+         std::optional<Labels> labels_out, std::optional<Floats> eps, uint64_t seed, uint64_t step,
+         int num_classes, float label_dropout, float sigma_min, const std::string& time_sampling,
+         float logit_mean, float logit_std) {
+        const cufm::StepDraws d = step_draws(seed, step, num_classes, label_dropout, sigma_min, time_sampling,
+                                             logit_mean, logit_std);
+        require_cpu(x1, "prepare_flow: x1");
+        require_cpu(x_t, "prepare_flow: x_t");
+        require_cpu(t, "prepare_flow: t");
+        if (x1.ndim() != 2) throw cufm::Error("prepare_flow: x1 must be a 2-D float32 array [B, D]");
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        const int D = static_cast<int>(x1.shape(1));
+        require_shape(x_t, {B, D}, "prepare_flow: x_t");
+        require_shape(t, {B}, "prepare_flow: t");
+        if (labels)
+          require_cpu(*labels, "prepare_flow: labels"), require_shape(*labels, {B}, "prepare_flow: labels");
+        if (labels_out) {
+          require_cpu(*labels_out, "prepare_flow: labels_out");
+          require_shape(*labels_out, {B}, "prepare_flow: labels_out");
+        }
+        if (eps) require_cpu(*eps, "prepare_flow: eps"), require_shape(*eps, {B, D}, "prepare_flow: eps");
+        nb::gil_scoped_release release;
+        cufm::prepare_flow(d, B, D, x1.data(), labels ? labels->data() : nullptr, x_t.data(), t.data(),
+                           labels_out ? labels_out->data() : nullptr, eps ? eps->data() : nullptr);
+      },
+      "x1"_a, "x_t"_a, "t"_a, "labels"_a = nb::none(), "labels_out"_a = nb::none(), "eps"_a = nb::none(),
+      nb::kw_only(), "seed"_a = 0, "step"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f,
+      "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "Host arrays. Draws training step `step`'s t and eps for the caller's batch x1 [B, D] (row i is x1's "
+      "row "
+      "i) and writes x_t [B, D] and t [B] in place; a conditional batch (num_classes > 0) gives labels [B] "
+      "(None: all null) and gets them after dropout in labels_out; eps [B, D], when given, gets the noise. "
+      "The draws "
+      "Trainer.step(x1) trains on.");
+  m.def(
+      "flow_mse",
+      [](ConstFloats x1, ConstFloats v, std::optional<Floats> grad, uint64_t seed, uint64_t step,
+         float sigma_min, const std::string& time_sampling, float logit_mean, float logit_std, int threads) {
+        const cufm::StepDraws d =
+            step_draws(seed, step, 0, 0.0f, sigma_min, time_sampling, logit_mean, logit_std);
+        require_cpu(x1, "flow_mse: x1");
+        require_cpu(v, "flow_mse: v");
+        if (x1.ndim() != 2) throw cufm::Error("flow_mse: x1 must be a 2-D float32 array [B, D]");
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        const int D = static_cast<int>(x1.shape(1));
+        require_shape(v, {B, D}, "flow_mse: v");
+        if (grad) require_cpu(*grad, "flow_mse: grad"), require_shape(*grad, {B, D}, "flow_mse: grad");
+        nb::gil_scoped_release release;
+        return cufm::flow_mse(d, B, D, x1.data(), v.data(), grad ? grad->data() : nullptr, threads);
+      },
+      "x1"_a, "v"_a, "grad"_a = nb::none(), nb::kw_only(), "seed"_a = 0, "step"_a = 0, "sigma_min"_a = 0.0f,
+      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f, "threads"_a = 0,
+      "Host arrays. The MSE of the model's output v [B, D] against step `step`'s target u = x1 - (1 - "
+      "sigma_min) eps (eps drawn again, as prepare_flow drew it); writes dL/dv = 2 (v - u) / (B D) into grad "
+      "when given. Returns the loss.");
+  m.def(
+      "fm_prepare",
+      [](ConstFloats x1, Floats input, Floats t, nb::ndarray<const int64_t, nb::c_contig> step,
+         uintptr_t stream, std::optional<ConstLabels> labels, std::optional<Labels> labels_out, uint64_t seed,
+         int num_classes, float label_dropout, float sigma_min, const std::string& time_sampling,
+         float logit_mean, float logit_std) {
+#if defined(CUFM_WITH_CUDA)
+        if (!on_cuda(x1))
+          throw cufm::Error("fm_prepare: x1 must be a CUDA array (prepare_flow takes host arrays)");
+        const int dev = x1.device_id();
+        require_same_device(input, true, dev, "fm_prepare: input");
+        require_same_device(t, true, dev, "fm_prepare: t");
+        require_same_device(step, true, dev, "fm_prepare: step");
+        if (x1.ndim() != 2) throw cufm::Error("fm_prepare: x1 must be a 2-D float32 array [B, D]");
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        const int D = static_cast<int>(x1.shape(1));
+        if (B > INT32_MAX) throw cufm::Error("fm_prepare: more than 2^31 - 1 rows");
+        const int ld = D + 1 + (num_classes > 0 ? num_classes + 1 : 0);
+        require_shape(input, {B, ld}, "fm_prepare: input ([B, D + 1], plus num_classes + 1 one-hot columns)");
+        require_shape(t, {B}, "fm_prepare: t");
+        require_shape(step, {1}, "fm_prepare: step (an int64 [1] array on the device)");
+        if (num_classes > 0 && (!labels || !labels_out))
+          throw cufm::Error("fm_prepare: num_classes > 0 needs labels and labels_out");
+        if (num_classes == 0 && (labels || labels_out))
+          throw cufm::Error("fm_prepare: labels given, but num_classes is 0");
+        if (labels) {
+          require_same_device(*labels, true, dev, "fm_prepare: labels");
+          require_same_device(*labels_out, true, dev, "fm_prepare: labels_out");
+          require_shape(*labels, {B}, "fm_prepare: labels");
+          require_shape(*labels_out, {B}, "fm_prepare: labels_out");
+        }
+        const cufm::StepDraws d =
+            step_draws(seed, 0, num_classes, label_dropout, sigma_min, time_sampling, logit_mean, logit_std);
+        cufm::kernels::FmBatch b;
+        b.seed = d.seed;
+        b.step = reinterpret_cast<const uint64_t*>(step.data());
+        b.batch = static_cast<int>(B);
+        b.dim = D;
+        b.data = x1.data();
+        b.labels = labels ? labels->data() : nullptr;
+        b.n_data = static_cast<uint32_t>(B);
+        b.time_sampling = d.path.time_sampling;
+        b.logit_mean = d.path.logit_mean;
+        b.logit_std = d.path.logit_std;
+        b.sigma_min = d.path.sigma_min;
+        b.label_dropout = d.label_dropout;
+        b.rows_in_order = true;
+        cufm::kernels::FmPrepareOutputs out;
+        out.input = input.data();
+        out.t = t.data();
+        out.label = labels_out ? labels_out->data() : nullptr;
+        int current = 0;
+        cudaGetDevice(&current);
+        if (current != dev)
+          throw cufm::Error("fm_prepare: the arrays are on cuda:" + std::to_string(dev) +
+                            ", the current device is cuda:" + std::to_string(current));
+        cufm::kernels::fm_prepare(b, cufm::kernels::FmInputLayout{0, num_classes, ld}, out,
+                                  reinterpret_cast<cudaStream_t>(stream));
+#else
+        (void)x1, (void)input, (void)t, (void)step, (void)stream, (void)labels, (void)labels_out, (void)seed;
+        (void)num_classes, (void)label_dropout, (void)sigma_min, (void)time_sampling, (void)logit_mean;
+        (void)logit_std;
+        throw cufm::Error(
+            "fm_prepare: this build of cuFM has no CUDA backend (prepare_flow takes host arrays)");
+#endif
+      },
+      "x1"_a, "input"_a, "t"_a, "step"_a, "stream"_a, "labels"_a = nb::none(), "labels_out"_a = nb::none(),
+      nb::kw_only(), "seed"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f,
+      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "CUDA arrays, enqueued on `stream` (a cudaStream_t as an int) without waiting: prepare_flow's draws by "
+      "the fm_prepare kernel. Writes input [B, D + 1] = [x_t | t] (then num_classes + 1 one-hot columns when "
+      "conditional) and t [B]; step is an int64 [1] device array read on the device.");
+  m.def(
+      "fm_loss_grad_workspace_bytes",
+      [](int batch, int dim) {
+#if defined(CUFM_WITH_CUDA)
+        return cufm::kernels::fm_loss_grad_workspace_bytes(batch, dim);
+#else
+        (void)batch, (void)dim;
+        throw cufm::Error("fm_loss_grad_workspace_bytes: this build of cuFM has no CUDA backend");
+        return size_t{0};
+#endif
+      },
+      "batch"_a, "dim"_a, "Bytes of zeroed device workspace fm_loss_grad needs for a batch.");
+  m.def(
+      "fm_loss_grad",
+      [](ConstFloats x1, ConstFloats v, Floats grad, Floats loss,
+         nb::ndarray<uint8_t, nb::c_contig> workspace, nb::ndarray<const int64_t, nb::c_contig> step,
+         uintptr_t stream, uint64_t seed, float sigma_min, const std::string& time_sampling, float logit_mean,
+         float logit_std) {
+#if defined(CUFM_WITH_CUDA)
+        if (!on_cuda(x1))
+          throw cufm::Error("fm_loss_grad: x1 must be a CUDA array (flow_mse takes host arrays)");
+        const int dev = x1.device_id();
+        require_same_device(v, true, dev, "fm_loss_grad: v");
+        require_same_device(grad, true, dev, "fm_loss_grad: grad");
+        require_same_device(loss, true, dev, "fm_loss_grad: loss");
+        require_same_device(workspace, true, dev, "fm_loss_grad: workspace");
+        require_same_device(step, true, dev, "fm_loss_grad: step");
+        if (x1.ndim() != 2) throw cufm::Error("fm_loss_grad: x1 must be a 2-D float32 array [B, D]");
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        const int D = static_cast<int>(x1.shape(1));
+        if (B > INT32_MAX) throw cufm::Error("fm_loss_grad: more than 2^31 - 1 rows");
+        require_shape(v, {B, D}, "fm_loss_grad: v");
+        require_shape(grad, {B, D}, "fm_loss_grad: grad");
+        require_shape(loss, {1}, "fm_loss_grad: loss");
+        require_shape(step, {1}, "fm_loss_grad: step (an int64 [1] array on the device)");
+        const size_t need = cufm::kernels::fm_loss_grad_workspace_bytes(static_cast<int>(B), D);
+        if (workspace.ndim() != 1 || workspace.shape(0) < need)
+          throw cufm::Error("fm_loss_grad: the workspace needs " + std::to_string(need) + " bytes");
+        const cufm::StepDraws d =
+            step_draws(seed, 0, 0, 0.0f, sigma_min, time_sampling, logit_mean, logit_std);
+        cufm::kernels::FmBatch b;
+        b.seed = d.seed;
+        b.step = reinterpret_cast<const uint64_t*>(step.data());
+        b.batch = static_cast<int>(B);
+        b.dim = D;
+        b.data = x1.data();
+        b.n_data = static_cast<uint32_t>(B);
+        b.time_sampling = d.path.time_sampling;
+        b.logit_mean = d.path.logit_mean;
+        b.logit_std = d.path.logit_std;
+        b.sigma_min = d.path.sigma_min;
+        b.rows_in_order = true;
+        cufm::kernels::FmLossOutputs out;
+        out.grad = grad.data();
+        out.ld = D;
+        out.loss = loss.data();
+        int current = 0;
+        cudaGetDevice(&current);
+        if (current != dev)
+          throw cufm::Error("fm_loss_grad: the arrays are on cuda:" + std::to_string(dev) +
+                            ", the current device is cuda:" + std::to_string(current));
+        cufm::kernels::fm_loss_grad(b, v.data(), D, out, workspace.data(), workspace.shape(0),
+                                    reinterpret_cast<cudaStream_t>(stream));
+#else
+        (void)x1, (void)v, (void)grad, (void)loss, (void)workspace, (void)step, (void)stream, (void)seed;
+        (void)sigma_min, (void)time_sampling, (void)logit_mean, (void)logit_std;
+        throw cufm::Error(
+            "fm_loss_grad: this build of cuFM has no CUDA backend (flow_mse takes host arrays)");
+#endif
+      },
+      "x1"_a, "v"_a, "grad"_a, "loss"_a, "workspace"_a, "step"_a, "stream"_a, nb::kw_only(), "seed"_a = 0,
+      "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "CUDA arrays, enqueued on `stream` without waiting: flow_mse by the fused fm_loss_grad kernel. Writes "
+      "dL/dv into grad [B, D] and the loss into loss [1]; workspace: fm_loss_grad_workspace_bytes zeroed "
+      "bytes "
+      "(left zeroed), one per concurrent call.");
 
   m.def(
       "load_checkpoint",
