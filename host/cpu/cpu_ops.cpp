@@ -18,6 +18,11 @@
 namespace cufm::cpu {
 
 namespace {
+// Below this many elements a loop runs on the calling thread: waking OpenMP's team costs more than
+// the work, and its spinning workers would take the cores from a caller's own threads (PyTorch's,
+// around cufm.torch.flow_matching_loss). The blocks' order fixes the bits either way.
+constexpr int64_t kParallelMin = int64_t{1} << 16;
+
 // The part of an input row after x_t: the time features and the class one-hot.
 void write_input_tail(const MlpConfig& model, float t, int32_t label, float* row) {
   const int D = model.data_dim, tail = model.input_dim() - D;
@@ -75,7 +80,7 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
   eps.resize(static_cast<size_t>(B) * D);
   labels_out.resize(model.num_classes > 0 ? static_cast<size_t>(B) : 0);
   const PathConfig& path = config.path;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * D >= kParallelMin)
   for (int64_t i = 0; i < B; ++i) {
     const uint32_t row = static_cast<uint32_t>(i);
     const hd::SampleDraw d =
@@ -130,7 +135,7 @@ float mse_given(int64_t B, int D, const float* v, const float* x1, const float* 
   constexpr int64_t kRows = 256;
   const int64_t blocks = (B + kRows - 1) / kRows;
   std::vector<double> partial(blocks);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * D >= kParallelMin)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     double sum = 0.0;
     for (int64_t j = blk * kRows * D; j < std::min(B, (blk + 1) * kRows) * D; ++j) {

@@ -214,16 +214,23 @@ NB_MODULE(_cufm, m) {
             c->validate();
           },
           "data_dim"_a = 2, "hidden"_a = std::vector<int>{512, 512, 512, 512}, "activation"_a = "silu",
-          "time_features"_a = 0, "num_classes"_a = 0)
-      .def_rw("data_dim", &cufm::MlpConfig::data_dim)
-      .def_rw("hidden", &cufm::MlpConfig::hidden)
+          "time_features"_a = 0, "num_classes"_a = 0,
+          "The C++ defaults; activation 'silu', 'relu' or 'gelu' (tanh approximation). Raises cufm.Error "
+          "naming "
+          "a bad field.")
+      .def_rw("data_dim", &cufm::MlpConfig::data_dim, "D, the dimension of a data point.")
+      .def_rw("hidden", &cufm::MlpConfig::hidden, "The hidden layers' widths.")
       .def_prop_rw(
           "activation", [](const cufm::MlpConfig& c) { return std::string(cufm::to_string(c.activation)); },
           [](cufm::MlpConfig& c, const std::string& a) { c.activation = cufm::parse_activation(a); })
-      .def_rw("time_features", &cufm::MlpConfig::time_features)
-      .def_rw("num_classes", &cufm::MlpConfig::num_classes)
-      .def("input_dim", &cufm::MlpConfig::input_dim)
-      .def("__eq__", [](const cufm::MlpConfig& a, const cufm::MlpConfig& b) { return a == b; })
+      .def_rw("time_features", &cufm::MlpConfig::time_features, "0: raw t; K > 0 (even): K sinusoids of t.")
+      .def_rw("num_classes", &cufm::MlpConfig::num_classes,
+              "0: unconditional; else the classes (plus a null one).")
+      .def("input_dim", &cufm::MlpConfig::input_dim,
+           "The first layer's width: D + time features + (num_classes + 1 when conditional).")
+      .def(
+          "__eq__", [](const cufm::MlpConfig& a, const cufm::MlpConfig& b) { return a == b; },
+          "Equal in every field.")
       .def("__repr__", [](const cufm::MlpConfig& c) { return "MlpConfig(" + cufm::to_json(c) + ")"; });
 
   nb::class_<cufm::TrainConfig>(m, "TrainConfig", "The training recipe (what a checkpoint records).")
@@ -258,10 +265,14 @@ NB_MODULE(_cufm, m) {
           "batch_size"_a = 4096, "seed"_a = 0, "lr"_a = 1e-3f, "optimizer"_a = "adam",
           "weight_decay"_a = 0.0f, "grad_clip"_a = 0.0f, "ema_decay"_a = 0.0f, "label_dropout"_a = 0.1f,
           "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
-          "lr_schedule"_a = "constant", "warmup_steps"_a = 0, "decay_steps"_a = 0, "min_lr"_a = 0.0f)
-      .def_rw("batch_size", &cufm::TrainConfig::batch_size)
-      .def_rw("seed", &cufm::TrainConfig::seed)
-      .def_rw("label_dropout", &cufm::TrainConfig::label_dropout)
+          "lr_schedule"_a = "constant", "warmup_steps"_a = 0, "decay_steps"_a = 0, "min_lr"_a = 0.0f,
+          "The C++ defaults. optimizer 'adam' or 'adamw'; time_sampling 'uniform' or 'logit-normal'; "
+          "lr_schedule 'constant', 'cosine' or 'linear' (a warm-up over warmup_steps, a decay to min_lr over "
+          "decay_steps). Raises cufm.Error naming a bad field.")
+      .def_rw("batch_size", &cufm::TrainConfig::batch_size, "Rows per training step.")
+      .def_rw("seed", &cufm::TrainConfig::seed, "The Philox key of every draw of the run.")
+      .def_rw("label_dropout", &cufm::TrainConfig::label_dropout,
+              "Per-row probability of the null class (conditional models).")
       .def("__repr__", [](const cufm::TrainConfig& c) { return "TrainConfig(" + cufm::to_json(c) + ")"; });
 
   nb::class_<cufm::Dataset>(m, "Dataset", "Training data: N points of dimension D, optional labels.")
@@ -271,15 +282,15 @@ NB_MODULE(_cufm, m) {
             new (d) cufm::Dataset(dataset_from(x, labels, num_classes));
           },
           "x"_a, "labels"_a = nb::none(), "num_classes"_a = 0, "A copy of x [N, D] (and labels [N]).")
-      .def_ro("n", &cufm::Dataset::n)
-      .def_ro("dim", &cufm::Dataset::dim)
-      .def_ro("num_classes", &cufm::Dataset::num_classes)
+      .def_ro("n", &cufm::Dataset::n, "Points.")
+      .def_ro("dim", &cufm::Dataset::dim, "Dimension of a point.")
+      .def_ro("num_classes", &cufm::Dataset::num_classes, "Classes of the labels (0: unlabelled).")
       .def_prop_ro(
           "x",
           [](const cufm::Dataset& d) {
             return to_numpy(d.x, {static_cast<size_t>(d.n), static_cast<size_t>(d.dim)});
           },
-          nb::rv_policy::move)
+          nb::rv_policy::move, "A copy of the points [n, dim].")
       .def_prop_ro(
           "labels",
           [](const cufm::Dataset& d) {
@@ -290,11 +301,12 @@ NB_MODULE(_cufm, m) {
             size_t shape[1] = {owned->size()};
             return nb::ndarray<nb::numpy, int32_t>(owned->data(), 1, shape, free_it);
           },
-          nb::rv_policy::move);
+          nb::rv_policy::move, "A copy of the labels [n] (empty when unlabelled).");
   m.def("make_toy", &cufm::make_toy, "name"_a, "n"_a, "seed"_a = 0,
         "A 2-D toy dataset: checkerboard, 8gaussians, moons, spirals or rings (labelled by mode).");
-  m.def("load_npy_dataset", &cufm::load_npy_dataset, "data_path"_a, "labels_path"_a = "",
-        "num_classes"_a = 0);
+  m.def("load_npy_dataset", &cufm::load_npy_dataset, "data_path"_a, "labels_path"_a = "", "num_classes"_a = 0,
+        "A Dataset from a float32/float64 .npy [N, D] (and an integer .npy of labels [N]); checked before "
+        "anything is allocated.");
 
   nb::class_<cufm::Model>(m, "Model", "An MLP and its flat float32 parameters (nn.Linear's layout).")
       .def(nb::init<const cufm::MlpConfig&, uint64_t>(), "config"_a, "seed"_a = 0,
@@ -306,11 +318,12 @@ NB_MODULE(_cufm, m) {
             new (model)
                 cufm::Model(config, std::vector<float>(params.data(), params.data() + params.shape(0)));
           },
-          "config"_a, "params"_a)
-      .def_prop_ro("config", [](const cufm::Model& md) { return md.config(); })
+          "config"_a, "params"_a, "Wraps a copy of flat parameters (the layout's size, W_0, b_0, W_1, ...).")
+      .def_prop_ro(
+          "config", [](const cufm::Model& md) { return md.config(); }, "The MLP's configuration.")
       .def_prop_ro(
           "params", [](const cufm::Model& md) { return to_numpy(md.params(), {md.params().size()}); },
-          nb::rv_policy::move)
+          nb::rv_policy::move, "A copy of the flat parameters (nn.Linear's layout, layer after layer).")
       .def(
           "forward",
           [](const cufm::Model& md, FloatIn x, FloatIn t, std::optional<LabelsIn> labels) {
@@ -343,7 +356,12 @@ NB_MODULE(_cufm, m) {
             }
           },
           "model"_a, "data"_a = nb::none(), "config"_a = cufm::TrainConfig(), "device"_a = "auto",
-          "precision"_a = "fp32", "threads"_a = 0)
+          "precision"_a = "fp32", "threads"_a = 0,
+          "A trainer from the model's weights, on a Dataset (or none: then step(x1) only). device 'auto' "
+          "(the "
+          "GPU when present), 'cuda' or 'cpu'; precision 'fp32', 'tf32' or 'bf16' (the last two: GPU); "
+          "threads: "
+          "CPU threads (0: all cores).")
       .def(
           "fit",
           [](cufm::Trainer& t, uint64_t steps, nb::object callback, uint64_t every) {
@@ -388,10 +406,14 @@ NB_MODULE(_cufm, m) {
             nb::gil_scoped_release release;
             t.run(n);
           },
-          "n"_a)
-      .def("loss", &cufm::Trainer::loss, nb::call_guard<nb::gil_scoped_release>())
-      .def_prop_ro("step_count", &cufm::Trainer::step_count)
-      .def_prop_ro("device", [](const cufm::Trainer& t) { return std::string(cufm::to_string(t.device())); })
+          "n"_a,
+          "Runs n more steps on the trainer's data, without a callback (the GPU: queued, not waited for).")
+      .def("loss", &cufm::Trainer::loss, nb::call_guard<nb::gil_scoped_release>(),
+           "The last step's loss (waits for the GPU).")
+      .def_prop_ro("step_count", &cufm::Trainer::step_count, "Steps done so far.")
+      .def_prop_ro(
+          "device", [](const cufm::Trainer& t) { return std::string(cufm::to_string(t.device())); },
+          "'cpu' or 'cuda'.")
       .def("model", &cufm::Trainer::model, "The current weights.")
       .def("ema_model", &cufm::Trainer::ema_model, "The EMA weights (EMA must be on).")
       .def(
@@ -455,7 +477,9 @@ NB_MODULE(_cufm, m) {
             o.threads = threads;
             new (f) cufm::VelocityField(model, o);
           },
-          "model"_a, "guidance"_a = nb::none(), "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0)
+          "model"_a, "guidance"_a = nb::none(), "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
+          "Copies the model's weights (to the GPU on 'cuda'). guidance w: v = v(null) + w (v(c) - v(null)), "
+          "every call then needs labels.")
       .def(
           "__call__",
           [](cufm::VelocityField& f, float t, ConstFloats x, std::optional<ConstLabels> labels,
@@ -480,7 +504,7 @@ NB_MODULE(_cufm, m) {
                     "VelocityField: a CUDA x needs out, a CUDA array [N, D] (cufm.torch.velocity "
                     "allocates it)");
               }
-              Floats o = nb::cast<Floats>(out);
+              Floats o = nb::cast<Floats>(out, false);  // written in place: never a converted copy
               require_same_device(o, true, dev, "VelocityField: out");
               require_shape(o, {n, dim}, "VelocityField: out");
               nb::gil_scoped_release release;
@@ -489,7 +513,7 @@ NB_MODULE(_cufm, m) {
               return out;
             }
             if (!out.is_none()) {
-              Floats o = nb::cast<Floats>(out);
+              Floats o = nb::cast<Floats>(out, false);  // written in place: never a converted copy
               require_same_device(o, false, 0, "VelocityField: out");
               require_shape(o, {n, dim}, "VelocityField: out");
               nb::gil_scoped_release release;
@@ -511,9 +535,11 @@ NB_MODULE(_cufm, m) {
           "array [N, D]) on `stream` (a cudaStream_t as an int; 0: the legacy default stream) without "
           "waiting; "
           "returns out.")
-      .def_prop_ro("device",
-                   [](const cufm::VelocityField& f) { return std::string(cufm::to_string(f.device())); })
-      .def("set_weights", &cufm::VelocityField::set_weights, "model"_a);
+      .def_prop_ro(
+          "device", [](const cufm::VelocityField& f) { return std::string(cufm::to_string(f.device())); },
+          "'cpu' or 'cuda'.")
+      .def("set_weights", &cufm::VelocityField::set_weights, "model"_a,
+           "Replaces the weights with another model's of the same configuration.");
 
   m.def(
       "loss_and_grad",
@@ -574,9 +600,10 @@ NB_MODULE(_cufm, m) {
         cufm::prepare_flow(d, B, D, x1.data(), labels ? labels->data() : nullptr, x_t.data(), t.data(),
                            labels_out ? labels_out->data() : nullptr, eps ? eps->data() : nullptr);
       },
-      "x1"_a, "x_t"_a, "t"_a, "labels"_a = nb::none(), "labels_out"_a = nb::none(), "eps"_a = nb::none(),
-      nb::kw_only(), "seed"_a = 0, "step"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f,
-      "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "x1"_a, "x_t"_a.noconvert(), "t"_a.noconvert(), "labels"_a = nb::none(),
+      "labels_out"_a.noconvert() = nb::none(), "eps"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0,
+      "step"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f,
+      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
       "Host arrays. Draws training step `step`'s t and eps for the caller's batch x1 [B, D] (row i is x1's "
       "row "
       "i) and writes x_t [B, D] and t [B] in place; a conditional batch (num_classes > 0) gives labels [B] "
@@ -599,8 +626,9 @@ NB_MODULE(_cufm, m) {
         nb::gil_scoped_release release;
         return cufm::flow_mse(d, B, D, x1.data(), v.data(), grad ? grad->data() : nullptr, threads);
       },
-      "x1"_a, "v"_a, "grad"_a = nb::none(), nb::kw_only(), "seed"_a = 0, "step"_a = 0, "sigma_min"_a = 0.0f,
-      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f, "threads"_a = 0,
+      "x1"_a, "v"_a, "grad"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0, "step"_a = 0,
+      "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "threads"_a = 0,
       "Host arrays. The MSE of the model's output v [B, D] against step `step`'s target u = x1 - (1 - "
       "sigma_min) eps (eps drawn again, as prepare_flow drew it); writes dL/dv = 2 (v - u) / (B D) into grad "
       "when given. Returns the loss.");
@@ -670,9 +698,10 @@ NB_MODULE(_cufm, m) {
             "fm_prepare: this build of cuFM has no CUDA backend (prepare_flow takes host arrays)");
 #endif
       },
-      "x1"_a, "input"_a, "t"_a, "step"_a, "stream"_a, "labels"_a = nb::none(), "labels_out"_a = nb::none(),
-      nb::kw_only(), "seed"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f,
-      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "x1"_a, "input"_a.noconvert(), "t"_a.noconvert(), "step"_a, "stream"_a, "labels"_a = nb::none(),
+      "labels_out"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0, "num_classes"_a = 0,
+      "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f,
+      "logit_std"_a = 1.0f,
       "CUDA arrays, enqueued on `stream` (a cudaStream_t as an int) without waiting: prepare_flow's draws by "
       "the fm_prepare kernel. Writes input [B, D + 1] = [x_t | t] (then num_classes + 1 one-hot columns when "
       "conditional) and t [B]; step is an int64 [1] device array read on the device.");
@@ -746,8 +775,9 @@ NB_MODULE(_cufm, m) {
             "fm_loss_grad: this build of cuFM has no CUDA backend (flow_mse takes host arrays)");
 #endif
       },
-      "x1"_a, "v"_a, "grad"_a, "loss"_a, "workspace"_a, "step"_a, "stream"_a, nb::kw_only(), "seed"_a = 0,
-      "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "x1"_a, "v"_a, "grad"_a.noconvert(), "loss"_a.noconvert(), "workspace"_a.noconvert(), "step"_a,
+      "stream"_a, nb::kw_only(), "seed"_a = 0, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform",
+      "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
       "CUDA arrays, enqueued on `stream` without waiting: flow_mse by the fused fm_loss_grad kernel. Writes "
       "dL/dv into grad [B, D] and the loss into loss [1]; workspace: fm_loss_grad_workspace_bytes zeroed "
       "bytes "
@@ -773,7 +803,8 @@ NB_MODULE(_cufm, m) {
                                          static_cast<int64_t>(b.shape(0)), static_cast<int>(a.shape(1)),
                                          projections, seed);
       },
-      "a"_a, "b"_a, "projections"_a = 256, "seed"_a = 0);
+      "a"_a, "b"_a, "projections"_a = 256, "seed"_a = 0,
+      "Sliced 2-Wasserstein distance between point sets a [N, D] and b [M, D] over random directions.");
   m.def(
       "energy_distance",
       [](FloatIn a, FloatIn b, int64_t max_points, uint64_t seed) {
@@ -785,5 +816,6 @@ NB_MODULE(_cufm, m) {
                                      static_cast<int64_t>(b.shape(0)), static_cast<int>(a.shape(1)),
                                      max_points, seed);
       },
-      "a"_a, "b"_a, "max_points"_a = 4000, "seed"_a = 0);
+      "a"_a, "b"_a, "max_points"_a = 4000, "seed"_a = 0,
+      "Energy distance between point sets a [N, D] and b [M, D] (each subsampled to max_points).");
 }

@@ -109,6 +109,21 @@ def test_arrays_converted_or_refused():
         cufm.integrate(model, np.zeros((3, 2), dtype=np.float32), t1=2.0, device="cpu")
     with pytest.raises(cufm.Error, match="unknown solver"):
         cufm.sample(model, solver="rk7")
+    # In-place outputs: the right dtype and shape, or a clear refusal; inputs are converted.
+    x1 = np.arange(8).reshape(4, 2)  # int64: converted once
+    x_t, t = np.empty((4, 2), np.float32), np.empty(4, np.float32)
+    cufm.prepare_flow(x1, x_t, t, seed=1, step=2)
+    assert np.all(np.isfinite(x_t)) and np.all((t >= 0) & (t <= 1))
+    with pytest.raises(cufm.Error, match=r"prepare_flow: x_t: expected shape \[4, 2\], got \[4, 3\]"):
+        cufm.prepare_flow(x1, np.empty((4, 3), np.float32), t)
+    with pytest.raises(TypeError):  # a float64 output cannot be written in place
+        cufm.prepare_flow(x1, np.empty((4, 2)), t)
+    with pytest.raises(cufm.Error, match="x1 at row 0, column 1 is not finite"):
+        cufm.prepare_flow(np.array([[0, np.inf]], np.float32), x_t[:1], t[:1])
+    with pytest.raises(cufm.Error, match=r"flow_mse: v: expected shape \[4, 2\]"):
+        cufm.flow_mse(x1, np.zeros((2, 2), np.float32))
+    with pytest.raises(cufm.Error, match="fm_prepare: (x1 must be a CUDA array|this build of cuFM has no CUDA)"):
+        cufm.fm_prepare(x_t, np.empty((4, 3), np.float32), t, np.zeros(1, np.int64), 0)
 
 
 def test_ctrl_c_stops_fit_between_steps_with_the_state_intact():
@@ -140,5 +155,6 @@ def test_type_stubs_are_installed():
     package = pathlib.Path(cufm.__file__).parent
     assert (package / "py.typed").exists()
     stub = (package / "_cufm.pyi").read_text()
-    for name in ("class Trainer", "def integrate(", "def loss_and_grad(", "class VelocityField", "def sample("):
+    for name in ("class Trainer", "def integrate(", "def loss_and_grad(", "class VelocityField", "def sample(",
+                 "def prepare_flow(", "def flow_mse(", "def fm_prepare(", "def fm_loss_grad("):
         assert name in stub, name
