@@ -72,6 +72,18 @@ CudaFieldPtr make_cuda_field(const Model& model, const FieldOptions& options);
 void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels, int64_t n,
                          float* v, void* stream, bool host_pointers);
 void cuda_field_set_weights(CudaField& field, const Model& model);
+// The velocity and its divergence on the GPU (host/cuda/cuda_divergence.cpp), for log-likelihoods:
+// cpu::evaluate_divergence's contract on HOST arrays (the call uploads x, waits and downloads v and
+// div), computed on the device in fp32 with cuBLAS: one GEMM per layer over the P tangents of all
+// points.
+class CudaDivergence;
+struct CudaDivergenceDeleter {
+  void operator()(CudaDivergence* d) const;
+};
+using CudaDivergencePtr = std::unique_ptr<CudaDivergence, CudaDivergenceDeleter>;
+CudaDivergencePtr make_cuda_divergence(const Model& model);
+void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const int32_t* labels, int64_t n,
+                              const float* guidance, const float* probes, int P, float* v, float* div);
 // cufm::loss_and_grad on the GPU (host/cuda/cuda_loss.cpp): the batch is checked by the caller.
 LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision);
 std::vector<DeviceInfo> cuda_device_list();

@@ -15,12 +15,16 @@ namespace {
 
 class CudaSampler {};
 class CudaField {};
+class CudaDivergence {};
 
 void CudaSamplerDeleter::operator()(CudaSampler* s) const {
   delete s;
 }
 void CudaFieldDeleter::operator()(CudaField* f) const {
   delete f;
+}
+void CudaDivergenceDeleter::operator()(CudaDivergence* d) const {
+  delete d;
 }
 
 std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig&, const TrainConfig&, const Dataset&,
@@ -44,6 +48,13 @@ void cuda_field_evaluate(CudaField&, float, const float*, const int32_t*, int64_
 }
 void cuda_field_set_weights(CudaField&, const Model&) {
   absent("a velocity field on the GPU");
+}
+CudaDivergencePtr make_cuda_divergence(const Model&) {
+  absent("a divergence on the GPU");
+}
+void cuda_divergence_evaluate(CudaDivergence&, float, const float*, const int32_t*, int64_t, const float*,
+                              const float*, int, float*, float*) {
+  absent("a divergence on the GPU");
 }
 LossGrad cuda_loss_and_grad(const Model&, const FlowBatch&, float, Precision) {
   absent("a loss and gradient on the GPU");

@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
 #include "cufm/detail/philox.hpp"
+#include "cufm/error.hpp"
+#include "cufm/likelihood.hpp"
 #include "host/backend.hpp"
 #include "host/cpu/cpu_ops.hpp"
+#include "host/divergence_flow.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -78,6 +80,13 @@ void SampleConfig::validate(const MlpConfig& model) const {
       t0 >= 0.0f && t0 <= 1.0f && t1 >= 0.0f && t1 <= 1.0f && t0 != t1,
       "the span [t0, t1] must lie in [0, 1] (the times the model was trained on) with t0 != t1, got t0 "
           << t0 << " t1 " << t1);
+  CUFM_REQUIRE(!with_log_prob || t0 == 0.0f,
+               "with_log_prob needs t0 = 0, where the density is N(0, I), got t0 "
+                   << t0 << " (cufm::log_prob evaluates data points)");
+  CUFM_REQUIRE(divergence == Divergence::Auto || divergence == Divergence::Exact ||
+                   divergence == Divergence::Hutchinson,
+               "unknown divergence " << static_cast<int>(divergence));
+  CUFM_REQUIRE(probes >= 1 && probes <= 1024, "probes must be in [1, 1024], got " << probes);
 }
 
 namespace hd::dopri5 {
@@ -174,9 +183,69 @@ SampleResult Sampler::integrate(const Model& model, const std::vector<float>& x0
   return run(model, x0.data(), config);
 }
 
+namespace {
+// sample/integrate with_log_prob: the flow with its divergence (host/likelihood.cpp) on either device.
+SampleResult sample_with_log_prob(const Model& model, const float* x0_in, const SampleConfig& config,
+                                  Device device) {
+  config.validate(model.config());
+  CUFM_REQUIRE(config.precision == Precision::FP32,
+               "with_log_prob runs in fp32 (the divergence's tangents need it), got precision "
+                   << to_string(config.precision));
+  const int D = model.config().data_dim;
+  detail::DivergenceFlow f;
+  f.solver = config.solver;
+  f.steps = config.steps;
+  f.atol = config.atol;
+  f.rtol = config.rtol;
+  f.max_steps = config.max_steps;
+  f.t0 = config.t0;
+  f.t1 = config.t1;
+  if (!config.labels.empty()) {
+    f.labels = config.labels.size() == 1
+                   ? std::vector<int32_t>(static_cast<size_t>(config.count), config.labels[0])
+                   : config.labels;
+  }
+  f.guidance = config.guidance;
+  f.divergence = config.divergence != Divergence::Auto
+                     ? config.divergence
+                     : (D <= 32 ? Divergence::Exact : Divergence::Hutchinson);
+  f.probes = config.probes;
+  f.seed = config.seed;
+  f.device = device;
+  f.threads = config.threads;
+  detail::require_memory(
+      detail::divergence_flow_bytes(model.config(), config.count, f, config.keep_trajectory),
+      "sampling " + std::to_string(config.count) + " points with their log-densities",
+      "sample fewer points per call");
+  std::vector<float> x0(static_cast<size_t>(config.count) * D);
+  if (x0_in) {
+    std::copy(x0_in, x0_in + x0.size(), x0.begin());
+  } else {
+    sampler_noise(config.seed, 0, config.count, D, x0.data());
+  }
+  detail::DivergenceFlowResult r =
+      detail::integrate_with_divergence(model, x0.data(), config.count, f, config.keep_trajectory);
+  SampleResult res;
+  res.count = config.count;
+  res.dim = D;
+  res.device = device;
+  // log p_t1(x(t1)) = log N(x(0)) - integral from 0 to t1 of div.
+  res.log_prob = standard_normal_log_density(x0.data(), config.count, D);
+  for (int64_t i = 0; i < config.count; ++i) res.log_prob[i] -= r.integral[i];
+  res.x = std::move(r.x);
+  res.times = std::move(r.times);
+  res.trajectory = std::move(r.trajectory);
+  res.evaluations = r.counts.evaluations;
+  res.accepted_steps = r.counts.accepted_steps;
+  res.rejected_steps = r.counts.rejected_steps;
+  return res;
+}
+}  // namespace
+
 SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleConfig& config) {
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
   const Device device = resolve_device(config.device);  // throws for an unusable explicit 'cuda'
+  if (config.with_log_prob) return sample_with_log_prob(model, x0_in, config, device);
   detail::require_memory(host_sampling_bytes(model.config(), config, device),
                          "sampling " + std::to_string(config.count) + " points of dimension " +
                              std::to_string(model.config().data_dim) + " on the " + to_string(device),

@@ -191,6 +191,22 @@ run_fails "expected points [N, 2]" velocity "$CKPT" --x one_s.npy --t 0.5 --out 
 run_fails "is the --x file" velocity "$CKPT" --x s.npy --t 0.5 --out s.npy
 run_fails "required" velocity "$CKPT" --t 0.5
 [ -e v2.npy ] && fail "a refused velocity wrote v2.npy"
+
+# ---- log-likelihoods: logprob at points (both divergences), sample --log-prob, their refusals -------
+run_ok sample "$CKPT" --count 300 --solver rk4 --steps 16 --device cpu --out lps.npy --log-prob lps_lp.npy
+[ -f lps_lp.npy ] || fail "sample --log-prob wrote no lps_lp.npy"
+run_ok logprob "$CKPT" lps.npy --solver rk4 --steps 16 --device cpu --out lp.npy --noise lp_noise.npy
+[[ "$OUT_TEXT" == *"log p at 300 points"*"exact divergence"* ]] || fail "logprob: $OUT_TEXT"
+[ -f lp.npy ] && [ -f lp_noise.npy ] || fail "logprob wrote no lp.npy or lp_noise.npy"
+run_ok logprob "$CKPT" lps.npy --divergence hutchinson --probes 4 --device cpu --out lp_h.npy
+[[ "$OUT_TEXT" == *"hutchinson divergence"* ]] || fail "logprob --divergence hutchinson: $OUT_TEXT"
+run_fails "--probes must be in [1, 1024]" logprob "$CKPT" lps.npy --probes 0 --out lp2.npy
+run_fails "unknown divergence 'trace'" logprob "$CKPT" lps.npy --divergence trace --out lp2.npy
+run_fails "is the points file" logprob "$CKPT" lps.npy --out lps.npy
+run_fails "expected points [N, 2]" logprob "$CKPT" one_s.npy --out lp2.npy
+run_fails "--divergence and --probes apply with --log-prob" sample "$CKPT" --divergence exact --out lps2.npy
+run_fails "--log-prob 'lps2.npy' is also" sample "$CKPT" --out lps2.npy --log-prob lps2.npy
+[ -e lp2.npy ] || [ -e lps2.npy ] && fail "a refused logprob or sample wrote its output"
 run_ok info
 run_ok --help
 run_ok --version

@@ -80,6 +80,32 @@ void require_parent_folder(const std::string& path, const char* what) {
                what << " '" << path << "': the folder '" << parent.string() << "' does not exist");
 }
 
+void check_logprob(const LogProbArgs& a) {
+  (void)parse_solver(a.solver);
+  (void)parse_divergence(a.divergence);
+  (void)parse_device(a.device);
+  CUFM_REQUIRE(a.steps >= 1, "--steps must be >= 1, got " << a.steps);
+  CUFM_REQUIRE(a.probes >= 1 && a.probes <= 1024, "--probes must be in [1, 1024], got " << a.probes);
+  CUFM_REQUIRE(!a.label || *a.label >= 0, "--class must be a class index >= 0, got " << *a.label);
+  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(!a.guidance || std::isfinite(*a.guidance), "--guidance must be finite");
+  CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
+  for (const auto& [out, flag] :
+       {std::pair<const std::string&, const char*>{a.out, "--out"}, {a.noise, "--noise"}}) {
+    if (out.empty()) continue;
+    CUFM_REQUIRE(fs::path(out).extension() == ".npy", flag << " '" << out << "' must be a .npy file");
+    for (const auto& [path, what] :
+         {std::pair<const std::string&, const char*>{a.checkpoint, "the checkpoint"},
+          {a.points, "the points file"}}) {
+      CUFM_REQUIRE(!same_file(out, path),
+                   flag << " '" << out << "' is " << what << ": give the output another name");
+    }
+    require_parent_folder(out, flag);
+    detail::require_writable_target(out, flag);
+  }
+  CUFM_REQUIRE(a.noise.empty() || !same_file(a.noise, a.out), "--noise and --out name the same file");
+}
+
 void check_velocity(const VelocityArgs& a) {
   CUFM_REQUIRE(std::isfinite(a.t) && a.t >= 0.0f && a.t <= 1.0f,
                "--t must lie in [0, 1] (the times the model was trained on), got " << a.t);
@@ -139,6 +165,19 @@ void check_sample(SampleArgs& a) {
   }
   detail::require_writable_target(a.out, "--out");
   detail::require_writable_target(a.png, "--png");
+  CUFM_REQUIRE(!a.log_prob.empty() || (!a.given.count("--divergence") && !a.given.count("--probes")),
+               "--divergence and --probes apply with --log-prob");
+  (void)parse_divergence(a.divergence);
+  if (!a.log_prob.empty()) {
+    CUFM_REQUIRE(fs::path(a.log_prob).extension() == ".npy",
+                 "--log-prob '" << a.log_prob << "' must be a .npy file");
+    for (const std::string& other : {a.out, a.png, a.checkpoint, a.x0}) {
+      CUFM_REQUIRE(other.empty() || !same_file(a.log_prob, other),
+                   "--log-prob '" << a.log_prob << "' is also '" << other << "': give it another name");
+    }
+    require_parent_folder(a.log_prob, "--log-prob");
+    detail::require_writable_target(a.log_prob, "--log-prob");
+  }
   SampleConfig sc;  // the count and tolerances, checked as the library will
   sc.count = a.count;
   sc.solver = solver;
@@ -335,6 +374,34 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
   samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
   samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
+  samp->add_option("--log-prob", sa.log_prob, "Also each sample's log-density, into this .npy [N] (fp32)");
+  samp->add_option("--divergence", sa.divergence, "With --log-prob: auto, exact or hutchinson")
+      ->capture_default_str();
+  int_option(samp->add_option("--probes", sa.probes, "With --log-prob and hutchinson: probes per sample")
+                 ->capture_default_str());
+
+  LogProbArgs& la = cmd.logprob;
+  auto* lp =
+      app.add_subcommand("logprob", "Log-likelihoods of points under a checkpoint's model; writes .npy [N]");
+  lp->add_option("checkpoint", la.checkpoint, "Checkpoint (.safetensors)")->required();
+  lp->add_option("points", la.points, "The points (.npy [N, D])")->required();
+  lp->add_option("--solver", la.solver, "euler, midpoint, heun, rk4 or dopri5")->capture_default_str();
+  int_option(lp->add_option("--steps", la.steps, "Steps of a fixed-step solver")->capture_default_str());
+  lp->add_option("--atol", la.atol, "dopri5 absolute tolerance")->capture_default_str();
+  lp->add_option("--rtol", la.rtol, "dopri5 relative tolerance")->capture_default_str();
+  lp->add_option("--divergence", la.divergence, "auto (exact up to D = 32), exact or hutchinson")
+      ->capture_default_str();
+  int_option(lp->add_option("--probes", la.probes, "Hutchinson probes per point")->capture_default_str());
+  unsigned_option(lp->add_option("--seed", la.seed, "Seed of Hutchinson's probes")->capture_default_str());
+  int_option(lp->add_option("--class", la.label,
+                            "Class label for every point (conditional model; leave out: null)"));
+  lp->add_option("--guidance", la.guidance, "The guided field's likelihood, scale w (with --class)");
+  lp->add_flag("--ema", la.ema, "Use the EMA weights");
+  lp->add_option("--device", la.device, "auto, cpu or cuda")->capture_default_str();
+  int_option(lp->add_option("--threads", la.threads, "CPU threads (0: all cores; at most 4x the cores)")
+                 ->capture_default_str());
+  lp->add_option("--out", la.out, "Output .npy [N]: log p(x), natural log")->capture_default_str();
+  lp->add_option("--noise", la.noise, "Also the points carried back to t = 0, into this .npy [N, D]");
 
   VelocityArgs& va = cmd.velocity;
   auto* vel = app.add_subcommand("velocity", "Evaluate a checkpoint's velocity field at points; writes .npy");
@@ -390,6 +457,9 @@ Command parse_command_line(int argc, const char* const* argv) {
   } else if (*vel) {
     cmd.kind = Command::Kind::Velocity;
     check_velocity(va);
+  } else if (*lp) {
+    cmd.kind = Command::Kind::LogProb;
+    check_logprob(la);
   } else if (*ev) {
     cmd.kind = Command::Kind::Eval;
     check_eval(ea, ev);

@@ -43,7 +43,22 @@ struct SampleArgs {
   bool ema = false;
   uint64_t seed = 0;
   double range = 4.5;
+  std::string log_prob;  // also each sample's log-density, into this .npy [N]
+  std::string divergence = "auto";
+  int probes = 1;
   std::set<std::string> given;
+};
+
+struct LogProbArgs {
+  std::string checkpoint, points, out = "logprob.npy", solver = "dopri5", divergence = "auto",
+                                  device = "auto";
+  std::string noise;  // also the points carried back to t = 0, into this .npy
+  int steps = 20, probes = 1, threads = 0;
+  float atol = 1e-5f, rtol = 1e-5f;
+  std::optional<int> label;
+  std::optional<float> guidance;
+  bool ema = false;
+  uint64_t seed = 0;
 };
 
 struct VelocityArgs {
@@ -64,9 +79,10 @@ struct EvalArgs {
 };
 
 struct Command {
-  enum class Kind { Train, Sample, Velocity, Eval, Info } kind = Kind::Info;
+  enum class Kind { Train, Sample, Velocity, LogProb, Eval, Info } kind = Kind::Info;
   TrainArgs train;
   SampleArgs sample;
+  LogProbArgs logprob;
   VelocityArgs velocity;
   EvalArgs eval;
   bool verbose = false;  // print errors' source locations

@@ -325,6 +325,9 @@ int run_sample(const SampleArgs& a) {
   sc.threads = clamp_threads(a.threads, "sample");
   sc.t0 = a.t0;
   sc.t1 = a.t1;
+  sc.with_log_prob = !a.log_prob.empty();
+  sc.divergence = parse_divergence(a.divergence);
+  sc.probes = a.probes;
   std::vector<float> x0;
   if (!a.x0.empty()) {
     x0 = read_points(a.x0, "--x0", model.config().data_dim);
@@ -335,6 +338,7 @@ int run_sample(const SampleArgs& a) {
   const SampleResult r = a.x0.empty() ? sample(model, sc) : integrate(model, x0, sc);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_npy(a.out, r.x.data(), {r.count, r.dim});
+  if (sc.with_log_prob) write_npy(a.log_prob, r.log_prob.data(), {r.count});
   PlotOptions opt;
   const float half = static_cast<float>(a.range);
   opt.range = PlotRange{-half, half, -half, half};
@@ -373,6 +377,40 @@ int run_velocity(const VelocityArgs& a) {
   write_npy(a.out, v.data(), {n, m.data_dim});
   std::printf("velocity at %lld points, t = %g (%.3f s on %s): %s\n", static_cast<long long>(n),
               static_cast<double>(a.t), secs, to_string(field.device()), a.out.c_str());
+  return 0;
+}
+
+int run_logprob(const LogProbArgs& a) {
+  const Checkpoint c = load_checkpoint(a.checkpoint);
+  const Model model = c.to_model(a.ema ? Weights::Ema : Weights::Trained);
+  const MlpConfig& m = model.config();
+  CUFM_REQUIRE(!a.label || m.num_classes > 0, "--class given, but the checkpoint's model is unconditional");
+  CUFM_REQUIRE(!a.label || *a.label < m.num_classes,
+               "--class " << *a.label << " is outside the model's classes [0, " << m.num_classes << ")");
+  const std::vector<float> x = read_points(a.points, "the points", m.data_dim);
+  LogProbConfig lc;
+  lc.solver = parse_solver(a.solver);
+  lc.steps = a.steps;
+  lc.atol = a.atol;
+  lc.rtol = a.rtol;
+  lc.divergence = parse_divergence(a.divergence);
+  lc.probes = a.probes;
+  lc.seed = a.seed;
+  if (a.label) lc.labels = {*a.label};
+  lc.guidance = a.guidance;
+  lc.device = parse_device(a.device);
+  lc.threads = clamp_threads(a.threads, "logprob");
+  const auto start = std::chrono::steady_clock::now();
+  const LogProbResult r = log_prob(model, x, lc);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  write_npy(a.out, r.log_prob.data(), {r.count});
+  if (!a.noise.empty()) write_npy(a.noise, r.noise.data(), {r.count, r.dim});
+  double mean = 0.0;
+  for (float v : r.log_prob) mean += v;
+  std::printf("log p at %lld points: mean %.5f (%s, %s divergence, %lld evaluations, %.3f s on %s): %s\n",
+              static_cast<long long>(r.count), mean / static_cast<double>(r.count), a.solver.c_str(),
+              to_string(r.divergence), static_cast<long long>(r.evaluations), secs, to_string(r.device),
+              a.out.c_str());
   return 0;
 }
 

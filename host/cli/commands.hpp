@@ -9,6 +9,7 @@ namespace cufm::cli {
 int run_train(const TrainArgs& a);
 int run_sample(const SampleArgs& a);
 int run_velocity(const VelocityArgs& a);
+int run_logprob(const LogProbArgs& a);
 int run_eval(const EvalArgs& a);
 int run_info();
 

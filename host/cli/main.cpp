@@ -1,5 +1,5 @@
-// The cufm command-line tool: train, sample, velocity, eval, info. Every failure is one line on stderr and a
-// non-zero exit (the source location only with --verbose); outputs are written to temporary
+// The cufm command-line tool: train, sample, velocity, logprob, eval, info. Every failure is one line on
+// stderr and a non-zero exit (the source location only with --verbose); outputs are written to temporary
 // names and renamed into place.
 #include <cstdio>
 #include <exception>
@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
         return cufm::cli::run_sample(cmd.sample);
       case cufm::cli::Command::Kind::Velocity:
         return cufm::cli::run_velocity(cmd.velocity);
+      case cufm::cli::Command::Kind::LogProb:
+        return cufm::cli::run_logprob(cmd.logprob);
       case cufm::cli::Command::Kind::Eval:
         return cufm::cli::run_eval(cmd.eval);
       default:

@@ -89,6 +89,20 @@ struct GivenScratch {
 float loss_grad_given(const MlpConfig& model, const float* params, const FlowBatch& batch, float sigma_min,
                       GivenScratch& scratch, float* grads);
 
+// The velocity and its divergence at n points (log-likelihoods): v [n, D] as evaluate_model gives
+// it, and div [n] = (1/P) sum_p e_p . J e_p with J = dv/dx, by forward-mode tangents: P tangent rows
+// per point through the MLP, a GEMM per layer over P times the rows. probes [n, P, D]: Hutchinson's
+// directions; nullptr: exact, P = D and e_p the unit vectors (the sum is the trace, not divided).
+// Guided: both fields' divergences, combined as the velocities are.
+struct DivergenceScratch;
+void evaluate_divergence(const MlpConfig& model, const float* params, const float* x, float t,
+                         const int32_t* labels, int64_t n, const float* guidance, const float* probes, int P,
+                         float* v, float* div, DivergenceScratch& scratch);
+
+// Rademacher probes (+1 or -1) for points [first, first + n): out [n, P, D], from Philox's probe
+// stream: point i's sign k = p * D + d is bit k % 32 of word (k / 32) % 4 of block k / 128.
+void rademacher_probes(uint64_t seed, int64_t first, int64_t n, int P, int D, float* out);
+
 // What evaluate_model keeps between calls (one chunk's inputs and activations).
 struct FieldScratch {
   std::vector<float> input;
@@ -114,5 +128,10 @@ void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* par
 void set_threads(int threads);
 // 4x the cores: the most threads set_threads uses (the CLI says so when asked for more).
 int max_threads();
+
+struct DivergenceScratch {
+  std::vector<float> input, tan_a, tan_b, dirs, u;
+  MlpWorkspace ws;
+};
 
 }  // namespace cufm::cpu

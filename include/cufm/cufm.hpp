@@ -6,6 +6,7 @@
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/error.hpp"
+#include "cufm/likelihood.hpp"
 #include "cufm/loss.hpp"
 #include "cufm/math.hpp"
 #include "cufm/metrics.hpp"

@@ -22,6 +22,15 @@ const char* to_string(Solver s);
 Solver parse_solver(const std::string& s);
 int solver_order(Solver s);
 
+// How a log-likelihood gets the velocity's divergence (cufm/likelihood.hpp).
+enum class Divergence : int {
+  Auto = 0,        // Exact up to D = 32, Hutchinson above
+  Exact = 1,       // the Jacobian's trace: D forward-mode tangents per point
+  Hutchinson = 2,  // (1/P) sum_p e_p^T J e_p over P Rademacher probes per point
+};
+const char* to_string(Divergence d);
+Divergence parse_divergence(const std::string& s);  // "auto", "exact" or "hutchinson"
+
 struct SampleConfig {
   int64_t count = 1000;
   Solver solver = Solver::Midpoint;
@@ -33,6 +42,12 @@ struct SampleConfig {
   uint64_t seed = 0;
   bool keep_trajectory = false;  // keep x at every (accepted) step, with its time
   float t0 = 0.0f, t1 = 1.0f;    // the span, inside [0, 1]; t1 < t0 integrates backwards
+  // Also each sample's log-density log p_t1(x(t1)), from the same integration with the divergence
+  // as one more state component (t0 must be 0: the start's density is N(0, I)). Fixed-step
+  // solvers give the same x bit for bit; Dormand-Prince's steps then also control the divergence.
+  bool with_log_prob = false;
+  Divergence divergence = Divergence::Auto;
+  int probes = 1;  // Hutchinson: probes per sample (their Philox key is the seed)
   Device device = Device::Auto;
   Precision precision = Precision::FP32;
   int threads = 0;
@@ -46,6 +61,7 @@ struct SampleResult {
   std::vector<float> x;           // [count, dim] at t = t1
   std::vector<float> times;       // with a trajectory: the times, steps + 1 of them
   std::vector<float> trajectory;  // [steps + 1, count, dim]
+  std::vector<float> log_prob;    // with_log_prob: [count] log p_t1 at x
   int64_t evaluations = 0;        // velocity evaluations of the whole batch
   int accepted_steps = 0, rejected_steps = 0;
   Device device = Device::CPU;

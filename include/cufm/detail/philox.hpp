@@ -176,6 +176,7 @@ constexpr uint64_t kSamplerNoiseStream = 0xFFFFFFFFFFFFFFFFull;
 constexpr uint64_t kInitStream = 0xFFFFFFFFFFFFFFFEull;
 constexpr uint64_t kMetricStream = 0xFFFFFFFFFFFFFFFDull;
 constexpr uint64_t kDatasetStream = 0xFFFFFFFFFFFFFFFCull;
+constexpr uint64_t kProbeStream = 0xFFFFFFFFFFFFFFFBull;  // Hutchinson's probes (cufm::log_prob)
 
 CUFM_HD Philox4x32 draw(uint64_t seed, uint64_t stream, uint32_t sample, uint32_t block) {
   Philox4x32 ctr{{block, sample, static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32)}};

@@ -1,0 +1,157 @@
+// The velocity's divergence on the CPU (log-likelihoods): forward-mode tangents through the MLP.
+// For a point's tangent direction e (in x; the time features and the one-hot do not move):
+//   dz_0 = W_0[:, :D] e,  dh_l = act'(z_l) * dz_l,  dz_{l+1} = W_{l+1} dh_l,  J e = dz_L,
+// and its contribution to the divergence is e . J e. The P tangents of a chunk's R points are the
+// rows of one [R * P, width] matrix, so each layer is one GEMM over P times the rows.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cufm/detail/math.hpp"
+#include "cufm/detail/philox.hpp"
+#include "cufm/error.hpp"
+#include "host/cpu/cpu_ops.hpp"
+
+namespace cufm::cpu {
+
+void rademacher_probes(uint64_t seed, int64_t first, int64_t n, int P, int D, float* out) {
+  const int64_t signs = static_cast<int64_t>(P) * D;
+#pragma omp parallel for schedule(static) if (n * signs >= (1 << 16))
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t point = static_cast<uint32_t>(first + i);
+    float* o = out + i * signs;
+    for (int64_t blk = 0; blk * 128 < signs; ++blk) {
+      const Philox4x32 r = rng::draw(seed, rng::kProbeStream, point, static_cast<uint32_t>(blk));
+      for (int64_t k = blk * 128; k < std::min(signs, (blk + 1) * 128); ++k) {
+        const uint32_t word = r.v[(k / 32) % 4];
+        o[k] = ((word >> (k % 32)) & 1u) ? 1.0f : -1.0f;
+      }
+    }
+  }
+}
+
+namespace {
+
+// Loops over fewer elements run on the calling thread (waking the team costs more than the work).
+constexpr int64_t kParallelMin = int64_t{1} << 15;
+
+// Rows of a chunk: the tangent matrix holds rows * P * width floats.
+int64_t chunk_rows(const MlpConfig& m, int P, bool guided) {
+  int width = 0;
+  for (int h : m.hidden) width = std::max(width, h);
+  const int64_t budget = int64_t{1} << 22;  // floats per tangent buffer (16 MiB)
+  return std::max<int64_t>(
+      1, std::min<int64_t>(8192, budget / (static_cast<int64_t>(P) * width * (guided ? 2 : 1))));
+}
+
+// div [rows] of the pass whose forward is in ws (rows of the input from `row0`), for directions
+// dirs [rows, P, D] (nullptr: the unit vectors, P = D, and no division by P).
+void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorkspace& ws, int64_t row0,
+                        int64_t rows, const float* dirs, int P, float* div, DivergenceScratch& s) {
+  const ParamLayout layout(m);
+  const int D = m.data_dim, L = m.num_layers(), in0 = m.input_dim();
+  const int64_t TR = rows * P;  // tangent rows
+  // Layer 0: dz_0 = W_0[:, :D] e for every tangent, then times act'(z_0).
+  const int w0 = m.layer_out(0);
+  s.tan_a.resize(static_cast<size_t>(TR) * w0);
+  const float* W0 = params + layout.weight_offset(0);
+  const bool parallel = TR * std::max(w0, D) >= kParallelMin;
+  if (!dirs) {  // e_p: column p of W_0
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int p = 0; p < P; ++p) {
+        float* t = s.tan_a.data() + (r * P + p) * w0;
+        for (int k = 0; k < w0; ++k) t[k] = W0[static_cast<size_t>(k) * in0 + p];
+      }
+    }
+  } else {  // [TR, D] x W_0[:, :D]^T
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(TR), w0, D, 1.0f, dirs, D, W0, in0,
+                0.0f, s.tan_a.data(), w0);
+  }
+  float* cur = s.tan_a.data();
+  int width = w0;
+  for (int l = 0;; ++l) {
+    const float* z = ws.pre[l].data() + row0 * width;  // this pass's pre-activations of layer l
+#pragma omp parallel for schedule(static) if (TR * width >= kParallelMin)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* zr = z + r * width;
+      for (int p = 0; p < P; ++p) {
+        float* t = cur + (r * P + p) * width;
+        for (int k = 0; k < width; ++k) t[k] *= hd::activate_grad(m.activation, zr[k]);
+      }
+    }
+    const int out = m.layer_out(l + 1);
+    const float* W = params + layout.weight_offset(l + 1);
+    std::vector<float>& next = (cur == s.tan_a.data()) ? s.tan_b : s.tan_a;
+    next.resize(static_cast<size_t>(TR) * out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(TR), out, width, 1.0f, cur, width,
+                W, width, 0.0f, next.data(), out);
+    cur = next.data();
+    width = out;
+    if (l + 1 == L - 1) break;  // cur: J e for every tangent, [TR, D]
+  }
+  const float inv_p = dirs ? 1.0f / static_cast<float>(P) : 1.0f;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0.0;
+    for (int p = 0; p < P; ++p) {
+      const float* je = cur + (r * P + p) * D;
+      if (!dirs) {
+        sum += je[p];
+      } else {
+        const float* e = dirs + (r * P + p) * D;
+        for (int d = 0; d < D; ++d) sum += static_cast<double>(e[d]) * je[d];
+      }
+    }
+    div[r] = static_cast<float>(sum) * inv_p;
+  }
+}
+
+}  // namespace
+
+void evaluate_divergence(const MlpConfig& m, const float* params, const float* x, float t,
+                         const int32_t* labels, int64_t n, const float* guidance, const float* probes, int P,
+                         float* v, float* div, DivergenceScratch& s) {
+  if (m.num_classes > 0 && labels) {
+    for (int64_t i = 0; i < n; ++i) {
+      CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= m.num_classes,
+                   "label " << labels[i] << " at row " << i << " is outside [0, " << m.num_classes
+                            << "] (the last is the null class)");
+    }
+  }
+  const int D = m.data_dim, in = m.input_dim();
+  const bool guided = guidance != nullptr;
+  const int64_t passes = guided ? 2 : 1;
+  const int64_t chunk = chunk_rows(m, P, guided);
+  std::vector<float> div2;
+  for (int64_t first = 0; first < n; first += chunk) {
+    const int64_t rows = std::min(chunk, n - first);
+    // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
+    s.input.resize(static_cast<size_t>(passes * rows) * in);
+    float* input = s.input.data();
+#pragma omp parallel for schedule(static) if (passes * rows * in >= kParallelMin)
+    for (int64_t i = 0; i < rows; ++i) {
+      const int32_t label = m.num_classes > 0 ? (labels ? labels[first + i] : m.null_class()) : -1;
+      write_input_row(m, x + (first + i) * D, t, label, input + i * in);
+      if (guided) write_input_row(m, x + (first + i) * D, t, m.null_class(), input + (rows + i) * in);
+    }
+    mlp_forward(m, params, input, passes * rows, s.ws);
+    const float* out = s.ws.out.data();
+    const float* dirs = probes ? probes + first * P * D : nullptr;
+    if (!guided) {
+      std::memcpy(v + first * D, out, sizeof(float) * rows * D);
+      divergence_of_pass(m, params, s.ws, 0, rows, dirs, P, div + first, s);
+      continue;
+    }
+    const float w = *guidance;
+    for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
+    div2.resize(static_cast<size_t>(2 * rows));
+    divergence_of_pass(m, params, s.ws, 0, rows, dirs, P, div2.data(), s);
+    divergence_of_pass(m, params, s.ws, rows, rows, dirs, P, div2.data() + rows, s);
+    for (int64_t i = 0; i < rows; ++i) div[first + i] = hd::guided(div2[rows + i], div2[i], w);
+  }
+}
+
+}  // namespace cufm::cpu

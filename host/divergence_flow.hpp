@@ -1,0 +1,46 @@
+// The flow with its divergence (internal): integrates the state [x (n x D) | a (n)] with
+// dx/dt = v(x, t) and da/dt = div v(x, t) from t0 to t1 on the CPU or the GPU, so that a(t1) is the
+// divergence's integral along each path. cufm::log_prob (t = 1 back to 0) and sample(...,
+// with_log_prob) (0 to 1) both run it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
+
+namespace cufm::detail {
+
+struct DivergenceFlow {
+  Solver solver = Solver::Dopri5;
+  int steps = 20;
+  float atol = 1e-5f, rtol = 1e-5f;
+  int max_steps = 100000;
+  float t0 = 1.0f, t1 = 0.0f;
+  std::vector<int32_t> labels;  // empty or one per point
+  std::optional<float> guidance;
+  Divergence divergence = Divergence::Exact;  // resolved: Exact or Hutchinson
+  int probes = 1;
+  uint64_t seed = 0;
+  Device device = Device::CPU;  // resolved
+  int threads = 0;
+};
+
+struct DivergenceFlowResult {
+  std::vector<float> x;         // [n, D] at t1
+  std::vector<float> integral;  // [n] the integral of div v from t0 to t1
+  std::vector<float> times;     // with a trajectory
+  std::vector<float> trajectory;
+  OdeResult counts;  // evaluations and steps (its x is empty)
+};
+
+DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
+                                               const DivergenceFlow& flow, bool keep_trajectory);
+
+// Host bytes integrate_with_divergence needs for n points (the memory check's estimate).
+uint64_t divergence_flow_bytes(const MlpConfig& model, int64_t n, const DivergenceFlow& flow,
+                               bool keep_trajectory);
+
+}  // namespace cufm::detail

@@ -1,0 +1,201 @@
+// Log-likelihoods: cufm::log_prob and the flow with its divergence that it and sample(...,
+// with_log_prob) run. The ODE state is [x | a] with da/dt = div v; the solvers are the CPU's
+// (host/cpu/cpu_sampler.cpp), and on the GPU the velocity and divergence come from the device
+// (host/cuda/cuda_divergence.cpp) on the solver's host state.
+#include "cufm/likelihood.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "cufm/error.hpp"
+#include "host/backend.hpp"
+#include "host/cpu/cpu_ops.hpp"
+#include "host/divergence_flow.hpp"
+#include "host/memory.hpp"
+
+namespace cufm {
+
+const char* to_string(Divergence d) {
+  switch (d) {
+    case Divergence::Exact:
+      return "exact";
+    case Divergence::Hutchinson:
+      return "hutchinson";
+    default:
+      return "auto";
+  }
+}
+
+Divergence parse_divergence(const std::string& s) {
+  if (s == "auto") return Divergence::Auto;
+  if (s == "exact") return Divergence::Exact;
+  if (s == "hutchinson") return Divergence::Hutchinson;
+  CUFM_FAIL("unknown divergence '" << s << "' (expected auto, exact or hutchinson)");
+}
+
+namespace {
+constexpr int kExactUpTo = 32;  // Auto: the exact trace up to this D
+
+Divergence resolve(Divergence d, int data_dim) {
+  if (d != Divergence::Auto) return d;
+  return data_dim <= kExactUpTo ? Divergence::Exact : Divergence::Hutchinson;
+}
+}  // namespace
+
+Divergence LogProbConfig::resolved(int data_dim) const {
+  return resolve(divergence, data_dim);
+}
+
+void LogProbConfig::validate(const MlpConfig& model, int64_t n) const {
+  SampleConfig s;  // the solver, labels and guidance rules are sampling's
+  s.count = n;
+  s.solver = solver;
+  s.steps = steps;
+  s.atol = atol;
+  s.rtol = rtol;
+  s.max_steps = max_steps;
+  s.labels = labels;
+  s.guidance = guidance;
+  s.threads = threads;
+  s.validate(model);
+  CUFM_REQUIRE(divergence == Divergence::Auto || divergence == Divergence::Exact ||
+                   divergence == Divergence::Hutchinson,
+               "unknown divergence " << static_cast<int>(divergence));
+  CUFM_REQUIRE(probes >= 1 && probes <= 1024, "probes must be in [1, 1024], got " << probes);
+}
+
+std::vector<float> standard_normal_log_density(const float* x, int64_t n, int dim) {
+  const double half_log_2pi = 0.5 * std::log(2.0 * M_PI);
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    double sq = 0.0;
+    for (int d = 0; d < dim; ++d) sq += static_cast<double>(x[i * dim + d]) * x[i * dim + d];
+    out[i] = static_cast<float>(-0.5 * sq - dim * half_log_2pi);
+  }
+  return out;
+}
+
+namespace detail {
+
+uint64_t divergence_flow_bytes(const MlpConfig& m, int64_t n, const DivergenceFlow& f, bool keep) {
+  const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(n, 0));
+  const uint64_t state = mul_sat(rows, static_cast<uint64_t>(m.data_dim) + 1);
+  const int P = f.divergence == Divergence::Exact ? m.data_dim : f.probes;
+  // The state, the solver's stages (up to 7) and stage point, the probes, the results.
+  uint64_t floats = mul_sat(state, 10);
+  if (f.divergence == Divergence::Hutchinson) {
+    floats = add_sat(floats, mul_sat(rows, static_cast<uint64_t>(P) * m.data_dim));
+  }
+  if (keep && f.solver != Solver::Dopri5)
+    floats = add_sat(floats, mul_sat(state, static_cast<uint64_t>(f.steps) + 1));
+  // One chunk's tangents (two buffers of at most 2^22 floats) and forward workspace.
+  floats = add_sat(floats, add_sat(uint64_t{1} << 23, cpu::MlpWorkspace::floats_for(m, 8192 * 2)));
+  return mul_sat(floats, sizeof(float));
+}
+
+DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
+                                               const DivergenceFlow& f, bool keep) {
+  const MlpConfig& m = model.config();
+  const int D = m.data_dim;
+  const size_t xn = static_cast<size_t>(n) * D;
+  const bool exact = f.divergence == Divergence::Exact;
+  const int P = exact ? D : f.probes;
+  std::vector<float> probes;
+  if (!exact) {
+    probes.resize(static_cast<size_t>(n) * P * D);
+    cpu::rademacher_probes(f.seed, 0, n, P, D, probes.data());
+  }
+  const int32_t* labels = f.labels.empty() ? nullptr : f.labels.data();
+  const float* guidance = f.guidance ? &*f.guidance : nullptr;
+  cpu::set_threads(f.threads);
+  std::vector<float> y(xn + static_cast<size_t>(n), 0.0f);  // [x | a], a(t0) = 0
+  std::memcpy(y.data(), x0, xn * sizeof(float));
+  cpu::DivergenceScratch scratch;
+  CudaDivergencePtr gpu;
+  if (f.device == Device::CUDA) gpu = make_cuda_divergence(model);
+  auto field = [&](float t, const float* state, float* dstate) {
+    if (gpu) {
+      cuda_divergence_evaluate(*gpu, t, state, labels, n, guidance, exact ? nullptr : probes.data(), P,
+                               dstate, dstate + xn);
+    } else {
+      cpu::evaluate_divergence(m, model.params().data(), state, t, labels, n, guidance,
+                               exact ? nullptr : probes.data(), P, dstate, dstate + xn, scratch);
+    }
+  };
+  DivergenceFlowResult r;
+  std::vector<float> times, states;
+  r.counts = cpu::integrate(field, std::move(y), f.solver, f.steps, f.atol, f.rtol, f.max_steps, f.t0, f.t1,
+                            keep ? &times : nullptr, keep ? &states : nullptr);
+  std::vector<float>& end = r.counts.x;
+  r.x.assign(end.begin(), end.begin() + static_cast<ptrdiff_t>(xn));
+  r.integral.assign(end.begin() + static_cast<ptrdiff_t>(xn), end.end());
+  end.clear();
+  if (keep) {  // the trajectory's x parts
+    r.times = std::move(times);
+    r.trajectory.resize(r.times.size() * xn);
+    for (size_t k = 0; k < r.times.size(); ++k) {
+      std::memcpy(r.trajectory.data() + k * xn, states.data() + k * (xn + n), xn * sizeof(float));
+    }
+  }
+  return r;
+}
+
+}  // namespace detail
+
+LogProbResult log_prob(const Model& model, const std::vector<float>& x, const LogProbConfig& config) {
+  const MlpConfig& m = model.config();
+  m.validate();
+  const int D = m.data_dim;
+  CUFM_REQUIRE(!x.empty() && x.size() % static_cast<size_t>(D) == 0,
+               "log_prob: x must hold [n, " << D << "] floats (n >= 1), got " << x.size());
+  const int64_t n = static_cast<int64_t>(x.size() / D);
+  config.validate(m, n);
+  for (size_t j = 0; j < x.size(); ++j) {
+    CUFM_REQUIRE(std::isfinite(x[j]),
+                 "log_prob: x at row " << j / D << ", column " << j % D << " is not finite");
+  }
+  detail::DivergenceFlow f;
+  f.solver = config.solver;
+  f.steps = config.steps;
+  f.atol = config.atol;
+  f.rtol = config.rtol;
+  f.max_steps = config.max_steps;
+  f.t0 = 1.0f;
+  f.t1 = 0.0f;
+  if (!config.labels.empty()) {
+    f.labels = config.labels.size() == 1 ? std::vector<int32_t>(static_cast<size_t>(n), config.labels[0])
+                                         : config.labels;
+  }
+  f.guidance = config.guidance;
+  f.divergence = config.resolved(D);
+  f.probes = config.probes;
+  f.seed = config.seed;
+  f.device = resolve_device(config.device);
+  f.threads = config.threads;
+  detail::require_memory(
+      detail::divergence_flow_bytes(m, n, f, false),
+      "log-likelihoods of " + std::to_string(n) + " points of dimension " + std::to_string(D),
+      "evaluate fewer points per call");
+  detail::DivergenceFlowResult r = detail::integrate_with_divergence(model, x.data(), n, f, false);
+  LogProbResult res;
+  res.count = n;
+  res.dim = D;
+  res.noise = std::move(r.x);
+  res.log_prob = standard_normal_log_density(res.noise.data(), n, D);
+  res.div_integral.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    // a(0) = integral from 1 to 0 of div = -(integral from 0 to 1 of div), and
+    // log p_1(x) = log N(x(0)) - (integral from 0 to 1 of div) = log N(x(0)) + a(0).
+    res.div_integral[i] = -r.integral[i];
+    res.log_prob[i] -= res.div_integral[i];
+  }
+  res.divergence = f.divergence;
+  res.evaluations = r.counts.evaluations;
+  res.accepted_steps = r.counts.accepted_steps;
+  res.rejected_steps = r.counts.rejected_steps;
+  res.device = f.device;
+  return res;
+}
+
+}  // namespace cufm
