@@ -6,12 +6,14 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/kernels/adam.cu
   ${PROJECT_SOURCE_DIR}/kernels/convert.cu
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
+  ${PROJECT_SOURCE_DIR}/kernels/divergence.cu
   ${PROJECT_SOURCE_DIR}/host/cuda/device_cuda.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/lt_mlp.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_sampler.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_field.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_loss.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/cuda_divergence.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/fm_grad.cpp
 )
 # Kernels that must round exactly as the CPU reference (compiled with -ffp-contract=off): no
