@@ -161,6 +161,7 @@ nb::dict sample_dict(const cufm::SampleResult& r) {
   d["accepted_steps"] = r.accepted_steps;
   d["rejected_steps"] = r.rejected_steps;
   d["device"] = std::string(cufm::to_string(r.device));
+  if (!r.log_prob.empty()) d["log_prob"] = to_numpy(r.log_prob, {r.log_prob.size()});
   return d;
 }
 
@@ -169,7 +170,8 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
                                  const std::optional<std::vector<int32_t>>& labels,
                                  std::optional<float> guidance, uint64_t seed, float t0, float t1,
                                  bool keep_trajectory, const std::string& device,
-                                 const std::string& precision, int threads) {
+                                 const std::string& precision, int threads, bool with_log_prob,
+                                 const std::string& divergence, int probes) {
   cufm::SampleConfig c;
   c.count = count;
   c.solver = cufm::parse_solver(solver);
@@ -185,6 +187,9 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
   c.device = cufm::parse_device(device);
   c.precision = cufm::parse_precision(precision);
   c.threads = threads;
+  c.with_log_prob = with_log_prob;
+  c.divergence = cufm::parse_divergence(divergence);
+  c.probes = probes;
   c.validate(model.config());
   return c;
 }
@@ -428,9 +433,10 @@ NB_MODULE(_cufm, m) {
       [](const cufm::Model& model, int64_t count, const std::string& solver, int steps, float atol,
          float rtol, std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, uint64_t seed,
          float t0, float t1, bool keep_trajectory, const std::string& device, const std::string& precision,
-         int threads) {
-        const cufm::SampleConfig c = sample_config(model, count, solver, steps, atol, rtol, labels, guidance,
-                                                   seed, t0, t1, keep_trajectory, device, precision, threads);
+         int threads, bool with_log_prob, const std::string& divergence, int probes) {
+        const cufm::SampleConfig c =
+            sample_config(model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1,
+                          keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
         cufm::SampleResult r;
         {
           nb::gil_scoped_release release;
@@ -441,17 +447,21 @@ NB_MODULE(_cufm, m) {
       "model"_a, "count"_a = 1000, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f,
       "rtol"_a = 1e-5f, "labels"_a = nb::none(), "guidance"_a = nb::none(), "seed"_a = 0, "t0"_a = 0.0f,
       "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
-      "threads"_a = 0,
+      "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
       "Integrates from the seed's noise; returns {'x', 'evaluations', ...} (with a trajectory: 'times', "
-      "'trajectory').");
+      "'trajectory'; with_log_prob: 'log_prob' [count], each sample's log-density, the divergence 'auto' "
+      "(exact "
+      "up to D = 32), 'exact' or 'hutchinson' with `probes` probes).");
   m.def(
       "integrate",
       [](const cufm::Model& model, FloatIn x0, const std::string& solver, int steps, float atol, float rtol,
          std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, float t0, float t1,
-         bool keep_trajectory, const std::string& device, const std::string& precision, int threads) {
+         bool keep_trajectory, const std::string& device, const std::string& precision, int threads,
+         bool with_log_prob, const std::string& divergence, int probes) {
         const int64_t n = rows_of(x0, model.config().data_dim, "integrate: x0");
-        const cufm::SampleConfig c = sample_config(model, n, solver, steps, atol, rtol, labels, guidance, 0,
-                                                   t0, t1, keep_trajectory, device, precision, threads);
+        const cufm::SampleConfig c =
+            sample_config(model, n, solver, steps, atol, rtol, labels, guidance, 0, t0, t1, keep_trajectory,
+                          device, precision, threads, with_log_prob, divergence, probes);
         const std::vector<float> start(x0.data(), x0.data() + n * model.config().data_dim);
         cufm::SampleResult r;
         {
@@ -463,7 +473,52 @@ NB_MODULE(_cufm, m) {
       "model"_a, "x0"_a, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
       "labels"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f, "t1"_a = 1.0f,
       "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
-      "Integrates the model's field from the caller's points x0 [N, D] over [t0, t1] (t1 < t0: backwards).");
+      "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+      "Integrates the model's field from the caller's points x0 [N, D] over [t0, t1] (t1 < t0: backwards); "
+      "with_log_prob (t0 = 0, the points read as N(0, I) draws): also 'log_prob', log p_t1 at the results.");
+  m.def(
+      "log_prob",
+      [](const cufm::Model& model, FloatIn x, const std::string& solver, int steps, float atol, float rtol,
+         const std::string& divergence, int probes, uint64_t seed, std::optional<std::vector<int32_t>> labels,
+         std::optional<float> guidance, const std::string& device, int threads) {
+        const int64_t n = rows_of(x, model.config().data_dim, "log_prob: x");
+        cufm::LogProbConfig c;
+        c.solver = cufm::parse_solver(solver);
+        c.steps = steps;
+        c.atol = atol;
+        c.rtol = rtol;
+        c.divergence = cufm::parse_divergence(divergence);
+        c.probes = probes;
+        c.seed = seed;
+        if (labels) c.labels = *labels;
+        c.guidance = guidance;
+        c.device = cufm::parse_device(device);
+        c.threads = threads;
+        const std::vector<float> points(x.data(), x.data() + n * model.config().data_dim);
+        cufm::LogProbResult r;
+        {
+          nb::gil_scoped_release release;
+          r = cufm::log_prob(model, points, c);
+        }
+        nb::dict d;
+        d["log_prob"] = to_numpy(r.log_prob, {r.log_prob.size()});
+        d["noise"] = to_numpy(r.noise, {static_cast<size_t>(r.count), static_cast<size_t>(r.dim)});
+        d["div_integral"] = to_numpy(r.div_integral, {r.div_integral.size()});
+        d["divergence"] = std::string(cufm::to_string(r.divergence));
+        d["evaluations"] = r.evaluations;
+        d["accepted_steps"] = r.accepted_steps;
+        d["rejected_steps"] = r.rejected_steps;
+        d["device"] = std::string(cufm::to_string(r.device));
+        return d;
+      },
+      "model"_a, "x"_a, "solver"_a = "dopri5", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
+      "divergence"_a = "auto", "probes"_a = 1, "seed"_a = 0, "labels"_a = nb::none(),
+      "guidance"_a = nb::none(), "device"_a = "auto", "threads"_a = 0,
+      "Log-likelihoods log p_1(x) at the points x [N, D]: integrates them back to t = 0 with the divergence "
+      "in "
+      "the ODE state. Returns {'log_prob' [N], 'noise' [N, D] (the points at t = 0), 'div_integral' [N], "
+      "'divergence', 'evaluations', ...}. divergence: 'auto' (exact up to D = 32), 'exact' or 'hutchinson' "
+      "(`probes` Rademacher probes per point, keyed by `seed`).");
 
   nb::class_<cufm::VelocityField>(m, "VelocityField", "v(x, t, class) on a batch, guided or not.")
       .def(

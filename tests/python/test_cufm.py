@@ -156,5 +156,40 @@ def test_type_stubs_are_installed():
     assert (package / "py.typed").exists()
     stub = (package / "_cufm.pyi").read_text()
     for name in ("class Trainer", "def integrate(", "def loss_and_grad(", "class VelocityField", "def sample(",
-                 "def prepare_flow(", "def flow_mse(", "def fm_prepare(", "def fm_loss_grad("):
+                 "def prepare_flow(", "def flow_mse(", "def fm_prepare(", "def fm_loss_grad(", "def log_prob("):
         assert name in stub, name
+
+
+def test_log_prob_of_a_linear_field_is_analytic_and_matches_sampling():
+    """A model whose field is exactly v = A x (a ReLU layer of [x; -x]): p_1 = N(0, e^A e^A^T)."""
+    import math
+
+    A = np.array([[0.3, -0.8], [0.8, -0.5]])
+    config = cufm.MlpConfig(data_dim=2, hidden=[4], activation="relu")
+    w0 = np.zeros((4, 3))
+    w0[0, 0] = w0[1, 1] = 1.0
+    w0[2, 0] = w0[3, 1] = -1.0
+    w1 = np.concatenate([A, -A], axis=1)
+    params = np.concatenate([w0.ravel(), np.zeros(4), w1.ravel(), np.zeros(2)]).astype(np.float32)
+    model = cufm.Model(config, params)
+    x = np.random.default_rng(3).normal(size=(100, 2)).astype(np.float32)
+    M, term = np.eye(2), np.eye(2)
+    for k in range(1, 30):
+        term = term @ A / k
+        M = M + term
+    S = M @ M.T
+    want = (-0.5 * np.einsum("ni,ij,nj->n", x, np.linalg.inv(S), x) - math.log(2 * math.pi)
+            - 0.5 * math.log(np.linalg.det(S)))
+    got = cufm.log_prob(model, x, atol=1e-7, rtol=1e-7, device="cpu")
+    assert got["divergence"] == "exact" and got["log_prob"].shape == (100,)
+    assert np.allclose(got["log_prob"], want, atol=1e-4)
+    assert np.allclose(got["div_integral"], np.trace(A), atol=1e-5)
+    hutch = cufm.log_prob(model, x, solver="rk4", steps=40, divergence="hutchinson", probes=2, device="cpu")
+    assert hutch["divergence"] == "hutchinson" and np.allclose(hutch["log_prob"], want, atol=1e-4)
+    s = cufm.sample(model, count=300, solver="rk4", steps=40, with_log_prob=True, device="cpu")
+    back = cufm.log_prob(model, s["x"], solver="rk4", steps=40, device="cpu")
+    assert np.allclose(s["log_prob"], back["log_prob"], atol=1e-4)
+    with pytest.raises(cufm.Error, match="with_log_prob needs t0 = 0"):
+        cufm.integrate(model, x, t0=1.0, t1=0.0, with_log_prob=True, device="cpu")
+    with pytest.raises(cufm.Error, match="unknown divergence"):
+        cufm.log_prob(model, x, divergence="trace")
