@@ -36,6 +36,9 @@ struct DivergenceFlowResult {
   OdeResult counts;  // evaluations and steps (its x is empty)
 };
 
+// A config's labels (none, one for all, or one per point) as one per point, or none.
+std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_t n);
+
 DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
                                                const DivergenceFlow& flow, bool keep_trajectory);
 

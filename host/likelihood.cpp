@@ -94,6 +94,11 @@ uint64_t divergence_flow_bytes(const MlpConfig& m, int64_t n, const DivergenceFl
   return mul_sat(floats, sizeof(float));
 }
 
+std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_t n) {
+  if (labels.size() == 1) return std::vector<int32_t>(static_cast<size_t>(n), labels[0]);
+  return labels;
+}
+
 DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
                                                const DivergenceFlow& f, bool keep) {
   const MlpConfig& m = model.config();
@@ -163,10 +168,7 @@ LogProbResult log_prob(const Model& model, const std::vector<float>& x, const Lo
   f.max_steps = config.max_steps;
   f.t0 = 1.0f;
   f.t1 = 0.0f;
-  if (!config.labels.empty()) {
-    f.labels = config.labels.size() == 1 ? std::vector<int32_t>(static_cast<size_t>(n), config.labels[0])
-                                         : config.labels;
-  }
+  f.labels = detail::labels_per_point(config.labels, n);
   f.guidance = config.guidance;
   f.divergence = config.resolved(D);
   f.probes = config.probes;

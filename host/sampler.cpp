@@ -200,11 +200,7 @@ SampleResult sample_with_log_prob(const Model& model, const float* x0_in, const 
   f.max_steps = config.max_steps;
   f.t0 = config.t0;
   f.t1 = config.t1;
-  if (!config.labels.empty()) {
-    f.labels = config.labels.size() == 1
-                   ? std::vector<int32_t>(static_cast<size_t>(config.count), config.labels[0])
-                   : config.labels;
-  }
+  f.labels = detail::labels_per_point(config.labels, config.count);
   f.guidance = config.guidance;
   f.divergence = config.divergence != Divergence::Auto
                      ? config.divergence

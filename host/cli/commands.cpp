@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -353,13 +354,21 @@ int run_sample(const SampleArgs& a) {
   return 0;
 }
 
-int run_velocity(const VelocityArgs& a) {
-  const Checkpoint c = load_checkpoint(a.checkpoint);
-  const Model model = c.to_model(a.ema ? Weights::Ema : Weights::Trained);
+namespace {
+// The checkpoint's model (trained or EMA weights), with --class checked against its classes.
+Model model_for_points(const std::string& checkpoint, bool ema, const std::optional<int>& label) {
+  const Model model = load_checkpoint(checkpoint).to_model(ema ? Weights::Ema : Weights::Trained);
   const MlpConfig& m = model.config();
-  CUFM_REQUIRE(!a.label || m.num_classes > 0, "--class given, but the checkpoint's model is unconditional");
-  CUFM_REQUIRE(!a.label || *a.label < m.num_classes,
-               "--class " << *a.label << " is outside the model's classes [0, " << m.num_classes << ")");
+  CUFM_REQUIRE(!label || m.num_classes > 0, "--class given, but the checkpoint's model is unconditional");
+  CUFM_REQUIRE(!label || *label < m.num_classes,
+               "--class " << *label << " is outside the model's classes [0, " << m.num_classes << ")");
+  return model;
+}
+}  // namespace
+
+int run_velocity(const VelocityArgs& a) {
+  const Model model = model_for_points(a.checkpoint, a.ema, a.label);
+  const MlpConfig& m = model.config();
   const std::vector<float> x = read_points(a.x, "--x", m.data_dim);
   const int64_t n = static_cast<int64_t>(x.size()) / m.data_dim;
   FieldOptions o;
@@ -381,12 +390,8 @@ int run_velocity(const VelocityArgs& a) {
 }
 
 int run_logprob(const LogProbArgs& a) {
-  const Checkpoint c = load_checkpoint(a.checkpoint);
-  const Model model = c.to_model(a.ema ? Weights::Ema : Weights::Trained);
+  const Model model = model_for_points(a.checkpoint, a.ema, a.label);
   const MlpConfig& m = model.config();
-  CUFM_REQUIRE(!a.label || m.num_classes > 0, "--class given, but the checkpoint's model is unconditional");
-  CUFM_REQUIRE(!a.label || *a.label < m.num_classes,
-               "--class " << *a.label << " is outside the model's classes [0, " << m.num_classes << ")");
   const std::vector<float> x = read_points(a.points, "the points", m.data_dim);
   LogProbConfig lc;
   lc.solver = parse_solver(a.solver);

@@ -194,6 +194,39 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
   return c;
 }
 
+#if defined(CUFM_WITH_CUDA)
+// The kernels' batch for the caller's rows in order (x1 is the batch), with the draws' settings.
+cufm::kernels::FmBatch in_order_batch(const ConstFloats& x1,
+                                      const nb::ndarray<const int64_t, nb::c_contig>& step,
+                                      const cufm::StepDraws& d, const int32_t* labels) {
+  cufm::kernels::FmBatch b;
+  b.seed = d.seed;
+  b.step = reinterpret_cast<const uint64_t*>(step.data());
+  b.batch = static_cast<int>(x1.shape(0));
+  b.dim = static_cast<int>(x1.shape(1));
+  b.data = x1.data();
+  b.labels = labels;
+  b.n_data = static_cast<uint32_t>(x1.shape(0));
+  b.time_sampling = d.path.time_sampling;
+  b.logit_mean = d.path.logit_mean;
+  b.logit_std = d.path.logit_std;
+  b.sigma_min = d.path.sigma_min;
+  b.label_dropout = d.label_dropout;
+  b.rows_in_order = true;
+  return b;
+}
+
+// The kernels launch on the current device: the arrays must live there.
+void require_current_device(int dev, const char* who) {
+  int current = 0;
+  if (cudaGetDevice(&current) != cudaSuccess) throw cufm::Error("cudaGetDevice failed");
+  if (current != dev) {
+    throw cufm::Error(std::string(who) + ": the arrays are on cuda:" + std::to_string(dev) +
+                      ", the current device is cuda:" + std::to_string(current));
+  }
+}
+#endif
+
 }  // namespace
 
 NB_MODULE(_cufm, m) {
@@ -720,29 +753,12 @@ NB_MODULE(_cufm, m) {
         }
         const cufm::StepDraws d =
             step_draws(seed, 0, num_classes, label_dropout, sigma_min, time_sampling, logit_mean, logit_std);
-        cufm::kernels::FmBatch b;
-        b.seed = d.seed;
-        b.step = reinterpret_cast<const uint64_t*>(step.data());
-        b.batch = static_cast<int>(B);
-        b.dim = D;
-        b.data = x1.data();
-        b.labels = labels ? labels->data() : nullptr;
-        b.n_data = static_cast<uint32_t>(B);
-        b.time_sampling = d.path.time_sampling;
-        b.logit_mean = d.path.logit_mean;
-        b.logit_std = d.path.logit_std;
-        b.sigma_min = d.path.sigma_min;
-        b.label_dropout = d.label_dropout;
-        b.rows_in_order = true;
+        const cufm::kernels::FmBatch b = in_order_batch(x1, step, d, labels ? labels->data() : nullptr);
         cufm::kernels::FmPrepareOutputs out;
         out.input = input.data();
         out.t = t.data();
         out.label = labels_out ? labels_out->data() : nullptr;
-        int current = 0;
-        cudaGetDevice(&current);
-        if (current != dev)
-          throw cufm::Error("fm_prepare: the arrays are on cuda:" + std::to_string(dev) +
-                            ", the current device is cuda:" + std::to_string(current));
+        require_current_device(dev, "fm_prepare");
         cufm::kernels::fm_prepare(b, cufm::kernels::FmInputLayout{0, num_classes, ld}, out,
                                   reinterpret_cast<cudaStream_t>(stream));
 #else
@@ -800,27 +816,12 @@ NB_MODULE(_cufm, m) {
           throw cufm::Error("fm_loss_grad: the workspace needs " + std::to_string(need) + " bytes");
         const cufm::StepDraws d =
             step_draws(seed, 0, 0, 0.0f, sigma_min, time_sampling, logit_mean, logit_std);
-        cufm::kernels::FmBatch b;
-        b.seed = d.seed;
-        b.step = reinterpret_cast<const uint64_t*>(step.data());
-        b.batch = static_cast<int>(B);
-        b.dim = D;
-        b.data = x1.data();
-        b.n_data = static_cast<uint32_t>(B);
-        b.time_sampling = d.path.time_sampling;
-        b.logit_mean = d.path.logit_mean;
-        b.logit_std = d.path.logit_std;
-        b.sigma_min = d.path.sigma_min;
-        b.rows_in_order = true;
+        const cufm::kernels::FmBatch b = in_order_batch(x1, step, d, nullptr);
         cufm::kernels::FmLossOutputs out;
         out.grad = grad.data();
         out.ld = D;
         out.loss = loss.data();
-        int current = 0;
-        cudaGetDevice(&current);
-        if (current != dev)
-          throw cufm::Error("fm_loss_grad: the arrays are on cuda:" + std::to_string(dev) +
-                            ", the current device is cuda:" + std::to_string(current));
+        require_current_device(dev, "fm_loss_grad");
         cufm::kernels::fm_loss_grad(b, v.data(), D, out, workspace.data(), workspace.shape(0),
                                     reinterpret_cast<cudaStream_t>(stream));
 #else
