@@ -34,9 +34,6 @@ void rademacher_probes(uint64_t seed, int64_t first, int64_t n, int P, int D, fl
 
 namespace {
 
-// Loops over fewer elements run on the calling thread (waking the team costs more than the work).
-constexpr int64_t kParallelMin = int64_t{1} << 15;
-
 // Rows of a chunk: the tangent matrix holds rows * P * width floats.
 int64_t chunk_rows(const MlpConfig& m, int P, bool guided) {
   int width = 0;

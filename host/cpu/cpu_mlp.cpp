@@ -88,7 +88,7 @@ void reduce_blocks(const std::vector<float>& partial, int blocks, int width, flo
 // y[B, out] = x[B, in] * W^T + b: y starts as the broadcast bias and the GEMM accumulates onto it
 // (beta = 1), so the bias costs no pass of its own (with beta = 0 OpenBLAS zeroes y first anyway).
 void linear(const float* x, const float* w, const float* b, int64_t batch, int in, int out, float* y) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
   for (int64_t r = 0; r < batch; ++r) std::memcpy(y + r * out, b, sizeof(float) * out);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch), out, in, 1.0f, x, in, w, in,
               1.0f, y, out);
@@ -143,7 +143,7 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
     scratch.input.resize(static_cast<size_t>(passes * rows) * in);
     float* input = scratch.input.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (passes * rows * in >= kParallelMin)
     for (int64_t i = 0; i < rows; ++i) {
       const int32_t label = model.num_classes > 0 ? (labels ? labels[first + i] : model.null_class()) : -1;
       const float ti = t_rows ? t_rows[first + i] : t;
@@ -177,7 +177,7 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
     float* z = last ? ws.out.data() : ws.pre[l].data();
     linear(x, w, b, batch, in, out, z);
     if (!last) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
       for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
         act_rows(model.activation, z, r0, r1, out, ws.act[l].data());

@@ -18,11 +18,6 @@
 namespace cufm::cpu {
 
 namespace {
-// Below this many elements a loop runs on the calling thread: waking OpenMP's team costs more than
-// the work, and its spinning workers would take the cores from a caller's own threads (PyTorch's,
-// around cufm.torch.flow_matching_loss). The blocks' order fixes the bits either way.
-constexpr int64_t kParallelMin = int64_t{1} << 16;
-
 // The part of an input row after x_t: the time features and the class one-hot.
 void write_input_tail(const MlpConfig& model, float t, int32_t label, float* row) {
   const int D = model.data_dim, tail = model.input_dim() - D;

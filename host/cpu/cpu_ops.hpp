@@ -16,6 +16,11 @@
 
 namespace cufm::cpu {
 
+// Elementwise loops over fewer elements run on the calling thread: waking OpenMP's team costs more
+// than the work, and its spinning workers would take the cores from the caller's own threads
+// (PyTorch's, around cufm.torch). The loops' results do not depend on how they are split.
+constexpr int64_t kParallelMin = int64_t{1} << 15;
+
 // Per-step inputs drawn from Philox: the first layer's input [B, input_dim] with x_t, the time
 // features and the class one-hot, plus each row's t and data index (for the loss).
 struct PreparedBatch {

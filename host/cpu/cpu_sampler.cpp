@@ -38,7 +38,7 @@ class HostSteps {
   }
 
   void update(const hd::Combination& c, float* x_out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n_ >= kParallelMin)
     for (int64_t i = 0; i < n_; ++i) x_out[i] = hd::combine_at(c, i);
   }
 
