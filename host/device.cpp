@@ -7,6 +7,7 @@
 #include "cufm/error.hpp"
 #include "cufm_build_info.hpp"
 #include "host/backend.hpp"
+#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm {
 
@@ -139,7 +140,7 @@ std::string build_summary() {
 #else
   os << "CUDA backend: not built\n";
 #endif
-  os << "CPU backend: float32, OpenBLAS sgemm, OpenMP";
+  os << "CPU backend: float32, OpenBLAS sgemm (" << cpu::blas_kernels() << "), OpenMP";
   return os.str();
 }
 

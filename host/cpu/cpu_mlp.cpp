@@ -164,6 +164,7 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
 
 void mlp_forward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                  MlpWorkspace& ws) {
+  ensure_blas_kernels();  // every entry point's BLAS runs the same kernels (and so the same bits)
   if (ws.batch != batch) ws.resize(model, batch);
   const ParamLayout layout(model);
   const int L = model.num_layers();
@@ -189,6 +190,7 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads) {
+  ensure_blas_kernels();
   CUFM_REQUIRE(ws.batch == batch, "mlp_backward: workspace holds batch " << ws.batch << ", not " << batch);
   const ParamLayout layout(model);
   const int L = model.num_layers();

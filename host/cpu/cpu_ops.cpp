@@ -211,6 +211,7 @@ int max_threads() {
 }
 
 void set_threads(int threads) {
+  ensure_blas_kernels();
   // More threads than 4x the cores only adds contention (and OpenBLAS's buffers per thread).
   const int n = threads > 0 ? std::min(threads, max_threads()) : omp_get_num_procs();
   omp_set_num_threads(n);

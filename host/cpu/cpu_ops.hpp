@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "cufm/dataset.hpp"
@@ -128,6 +129,12 @@ double l2_norm(const float* g, size_t n);
 // One optimiser step (and EMA) over the flat buffers.
 void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* params, float* m, float* v,
                float* ema);
+
+// OpenBLAS's kernels, checked once against the CPU (host/cpu/cpu_blas.cpp): where OpenBLAS chose
+// kernels older than the CPU runs, it is asked to choose again (set_threads calls this, before any
+// CPU backend's BLAS call). blas_kernels() says which kernels run, and why.
+void ensure_blas_kernels();
+std::string blas_kernels();
 
 // Threads for the CPU backend's own loops and for OpenBLAS (0: all cores; at most max_threads()).
 void set_threads(int threads);
