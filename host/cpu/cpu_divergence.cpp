@@ -141,13 +141,7 @@ void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorksp
 void evaluate_divergence(const MlpConfig& m, const float* params, const float* x, float t,
                          const int32_t* labels, int64_t n, const float* guidance, const float* probes, int P,
                          float* v, float* div, DivergenceScratch& s) {
-  if (m.num_classes > 0 && labels) {
-    for (int64_t i = 0; i < n; ++i) {
-      CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= m.num_classes,
-                   "label " << labels[i] << " at row " << i << " is outside [0, " << m.num_classes
-                            << "] (the last is the null class)");
-    }
-  }
+  check_field_labels(m, labels, n);
   const int D = m.data_dim, in = m.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;
@@ -158,12 +152,7 @@ void evaluate_divergence(const MlpConfig& m, const float* params, const float* x
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
     s.input.resize(static_cast<size_t>(passes * rows) * in);
     float* input = s.input.data();
-#pragma omp parallel for schedule(static) if (passes * rows * in >= kParallelMin)
-    for (int64_t i = 0; i < rows; ++i) {
-      const int32_t label = m.num_classes > 0 ? (labels ? labels[first + i] : m.null_class()) : -1;
-      write_input_row(m, x + (first + i) * D, t, label, input + i * in);
-      if (guided) write_input_row(m, x + (first + i) * D, t, m.null_class(), input + (rows + i) * in);
-    }
+    write_field_inputs(m, x, nullptr, t, labels, first, rows, guided, input);
     mlp_forward(m, params, input, passes * rows, s.ws);
     const float* out = s.ws.out.data();
     const float* dirs = probes ? probes + first * P * D : nullptr;

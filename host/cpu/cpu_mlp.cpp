@@ -124,16 +124,31 @@ void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
   batch = b;
 }
 
+void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n) {
+  if (model.num_classes == 0 || !labels) return;
+  for (int64_t i = 0; i < n; ++i) {
+    CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= model.num_classes,
+                 "label " << labels[i] << " at row " << i << " is outside [0, " << model.num_classes
+                          << "] (the last is the null class)");
+  }
+}
+
+void write_field_inputs(const MlpConfig& model, const float* x, const float* t_rows, float t,
+                        const int32_t* labels, int64_t first, int64_t rows, bool guided, float* input) {
+  const int D = model.data_dim, in = model.input_dim();
+#pragma omp parallel for schedule(static) if ((guided ? 2 : 1) * rows * in >= kParallelMin)
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t label = model.num_classes > 0 ? (labels ? labels[first + i] : model.null_class()) : -1;
+    const float ti = t_rows ? t_rows[first + i] : t;
+    write_input_row(model, x + (first + i) * D, ti, label, input + i * in);
+    if (guided) write_input_row(model, x + (first + i) * D, ti, model.null_class(), input + (rows + i) * in);
+  }
+}
+
 void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
                     const int32_t* labels, int64_t n, const float* guidance, float* v,
                     FieldScratch& scratch) {
-  if (model.num_classes > 0 && labels) {
-    for (int64_t i = 0; i < n; ++i) {
-      CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= model.num_classes,
-                   "label " << labels[i] << " at row " << i << " is outside [0, " << model.num_classes
-                            << "] (the last is the null class)");
-    }
-  }
+  check_field_labels(model, labels, n);
   const int D = model.data_dim, in = model.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;
@@ -143,14 +158,7 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
     scratch.input.resize(static_cast<size_t>(passes * rows) * in);
     float* input = scratch.input.data();
-#pragma omp parallel for schedule(static) if (passes * rows * in >= kParallelMin)
-    for (int64_t i = 0; i < rows; ++i) {
-      const int32_t label = model.num_classes > 0 ? (labels ? labels[first + i] : model.null_class()) : -1;
-      const float ti = t_rows ? t_rows[first + i] : t;
-      write_input_row(model, x + (first + i) * D, ti, label, input + i * in);
-      if (guided)
-        write_input_row(model, x + (first + i) * D, ti, model.null_class(), input + (rows + i) * in);
-    }
+    write_field_inputs(model, x, t_rows, t, labels, first, rows, guided, input);
     mlp_forward(model, params, input, passes * rows, scratch.ws);
     const float* out = scratch.ws.out.data();
     if (!guided) {

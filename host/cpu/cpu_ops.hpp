@@ -43,6 +43,13 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
                 const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
                 std::vector<int32_t>& labels_out);
 
+// A field evaluation's labels, checked: each in [0, num_classes] (the last is the null class).
+void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n);
+// The model input of points [first, first + rows) of x at per-row times t_rows (nullptr: t for all)
+// with their labels (nullptr: the null class); guided: then the same rows with the null class.
+void write_field_inputs(const MlpConfig& model, const float* x, const float* t_rows, float t,
+                        const int32_t* labels, int64_t first, int64_t rows, bool guided, float* input);
+
 // Fills row i of the first layer's input from x [D], t and a label (-1: unconditional model).
 void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row);
 
