@@ -1,11 +1,13 @@
 """Classifier-free guidance on 8gaussians: a conditional model (each of the eight modes is a class)
 trained with label dropout, sampled per class at guidance weights 0, 1 and 4.
 
-    python examples/guidance_8gaussians.py           # ~30 s on 2 CPU cores; a GPU if present
+    python examples/guidance_8gaussians.py           # ~20 s on 2 CPU cores; a GPU if present
     python examples/guidance_8gaussians.py --tiny    # a few seconds (what CI runs)
 
-Weight 0 samples the unconditional model (all eight modes), 1 the conditional one, and 4 pushes
-each class's samples further toward its own mode. Writes guidance_8gaussians.png into --out.
+Weight 0 samples the null-class model alone (here, after 1000 steps, a ring through the eight
+modes), 1 the conditional model (each class on its own mode), and 4 over-guides: each class's
+samples overshoot into a streak along the ray through its mode (mean distance to the mode's centre
+0.60 against 0.37 at w = 1 in our run). Writes guidance_8gaussians.png into --out.
 """
 
 import argparse

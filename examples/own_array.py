@@ -1,6 +1,6 @@
 """Training on your own array: a numpy array in, a model out, samples checked against the data.
 
-    python examples/own_array.py           # ~20 s on 2 CPU cores; a GPU if present
+    python examples/own_array.py           # ~30 s on 2 CPU cores; a GPU if present
     python examples/own_array.py --tiny    # a few seconds (what CI runs)
 
 The data here is a 6-D correlated Gaussian mixture standing in for a table of yours: replace
@@ -42,7 +42,7 @@ def main():
 
     # 1. cuFM draws the batches from the array (copied once; on the GPU it lives on the device).
     config = cufm.MlpConfig(data_dim=x.shape[1], hidden=hidden, time_features=8)
-    train = cufm.TrainConfig(batch_size=batch, lr=1e-3, ema_decay=0.999)
+    train = cufm.TrainConfig(batch_size=batch, lr=1e-3, ema_decay=0.99)  # EMA over ~100 steps
     trainer = cufm.Trainer(cufm.Model(config, seed=0), cufm.Dataset(x), train, device=args.device)
     trainer.fit(steps, lambda s, n, loss, secs: print(f"step {s}/{n}  loss {loss:.4f}"), every=max(1, steps // 4))
     trainer.save(str(out / "own_array.safetensors"), "own_array")
