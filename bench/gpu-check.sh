@@ -261,6 +261,7 @@ filter_for() {
     test_gpu_mlp) echo 'Cases/LtMlpTest.ForwardBackwardMatchCpu/fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/unfused_fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/bf16_silu_64_40' ;;
     test_gpu_training) echo 'Cases/GpuVsCpu.LossesAndWeightsAgree/fp32_silu_*:Precisions/Determinism.GraphEqualsEagerAndRunsRepeat/fp32:GpuTraining.OversizeDatasetThrowsCufmError' ;;
     test_gpu_sampling) echo 'Solvers/GpuSampling.MatchesCpu/rk4_guided:Solvers/GpuSampling.MatchesCpu/dopri5_guided' ;;
+    test_gpu_likelihood) echo 'Cases/GpuDivergence.MatchesTheCpu/*' ;;
     *) echo '*' ;;
   esac
 }
