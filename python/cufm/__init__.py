@@ -2,7 +2,7 @@
 
 The classes and functions are the C++ API's (include/cufm/), bound with nanobind: ``MlpConfig``,
 ``TrainConfig``, ``Model``, ``Dataset``/``make_toy``, ``Trainer`` (fit, step on a caller's batch,
-save), ``sample``, ``integrate`` (from the caller's points, either direction), ``log_prob``
+save), ``sample``, ``Sampler`` (keeps a GPU run's set-up between calls), ``integrate`` (from the caller's points, either direction), ``log_prob``
 (log-likelihoods; ``sample(..., with_log_prob=True)`` too), ``VelocityField``,
 ``loss_and_grad``, ``load_checkpoint`` and the metrics; for a model of your own, ``prepare_flow`` and
 ``flow_mse`` (host arrays) and the CUDA kernels ``fm_prepare`` and ``fm_loss_grad`` (device arrays, in
@@ -20,6 +20,7 @@ from ._cufm import (  # noqa: F401
     Error,
     MlpConfig,
     Model,
+    Sampler,
     Trainer,
     TrainConfig,
     VelocityField,

@@ -194,6 +194,42 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
   return c;
 }
 
+nb::dict run_sample(cufm::Sampler& sampler, const cufm::Model& model, int64_t count,
+                    const std::string& solver, int steps, float atol, float rtol,
+                    const std::optional<std::vector<int32_t>>& labels, std::optional<float> guidance,
+                    uint64_t seed, float t0, float t1, bool keep_trajectory, const std::string& device,
+                    const std::string& precision, int threads, bool with_log_prob,
+                    const std::string& divergence, int probes) {
+  const cufm::SampleConfig c =
+      sample_config(model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1, keep_trajectory,
+                    device, precision, threads, with_log_prob, divergence, probes);
+  cufm::SampleResult r;
+  {
+    nb::gil_scoped_release release;
+    r = sampler.sample(model, c);
+  }
+  return sample_dict(r);
+}
+
+nb::dict run_integrate(cufm::Sampler& sampler, const cufm::Model& model, const FloatIn& x0,
+                       const std::string& solver, int steps, float atol, float rtol,
+                       const std::optional<std::vector<int32_t>>& labels, std::optional<float> guidance,
+                       float t0, float t1, bool keep_trajectory, const std::string& device,
+                       const std::string& precision, int threads, bool with_log_prob,
+                       const std::string& divergence, int probes) {
+  const int64_t n = rows_of(x0, model.config().data_dim, "integrate: x0");
+  const cufm::SampleConfig c =
+      sample_config(model, n, solver, steps, atol, rtol, labels, guidance, 0, t0, t1, keep_trajectory, device,
+                    precision, threads, with_log_prob, divergence, probes);
+  const std::vector<float> start(x0.data(), x0.data() + n * model.config().data_dim);
+  cufm::SampleResult r;
+  {
+    nb::gil_scoped_release release;
+    r = sampler.integrate(model, start, c);
+  }
+  return sample_dict(r);
+}
+
 #if defined(CUFM_WITH_CUDA)
 // The kernels' batch for the caller's rows in order (x1 is the batch), with the draws' settings.
 cufm::kernels::FmBatch in_order_batch(const ConstFloats& x1,
@@ -467,15 +503,9 @@ NB_MODULE(_cufm, m) {
          float rtol, std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, uint64_t seed,
          float t0, float t1, bool keep_trajectory, const std::string& device, const std::string& precision,
          int threads, bool with_log_prob, const std::string& divergence, int probes) {
-        const cufm::SampleConfig c =
-            sample_config(model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1,
+        cufm::Sampler sampler;
+        return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1,
                           keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
-        cufm::SampleResult r;
-        {
-          nb::gil_scoped_release release;
-          r = cufm::sample(model, c);
-        }
-        return sample_dict(r);
       },
       "model"_a, "count"_a = 1000, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f,
       "rtol"_a = 1e-5f, "labels"_a = nb::none(), "guidance"_a = nb::none(), "seed"_a = 0, "t0"_a = 0.0f,
@@ -491,17 +521,9 @@ NB_MODULE(_cufm, m) {
          std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, float t0, float t1,
          bool keep_trajectory, const std::string& device, const std::string& precision, int threads,
          bool with_log_prob, const std::string& divergence, int probes) {
-        const int64_t n = rows_of(x0, model.config().data_dim, "integrate: x0");
-        const cufm::SampleConfig c =
-            sample_config(model, n, solver, steps, atol, rtol, labels, guidance, 0, t0, t1, keep_trajectory,
-                          device, precision, threads, with_log_prob, divergence, probes);
-        const std::vector<float> start(x0.data(), x0.data() + n * model.config().data_dim);
-        cufm::SampleResult r;
-        {
-          nb::gil_scoped_release release;
-          r = cufm::integrate(model, start, c);
-        }
-        return sample_dict(r);
+        cufm::Sampler sampler;
+        return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, guidance, t0, t1,
+                             keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
       },
       "model"_a, "x0"_a, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
       "labels"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f, "t1"_a = 1.0f,
@@ -509,6 +531,44 @@ NB_MODULE(_cufm, m) {
       "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
       "Integrates the model's field from the caller's points x0 [N, D] over [t0, t1] (t1 < t0: backwards); "
       "with_log_prob (t0 = 0, the points read as N(0, I) draws): also 'log_prob', log p_t1 at the results.");
+  nb::class_<cufm::Sampler>(
+      m, "Sampler",
+      "Keeps a GPU run's set-up (weights, cuBLASLt plans, buffers, solver graphs) between "
+      "calls of the same shape; sample()/integrate() give the module functions' bits.")
+      .def(nb::init<>())
+      .def(
+          "sample",
+          [](cufm::Sampler& sampler, const cufm::Model& model, int64_t count, const std::string& solver,
+             int steps, float atol, float rtol, std::optional<std::vector<int32_t>> labels,
+             std::optional<float> guidance, uint64_t seed, float t0, float t1, bool keep_trajectory,
+             const std::string& device, const std::string& precision, int threads, bool with_log_prob,
+             const std::string& divergence, int probes) {
+            return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, guidance, seed, t0,
+                              t1, keep_trajectory, device, precision, threads, with_log_prob, divergence,
+                              probes);
+          },
+          "model"_a, "count"_a = 1000, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f,
+          "rtol"_a = 1e-5f, "labels"_a = nb::none(), "guidance"_a = nb::none(), "seed"_a = 0, "t0"_a = 0.0f,
+          "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
+          "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+          "cufm.sample, keeping this sampler's set-up for the next call.")
+      .def(
+          "integrate",
+          [](cufm::Sampler& sampler, const cufm::Model& model, FloatIn x0, const std::string& solver,
+             int steps, float atol, float rtol, std::optional<std::vector<int32_t>> labels,
+             std::optional<float> guidance, float t0, float t1, bool keep_trajectory,
+             const std::string& device, const std::string& precision, int threads, bool with_log_prob,
+             const std::string& divergence, int probes) {
+            return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, guidance, t0, t1,
+                                 keep_trajectory, device, precision, threads, with_log_prob, divergence,
+                                 probes);
+          },
+          "model"_a, "x0"_a, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
+          "labels"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f, "t1"_a = 1.0f,
+          "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
+          "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+          "cufm.integrate, keeping this sampler's set-up for the next call.")
+      .def("release", &cufm::Sampler::release, "Frees what the sampler keeps (its GPU memory too).");
   m.def(
       "log_prob",
       [](const cufm::Model& model, FloatIn x, const std::string& solver, int steps, float atol, float rtol,

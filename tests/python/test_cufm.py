@@ -156,7 +156,8 @@ def test_type_stubs_are_installed():
     assert (package / "py.typed").exists()
     stub = (package / "_cufm.pyi").read_text()
     for name in ("class Trainer", "def integrate(", "def loss_and_grad(", "class VelocityField", "def sample(",
-                 "def prepare_flow(", "def flow_mse(", "def fm_prepare(", "def fm_loss_grad(", "def log_prob("):
+                 "def prepare_flow(", "def flow_mse(", "def fm_prepare(", "def fm_loss_grad(", "def log_prob(",
+                 "class Sampler"):
         assert name in stub, name
 
 
@@ -193,3 +194,19 @@ def test_log_prob_of_a_linear_field_is_analytic_and_matches_sampling():
         cufm.integrate(model, x, t0=1.0, t1=0.0, with_log_prob=True, device="cpu")
     with pytest.raises(cufm.Error, match="unknown divergence"):
         cufm.log_prob(model, x, divergence="trace")
+
+
+def test_a_kept_sampler_gives_the_module_functions_bits():
+    model = cufm.Model(small_config(classes=3), 7)
+    sampler = cufm.Sampler()
+    a = sampler.sample(model, count=300, steps=8, labels=[2], guidance=1.5, device="cpu")
+    b = cufm.sample(model, count=300, steps=8, labels=[2], guidance=1.5, device="cpu")
+    assert np.array_equal(a["x"], b["x"])
+    back = sampler.integrate(model, a["x"], steps=8, t0=1.0, t1=0.0, labels=[2], guidance=1.5, device="cpu")
+    assert np.array_equal(back["x"], cufm.integrate(model, a["x"], steps=8, t0=1.0, t1=0.0, labels=[2],
+                                                    guidance=1.5, device="cpu")["x"])
+    again = sampler.sample(model, count=300, steps=8, labels=[2], guidance=1.5, device="cpu")  # reused
+    assert np.array_equal(again["x"], a["x"])
+    sampler.release()
+    with pytest.raises(cufm.Error, match="unknown solver"):
+        sampler.sample(model, solver="rk7")
