@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -25,18 +24,7 @@ import time
 import numpy as np
 
 import cufm
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-        return f"{name} ({', '.join(isa)})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from bench_machine import cpu_model
 
 
 def mixture(n, seed):

@@ -31,20 +31,9 @@ import time
 import numpy as np
 
 import cufm
+from bench_machine import cpu_model
 
 R1 = dict(dim=2, width=512, layers=4, batch=4096, lr=1e-3)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
-        return f"{name} ({', '.join(isa)})"
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def median_ms(times):

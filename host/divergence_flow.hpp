@@ -36,6 +36,9 @@ struct DivergenceFlowResult {
   OdeResult counts;  // evaluations and steps (its x is empty)
 };
 
+// What Divergence::Auto means for D = data_dim: the exact trace up to D = 32, Hutchinson above.
+Divergence resolve_divergence(Divergence d, int data_dim);
+
 // A config's labels (none, one for all, or one per point) as one per point, or none.
 std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_t n);
 

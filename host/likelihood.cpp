@@ -34,17 +34,8 @@ Divergence parse_divergence(const std::string& s) {
   CUFM_FAIL("unknown divergence '" << s << "' (expected auto, exact or hutchinson)");
 }
 
-namespace {
-constexpr int kExactUpTo = 32;  // Auto: the exact trace up to this D
-
-Divergence resolve(Divergence d, int data_dim) {
-  if (d != Divergence::Auto) return d;
-  return data_dim <= kExactUpTo ? Divergence::Exact : Divergence::Hutchinson;
-}
-}  // namespace
-
 Divergence LogProbConfig::resolved(int data_dim) const {
-  return resolve(divergence, data_dim);
+  return detail::resolve_divergence(divergence, data_dim);
 }
 
 void LogProbConfig::validate(const MlpConfig& model, int64_t n) const {
@@ -92,6 +83,12 @@ uint64_t divergence_flow_bytes(const MlpConfig& m, int64_t n, const DivergenceFl
   // One chunk's tangents (two buffers of at most 2^22 floats) and forward workspace.
   floats = add_sat(floats, add_sat(uint64_t{1} << 23, cpu::MlpWorkspace::floats_for(m, 8192 * 2)));
   return mul_sat(floats, sizeof(float));
+}
+
+Divergence resolve_divergence(Divergence d, int data_dim) {
+  constexpr int kExactUpTo = 32;
+  if (d != Divergence::Auto) return d;
+  return data_dim <= kExactUpTo ? Divergence::Exact : Divergence::Hutchinson;
 }
 
 std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_t n) {

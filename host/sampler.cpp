@@ -202,9 +202,7 @@ SampleResult sample_with_log_prob(const Model& model, const float* x0_in, const 
   f.t1 = config.t1;
   f.labels = detail::labels_per_point(config.labels, config.count);
   f.guidance = config.guidance;
-  f.divergence = config.divergence != Divergence::Auto
-                     ? config.divergence
-                     : (D <= 32 ? Divergence::Exact : Divergence::Hutchinson);
+  f.divergence = detail::resolve_divergence(config.divergence, D);
   f.probes = config.probes;
   f.seed = config.seed;
   f.device = device;
@@ -268,10 +266,7 @@ SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleCo
     sampler_noise(config.seed, 0, config.count, D, x0.data());
   }
   // The field: the model over all points, with one label for all or per sample (else the null class).
-  std::vector<int32_t> labels;
-  if (!config.labels.empty()) {
-    labels = config.labels.size() == 1 ? std::vector<int32_t>(config.count, config.labels[0]) : config.labels;
-  }
+  const std::vector<int32_t> labels = detail::labels_per_point(config.labels, config.count);
   const float* guidance = config.guidance ? &*config.guidance : nullptr;
   cpu::FieldScratch scratch;
   auto field = [&](float t, const float* x, float* v) {

@@ -170,6 +170,8 @@ TEST(FlowOps, MatchTheFloat64PathOnTheDraws) {
   EXPECT_TRUE(test::all_close(xt.data(), xt64.data(), xt.size(), 1e-6, 1e-6));
   const float loss = flow_mse(draws, B, D, x1.data(), v.data(), grad.data(), 1);
   EXPECT_NEAR(loss, loss64, 1e-6 * loss64);
+  // grad = 2 (v - u) / (BD) cancels where v ~ u: an absolute floor of 1e-9 covers fp32's rounding of
+  // v - u (~3e-7 x 2 / 3500 = 2e-10); the typical gradient is ~1e-3.
   EXPECT_TRUE(test::all_close(grad.data(), grad64.data(), grad.size(), 1e-9, 1e-6));
   const float loss2 = flow_mse(draws, B, D, x1.data(), v.data(), grad2.data(), 2);
   EXPECT_EQ(loss, loss2);
