@@ -69,8 +69,8 @@ using CudaFieldPtr = std::unique_ptr<CudaField, CudaFieldDeleter>;
 CudaFieldPtr make_cuda_field(const Model& model, const FieldOptions& options);
 // host_pointers: x, labels and v are host memory (the call waits); else device memory, enqueued on
 // stream (a cudaStream_t) without waiting.
-void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels, int64_t n,
-                         float* v, void* stream, bool host_pointers);
+void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels,
+                         const float* context, int64_t n, float* v, void* stream, bool host_pointers);
 void cuda_field_set_weights(CudaField& field, const Model& model);
 // The velocity and its divergence on the GPU (host/cuda/cuda_divergence.cpp), for log-likelihoods:
 // cpu::evaluate_divergence's contract on HOST arrays (the call uploads x, waits and downloads v and
@@ -82,8 +82,9 @@ struct CudaDivergenceDeleter {
 };
 using CudaDivergencePtr = std::unique_ptr<CudaDivergence, CudaDivergenceDeleter>;
 CudaDivergencePtr make_cuda_divergence(const Model& model);
-void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const int32_t* labels, int64_t n,
-                              const float* guidance, const float* probes, int P, float* v, float* div);
+void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const int32_t* labels,
+                              const float* context, int64_t n, const float* guidance, const float* probes,
+                              int P, float* v, float* div);
 // cufm::loss_and_grad on the GPU (host/cuda/cuda_loss.cpp): the batch is checked by the caller.
 LossGrad cuda_loss_and_grad(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision);
 std::vector<DeviceInfo> cuda_device_list();

@@ -228,6 +228,8 @@ std::string to_json(const MlpConfig& c) {
   j["activation"] = to_string(c.activation);
   j["time_features"] = c.time_features;
   j["num_classes"] = c.num_classes;
+  // Only when set: a checkpoint of a model without a context stays readable by earlier versions.
+  if (c.context_dim > 0) j["context_dim"] = c.context_dim;
   return j.dump();
 }
 
@@ -252,6 +254,7 @@ std::string to_json(const TrainConfig& c) {
                 {"decay_steps", std::to_string(c.optim.decay_steps)},
                 {"min_lr", finite(c.optim.min_lr, "optim.min_lr")}};
   j["label_dropout"] = finite(c.label_dropout, "label_dropout");
+  if (c.context_dropout != 0.0f) j["context_dropout"] = finite(c.context_dropout, "context_dropout");
   return j.dump();  // the recipe only: where a run goes (RunOptions) is not the checkpoint's
 }
 
@@ -273,6 +276,7 @@ MlpConfig mlp_config_from_json(const std::string& s) {
   c.activation = parse_activation(f.get_string("activation"));
   c.time_features = f.get_int("time_features", 0, 64);
   c.num_classes = f.get_int("num_classes", 0, 100000);
+  if (f.has("context_dim")) c.context_dim = f.get_int("context_dim", 0, 65536);  // absent: none
   f.finish();
   c.validate();
   return c;
@@ -307,6 +311,7 @@ TrainConfig train_config_from_json(const std::string& s) {
   }
   optim.finish();
   c.label_dropout = f.get_float("label_dropout");
+  if (f.has("context_dropout")) c.context_dropout = f.get_float("context_dropout");  // absent: 0
   // Checkpoints before RunOptions also recorded where they ran: still checked, no longer kept.
   if (f.has("device")) (void)parse_device(f.get_string("device"));
   if (f.has("precision")) (void)parse_precision(f.get_string("precision"));

@@ -43,7 +43,8 @@ SampleResult cuda_sample(const Model&, const SampleConfig&, const float*) {
 CudaFieldPtr make_cuda_field(const Model&, const FieldOptions&) {
   absent("a velocity field on the GPU");
 }
-void cuda_field_evaluate(CudaField&, float, const float*, const int32_t*, int64_t, float*, void*, bool) {
+void cuda_field_evaluate(CudaField&, float, const float*, const int32_t*, const float*, int64_t, float*,
+                         void*, bool) {
   absent("a velocity field on the GPU");
 }
 void cuda_field_set_weights(CudaField&, const Model&) {
@@ -52,8 +53,8 @@ void cuda_field_set_weights(CudaField&, const Model&) {
 CudaDivergencePtr make_cuda_divergence(const Model&) {
   absent("a divergence on the GPU");
 }
-void cuda_divergence_evaluate(CudaDivergence&, float, const float*, const int32_t*, int64_t, const float*,
-                              const float*, int, float*, float*) {
+void cuda_divergence_evaluate(CudaDivergence&, float, const float*, const int32_t*, const float*, int64_t,
+                              const float*, const float*, int, float*, float*) {
   absent("a divergence on the GPU");
 }
 LossGrad cuda_loss_and_grad(const Model&, const FlowBatch&, float, Precision) {

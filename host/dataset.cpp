@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/philox.hpp"
+#include "cufm/error.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -28,6 +28,19 @@ void Dataset::validate() const {
   for (size_t k = 0; k < x.size(); ++k) {
     if (!std::isfinite(x[k])) {
       CUFM_FAIL("dataset '" << name << "': x at (row " << k / dim << ", col " << k % dim << ") is " << x[k]
+                            << "; remove or replace non-finite values before training");
+    }
+  }
+  CUFM_REQUIRE(context_dim >= 0 && context_dim <= 65536,
+               "dataset '" << name << "' has context_dim = " << context_dim << "; it must be in [0, 65536]");
+  CUFM_REQUIRE(context.size() == static_cast<size_t>(n) * static_cast<size_t>(context_dim),
+               "dataset '" << name << "': the context holds " << context.size()
+                           << " floats but n * context_dim = " << n << " * " << context_dim << " = "
+                           << static_cast<size_t>(n) * static_cast<size_t>(context_dim));
+  for (size_t k = 0; k < context.size(); ++k) {
+    if (!std::isfinite(context[k])) {
+      CUFM_FAIL("dataset '" << name << "': the context at (row " << k / context_dim << ", col "
+                            << k % context_dim << ") is " << context[k]
                             << "; remove or replace non-finite values before training");
     }
   }
@@ -207,33 +220,43 @@ Dataset make_toy(const std::string& name, int64_t n, uint64_t seed) {
   return d;
 }
 
-Dataset load_npy_dataset(const std::string& data_path, const std::string& labels_path, int num_classes) {
+std::vector<float> read_npy_matrix(const std::string& path, const char* what, int64_t& rows, int64_t& cols,
+                                   bool one_row_ok) {
+  const NpyArray a = read_npy(path);
+  CUFM_REQUIRE(a.dtype == "<f4" || a.dtype == "<f8",
+               what << " '" << path << "' holds '" << a.dtype
+                    << "'; it must be float32 or float64 (convert with arr.astype(np.float32))");
+  CUFM_REQUIRE((one_row_ok && a.shape.size() == 1) || a.shape.size() == 2,
+               what << " '" << path << "' has " << a.shape.size()
+                    << " dimensions; it must be a 2-D array [N, D]"
+                    << (one_row_ok ? " (or 1-D: one row)" : ""));
+  rows = a.shape.size() == 2 ? a.shape[0] : 1;
+  cols = a.shape.back();
+  CUFM_REQUIRE(cols >= 1 && cols <= std::numeric_limits<int>::max(),
+               what << " '" << path << "' has " << cols << " columns; it needs at least one");
+  std::vector<float> out(a.values.size());
+  for (size_t k = 0; k < a.values.size(); ++k) {
+    const double v = a.values[k];
+    out[k] = static_cast<float>(v);
+    CUFM_REQUIRE(!std::isfinite(v) || std::isfinite(out[k]), what << " '" << path << "': value " << v
+                                                                  << " at (row " << k / cols << ", col "
+                                                                  << k % cols << ") overflows float32");
+  }
+  return out;
+}
+
+Dataset load_npy_dataset(const std::string& data_path, const std::string& labels_path, int num_classes,
+                         const std::string& context_path) {
   CUFM_REQUIRE(num_classes >= 0,
                "load_npy_dataset: num_classes must be >= 0 (0: from the labels), got " << num_classes);
   CUFM_REQUIRE(num_classes == 0 || !labels_path.empty(),
                "load_npy_dataset: num_classes = " << num_classes << " given without a labels file");
 
-  const NpyArray data = read_npy(data_path);
-  CUFM_REQUIRE(data.dtype == "<f4" || data.dtype == "<f8",
-               "data file '" << data_path << "' holds '" << data.dtype
-                             << "'; it must be float32 or float64 (convert with arr.astype(np.float32))");
-  CUFM_REQUIRE(data.shape.size() == 2, "data file '" << data_path << "' has " << data.shape.size()
-                                                     << " dimensions; it must be a 2-D array [N, D]");
-  CUFM_REQUIRE(data.shape[1] >= 1 && data.shape[1] <= std::numeric_limits<int>::max(),
-               "data file '" << data_path << "' has " << data.shape[1] << " columns; it needs at least one");
-
   Dataset d;
   d.name = data_path;
-  d.n = data.shape[0];
-  d.dim = static_cast<int>(data.shape[1]);
-  d.x.resize(data.values.size());
-  for (size_t k = 0; k < data.values.size(); ++k) {
-    const double v = data.values[k];
-    d.x[k] = static_cast<float>(v);
-    CUFM_REQUIRE(!std::isfinite(v) || std::isfinite(d.x[k]),
-                 "data file '" << data_path << "': value " << v << " at (row " << k / d.dim << ", col "
-                               << k % d.dim << ") overflows float32");
-  }
+  int64_t cols = 0;
+  d.x = read_npy_matrix(data_path, "data file", d.n, cols);
+  d.dim = static_cast<int>(cols);
 
   if (!labels_path.empty()) {
     const NpyArray labels = read_npy(labels_path);
@@ -257,6 +280,14 @@ Dataset load_npy_dataset(const std::string& data_path, const std::string& labels
     }
     d.num_classes = num_classes > 0 ? num_classes : max_label + 1;
   }
+  if (!context_path.empty()) {
+    int64_t rows = 0, k = 0;
+    d.context = read_npy_matrix(context_path, "context file", rows, k);
+    CUFM_REQUIRE(rows == d.n && k <= 65536, "context file '" << context_path << "' must have shape (" << d.n
+                                                             << ", K) with K <= 65536 to match '" << data_path
+                                                             << "', got (" << rows << ", " << k << ")");
+    d.context_dim = static_cast<int>(k);
+  }
   d.validate();
   return d;
 }
@@ -267,8 +298,27 @@ DatasetSource::DatasetSource(const Dataset& data, uint64_t seed) : data_(data), 
                "DatasetSource: the data has " << data_.n << " points; at most 2^32 - 1 are supported");
 }
 
+void DataSource::next_batch(uint64_t, int, float*, int32_t*) {
+  CUFM_FAIL(
+      "DataSource: the source overrides neither next_batch(step, batch_size, x1, labels) nor the "
+      "overload with a context");
+}
+
+void DataSource::next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels, float* context) {
+  CUFM_REQUIRE(context_dim() == 0 || !context, "DataSource: the source has a context (context_dim() = "
+                                                   << context_dim()
+                                                   << ") but does not override next_batch(step, "
+                                                      "batch_size, x1, labels, context)");
+  next_batch(step, batch_size, x1, labels);
+}
+
 void DatasetSource::next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels) {
+  next_batch(step, batch_size, x1, labels, nullptr);
+}
+
+void DatasetSource::next_batch(uint64_t step, int batch_size, float* x1, int32_t* labels, float* context) {
   CUFM_REQUIRE(batch_size >= 1 && x1, "DatasetSource: a batch needs batch_size >= 1 and x1");
+  const int K = data_.context_dim;
   const int D = data_.dim;
   const uint32_t n = static_cast<uint32_t>(data_.n);
   for (int i = 0; i < batch_size; ++i) {
@@ -276,6 +326,10 @@ void DatasetSource::next_batch(uint64_t step, int batch_size, float* x1, int32_t
     const uint32_t idx = hd::uniform_index(rng::draw(seed_, step, static_cast<uint32_t>(i), 0u).v[2], n);
     std::copy_n(data_.x.data() + static_cast<size_t>(idx) * D, D, x1 + static_cast<size_t>(i) * D);
     if (labels && data_.labelled()) labels[i] = data_.labels[idx];
+    if (context && K > 0) {
+      std::copy_n(data_.context.data() + static_cast<size_t>(idx) * K, K,
+                  context + static_cast<size_t>(i) * K);
+    }
   }
 }
 

@@ -20,6 +20,7 @@ struct DivergenceFlow {
   int max_steps = 100000;
   float t0 = 1.0f, t1 = 0.0f;
   std::vector<int32_t> labels;  // empty or one per point
+  std::vector<float> context;   // empty (the null context) or one row of context_dim per point
   std::optional<float> guidance;
   Divergence divergence = Divergence::Exact;  // resolved: Exact or Hutchinson
   int probes = 1;
@@ -41,6 +42,18 @@ Divergence resolve_divergence(Divergence d, int data_dim);
 
 // A config's labels (none, one for all, or one per point) as one per point, or none.
 std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_t n);
+// A config's context (none, one row of K for all, or one per point) as one row per point, or none.
+std::vector<float> context_per_point(const std::vector<float>& context, int K, int64_t n);
+
+// The rules sampling, log_prob and the field share. A context argument: empty, K values (one for
+// all n points) or n * K values, all finite, and only for a model with a context; `who` and
+// `per` name the call and its points in the message.
+void check_context_arg(const MlpConfig& model, const std::vector<float>& context, int64_t n, const char* who,
+                       const char* per);
+// Guidance: a finite scale, a conditional model (classes or a context) and a condition to guide
+// towards (labels or a context).
+void check_guidance_arg(const MlpConfig& model, const std::optional<float>& guidance, bool has_labels,
+                        bool has_context);
 
 DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
                                                const DivergenceFlow& flow, bool keep_trajectory);

@@ -39,6 +39,7 @@ Divergence LogProbConfig::resolved(int data_dim) const {
 }
 
 void LogProbConfig::validate(const MlpConfig& model, int64_t n) const {
+  detail::check_context_arg(model, context, n, "log_prob", "point");
   SampleConfig s;  // the solver, labels and guidance rules are sampling's
   s.count = n;
   s.solver = solver;
@@ -47,6 +48,7 @@ void LogProbConfig::validate(const MlpConfig& model, int64_t n) const {
   s.rtol = rtol;
   s.max_steps = max_steps;
   s.labels = labels;
+  s.context = context;
   s.guidance = guidance;
   s.threads = threads;
   s.validate(model);
@@ -72,9 +74,10 @@ namespace detail {
 uint64_t divergence_flow_bytes(const MlpConfig& m, int64_t n, const DivergenceFlow& f, bool keep) {
   const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(n, 0));
   const uint64_t state = mul_sat(rows, static_cast<uint64_t>(m.data_dim) + 1);
+  const uint64_t context = mul_sat(rows, static_cast<uint64_t>(m.context_dim));
   const int P = f.divergence == Divergence::Exact ? m.data_dim : f.probes;
   // The state, the solver's stages (up to 7) and stage point, the probes, the results.
-  uint64_t floats = mul_sat(state, 10);
+  uint64_t floats = add_sat(mul_sat(state, 10), context);
   if (f.divergence == Divergence::Hutchinson) {
     floats = add_sat(floats, mul_sat(rows, static_cast<uint64_t>(P) * m.data_dim));
   }
@@ -96,6 +99,37 @@ std::vector<int32_t> labels_per_point(const std::vector<int32_t>& labels, int64_
   return labels;
 }
 
+std::vector<float> context_per_point(const std::vector<float>& context, int K, int64_t n) {
+  if (K <= 0 || context.empty() || static_cast<int64_t>(context.size()) == n * K) return context;
+  std::vector<float> out(static_cast<size_t>(n) * K);
+  for (int64_t i = 0; i < n; ++i) std::copy(context.begin(), context.begin() + K, out.begin() + i * K);
+  return out;
+}
+
+void check_context_arg(const MlpConfig& m, const std::vector<float>& context, int64_t n, const char* who,
+                       const char* per) {
+  if (context.empty()) return;
+  CUFM_REQUIRE(m.context_dim > 0, who << ": a context given, but the model has none (context_dim = 0)");
+  const int64_t K = m.context_dim;
+  CUFM_REQUIRE(static_cast<int64_t>(context.size()) == K || static_cast<int64_t>(context.size()) == n * K,
+               who << ": the context must hold " << K << " floats (one row for all) or " << n << " x " << K
+                   << " (one row per " << per << "), got " << context.size());
+  for (size_t j = 0; j < context.size(); ++j) {
+    CUFM_REQUIRE(std::isfinite(context[j]),
+                 who << ": the context at row " << j / K << ", column " << j % K << " is not finite");
+  }
+}
+
+void check_guidance_arg(const MlpConfig& m, const std::optional<float>& guidance, bool has_labels,
+                        bool has_context) {
+  if (!guidance) return;
+  CUFM_REQUIRE(m.num_classes > 0 || m.context_dim > 0,
+               "guidance needs a conditional model (num_classes > 0 or context_dim > 0)");
+  CUFM_REQUIRE(has_labels || has_context,
+               "guidance needs a condition to guide towards: class labels or a context");
+  CUFM_REQUIRE(std::isfinite(*guidance), "guidance scale must be finite");
+}
+
 DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
                                                const DivergenceFlow& f, bool keep) {
   const MlpConfig& m = model.config();
@@ -109,6 +143,7 @@ DivergenceFlowResult integrate_with_divergence(const Model& model, const float* 
     cpu::rademacher_probes(f.seed, 0, n, P, D, probes.data());
   }
   const int32_t* labels = f.labels.empty() ? nullptr : f.labels.data();
+  const float* context = f.context.empty() ? nullptr : f.context.data();
   const float* guidance = f.guidance ? &*f.guidance : nullptr;
   cpu::set_threads(f.threads);
   std::vector<float> y(xn + static_cast<size_t>(n), 0.0f);  // [x | a], a(t0) = 0
@@ -118,10 +153,10 @@ DivergenceFlowResult integrate_with_divergence(const Model& model, const float* 
   if (f.device == Device::CUDA) gpu = make_cuda_divergence(model);
   auto field = [&](float t, const float* state, float* dstate) {
     if (gpu) {
-      cuda_divergence_evaluate(*gpu, t, state, labels, n, guidance, exact ? nullptr : probes.data(), P,
-                               dstate, dstate + xn);
+      cuda_divergence_evaluate(*gpu, t, state, labels, context, n, guidance, exact ? nullptr : probes.data(),
+                               P, dstate, dstate + xn);
     } else {
-      cpu::evaluate_divergence(m, model.params().data(), state, t, labels, n, guidance,
+      cpu::evaluate_divergence(m, model.params().data(), state, t, labels, context, n, guidance,
                                exact ? nullptr : probes.data(), P, dstate, dstate + xn, scratch);
     }
   };
@@ -166,6 +201,7 @@ LogProbResult log_prob(const Model& model, const std::vector<float>& x, const Lo
   f.t0 = 1.0f;
   f.t1 = 0.0f;
   f.labels = detail::labels_per_point(config.labels, n);
+  f.context = detail::context_per_point(config.context, m.context_dim, n);
   f.guidance = config.guidance;
   f.divergence = config.resolved(D);
   f.probes = config.probes;

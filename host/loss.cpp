@@ -24,6 +24,14 @@ void check_batch(const MlpConfig& m, const FlowBatch& b, const PathConfig& path)
                "loss_and_grad: batch size must be in [1, 2^31 - 1], got " << b.size);
   CUFM_REQUIRE(b.x1 && b.t && b.eps, "loss_and_grad: x1, t and eps must not be null");
   CUFM_REQUIRE(!b.labels || m.num_classes > 0, "loss_and_grad: labels given, but the model is unconditional");
+  CUFM_REQUIRE(!b.context || m.context_dim > 0,
+               "loss_and_grad: a context given, but the model has none (context_dim = 0)");
+  CUFM_REQUIRE(!b.context_null || b.context, "loss_and_grad: context_null given without a context");
+  for (int64_t j = 0; b.context && j < b.size * m.context_dim; ++j) {
+    CUFM_REQUIRE(std::isfinite(b.context[j]), "loss_and_grad: the context at row "
+                                                  << j / m.context_dim << ", column " << j % m.context_dim
+                                                  << " is not finite");
+  }
   CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
                "loss_and_grad: sigma_min must be in [0, 1), got " << path.sigma_min);
   for (int64_t i = 0; i < b.size; ++i) {
@@ -50,30 +58,35 @@ void check_step_draws(const StepDraws& d, int64_t B, int D, const char* who) {
                who << ": num_classes must be in [0, 100000], got " << d.num_classes);
   CUFM_REQUIRE(d.label_dropout >= 0.0f && d.label_dropout <= 1.0f,
                who << ": label_dropout must be in [0, 1], got " << d.label_dropout);
+  CUFM_REQUIRE(d.context_dropout >= 0.0f && d.context_dropout <= 1.0f,
+               who << ": context_dropout must be in [0, 1], got " << d.context_dropout);
 }
 
 // The CPU backend's draw_given takes the model's and the recipe's fields.
 void draw_rows(const StepDraws& d, int64_t B, int D, const int32_t* labels, std::vector<float>& t,
-               std::vector<float>& eps, std::vector<int32_t>& labels_out) {
+               std::vector<float>& eps, std::vector<int32_t>& labels_out,
+               std::vector<uint8_t>& context_drop) {
   MlpConfig m;
   m.data_dim = D;
   m.num_classes = d.num_classes;
+  m.context_dim = d.context_dropout > 0.0f ? 1 : 0;  // draw_given draws the drops for any context width
   TrainConfig c;
   c.seed = d.seed;
   c.path = d.path;
   c.label_dropout = d.label_dropout;
+  c.context_dropout = d.context_dropout;
   std::vector<int32_t> all_null;
   if (d.num_classes > 0 && !labels) {
     all_null.assign(static_cast<size_t>(B), d.num_classes);
     labels = all_null.data();
   }
-  cpu::draw_given(m, c, d.step, B, labels, t, eps, labels_out);
+  cpu::draw_given(m, c, d.step, B, labels, t, eps, labels_out, context_drop);
 }
 
 }  // namespace
 
 void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, const int32_t* labels,
-                  float* x_t, float* t, int32_t* labels_out, float* eps_out) {
+                  float* x_t, float* t, int32_t* labels_out, float* eps_out, uint8_t* context_dropped) {
   check_step_draws(draws, B, D, "prepare_flow");
   CUFM_REQUIRE(x1 && x_t && t, "prepare_flow: x1, x_t and t must not be null");
   CUFM_REQUIRE(draws.num_classes > 0 || (!labels && !labels_out),
@@ -91,11 +104,13 @@ void prepare_flow(const StepDraws& draws, int64_t B, int D, const float* x1, con
   }
   std::vector<float> tv, eps;
   std::vector<int32_t> lv;
-  draw_rows(draws, B, D, labels, tv, eps, lv);
+  std::vector<uint8_t> drop;
+  draw_rows(draws, B, D, labels, tv, eps, lv, drop);
   const float s = draws.path.sigma_min;
   for (int64_t i = 0; i < B; ++i) {
     t[i] = tv[i];
     if (labels_out) labels_out[i] = lv[i];
+    if (context_dropped) context_dropped[i] = drop.empty() ? 0 : drop[i];
     for (int d = 0; d < D; ++d) x_t[i * D + d] = hd::path_xt(tv[i], x1[i * D + d], eps[i * D + d], s);
   }
   if (eps_out) std::copy(eps.begin(), eps.end(), eps_out);
@@ -109,7 +124,8 @@ float flow_mse(const StepDraws& draws, int64_t B, int D, const float* x1, const 
   cpu::set_threads(threads);
   std::vector<float> t, eps;
   std::vector<int32_t> labels;
-  draw_rows(draws, B, D, nullptr, t, eps, labels);
+  std::vector<uint8_t> drop;
+  draw_rows(draws, B, D, nullptr, t, eps, labels, drop);
   return cpu::mse_given(B, D, v, x1, eps.data(), draws.path.sigma_min, grad);
 }
 

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/philox.hpp"
+#include "cufm/error.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 
@@ -23,13 +23,15 @@ void MlpConfig::validate() const {
                "model time_features must be 0 (raw t) or an even number up to 64, got " << time_features);
   CUFM_REQUIRE(num_classes >= 0 && num_classes <= 100000,
                "model num_classes must be in [0, 100000], got " << num_classes);
+  CUFM_REQUIRE(context_dim >= 0 && context_dim <= 65536,
+               "model context_dim must be in [0, 65536], got " << context_dim);
   CUFM_REQUIRE(
       activation == Activation::SiLU || activation == Activation::ReLU || activation == Activation::GELU,
       "model activation must be silu, relu or gelu");
 }
 
 int MlpConfig::input_dim() const {
-  return hd::input_width(data_dim, time_features, num_classes);
+  return hd::input_width(data_dim, time_features, context_dim, num_classes);
 }
 
 int MlpConfig::layer_in(int l) const {
@@ -41,7 +43,7 @@ int MlpConfig::layer_out(int l) const {
 
 bool MlpConfig::operator==(const MlpConfig& o) const {
   return data_dim == o.data_dim && hidden == o.hidden && activation == o.activation &&
-         time_features == o.time_features && num_classes == o.num_classes;
+         time_features == o.time_features && num_classes == o.num_classes && context_dim == o.context_dim;
 }
 
 const char* to_string(Activation a) {
@@ -100,11 +102,17 @@ Model::Model(const MlpConfig& config, std::vector<float> params)
 }
 
 void Model::forward(const float* x, const float* t, const int32_t* labels, int64_t n, float* v) const {
+  forward(x, t, labels, nullptr, n, v);
+}
+
+void Model::forward(const float* x, const float* t, const int32_t* labels, const float* context, int64_t n,
+                    float* v) const {
   CUFM_REQUIRE(n >= 0, "forward: batch size must be >= 0, got " << n);
   if (n == 0) return;
   CUFM_REQUIRE(x && t && v, "forward: x, t and v must not be null");
+  CUFM_REQUIRE(!context || config_.context_dim > 0, "forward: context given to a model without a context");
   cpu::FieldScratch scratch;
-  cpu::evaluate_model(config_, params_.data(), x, t, 0.0f, labels, n, nullptr, v, scratch);
+  cpu::evaluate_model(config_, params_.data(), x, t, 0.0f, labels, context, n, nullptr, v, scratch);
 }
 
 }  // namespace cufm

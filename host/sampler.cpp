@@ -72,9 +72,8 @@ void SampleConfig::validate(const MlpConfig& model) const {
                                                                            << " is outside [0, "
                                                                            << model.num_classes << ")");
   }
-  CUFM_REQUIRE(!guidance || model.num_classes > 0, "guidance needs a conditional model (num_classes > 0)");
-  CUFM_REQUIRE(!guidance || !labels.empty(), "guidance needs class labels to guide towards");
-  CUFM_REQUIRE(!guidance || std::isfinite(*guidance), "guidance scale must be finite");
+  detail::check_context_arg(model, context, count, "sample", "sample");
+  detail::check_guidance_arg(model, guidance, !labels.empty(), !context.empty());
   CUFM_REQUIRE(threads >= 0, "threads must be >= 0, got " << threads);
   CUFM_REQUIRE(
       t0 >= 0.0f && t0 <= 1.0f && t1 >= 0.0f && t1 <= 1.0f && t0 != t1,
@@ -160,6 +159,9 @@ uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device d
   if (cpu) {
     // One chunk of model inputs (both passes with guidance) and the MLP's workspace for it.
     const int64_t rows = std::min<int64_t>(c.count, 8192) * (c.guidance ? 2 : 1);
+    bytes = add_sat(bytes, mul_sat(mul_sat(static_cast<uint64_t>(std::max<int64_t>(c.count, 0)),
+                                           static_cast<uint64_t>(m.context_dim)),
+                                   sizeof(float)));
     bytes = add_sat(
         bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(rows), static_cast<uint64_t>(m.input_dim())),
                                cpu::MlpWorkspace::floats_for(m, rows)),
@@ -201,6 +203,7 @@ SampleResult sample_with_log_prob(const Model& model, const float* x0_in, const 
   f.t0 = config.t0;
   f.t1 = config.t1;
   f.labels = detail::labels_per_point(config.labels, config.count);
+  f.context = detail::context_per_point(config.context, model.config().context_dim, config.count);
   f.guidance = config.guidance;
   f.divergence = detail::resolve_divergence(config.divergence, D);
   f.probes = config.probes;
@@ -267,11 +270,14 @@ SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleCo
   }
   // The field: the model over all points, with one label for all or per sample (else the null class).
   const std::vector<int32_t> labels = detail::labels_per_point(config.labels, config.count);
+  const std::vector<float> context =
+      detail::context_per_point(config.context, model.config().context_dim, config.count);
   const float* guidance = config.guidance ? &*config.guidance : nullptr;
   cpu::FieldScratch scratch;
   auto field = [&](float t, const float* x, float* v) {
     cpu::evaluate_model(model.config(), model.params().data(), x, nullptr, t,
-                        labels.empty() ? nullptr : labels.data(), config.count, guidance, v, scratch);
+                        labels.empty() ? nullptr : labels.data(), context.empty() ? nullptr : context.data(),
+                        config.count, guidance, v, scratch);
   };
   const bool keep = config.keep_trajectory;
   OdeResult r = cpu::integrate(field, std::move(x0), config.solver, config.steps, config.atol, config.rtol,

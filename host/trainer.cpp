@@ -57,6 +57,8 @@ void TrainConfig::validate() const {
                "ema_decay must be in [0, 1) (0: off), got " << optim.ema_decay);
   CUFM_REQUIRE(label_dropout >= 0.0f && label_dropout <= 1.0f,
                "label_dropout must be in [0, 1], got " << label_dropout);
+  CUFM_REQUIRE(context_dropout >= 0.0f && context_dropout <= 1.0f,
+               "context_dropout must be in [0, 1], got " << context_dropout);
 }
 
 namespace detail {
@@ -91,6 +93,15 @@ void check_data(const MlpConfig& model, const Dataset& data) {
     CUFM_REQUIRE(data.num_classes <= model.num_classes,
                  "the data has " << data.num_classes << " classes but the model only " << model.num_classes);
   }
+  if (model.context_dim == 0) {
+    CUFM_REQUIRE(data.context_dim == 0, "the data carries a context of "
+                                            << data.context_dim
+                                            << " dims but the model has none (set the "
+                                               "model's context_dim)");
+  }
+  CUFM_REQUIRE(data.context_dim == model.context_dim,
+               "the model's context_dim is " << model.context_dim << " but the data's context has "
+                                             << data.context_dim << " dims");
 }
 
 // Host memory a trainer holds: on the CPU the dataset's copy and one batch's activations; on both
@@ -101,8 +112,9 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
   const uint64_t params = ParamLayout(m).total();
   uint64_t bytes = mul_sat(params, 6 * sizeof(float));
   if (device == Device::CPU) {
-    bytes =
-        add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n), data.dim * sizeof(float) + sizeof(int32_t)));
+    bytes = add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n),
+                                   (static_cast<uint64_t>(data.dim) + data.context_dim) * sizeof(float) +
+                                       sizeof(int32_t)));
     // A batch's input and dL/dv, and the MLP's workspace.
     const uint64_t io = static_cast<uint64_t>(m.input_dim()) + static_cast<uint64_t>(m.data_dim);
     bytes = add_sat(bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io),
@@ -169,6 +181,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const T
   Dataset none;
   none.dim = model_config_.data_dim;
   none.num_classes = model_config_.num_classes;
+  none.context_dim = model_config_.context_dim;
   detail::require_memory(host_training_bytes(model_config_, config_, none, device_),
                          "training (model, optimiser)", "use a smaller batch or smaller widths");
   backend_ = make_backend(device_, model_config_, config_, run_, none, state);
@@ -192,6 +205,18 @@ float Trainer::step(const DataBatch& batch) {
                                                        << m.num_classes << " classes): labels are required");
   CUFM_REQUIRE(m.num_classes > 0 || !batch.labels,
                "step(batch): labels given, but the model is unconditional");
+  CUFM_REQUIRE(m.context_dim == 0 || batch.context,
+               "step(batch): the model takes a context of " << m.context_dim << " dims: context is required");
+  CUFM_REQUIRE(m.context_dim > 0 || !batch.context,
+               "step(batch): a context given, but the model has none (context_dim = 0)");
+  if (batch.context) {
+    const int64_t size = batch.size * m.context_dim;
+    for (int64_t j = 0; j < size; ++j) {
+      CUFM_REQUIRE(std::isfinite(batch.context[j]), "step(batch): the context at row "
+                                                        << j / m.context_dim << ", column "
+                                                        << j % m.context_dim << " is not finite");
+    }
+  }
   for (int64_t i = 0; i < batch.size; ++i) {
     for (int d = 0; d < D; ++d) {
       CUFM_REQUIRE(std::isfinite(batch.x1[i * D + d]),
@@ -202,13 +227,15 @@ float Trainer::step(const DataBatch& batch) {
                                        << m.num_classes << ")");
   }
   cpu::draw_given(m, config_, backend_->step_count(), batch.size, batch.labels, given_t_, given_eps_,
-                  given_labels_);
+                  given_labels_, given_context_drop_);
   FlowBatch fb;
   fb.size = batch.size;
   fb.x1 = batch.x1;
   fb.t = given_t_.data();
   fb.eps = given_eps_.data();
   fb.labels = given_labels_.empty() ? nullptr : given_labels_.data();
+  fb.context = batch.context;
+  fb.context_null = given_context_drop_.empty() ? nullptr : given_context_drop_.data();
   return backend_->step_given(fb);
 }
 
@@ -262,18 +289,24 @@ void Trainer::fit(DataSource& source, uint64_t steps, const std::function<void(c
   CUFM_REQUIRE(
       m.num_classes == 0 || source.num_classes() <= m.num_classes,
       "fit: the source has " << source.num_classes() << " classes but the model only " << m.num_classes);
+  CUFM_REQUIRE(source.context_dim() == m.context_dim,
+               "fit: the source's context has " << source.context_dim()
+                                                << " dims but the model's context_dim is " << m.context_dim);
   const int B = config_.batch_size;
   std::vector<float> x1(static_cast<size_t>(B) * m.data_dim);
   std::vector<int32_t> labels(source.num_classes() > 0 ? B : 0);
+  std::vector<float> context(static_cast<size_t>(B) * m.context_dim);
   const auto start = std::chrono::steady_clock::now();
   const uint64_t total = backend_->step_count() + steps;
   float last = 0.0f;
   for (uint64_t done = 1; done <= steps; ++done) {
-    source.next_batch(backend_->step_count(), B, x1.data(), labels.empty() ? nullptr : labels.data());
+    source.next_batch(backend_->step_count(), B, x1.data(), labels.empty() ? nullptr : labels.data(),
+                      context.empty() ? nullptr : context.data());
     DataBatch b;
     b.size = B;
     b.x1 = x1.data();
     b.labels = m.num_classes > 0 ? labels.data() : nullptr;  // an unconditional model ignores them
+    b.context = context.empty() ? nullptr : context.data();
     last = step(b);
     if (callback && (done % every == 0 || done == steps)) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

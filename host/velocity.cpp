@@ -23,8 +23,8 @@ struct VelocityField::Impl {
 VelocityField::VelocityField(const Model& model, const FieldOptions& options)
     : impl_(std::make_unique<Impl>()) {
   const MlpConfig& m = model.config();
-  CUFM_REQUIRE(!options.guidance || m.num_classes > 0,
-               "guidance needs a conditional model (num_classes > 0)");
+  CUFM_REQUIRE(!options.guidance || m.num_classes > 0 || m.context_dim > 0,
+               "guidance needs a conditional model (num_classes > 0 or context_dim > 0)");
   CUFM_REQUIRE(!options.guidance || std::isfinite(*options.guidance),
                "guidance scale must be finite, got " << *options.guidance);
   CUFM_REQUIRE(options.threads >= 0, "threads must be >= 0, got " << options.threads);
@@ -47,19 +47,26 @@ VelocityField& VelocityField::operator=(VelocityField&&) noexcept = default;
 
 namespace {
 void check_call(const MlpConfig& m, const FieldOptions& o, float t, const void* x, const int32_t* labels,
-                int64_t n, const void* v) {
+                const void* context, int64_t n, const void* v) {
   CUFM_REQUIRE(n >= 0, "VelocityField: the number of points must be >= 0, got " << n);
   CUFM_REQUIRE(n == 0 || (x && v), "VelocityField: x and v must not be null");
   CUFM_REQUIRE(std::isfinite(t), "VelocityField: t must be finite, got " << t);
   CUFM_REQUIRE(!labels || m.num_classes > 0, "VelocityField: labels given, but the model is unconditional");
-  CUFM_REQUIRE(!o.guidance || labels || n == 0,
-               "VelocityField: guidance needs labels, the classes to guide towards");
+  CUFM_REQUIRE(!context || m.context_dim > 0,
+               "VelocityField: a context given, but the model has none (context_dim = 0)");
+  CUFM_REQUIRE(!o.guidance || labels || context || n == 0,
+               "VelocityField: guidance needs a condition to guide towards: labels or a context");
 }
 }  // namespace
 
 void VelocityField::evaluate(float t, const float* x, const int32_t* labels, int64_t n, float* v) {
+  evaluate(t, x, labels, nullptr, n, v);
+}
+
+void VelocityField::evaluate(float t, const float* x, const int32_t* labels, const float* context, int64_t n,
+                             float* v) {
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
-  check_call(impl_->config, impl_->options, t, x, labels, n, v);
+  check_call(impl_->config, impl_->options, t, x, labels, context, n, v);
   if (n == 0) return;
   if (impl_->cuda) {
     if (labels) {  // the device cannot say which label was bad: check here
@@ -69,21 +76,28 @@ void VelocityField::evaluate(float t, const float* x, const int32_t* labels, int
                               << impl_->config.num_classes << "] (the last is the null class)");
       }
     }
-    detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, nullptr, /*host_pointers=*/true);
+    cpu::check_field_context(impl_->config, context, n);
+    detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, context, n, v, nullptr, /*host_pointers=*/true);
     return;
   }
   cpu::set_threads(impl_->options.threads);
   const float* w = impl_->options.guidance ? &*impl_->options.guidance : nullptr;
-  cpu::evaluate_model(impl_->config, impl_->params.data(), x, nullptr, t, labels, n, w, v, impl_->scratch);
+  cpu::evaluate_model(impl_->config, impl_->params.data(), x, nullptr, t, labels, context, n, w, v,
+                      impl_->scratch);
 }
 
 void VelocityField::evaluate_device(float t, const float* x, const int32_t* labels, int64_t n, float* v,
                                     void* stream) {
+  evaluate_device(t, x, labels, nullptr, n, v, stream);
+}
+
+void VelocityField::evaluate_device(float t, const float* x, const int32_t* labels, const float* context,
+                                    int64_t n, float* v, void* stream) {
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
-  check_call(impl_->config, impl_->options, t, x, labels, n, v);
+  check_call(impl_->config, impl_->options, t, x, labels, context, n, v);
   CUFM_REQUIRE(impl_->cuda, "VelocityField::evaluate_device: this field runs on the CPU; use evaluate()");
   if (n == 0) return;
-  detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, n, v, stream, /*host_pointers=*/false);
+  detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, context, n, v, stream, /*host_pointers=*/false);
 }
 
 void VelocityField::set_weights(const Model& model) {

@@ -14,8 +14,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 65535;
 
-__global__ void input_kernel(const float* x, const int32_t* labels, int64_t n, int passes, int dim, int tf,
-                             int classes, float t, int in, float* out) {
+__global__ void input_kernel(const float* x, const int32_t* labels, const float* context, int64_t n,
+                             int passes, int dim, int tf, int context_dim, int classes, float t, int in,
+                             float* out) {
   const int64_t total = static_cast<int64_t>(passes) * n * in;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -27,7 +28,8 @@ __global__ void input_kernel(const float* x, const int32_t* labels, int64_t n, i
       out[i] = x[r * dim + c];
     } else {
       const int32_t label = classes > 0 ? (pass == 0 && labels ? labels[r] : classes) : -1;
-      out[i] = hd::input_tail_value(t, tf, classes, label, c - dim);
+      const float* ctx = pass == 0 && context ? context + r * context_dim : nullptr;
+      out[i] = hd::input_tail_value(t, tf, context_dim, ctx, classes, label, c - dim);
     }
   }
 }
@@ -97,13 +99,16 @@ void require_rows(int64_t rows, int width, const char* who) {
 
 }  // namespace
 
-void divergence_input(const float* x, const int32_t* labels, int64_t n, int passes, int dim,
-                      int time_features, int num_classes, float t, float* out, cudaStream_t stream) {
+void divergence_input(const float* x, const int32_t* labels, const float* context, int64_t n, int passes,
+                      int dim, int time_features, int context_dim, int num_classes, float t, float* out,
+                      cudaStream_t stream) {
   require_rows(n, dim, "divergence_input");
   CUFM_REQUIRE(passes == 1 || passes == 2, "divergence_input: passes must be 1 or 2, got " << passes);
-  const int in = hd::input_width(dim, time_features, num_classes);
+  CUFM_REQUIRE(context_dim >= 0 && (context_dim > 0 || !context),
+               "divergence_input: a context needs context_dim > 0, got " << context_dim);
+  const int in = hd::input_width(dim, time_features, context_dim, num_classes);
   input_kernel<<<grid_for(passes * n * in, kThreads, kMaxBlocks), kThreads, 0, stream>>>(
-      x, labels, n, passes, dim, time_features, num_classes, t, in, out);
+      x, labels, context, n, passes, dim, time_features, context_dim, num_classes, t, in, out);
   CUFM_CUDA_CHECK_LAUNCH("divergence input_kernel");
 }
 

@@ -13,11 +13,13 @@
 
 namespace cufm::cuda {
 
-// The model's input rows [x | time features | one-hot] at time t for `passes` passes of n points:
-// pass 0 takes labels (nullptr: the null class; unconditional models: no one-hot), pass 1 the
-// null class (guidance). x: [n, dim]; out: [passes n, in].
-void divergence_input(const float* x, const int32_t* labels, int64_t n, int passes, int dim,
-                      int time_features, int num_classes, float t, float* out, cudaStream_t stream);
+// The model's input rows [x | time features | context | one-hot] at time t for `passes` passes of
+// n points: pass 0 takes labels (nullptr: the null class; unconditional models: no one-hot) and
+// context [n, context_dim] (nullptr: the null context), pass 1 the null class and the null context
+// (guidance). x: [n, dim]; out: [passes n, in].
+void divergence_input(const float* x, const int32_t* labels, const float* context, int64_t n, int passes,
+                      int dim, int time_features, int context_dim, int num_classes, float t, float* out,
+                      cudaStream_t stream);
 
 // z [rows, width] += bias; a = act(z) (the hidden layers); a nullptr: the bias alone (the output).
 void divergence_bias_act(Activation act, float* z, float* a, const float* bias, int64_t rows, int width,

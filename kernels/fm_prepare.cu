@@ -1,6 +1,8 @@
 // fm_prepare: per row of a training batch, draws t, the data index, the label dropout (block 0 of
 // the row's Philox counter) and eps (blocks 1..), and writes the first layer's input row
-// [x_t | time features | one-hot | zero padding]. Launch: one thread per (row, 4 columns), 256 per
+// [x_t | time features | context and its null indicator | one-hot | zero padding], the context read
+// straight from the device dataset at the row's data index (context dropout: block 0xFFFFFFFF of the
+// counter). Launch: one thread per (row, 4 columns), 256 per
 // block, grid-stride. Cost: B*(D/4 + 1) Philox calls (~100 integer ops each) plus B*D floats
 // read and B*ld values written: for B = 4096, D = 2, ld = 8 that is ~0.2 MB, a few microseconds.
 #include <cuda_bf16.h>
@@ -22,7 +24,7 @@ constexpr int kThreads = 256;
 
 struct PrepareArgs {
   FmBatch b;
-  int time_features, num_classes, ld;
+  int time_features, context_dim, num_classes, ld;
   int noise_groups;  // ceil(D / 4): threads that draw eps
   int tail_chunks;   // ceil((ld - D) / 4): threads that write the rest of the row
   float* t_out;
@@ -60,9 +62,16 @@ __global__ void __launch_bounds__(kThreads) fm_prepare_kernel(PrepareArgs a, T* 
         if (a.label_out) a.label_out[row] = label;
       }
     } else {
+      const float* context = nullptr;
+      if (a.context_dim > 0) {
+        const bool drop = a.b.given_t ? (a.b.given_context_null && a.b.given_context_null[row])
+                                      : hd::draw_context_drop(a.b.seed, step, row, a.b.context_dropout);
+        if (!drop) context = a.b.context + static_cast<size_t>(d.data_index) * a.context_dim;
+      }
       const int first = D + 4 * (slot - a.noise_groups);
       for (int col = first; col < first + 4 && col < a.ld; ++col) {
-        store(out + col, hd::input_tail_value(d.t, a.time_features, a.num_classes, label, col - D));
+        store(out + col, hd::input_tail_value(d.t, a.time_features, a.context_dim, context, a.num_classes,
+                                              label, col - D));
       }
     }
   }
@@ -86,7 +95,7 @@ void check_draws(const FmBatch& batch, const char* who) {
 }
 
 int fm_input_dim(int dim, const FmInputLayout& layout) {
-  return hd::input_width(dim, layout.time_features, layout.num_classes);
+  return hd::input_width(dim, layout.time_features, layout.context_dim, layout.num_classes);
 }
 
 void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepareOutputs& out,
@@ -116,8 +125,18 @@ void fm_prepare(const FmBatch& batch, const FmInputLayout& layout, const FmPrepa
                                                             << ") needs batch.labels, the data's labels");
   CUFM_REQUIRE(batch.label_dropout >= 0.0f && batch.label_dropout <= 1.0f,
                "fm_prepare: label_dropout must be in [0, 1], got " << batch.label_dropout);
+  CUFM_REQUIRE(layout.context_dim >= 0 && layout.context_dim <= 65536,
+               "fm_prepare: context_dim must be in [0, 65536], got " << layout.context_dim);
+  CUFM_REQUIRE(layout.context_dim == 0 || batch.context, "fm_prepare: a layout with a context (context_dim "
+                                                             << layout.context_dim
+                                                             << ") needs batch.context, the data's contexts");
+  CUFM_REQUIRE(batch.context_dropout >= 0.0f && batch.context_dropout <= 1.0f,
+               "fm_prepare: context_dropout must be in [0, 1], got " << batch.context_dropout);
+  CUFM_REQUIRE(!batch.given_context_null || batch.given_t,
+               "fm_prepare: given_context_null goes with the caller's draws (given_t)");
   PrepareArgs a{batch,
                 layout.time_features,
+                layout.context_dim,
                 layout.num_classes,
                 layout.ld,
                 (batch.dim + 3) / 4,

@@ -1,5 +1,5 @@
 // Sampling kernels: the initial noise; each solver stage's point y = x + h sum_j a_j k_j fused
-// with writing the model input rows (x | time features | one-hot, twice with guidance); the
+// with writing the model input rows (x | time features | context | one-hot, twice with guidance); the
 // guidance combine; and the step update fused with Dormand-Prince's scaled error norm, reduced
 // deterministically (double block sums, the last block adds them in order). Launch: 256 threads,
 // one per (row, 4 columns) or per element, grid-stride. Cost: memory-bound, (terms + 2) * 4
@@ -78,13 +78,15 @@ __global__ void __launch_bounds__(kThreads, 4)
       if (in.num_classes > 0) {
         label = in.labels ? in.labels[row] : (in.label_all >= 0 ? in.label_all : in.num_classes);
       }
+      const float* context = in.context ? in.context + row * in.context_dim : nullptr;
       const int first = D + 4 * (slot - groups);
       for (int col = first; col < first + 4 && col < in.ld; ++col) {
-        store(out0 + col, hd::input_tail_value(t, in.time_features, in.num_classes, label, col - D));
-        // The guided copy: the same row with the null class.
+        store(out0 + col, hd::input_tail_value(t, in.time_features, in.context_dim, context, in.num_classes,
+                                               label, col - D));
+        // The guided copy: the same row with the null class and the null context.
         if (in.copies == 2) {
-          store(out1 + col,
-                hd::input_tail_value(t, in.time_features, in.num_classes, in.num_classes, col - D));
+          store(out1 + col, hd::input_tail_value(t, in.time_features, in.context_dim, nullptr, in.num_classes,
+                                                 in.num_classes, col - D));
         }
       }
     }
@@ -150,7 +152,9 @@ void stage_input(const StageCombination& comb, float t, const ModelInput& in, fl
   CUFM_REQUIRE(
       in.n >= 1 && in.dim >= 1 && in.input && (in.copies == 1 || in.copies == 2),
       "stage_input: bad model input (n " << in.n << ", dim " << in.dim << ", copies " << in.copies << ")");
-  const int width = hd::input_width(in.dim, in.time_features, in.num_classes);
+  CUFM_REQUIRE(in.context_dim >= 0 && (in.context_dim > 0 || !in.context),
+               "stage_input: a context needs context_dim > 0, got " << in.context_dim);
+  const int width = hd::input_width(in.dim, in.time_features, in.context_dim, in.num_classes);
   CUFM_REQUIRE(in.ld >= width, "stage_input: ld " << in.ld << " is below the input width " << width);
   const int per_row = (in.dim + 3) / 4 + (in.ld - in.dim + 3) / 4;
   const int blocks = blocks_for(in.n * per_row, 65535);

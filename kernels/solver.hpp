@@ -21,7 +21,8 @@ constexpr int kMaxStages = hd::kMaxStages;
 using StageCombination = hd::Combination;
 
 // The model input for a velocity evaluation at time t of the stage point y (written to y_out too
-// when given). Guided: 2n rows, the conditional rows then the same points with the null class.
+// when given). Guided: 2n rows, the conditional rows then the same points with the null class and
+// the null context.
 struct ModelInput {
   int64_t n = 0;
   int dim = 0;
@@ -29,6 +30,8 @@ struct ModelInput {
   int num_classes = 0;
   const int32_t* labels = nullptr;  // DEVICE [n] per-row labels, or nullptr: label_all for all
   int32_t label_all = -1;           // -1: the null class (conditional) / none (unconditional)
+  int context_dim = 0;              // K: the model's context width (0: none)
+  const float* context = nullptr;   // DEVICE [n, K] per-row contexts, or nullptr: the null context
   int copies = 1;                   // 2 with guidance
   DType type = DType::F32;
   void* input = nullptr;  // [copies * n, ld]

@@ -19,6 +19,7 @@ struct Case {
   Activation act;
   int time_features;
   int classes;
+  int context = 0;
 };
 
 class Gradients : public ::testing::TestWithParam<Case> {};
@@ -31,16 +32,20 @@ TEST_P(Gradients, BackwardMatchesFloat64CentralDifferences) {
   m.activation = c.act;
   m.time_features = c.time_features;
   m.num_classes = c.classes;
+  m.context_dim = c.context;
   const Model model(m, 17);
   const int batch = 6, in = m.input_dim();
-  // Fresh random inputs: x, t and labels (including the null class).
+  // Fresh random inputs: x, t, labels (including the null class) and contexts (every third null).
   std::vector<float> input(static_cast<size_t>(batch) * in);
   for (int r = 0; r < batch; ++r) {
     float x[3], z[4];
     rng::normal4(5, 0, r, 0, z);
     for (int k = 0; k < 3; ++k) x[k] = z[k];
+    std::vector<float> ctx(static_cast<size_t>(c.context));
+    for (int k = 0; k < c.context; ++k)
+      ctx[k] = std::sin(0.9f * static_cast<float>(r * c.context + k) + 0.2f);
     cpu::write_input_row(m, x, 0.1f + 0.13f * r, c.classes > 0 ? r % (c.classes + 1) : -1,
-                         input.data() + r * in);
+                         c.context > 0 && r % 3 != 0 ? ctx.data() : nullptr, input.data() + r * in);
   }
   std::vector<float> weights(static_cast<size_t>(batch) * m.data_dim);  // L = sum(out * weights)
   for (size_t i = 0; i < weights.size(); ++i) weights[i] = std::cos(1.7f * static_cast<float>(i) + 0.3f);
@@ -78,11 +83,12 @@ TEST_P(Gradients, BackwardMatchesFloat64CentralDifferences) {
 INSTANTIATE_TEST_SUITE_P(Activations, Gradients,
                          ::testing::Values(Case{Activation::SiLU, 0, 0}, Case{Activation::ReLU, 0, 0},
                                            Case{Activation::GELU, 0, 0}, Case{Activation::SiLU, 8, 0},
-                                           Case{Activation::GELU, 4, 3}, Case{Activation::ReLU, 0, 4}),
+                                           Case{Activation::GELU, 4, 3}, Case{Activation::ReLU, 0, 4},
+                                           Case{Activation::SiLU, 0, 0, 3}, Case{Activation::GELU, 4, 2, 5}),
                          [](const auto& p) {
                            return std::string(to_string(p.param.act)) + "_tf" +
                                   std::to_string(p.param.time_features) + "_c" +
-                                  std::to_string(p.param.classes);
+                                  std::to_string(p.param.classes) + "_k" + std::to_string(p.param.context);
                          });
 
 // dL/dv of the MSE loss against central differences of the loss itself, in double.

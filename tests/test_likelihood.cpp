@@ -1,5 +1,5 @@
 // Log-likelihoods: the divergence against a float64 finite-difference Jacobian trace of the same
-// MLP (every activation, time features, classes, guidance), Hutchinson against the exact trace
+// MLP (every activation, time features, classes, contexts, guidance), Hutchinson against the exact trace
 // within its own standard error, a linear field's analytic density for every solver, and the
 // round trips between log_prob, integrate and sample(with_log_prob). On the GPU:
 // tests/gpu/test_gpu_likelihood.cpp.
@@ -24,19 +24,20 @@ using namespace cufm;
 using test::error_of;
 using ::testing::HasSubstr;
 
-// v(x, t, label) in double through the float64 oracle (guided when w is set).
+// v(x, t, label, context) in double through the float64 oracle (guided when w is set: the null
+// field has the null class and the null context).
 std::vector<double> v64(const MlpConfig& m, const std::vector<double>& p, const std::vector<double>& x,
-                        float t, int32_t label, const double* w) {
+                        float t, int32_t label, const float* context, const double* w) {
   const int D = m.data_dim, in = m.input_dim();
-  auto pass = [&](int32_t l) {
+  auto pass = [&](int32_t l, const float* ctx) {
     std::vector<double> input(in);
     for (int d = 0; d < D; ++d) input[d] = x[d];
     for (int c = 0; c < in - D; ++c)
-      input[D + c] = hd::input_tail_value(t, m.time_features, m.num_classes, l, c);
+      input[D + c] = hd::input_tail_value(t, m.time_features, m.context_dim, ctx, m.num_classes, l, c);
     return test::forward64(m, p, input, 1);
   };
-  if (!w) return pass(m.num_classes > 0 ? label : -1);
-  const std::vector<double> cond = pass(label), null = pass(m.null_class());
+  if (!w) return pass(m.num_classes > 0 ? label : -1, context);
+  const std::vector<double> cond = pass(label, context), null = pass(m.null_class(), nullptr);
   std::vector<double> v(D);
   for (int d = 0; d < D; ++d) v[d] = null[d] + *w * (cond[d] - null[d]);
   return v;
@@ -44,7 +45,7 @@ std::vector<double> v64(const MlpConfig& m, const std::vector<double>& p, const 
 
 // The Jacobian dv/dx [D, D] by central differences in double.
 std::vector<double> jacobian64(const MlpConfig& m, const std::vector<double>& p, const float* x, float t,
-                               int32_t label, const double* w) {
+                               int32_t label, const float* context, const double* w) {
   const int D = m.data_dim;
   const double h = 1e-6;
   std::vector<double> J(static_cast<size_t>(D) * D);
@@ -52,7 +53,8 @@ std::vector<double> jacobian64(const MlpConfig& m, const std::vector<double>& p,
     std::vector<double> xp(x, x + D), xm(x, x + D);
     xp[j] += h;
     xm[j] -= h;
-    const std::vector<double> vp = v64(m, p, xp, t, label, w), vm = v64(m, p, xm, t, label, w);
+    const std::vector<double> vp = v64(m, p, xp, t, label, context, w),
+                              vm = v64(m, p, xm, t, label, context, w);
     for (int i = 0; i < D; ++i) J[i * D + j] = (vp[i] - vm[i]) / (2 * h);
   }
   return J;
@@ -62,6 +64,7 @@ struct DivCase {
   Activation act;
   int time_features, classes;
   bool guided;
+  int context = 0;
 };
 
 class DivergenceCase : public ::testing::TestWithParam<DivCase> {};
@@ -74,6 +77,7 @@ TEST_P(DivergenceCase, ExactIsTheFloat64JacobianTrace) {
   m.activation = c.act;
   m.time_features = c.time_features;
   m.num_classes = c.classes;
+  m.context_dim = c.context;
   const Model model(m, 11);
   const std::vector<double> p(model.params().begin(), model.params().end());
   const int n = 40, D = m.data_dim;
@@ -82,22 +86,27 @@ TEST_P(DivergenceCase, ExactIsTheFloat64JacobianTrace) {
   for (float& v : x) v *= 1.5f;
   std::vector<int32_t> labels;
   for (int i = 0; i < n && c.classes > 0; ++i) labels.push_back(i % (c.classes + 1));
+  std::vector<float> context(static_cast<size_t>(n) * c.context);
+  for (size_t j = 0; j < context.size(); ++j) context[j] = std::sin(0.7f * static_cast<float>(j) + 0.1f);
+  const float* ctx = context.empty() ? nullptr : context.data();
   const float w = 2.5f;
   const double w64 = w;
   const float t = 0.37f;
   std::vector<float> v(x.size()), div(n), v_ref(x.size());
   cpu::DivergenceScratch scratch;
-  cpu::evaluate_divergence(m, model.params().data(), x.data(), t, labels.empty() ? nullptr : labels.data(), n,
-                           c.guided ? &w : nullptr, nullptr, D, v.data(), div.data(), scratch);
+  cpu::evaluate_divergence(m, model.params().data(), x.data(), t, labels.empty() ? nullptr : labels.data(),
+                           ctx, n, c.guided ? &w : nullptr, nullptr, D, v.data(), div.data(), scratch);
   cpu::FieldScratch fs;
   cpu::evaluate_model(m, model.params().data(), x.data(), nullptr, t,
-                      labels.empty() ? nullptr : labels.data(), n, c.guided ? &w : nullptr, v_ref.data(), fs);
+                      labels.empty() ? nullptr : labels.data(), ctx, n, c.guided ? &w : nullptr, v_ref.data(),
+                      fs);
   EXPECT_EQ(v, v_ref);  // the velocity is the field's own, bit for bit
   std::vector<double> want(n);
   double scale = 0.0;
   for (int i = 0; i < n; ++i) {
     const std::vector<double> J =
-        jacobian64(m, p, x.data() + i * D, t, labels.empty() ? -1 : labels[i], c.guided ? &w64 : nullptr);
+        jacobian64(m, p, x.data() + i * D, t, labels.empty() ? -1 : labels[i],
+                   ctx ? ctx + static_cast<size_t>(i) * c.context : nullptr, c.guided ? &w64 : nullptr);
     for (int d = 0; d < D; ++d) want[i] += J[d * D + d];
     for (double e : J) scale = std::max(scale, std::abs(e));
   }
@@ -108,11 +117,13 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, DivergenceCase,
     ::testing::Values(DivCase{Activation::SiLU, 0, 0, false}, DivCase{Activation::ReLU, 0, 0, false},
                       DivCase{Activation::GELU, 0, 0, false}, DivCase{Activation::SiLU, 6, 3, false},
-                      DivCase{Activation::GELU, 4, 3, true}, DivCase{Activation::ReLU, 0, 2, true}),
+                      DivCase{Activation::GELU, 4, 3, true}, DivCase{Activation::ReLU, 0, 2, true},
+                      DivCase{Activation::SiLU, 0, 0, false, 4}, DivCase{Activation::SiLU, 0, 0, true, 6},
+                      DivCase{Activation::GELU, 4, 3, true, 3}),
     [](const ::testing::TestParamInfo<DivCase>& pi) {
       const DivCase& c = pi.param;
       return std::string(to_string(c.act)) + "_tf" + std::to_string(c.time_features) + "_c" +
-             std::to_string(c.classes) + (c.guided ? "_guided" : "");
+             std::to_string(c.classes) + "_k" + std::to_string(c.context) + (c.guided ? "_guided" : "");
     });
 
 // Hutchinson with P probes: unbiased, with variance sum_{i != j} (J_ij^2 + J_ij J_ji) / P; many
@@ -136,12 +147,12 @@ TEST(Divergence, HutchinsonIsWithinItsStandardErrorOfTheTrace) {
   EXPECT_LT(std::abs(mean / probes.size()), 0.02);  // balanced signs
   std::vector<float> v(x.size()), hutch(n), exact(n);
   cpu::DivergenceScratch s;
-  cpu::evaluate_divergence(m, model.params().data(), x.data(), 0.6f, nullptr, n, nullptr, probes.data(), P,
-                           v.data(), hutch.data(), s);
-  cpu::evaluate_divergence(m, model.params().data(), x.data(), 0.6f, nullptr, n, nullptr, nullptr, D,
+  cpu::evaluate_divergence(m, model.params().data(), x.data(), 0.6f, nullptr, nullptr, n, nullptr,
+                           probes.data(), P, v.data(), hutch.data(), s);
+  cpu::evaluate_divergence(m, model.params().data(), x.data(), 0.6f, nullptr, nullptr, n, nullptr, nullptr, D,
                            v.data(), exact.data(), s);
   for (int i = 0; i < n; ++i) {
-    const std::vector<double> J = jacobian64(m, p, x.data() + i * D, 0.6f, -1, nullptr);
+    const std::vector<double> J = jacobian64(m, p, x.data() + i * D, 0.6f, -1, nullptr, nullptr);
     double var = 0.0;
     for (int a = 0; a < D; ++a)
       for (int b = 0; b < D; ++b)

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
+#include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/velocity.hpp"
 #include "test_util.hpp"
@@ -129,7 +129,7 @@ TEST(VelocityField, RefusesWithTheReason) {
               HasSubstr("guidance needs a conditional model"));
   VelocityField guided(model, o);
   EXPECT_THAT(error_of([&] { guided.evaluate(0.5f, x.data(), nullptr, 4, v.data()); }),
-              HasSubstr("guidance needs labels"));
+              HasSubstr("guidance needs a condition to guide towards"));
   FieldOptions bf16 = on_cpu();
   bf16.precision = Precision::BF16;
   EXPECT_THAT(error_of([&] { VelocityField f(model, bf16); }), HasSubstr("needs the CUDA backend"));

@@ -40,6 +40,8 @@ void check_train(TrainArgs& a, bool data_given) {
   CUFM_REQUIRE(data_given || a.resume,
                "train: --data is required (a toy name: " << toy_list() << "; or a .npy file)");
   CUFM_REQUIRE(data_given || !a.was_given("--labels"), "--labels needs --data (the .npy file it labels)");
+  CUFM_REQUIRE(data_given || !a.was_given("--context"),
+               "--context needs --data (the .npy file whose points it goes with)");
   CUFM_REQUIRE(data_given || (!a.was_given("--n-data") && !a.was_given("--data-seed")),
                "--n-data and --data-seed need --data (the toy they shape)");
   if (data_given) a.data.validate();
@@ -54,6 +56,8 @@ void check_train(TrainArgs& a, bool data_given) {
                "--decay-steps and --min-lr apply to --lr-schedule cosine or linear");
   CUFM_REQUIRE(a.conditional || !a.was_given("--label-dropout"),
                "--label-dropout applies to conditional models: add --conditional or drop it");
+  CUFM_REQUIRE(!a.data.context.empty() || !a.was_given("--context-dropout"),
+               "--context-dropout applies to models with a context: add --context or drop it");
   CUFM_REQUIRE(
       a.time_sampling == "logit-normal" || (!a.was_given("--logit-mean") && !a.was_given("--logit-std")),
       "--logit-mean and --logit-std apply to --time-sampling logit-normal");
@@ -87,7 +91,8 @@ void check_logprob(const LogProbArgs& a) {
   CUFM_REQUIRE(a.steps >= 1, "--steps must be >= 1, got " << a.steps);
   CUFM_REQUIRE(a.probes >= 1 && a.probes <= 1024, "--probes must be in [1, 1024], got " << a.probes);
   CUFM_REQUIRE(!a.label || *a.label >= 0, "--class must be a class index >= 0, got " << *a.label);
-  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(!a.guidance || a.label || !a.context.empty(),
+               "--guidance needs --class or --context, the condition to guide towards");
   CUFM_REQUIRE(!a.guidance || std::isfinite(*a.guidance), "--guidance must be finite");
   CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
   for (const auto& [out, flag] :
@@ -96,7 +101,8 @@ void check_logprob(const LogProbArgs& a) {
     CUFM_REQUIRE(fs::path(out).extension() == ".npy", flag << " '" << out << "' must be a .npy file");
     for (const auto& [path, what] :
          {std::pair<const std::string&, const char*>{a.checkpoint, "the checkpoint"},
-          {a.points, "the points file"}}) {
+          {a.points, "the points file"},
+          {a.context, "the context file"}}) {
       CUFM_REQUIRE(!same_file(out, path),
                    flag << " '" << out << "' is " << what << ": give the output another name");
     }
@@ -110,14 +116,16 @@ void check_velocity(const VelocityArgs& a) {
   CUFM_REQUIRE(std::isfinite(a.t) && a.t >= 0.0f && a.t <= 1.0f,
                "--t must lie in [0, 1] (the times the model was trained on), got " << a.t);
   CUFM_REQUIRE(!a.label || *a.label >= 0, "--class must be a class index >= 0, got " << *a.label);
-  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(!a.guidance || a.label || !a.context.empty(),
+               "--guidance needs --class or --context, the condition to guide towards");
   CUFM_REQUIRE(!a.guidance || std::isfinite(*a.guidance), "--guidance must be finite");
   (void)parse_device(a.device);
   (void)parse_precision(a.precision);
   CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
   CUFM_REQUIRE(fs::path(a.out).extension() == ".npy", "--out '" << a.out << "' must be a .npy file");
-  for (const auto& [path, what] :
-       {std::pair<const std::string&, const char*>{a.checkpoint, "the checkpoint"}, {a.x, "the --x file"}}) {
+  for (const auto& [path, what] : {std::pair<const std::string&, const char*>{a.checkpoint, "the checkpoint"},
+                                   {a.x, "the --x file"},
+                                   {a.context, "the context file"}}) {
     CUFM_REQUIRE(!same_file(a.out, path),
                  "--out '" << a.out << "' is " << what << ": give the output another name");
   }
@@ -139,11 +147,15 @@ void check_sample(SampleArgs& a) {
                                               << *a.label
                                               << " (leave it out to sample "
                                                  "unconditionally)");
-  CUFM_REQUIRE(!a.guidance || a.label, "--guidance needs --class, the class to guide towards");
+  CUFM_REQUIRE(!a.guidance || a.label || !a.context.empty(),
+               "--guidance needs --class or --context, the condition to guide towards");
   CUFM_REQUIRE(a.x0.empty() || (!a.given.count("--count") && !a.given.count("--seed")),
                "--x0 gives the points (their count too): --count and --seed apply to sampling from noise");
   CUFM_REQUIRE(a.x0.empty() || !same_file(a.x0, a.out),
                "--out '" << a.out << "' is the --x0 file: give the output another name");
+  CUFM_REQUIRE(a.context.empty() || (!same_file(a.context, a.out) && !same_file(a.context, a.png) &&
+                                     (a.log_prob.empty() || !same_file(a.context, a.log_prob))),
+               "an output names the --context file '" << a.context << "': give the output another name");
   (void)parse_device(a.device);
   (void)parse_precision(a.precision);
   CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
@@ -223,6 +235,7 @@ TrainConfig recipe_from(const TrainArgs& a) {
   tc.optim.grad_clip = a.grad_clip;
   tc.optim.ema_decay = a.ema;
   tc.label_dropout = a.label_dropout;
+  tc.context_dropout = a.context_dropout;
   tc.path.sigma_min = a.sigma_min;
   tc.path.time_sampling =
       a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
@@ -299,6 +312,8 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto* train = app.add_subcommand("train", "Train a model and write checkpoints");
   train->add_option("--data", ta.data.source, "Toy dataset (" + toy_list() + ") or a .npy file [N, D]");
   train->add_option("--labels", ta.data.labels, "Integer labels .npy [N] for --data .npy");
+  train->add_option("--context", ta.data.context,
+                    "Context vectors .npy [N, K] for --data .npy: the model is conditioned on them");
   int_option(
       train->add_option("--n-data", ta.data.n, "Points drawn for a toy dataset")->capture_default_str());
   unsigned_option(
@@ -310,6 +325,10 @@ Command parse_command_line(int argc, const char* const* argv) {
           ->capture_default_str());
   train->add_flag("--conditional", ta.conditional,
                   "Condition on the data's labels (classifier-free guidance)");
+  train
+      ->add_option("--context-dropout", ta.context_dropout,
+                   "Per-sample null-context probability (--context; > 0 for guidance on a context)")
+      ->capture_default_str();
   train->add_option("--label-dropout", ta.label_dropout, "Per-sample null-label probability (--conditional)")
       ->capture_default_str();
   unsigned_option(
@@ -360,7 +379,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--rtol", sa.rtol, "dopri5 relative tolerance")->capture_default_str();
   int_option(samp->add_option("--class", sa.label,
                               "Class label for a conditional model (leave out: unconditional)"));
-  samp->add_option("--guidance", sa.guidance, "Classifier-free guidance scale w (with --class)");
+  samp->add_option(
+      "--context", sa.context,
+      "Context .npy: one row [K] or [1, K] for all samples, or [count, K] (a model with a context)");
+  samp->add_option("--guidance", sa.guidance, "Classifier-free guidance scale w (with --class or --context)");
   samp->add_flag("--ema", sa.ema, "Use the EMA weights");
   unsigned_option(samp->add_option("--seed", sa.seed, "Noise seed")->capture_default_str());
   samp->add_option("--x0", sa.x0, "Integrate from these points (.npy [N, D]) instead of noise");
@@ -395,7 +417,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   unsigned_option(lp->add_option("--seed", la.seed, "Seed of Hutchinson's probes")->capture_default_str());
   int_option(lp->add_option("--class", la.label,
                             "Class label for every point (conditional model; leave out: null)"));
-  lp->add_option("--guidance", la.guidance, "The guided field's likelihood, scale w (with --class)");
+  lp->add_option("--context", la.context,
+                 "Context .npy: one row [K] or [1, K] for all points, or [N, K] (a model with a context)");
+  lp->add_option("--guidance", la.guidance,
+                 "The guided field's likelihood, scale w (with --class or --context)");
   lp->add_flag("--ema", la.ema, "Use the EMA weights");
   lp->add_option("--device", la.device, "auto, cpu or cuda")->capture_default_str();
   int_option(lp->add_option("--threads", la.threads, "CPU threads (0: all cores; at most 4x the cores)")
@@ -410,7 +435,9 @@ Command parse_command_line(int argc, const char* const* argv) {
   vel->add_option("--t", va.t, "The time, in [0, 1]")->required();
   int_option(vel->add_option("--class", va.label,
                              "Class label for every point (conditional model; leave out: null)"));
-  vel->add_option("--guidance", va.guidance, "Classifier-free guidance scale w (with --class)");
+  vel->add_option("--context", va.context,
+                  "Context .npy: one row [K] or [1, K] for all points, or [N, K] (a model with a context)");
+  vel->add_option("--guidance", va.guidance, "Classifier-free guidance scale w (with --class or --context)");
   vel->add_flag("--ema", va.ema, "Use the EMA weights");
   vel->add_option("--device", va.device, "auto, cpu or cuda")->capture_default_str();
   vel->add_option("--precision", va.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();

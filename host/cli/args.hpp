@@ -23,6 +23,7 @@ struct TrainArgs {
   uint64_t steps = 20000, checkpoint_every = 5000, log_every = 100, seed = 0;
   float lr = 1e-3f, weight_decay = 0.0f, grad_clip = 0.0f, ema = 0.0f, label_dropout = 0.1f, sigma_min = 0.0f;
   float logit_mean = 0.0f, logit_std = 1.0f;
+  float context_dropout = 0.0f;
   std::string lr_schedule = "constant";
   uint64_t warmup_steps = 0, decay_steps = 0;  // decay_steps 0: the rest of the run (--steps - warm-up)
   float min_lr = 0.0f;
@@ -38,6 +39,7 @@ struct SampleArgs {
   int64_t count = 50000;
   int steps = 20, threads = 0;
   std::optional<int> label;
+  std::string context;  // .npy: one context row for all samples, or one per sample
   float atol = 1e-5f, rtol = 1e-5f;
   std::optional<float> guidance;
   bool ema = false;
@@ -56,6 +58,7 @@ struct LogProbArgs {
   int steps = 20, probes = 1, threads = 0;
   float atol = 1e-5f, rtol = 1e-5f;
   std::optional<int> label;
+  std::string context;  // .npy: one context row for all points, or one per point
   std::optional<float> guidance;
   bool ema = false;
   uint64_t seed = 0;
@@ -65,6 +68,7 @@ struct VelocityArgs {
   std::string checkpoint, x, out = "velocity.npy", device = "auto", precision = "fp32";
   float t = 0.0f;
   std::optional<int> label;
+  std::string context;  // .npy: one context row for all points, or one per point
   std::optional<float> guidance;
   bool ema = false;
   int threads = 0;

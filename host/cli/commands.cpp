@@ -17,6 +17,7 @@
 #include "host/cli/plot.hpp"
 #include "host/cli/run_lock.hpp"
 #include "host/cpu/cpu_ops.hpp"
+#include "host/divergence_flow.hpp"
 
 namespace cufm::cli {
 namespace fs = std::filesystem;
@@ -40,6 +41,23 @@ std::vector<float> read_points(const std::string& path, const char* what, int di
                                            << ") is not a finite float32: " << arr.values[i]);
   }
   return x;
+}
+
+// A --context file for n points of a model with a context of K: one row ([K] or [1, K]) for all,
+// or [n, K], finite.
+std::vector<float> read_context(const std::string& path, const MlpConfig& m, int64_t n) {
+  CUFM_REQUIRE(m.context_dim > 0, "--context given, but the checkpoint's model has no context");
+  int64_t rows = 0, cols = 0;
+  std::vector<float> c = read_npy_matrix(path, "--context", rows, cols, /*one_row_ok=*/true);
+  CUFM_REQUIRE(cols == m.context_dim && (rows == 1 || rows == n),
+               "--context '" << path << "': expected one row of " << m.context_dim
+                             << " (the model's context_dim) or [" << n << ", " << m.context_dim << "], got ["
+                             << rows << ", " << cols << "]");
+  for (size_t i = 0; i < c.size(); ++i) {
+    CUFM_REQUIRE(std::isfinite(c[i]),
+                 "--context '" << path << "': value " << i << " (row " << i / cols << ") is not finite");
+  }
+  return c;
 }
 
 std::string format_duration(double seconds) {
@@ -134,6 +152,7 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
   require_same(a, "--conditional", std::string(a.conditional ? "on" : "off"),
                std::string(m.num_classes > 0 ? "on" : "off"));
   require_same(a, "--label-dropout", a.label_dropout, t.label_dropout);
+  require_same(a, "--context-dropout", a.context_dropout, t.context_dropout);
   require_same(a, "--batch", a.batch, t.batch_size);
   require_same(a, "--lr", a.lr, t.optim.lr);
   require_same(a, "--optimizer", a.optimizer,
@@ -156,10 +175,10 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
 
 // The data of a resumed run: the checkpoint's, and --data (and its options) only to repeat it.
 DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
-  FileStamp data_stamp, labels_stamp;
+  FileStamp data_stamp, labels_stamp, context_stamp;
   DataSpec recorded;
   try {
-    recorded = DataSpec::parse(c.dataset, &data_stamp, &labels_stamp);
+    recorded = DataSpec::parse(c.dataset, &data_stamp, &labels_stamp, &context_stamp);
   } catch (const Error& e) {
     if (!a.was_given("--data")) throw;
     // A checkpoint written through the library records its data in free text: take --data's word.
@@ -186,7 +205,8 @@ DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
              (!a.was_given("--data-seed") || given.seed == recorded.seed);
     } else if (same) {
       same = same_file(given.source, recorded.source, data_stamp) &&
-             (!a.was_given("--labels") || same_file(given.labels, recorded.labels, labels_stamp));
+             (!a.was_given("--labels") || same_file(given.labels, recorded.labels, labels_stamp)) &&
+             (!a.was_given("--context") || same_file(given.context, recorded.context, context_stamp));
     }
     CUFM_REQUIRE(same, "--data " << spec_text(given) << " differs from the checkpoint's data "
                                  << spec_text(recorded)
@@ -198,12 +218,15 @@ DataSpec resume_data(const TrainArgs& a, const Checkpoint& c) {
       if (a.was_given("--labels")) recorded.labels = given.labels;
       data_stamp.path = given.source;
       if (labels_stamp.known && a.was_given("--labels")) labels_stamp.path = given.labels;
+      if (a.was_given("--context")) recorded.context = given.context;
+      if (context_stamp.known && a.was_given("--context")) context_stamp.path = given.context;
     }
   }
   // A .npy file must still hold what it held when the checkpoint was written; the stamps read
   // here are the new checkpoint's (describe() does not read the files again).
   for (auto [st, kept] :
-       {std::pair{&data_stamp, &recorded.source_stamp}, std::pair{&labels_stamp, &recorded.labels_stamp}}) {
+       {std::pair{&data_stamp, &recorded.source_stamp}, std::pair{&labels_stamp, &recorded.labels_stamp},
+        std::pair{&context_stamp, &recorded.context_stamp}}) {
     if (!st->known) continue;
     const FileStamp now = stamp_file(st->path);
     *kept = now;
@@ -268,6 +291,7 @@ int run_train(const TrainArgs& a) {
     CUFM_REQUIRE(!a.conditional || data.labelled(),
                  "--conditional needs labelled data (--labels for a .npy file)");
     model.num_classes = a.conditional ? data.num_classes : 0;
+    model.context_dim = data.context_dim;
   }
   Trainer trainer =
       a.resume ? Trainer(model, state, data, tc, run) : Trainer(Model(model, tc.seed), data, tc, run);
@@ -334,7 +358,8 @@ int run_sample(const SampleArgs& a) {
     x0 = read_points(a.x0, "--x0", model.config().data_dim);
     sc.count = static_cast<int64_t>(x0.size()) / model.config().data_dim;
   }
-  sc.validate(model.config());  // the class against the model, before any work
+  if (!a.context.empty()) sc.context = read_context(a.context, model.config(), sc.count);
+  sc.validate(model.config());  // the class and the context against the model, before any work
   const auto start = std::chrono::steady_clock::now();
   const SampleResult r = a.x0.empty() ? sample(model, sc) : integrate(model, x0, sc);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -376,12 +401,16 @@ int run_velocity(const VelocityArgs& a) {
   o.device = parse_device(a.device);
   o.precision = parse_precision(a.precision);
   o.threads = clamp_threads(a.threads, "velocity");
+  std::vector<float> context;
+  if (!a.context.empty())
+    context = detail::context_per_point(read_context(a.context, m, n), m.context_dim, n);
   VelocityField field(model, o);
   std::vector<int32_t> labels;
   if (a.label) labels.assign(static_cast<size_t>(n), *a.label);
   std::vector<float> v(x.size());
   const auto start = std::chrono::steady_clock::now();
-  field.evaluate(a.t, x.data(), labels.empty() ? nullptr : labels.data(), n, v.data());
+  field.evaluate(a.t, x.data(), labels.empty() ? nullptr : labels.data(),
+                 context.empty() ? nullptr : context.data(), n, v.data());
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_npy(a.out, v.data(), {n, m.data_dim});
   std::printf("velocity at %lld points, t = %g (%.3f s on %s): %s\n", static_cast<long long>(n),
@@ -402,6 +431,9 @@ int run_logprob(const LogProbArgs& a) {
   lc.probes = a.probes;
   lc.seed = a.seed;
   if (a.label) lc.labels = {*a.label};
+  if (!a.context.empty()) {
+    lc.context = read_context(a.context, m, static_cast<int64_t>(x.size()) / m.data_dim);
+  }
   lc.guidance = a.guidance;
   lc.device = parse_device(a.device);
   lc.threads = clamp_threads(a.threads, "logprob");

@@ -90,6 +90,8 @@ void DataSpec::validate() const {
   if (is_toy()) {
     CUFM_REQUIRE(labels.empty(), "--labels '" << labels << "' is for .npy data; the toy '" << source
                                               << "' carries its own labels");
+    CUFM_REQUIRE(context.empty(),
+                 "--context '" << context << "' is for .npy data; the toy '" << source << "' has no context");
     CUFM_REQUIRE(n >= 1 && n <= (int64_t{1} << 32), "--n-data must be in [1, 2^32], got " << n);
     return;
   }
@@ -97,12 +99,14 @@ void DataSpec::validate() const {
                "--data '" << source << "' is neither a toy dataset (" << toy_list() << ") nor a .npy file");
   CUFM_REQUIRE(labels.empty() || fs::path(labels).extension() == ".npy",
                "--labels '" << labels << "' is not a .npy file");
+  CUFM_REQUIRE(context.empty() || fs::path(context).extension() == ".npy",
+               "--context '" << context << "' is not a .npy file");
 }
 
 Dataset DataSpec::load() const {
   validate();
   if (is_toy()) return make_toy(source, n, seed);
-  return load_npy_dataset(source, labels);
+  return load_npy_dataset(source, labels, 0, context);
 }
 
 std::string DataSpec::describe() const {
@@ -114,14 +118,18 @@ std::string DataSpec::describe() const {
          {"data", stamp_json(source_stamp.known ? source_stamp : stamp_file(source))},
          {"labels", nullptr}};
     if (!labels.empty()) j["labels"] = stamp_json(labels_stamp.known ? labels_stamp : stamp_file(labels));
+    if (!context.empty())
+      j["context"] = stamp_json(context_stamp.known ? context_stamp : stamp_file(context));
   }
   return j.dump();
 }
 
-DataSpec DataSpec::parse(const std::string& d, FileStamp* data_stamp, FileStamp* labels_stamp) {
+DataSpec DataSpec::parse(const std::string& d, FileStamp* data_stamp, FileStamp* labels_stamp,
+                         FileStamp* context_stamp) {
   DataSpec s;
   if (data_stamp) *data_stamp = FileStamp{};
   if (labels_stamp) *labels_stamp = FileStamp{};
+  if (context_stamp) *context_stamp = FileStamp{};
   if (!d.empty() && d[0] == '{') {
     json j;
     try {
@@ -155,6 +163,11 @@ DataSpec DataSpec::parse(const std::string& d, FileStamp* data_stamp, FileStamp*
       s.labels = lab.path;
       if (labels_stamp) *labels_stamp = lab;
     }
+    if (j.contains("context") && !j["context"].is_null()) {
+      const FileStamp ctx = stamp_from_json(j["context"], "context");
+      s.context = ctx.path;
+      if (context_stamp) *context_stamp = ctx;
+    }
     return s;
   }
   // The descriptors of checkpoints written before this format (no stamps).
@@ -187,7 +200,8 @@ std::string spec_text(const DataSpec& spec) {
   if (spec.is_toy()) {
     os << "toy '" << spec.source << "' (" << spec.n << " points, seed " << spec.seed << ")";
   } else {
-    os << "'" << spec.source << "'" << (spec.labels.empty() ? "" : " with labels '" + spec.labels + "'");
+    os << "'" << spec.source << "'" << (spec.labels.empty() ? "" : " with labels '" + spec.labels + "'")
+       << (spec.context.empty() ? "" : " with context '" + spec.context + "'");
   }
   return os.str();
 }

@@ -18,26 +18,29 @@ struct FileStamp {
 };
 
 struct DataSpec {
-  std::string source;  // toy name or .npy path, as given
-  std::string labels;  // labels .npy (optional)
-  int64_t n = 100000;  // toy size
-  uint64_t seed = 0;   // toy seed
+  std::string source;   // toy name or .npy path, as given
+  std::string labels;   // labels .npy (optional)
+  std::string context;  // context .npy [N, K] (optional)
+  int64_t n = 100000;   // toy size
+  uint64_t seed = 0;    // toy seed
   // The .npy files' stamps when already computed (a resume checks them): describe() reuses them
   // instead of reading the files again.
-  FileStamp source_stamp, labels_stamp;
+  FileStamp source_stamp, labels_stamp, context_stamp;
 
   bool is_toy() const;
-  // Throws unless the combination is meaningful: a known toy or a .npy path; --labels only for .npy.
+  // Throws unless the combination is meaningful: a known toy or a .npy path; --labels and --context
+  // only for .npy.
   void validate() const;
   Dataset load() const;
 
   // The checkpoint's descriptor: JSON {"kind": "toy", "name", "n", "seed"} or {"kind": "npy", "data":
-  // {"path", "size", "crc32"}, "labels": {...} or null}. Stamps the .npy files (reads them once).
+  // {"path", "size", "crc32"}, "labels": {...} or null[, "context": {...}]}. Stamps the .npy files
+  // (reads them once).
   std::string describe() const;
   // Reads a descriptor: this JSON, or the older "toy:<name>:<n>:<seed>" / "npy:<path>[:<labels>]".
   // stamps receive the recorded stamps of the data and label files (unknown for old descriptors).
   static DataSpec parse(const std::string& descriptor, FileStamp* data_stamp = nullptr,
-                        FileStamp* labels_stamp = nullptr);
+                        FileStamp* labels_stamp = nullptr, FileStamp* context_stamp = nullptr);
 };
 
 // The file's absolute path, size and CRC-32 (zlib).

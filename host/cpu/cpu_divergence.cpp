@@ -139,9 +139,10 @@ void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorksp
 }  // namespace
 
 void evaluate_divergence(const MlpConfig& m, const float* params, const float* x, float t,
-                         const int32_t* labels, int64_t n, const float* guidance, const float* probes, int P,
-                         float* v, float* div, DivergenceScratch& s) {
+                         const int32_t* labels, const float* context, int64_t n, const float* guidance,
+                         const float* probes, int P, float* v, float* div, DivergenceScratch& s) {
   check_field_labels(m, labels, n);
+  check_field_context(m, context, n);
   const int D = m.data_dim, in = m.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;
@@ -152,7 +153,7 @@ void evaluate_divergence(const MlpConfig& m, const float* params, const float* x
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
     s.input.resize(static_cast<size_t>(passes * rows) * in);
     float* input = s.input.data();
-    write_field_inputs(m, x, nullptr, t, labels, first, rows, guided, input);
+    write_field_inputs(m, x, nullptr, t, labels, context, first, rows, guided, input);
     mlp_forward(m, params, input, passes * rows, s.ws);
     const float* out = s.ws.out.data();
     const float* dirs = probes ? probes + first * P * D : nullptr;

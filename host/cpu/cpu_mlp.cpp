@@ -6,6 +6,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "cufm/detail/math.hpp"
@@ -133,22 +134,39 @@ void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n
   }
 }
 
+void check_field_context(const MlpConfig& model, const float* context, int64_t n) {
+  if (!context) return;
+  CUFM_REQUIRE(model.context_dim > 0, "a context was given to a model without a context (context_dim = 0)");
+  const int64_t size = n * model.context_dim;
+  for (int64_t j = 0; j < size; ++j) {
+    CUFM_REQUIRE(std::isfinite(context[j]), "context value " << context[j] << " at row "
+                                                             << j / model.context_dim << ", column "
+                                                             << j % model.context_dim << " is not finite");
+  }
+}
+
 void write_field_inputs(const MlpConfig& model, const float* x, const float* t_rows, float t,
-                        const int32_t* labels, int64_t first, int64_t rows, bool guided, float* input) {
-  const int D = model.data_dim, in = model.input_dim();
+                        const int32_t* labels, const float* context, int64_t first, int64_t rows, bool guided,
+                        float* input) {
+  const int D = model.data_dim, in = model.input_dim(), K = model.context_dim;
 #pragma omp parallel for schedule(static) if ((guided ? 2 : 1) * rows * in >= kParallelMin)
   for (int64_t i = 0; i < rows; ++i) {
     const int32_t label = model.num_classes > 0 ? (labels ? labels[first + i] : model.null_class()) : -1;
+    const float* c = context && K > 0 ? context + (first + i) * K : nullptr;
     const float ti = t_rows ? t_rows[first + i] : t;
-    write_input_row(model, x + (first + i) * D, ti, label, input + i * in);
-    if (guided) write_input_row(model, x + (first + i) * D, ti, model.null_class(), input + (rows + i) * in);
+    write_input_row(model, x + (first + i) * D, ti, label, c, input + i * in);
+    if (guided) {
+      const int32_t null_label = model.num_classes > 0 ? model.null_class() : -1;
+      write_input_row(model, x + (first + i) * D, ti, null_label, nullptr, input + (rows + i) * in);
+    }
   }
 }
 
 void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
-                    const int32_t* labels, int64_t n, const float* guidance, float* v,
+                    const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
                     FieldScratch& scratch) {
   check_field_labels(model, labels, n);
+  check_field_context(model, context, n);
   const int D = model.data_dim, in = model.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;
@@ -158,7 +176,7 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
     scratch.input.resize(static_cast<size_t>(passes * rows) * in);
     float* input = scratch.input.data();
-    write_field_inputs(model, x, t_rows, t, labels, first, rows, guided, input);
+    write_field_inputs(model, x, t_rows, t, labels, context, first, rows, guided, input);
     mlp_forward(model, params, input, passes * rows, scratch.ws);
     const float* out = scratch.ws.out.data();
     if (!guided) {

@@ -18,18 +18,20 @@
 namespace cufm::cpu {
 
 namespace {
-// The part of an input row after x_t: the time features and the class one-hot.
-void write_input_tail(const MlpConfig& model, float t, int32_t label, float* row) {
+// The part of an input row after x_t: the time features, the context and the class one-hot.
+void write_input_tail(const MlpConfig& model, float t, int32_t label, const float* context, float* row) {
   const int D = model.data_dim, tail = model.input_dim() - D;
   for (int c = 0; c < tail; ++c) {
-    row[D + c] = hd::input_tail_value(t, model.time_features, model.num_classes, label, c);
+    row[D + c] =
+        hd::input_tail_value(t, model.time_features, model.context_dim, context, model.num_classes, label, c);
   }
 }
 }  // namespace
 
-void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row) {
+void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, const float* context,
+                     float* row) {
   std::memcpy(row, x, sizeof(float) * model.data_dim);
-  write_input_tail(model, t, label, row);
+  write_input_tail(model, t, label, model.context_dim > 0 ? context : nullptr, row);
 }
 
 void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
@@ -41,6 +43,7 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
   out.label.resize(model.num_classes > 0 ? B : 0);
   const PathConfig& path = config.path;
   const uint32_t n_data = static_cast<uint32_t>(data.n);
+  const int K = model.context_dim;
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < B; ++i) {
     const hd::SampleDraw d =
@@ -61,7 +64,12 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
       label = d.drop_label ? model.null_class() : data.labels[d.data_index];
       out.label[i] = label;
     }
-    write_input_tail(model, d.t, label, row);
+    const float* context = nullptr;
+    if (K > 0 &&
+        !hd::draw_context_drop(config.seed, step, static_cast<uint32_t>(i), config.context_dropout)) {
+      context = data.context.data() + static_cast<size_t>(d.data_index) * K;
+    }
+    write_input_tail(model, d.t, label, context, row);
     out.t[i] = d.t;
     out.index[i] = d.data_index;
   }
@@ -69,11 +77,12 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
 
 void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
                 const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
-                std::vector<int32_t>& labels_out) {
+                std::vector<int32_t>& labels_out, std::vector<uint8_t>& context_drop) {
   const int D = model.data_dim;
   t.resize(static_cast<size_t>(B));
   eps.resize(static_cast<size_t>(B) * D);
   labels_out.resize(model.num_classes > 0 ? static_cast<size_t>(B) : 0);
+  context_drop.resize(model.context_dim > 0 ? static_cast<size_t>(B) : 0);
   const PathConfig& path = config.path;
 #pragma omp parallel for schedule(static) if (B * D >= kParallelMin)
   for (int64_t i = 0; i < B; ++i) {
@@ -83,6 +92,8 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
                         path.logit_std, config.label_dropout);
     t[i] = d.t;
     if (model.num_classes > 0) labels_out[i] = d.drop_label ? model.null_class() : labels[i];
+    if (model.context_dim > 0)
+      context_drop[i] = hd::draw_context_drop(config.seed, step, row, config.context_dropout);
     float z[4];
     for (int g = 0; g < (D + 3) / 4; ++g) {
       rng::normal4(config.seed, step, row, static_cast<uint32_t>(g), z);
@@ -157,7 +168,8 @@ float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& 
     // x_t straight into the row; the time features and the one-hot follow.
     for (int d = 0; d < D; ++d) row[d] = hd::path_xt(b.t[i], b.x1[i * D + d], b.eps[i * D + d], sigma_min);
     const int32_t label = m.num_classes > 0 ? (b.labels ? b.labels[i] : m.null_class()) : -1;
-    write_input_tail(m, b.t[i], label, row);
+    const bool null_context = !b.context || (b.context_null && b.context_null[i]);
+    write_input_tail(m, b.t[i], label, null_context ? nullptr : b.context + i * m.context_dim, row);
   }
   MlpWorkspace& ws = scratch.ws;
   mlp_forward(m, params, input.data(), B, ws);

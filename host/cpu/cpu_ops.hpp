@@ -23,7 +23,7 @@ namespace cufm::cpu {
 constexpr int64_t kParallelMin = int64_t{1} << 15;
 
 // Per-step inputs drawn from Philox: the first layer's input [B, input_dim] with x_t, the time
-// features and the class one-hot, plus each row's t and data index (for the loss).
+// features, the context and the class one-hot, plus each row's t and data index (for the loss).
 struct PreparedBatch {
   std::vector<float> input;     // [B, model.input_dim()]
   std::vector<float> t;         // [B]
@@ -38,20 +38,27 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
 // The draws of training step `step` for the caller's batch of B rows (Trainer::step(batch)): row
 // i's t and label dropout from block 0 of its Philox counter and eps from blocks 1.., as
 // fm_prepare draws them; labels_out: the caller's labels, the null class where dropped
-// (conditional models; left empty otherwise).
+// (conditional models; left empty otherwise); context_drop: 1 where the row's context is dropped
+// (models with a context; left empty otherwise).
 void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
                 const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
-                std::vector<int32_t>& labels_out);
+                std::vector<int32_t>& labels_out, std::vector<uint8_t>& context_drop);
 
 // A field evaluation's labels, checked: each in [0, num_classes] (the last is the null class).
 void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n);
+// A field evaluation's context [n, context_dim], checked: finite, and only for a model with one.
+void check_field_context(const MlpConfig& model, const float* context, int64_t n);
 // The model input of points [first, first + rows) of x at per-row times t_rows (nullptr: t for all)
-// with their labels (nullptr: the null class); guided: then the same rows with the null class.
+// with their labels (nullptr: the null class) and context rows (nullptr: the null context); guided:
+// then the same rows with the null class and the null context.
 void write_field_inputs(const MlpConfig& model, const float* x, const float* t_rows, float t,
-                        const int32_t* labels, int64_t first, int64_t rows, bool guided, float* input);
+                        const int32_t* labels, const float* context, int64_t first, int64_t rows, bool guided,
+                        float* input);
 
-// Fills row i of the first layer's input from x [D], t and a label (-1: unconditional model).
-void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, float* row);
+// Fills row i of the first layer's input from x [D], t, a label (-1: unconditional model) and a
+// context row [context_dim] (nullptr: the null context; ignored without a context).
+void write_input_row(const MlpConfig& model, const float* x, float t, int32_t label, const float* context,
+                     float* row);
 
 // The CPU twin of the fm_loss_grad kernel. Loss and dL/dv for the batch: regenerates eps from the
 // counters, u = x1 - (1 - s) eps, loss = mean((v - u)^2), grad = 2 (v - u) / (B D). The sum runs
@@ -63,11 +70,13 @@ float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Data
 // The model's velocity at n points, in chunks of 8192 rows (the one CPU evaluation behind
 // Model::forward, VelocityField and the CPU sampler): v [n, D] at x [n, D], with per-row times
 // t_rows [n] or, when nullptr, t for every row, and labels [n] (nullptr: the null class of a
-// conditional model). guidance (non-null: w) runs each chunk's conditional and null rows as one
-// pass of 2 x rows and returns hd::guided. Labels must lie in [0, num_classes] (the last: null).
+// conditional model) and context [n, context_dim] (nullptr: the null context). guidance (non-null:
+// w) runs each chunk's conditional and null rows as one pass of 2 x rows and returns hd::guided.
+// Labels must lie in [0, num_classes] (the last: null).
 struct FieldScratch;
 void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
-                    const int32_t* labels, int64_t n, const float* guidance, float* v, FieldScratch& scratch);
+                    const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
+                    FieldScratch& scratch);
 
 // A forward/backward workspace for one batch size.
 struct MlpWorkspace {
@@ -109,8 +118,8 @@ float loss_grad_given(const MlpConfig& model, const float* params, const FlowBat
 // Guided: both fields' divergences, combined as the velocities are.
 struct DivergenceScratch;
 void evaluate_divergence(const MlpConfig& model, const float* params, const float* x, float t,
-                         const int32_t* labels, int64_t n, const float* guidance, const float* probes, int P,
-                         float* v, float* div, DivergenceScratch& scratch);
+                         const int32_t* labels, const float* context, int64_t n, const float* guidance,
+                         const float* probes, int P, float* v, float* div, DivergenceScratch& scratch);
 
 // Rademacher probes (+1 or -1) for points [first, first + n): out [n, P, D], from Philox's probe
 // stream: point i's sign k = p * D + d is bit k % 32 of word (k / 32) % 4 of block k / 128.

@@ -48,15 +48,16 @@ class CudaDivergence {
   CudaDivergence(const CudaDivergence&) = delete;
   CudaDivergence& operator=(const CudaDivergence&) = delete;
 
-  void evaluate(float t, const float* x, const int32_t* labels, int64_t n, const float* guidance,
-                const float* probes, int P, float* v, float* div) {
+  void evaluate(float t, const float* x, const int32_t* labels, const float* context, int64_t n,
+                const float* guidance, const float* probes, int P, float* v, float* div) {
     const int D = m_.data_dim;
     const bool guided = guidance != nullptr;
     const int passes = guided ? 2 : 1;
     // Rows per chunk: each tangent buffer holds rows x P x the widest layer, up to 2^25 floats.
     const int64_t chunk = std::max<int64_t>(
         1, std::min<int64_t>(n, (int64_t{1} << 25) / (static_cast<int64_t>(P) * max_width_)));
-    reserve(chunk, P, passes, probes != nullptr, labels != nullptr);
+    reserve(chunk, P, passes, probes != nullptr, labels != nullptr, context != nullptr);
+    const int K = m_.context_dim;
     for (int64_t first = 0; first < n; first += chunk) {
       const int64_t R = std::min(chunk, n - first);
       CUFM_CUDA_CHECK(
@@ -65,11 +66,15 @@ class CudaDivergence {
         CUFM_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), labels + first, sizeof(int32_t) * R,
                                         cudaMemcpyHostToDevice, stream_));
       }
+      if (context) {
+        CUFM_CUDA_CHECK(cudaMemcpyAsync(context_.get(), context + first * K, sizeof(float) * R * K,
+                                        cudaMemcpyHostToDevice, stream_));
+      }
       if (probes) {
         CUFM_CUDA_CHECK(cudaMemcpyAsync(dirs_.get(), probes + first * P * D, sizeof(float) * R * P * D,
                                         cudaMemcpyHostToDevice, stream_));
       }
-      forward(t, R, passes, labels != nullptr);
+      forward(t, R, passes, labels != nullptr, context != nullptr);
       const float* out = out_.as<float>();
       if (guided) {
         cuda::divergence_guided(out, out + R * D, *guidance, R * D, v_.as<float>(), stream_);
@@ -102,9 +107,9 @@ class CudaDivergence {
                                   x, ldx, &zero, y, N));
   }
 
-  void reserve(int64_t rows, int P, int passes, bool hutchinson, bool labels) {
+  void reserve(int64_t rows, int P, int passes, bool hutchinson, bool labels, bool context) {
     if (rows <= rows_ && P <= P_ && passes <= passes_ && (!hutchinson || dirs_.get()) &&
-        (!labels || labels_.get()))
+        (!labels || labels_.get()) && (!context || context_.get()))
       return;
     rows_ = std::max(rows, rows_);
     P_ = std::max(P, P_);
@@ -115,6 +120,9 @@ class CudaDivergence {
     auto floats = [](size_t n, const char* what) { return DeviceBuffer(n * sizeof(float), what); };
     x_ = floats(static_cast<size_t>(rows_) * D, "the divergence's points");
     labels_ = DeviceBuffer(static_cast<size_t>(rows_) * sizeof(int32_t), "the divergence's labels");
+    if (m_.context_dim > 0) {
+      context_ = floats(static_cast<size_t>(rows_) * m_.context_dim, "the divergence's context");
+    }
     if (hutchinson || dirs_.get()) dirs_ = floats(tr * D, "Hutchinson's probes");
     input_ = floats(pr * m_.input_dim(), "the divergence's model input");
     pre_.clear();
@@ -130,9 +138,10 @@ class CudaDivergence {
     div_ = floats(static_cast<size_t>(rows_) * 3, "the divergences");
   }
 
-  void forward(float t, int64_t R, int passes, bool labels) {
-    cuda::divergence_input(x_.as<float>(), labels ? labels_.as<int32_t>() : nullptr, R, passes, m_.data_dim,
-                           m_.time_features, m_.num_classes, t, input_.as<float>(), stream_);
+  void forward(float t, int64_t R, int passes, bool labels, bool context) {
+    cuda::divergence_input(x_.as<float>(), labels ? labels_.as<int32_t>() : nullptr,
+                           context ? context_.as<float>() : nullptr, R, passes, m_.data_dim, m_.time_features,
+                           m_.context_dim, m_.num_classes, t, input_.as<float>(), stream_);
     const int L = m_.num_layers();
     const int64_t rows = passes * R;
     const float* h = input_.as<float>();
@@ -184,7 +193,7 @@ class CudaDivergence {
   int max_width_ = 0;
   int64_t rows_ = 0;
   int P_ = 0, passes_ = 0;
-  DeviceBuffer x_, labels_, dirs_, input_, out_, v_, tan_a_, tan_b_, div_;
+  DeviceBuffer x_, labels_, context_, dirs_, input_, out_, v_, tan_a_, tan_b_, div_;
   std::vector<DeviceBuffer> pre_, act_;
 };
 
@@ -196,9 +205,10 @@ CudaDivergencePtr make_cuda_divergence(const Model& model) {
   return CudaDivergencePtr(new CudaDivergence(model));
 }
 
-void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const int32_t* labels, int64_t n,
-                              const float* guidance, const float* probes, int P, float* v, float* div) {
-  d.evaluate(t, x, labels, n, guidance, probes, P, v, div);
+void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const int32_t* labels,
+                              const float* context, int64_t n, const float* guidance, const float* probes,
+                              int P, float* v, float* div) {
+  d.evaluate(t, x, labels, context, n, guidance, probes, P, v, div);
 }
 
 }  // namespace cufm::detail

@@ -1,5 +1,6 @@
 // The GPU field behind cufm::VelocityField: the weights' device copy and a cuBLASLt inference plan
-// kept between calls; each call writes the model input (cuda::stage_input, the sampler's kernel),
+// kept between calls; each call writes the model input with its labels and context
+// (cuda::stage_input, the sampler's kernel),
 // runs the MLP and collects the velocity (with guidance: hd::guided over the conditional and null
 // rows of one pass), chunk by chunk. The plan grows with the largest call, up to about 1 GiB of
 // activations per chunk (cuda::inference_chunk_rows).
@@ -47,7 +48,7 @@ class CudaField {
       std::fprintf(stderr, "cufm: warning: a CUDA error was pending when a VelocityField was destroyed\n");
     }
     mlp_.reset();
-    for (DeviceBuffer* b : {&params_, &params_bf16_, &x_, &v_, &labels_}) *b = DeviceBuffer();
+    for (DeviceBuffer* b : {&params_, &params_bf16_, &x_, &v_, &labels_, &context_}) *b = DeviceBuffer();
     if (last_ && cudaEventDestroy(last_) != cudaSuccess) (void)cudaGetLastError();
     stream_.reset();  // all on this field's device, not the caller's
   }
@@ -60,7 +61,8 @@ class CudaField {
     upload(model);
   }
 
-  void evaluate(float t, const float* x, const int32_t* labels, int64_t n, float* v, cudaStream_t stream) {
+  void evaluate(float t, const float* x, const int32_t* labels, const float* context, int64_t n, float* v,
+                cudaStream_t stream) {
     const cuda::DeviceScope on(device_);
     ensure_plan(std::min(n, max_chunk_));
     // Calls share the plan's buffers: each waits for the previous one, whatever its stream.
@@ -76,6 +78,8 @@ class CudaField {
       in.time_features = config_.time_features;
       in.num_classes = config_.num_classes;
       in.labels = labels ? labels + first : nullptr;  // nullptr: the null class (conditional)
+      in.context_dim = config_.context_dim;
+      in.context = context ? context + first * config_.context_dim : nullptr;  // nullptr: the null context
       in.copies = copies_;
       in.type = mlp_->act_type();
       in.input = mlp_->input();
@@ -89,7 +93,8 @@ class CudaField {
   }
 
   // The host-pointer call: stages x (and labels) on the field's stream, evaluates, copies v back.
-  void evaluate_host(float t, const float* x, const int32_t* labels, int64_t n, float* v) {
+  void evaluate_host(float t, const float* x, const int32_t* labels, const float* context, int64_t n,
+                     float* v) {
     const cuda::DeviceScope on(device_);
     cudaStream_t s = stream_.get();
     const size_t bytes = static_cast<size_t>(n) * config_.data_dim * sizeof(float);
@@ -100,8 +105,14 @@ class CudaField {
       grow(labels_, static_cast<size_t>(n) * sizeof(int32_t), "the labels");
       CUFM_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), labels, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     }
+    if (context) {
+      const size_t cbytes = static_cast<size_t>(n) * config_.context_dim * sizeof(float);
+      grow(context_, cbytes, "the context");
+      CUFM_CUDA_CHECK(cudaMemcpyAsync(context_.get(), context, cbytes, cudaMemcpyHostToDevice, s));
+    }
     try {
-      evaluate(t, x_.as<float>(), labels ? labels_.as<int32_t>() : nullptr, n, v_.as<float>(), s);
+      evaluate(t, x_.as<float>(), labels ? labels_.as<int32_t>() : nullptr,
+               context ? context_.as<float>() : nullptr, n, v_.as<float>(), s);
       CUFM_CUDA_CHECK(cudaMemcpyAsync(v, v_.get(), bytes, cudaMemcpyDeviceToHost, s));
       CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
     } catch (...) {
@@ -156,7 +167,7 @@ class CudaField {
   cuda::Stream stream_;
   cudaEvent_t last_ = nullptr;  // recorded after each call's work, on the caller's stream
   std::vector<float> padded_;
-  DeviceBuffer params_, params_bf16_, x_, v_, labels_;
+  DeviceBuffer params_, params_bf16_, x_, v_, labels_, context_;
   std::unique_ptr<cuda::LtMlp> mlp_;
 };
 
@@ -168,12 +179,12 @@ CudaFieldPtr make_cuda_field(const Model& model, const FieldOptions& options) {
   return CudaFieldPtr(new CudaField(model, options));
 }
 
-void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels, int64_t n,
-                         float* v, void* stream, bool host_pointers) {
+void cuda_field_evaluate(CudaField& field, float t, const float* x, const int32_t* labels,
+                         const float* context, int64_t n, float* v, void* stream, bool host_pointers) {
   if (host_pointers) {
-    field.evaluate_host(t, x, labels, n, v);
+    field.evaluate_host(t, x, labels, context, n, v);
   } else {
-    field.evaluate(t, x, labels, n, v, static_cast<cudaStream_t>(stream));
+    field.evaluate(t, x, labels, context, n, v, static_cast<cudaStream_t>(stream));
   }
 }
 

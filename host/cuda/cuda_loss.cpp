@@ -56,6 +56,30 @@ LossGrad loss_and_grad_on(const Model& model, const FlowBatch& batch, float sigm
     labels = DeviceBuffer(B * sizeof(int32_t), "the labels", s);
     CUFM_CUDA_CHECK(cudaMemcpyAsync(labels.get(), src, B * sizeof(int32_t), cudaMemcpyHostToDevice, s));
   }
+  // A model with a context: the rows' contexts, or zeros flagged null where the batch gives none.
+  DeviceBuffer context, context_null;
+  std::vector<float> zeros;
+  std::vector<uint8_t> all_null;
+  if (m.context_dim > 0) {
+    const size_t ce = static_cast<size_t>(B) * m.context_dim;
+    const float* src = batch.context;
+    const uint8_t* null_src = batch.context_null;
+    if (!src) {
+      zeros.assign(ce, 0.0f);
+      all_null.assign(static_cast<size_t>(B), 1);
+      src = zeros.data();
+      null_src = all_null.data();
+    }
+    context = DeviceBuffer(ce * sizeof(float), "the context", s);
+    context_null = DeviceBuffer(static_cast<size_t>(B), "the null contexts", s);
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(context.get(), src, ce * sizeof(float), cudaMemcpyHostToDevice, s));
+    if (null_src) {
+      CUFM_CUDA_CHECK(
+          cudaMemcpyAsync(context_null.get(), null_src, static_cast<size_t>(B), cudaMemcpyHostToDevice, s));
+    } else {
+      CUFM_CUDA_CHECK(cudaMemsetAsync(context_null.get(), 0, static_cast<size_t>(B), s));
+    }
+  }
   const size_t ws_bytes = kernels::fm_loss_grad_workspace_bytes(static_cast<int>(B), D);
   DeviceBuffer loss_ws(ws_bytes, "the loss workspace", s);
   cuda::LtMlp mlp(m, precision, B, cuda::MlpMode::Training, params.as<float>(),
@@ -65,6 +89,8 @@ LossGrad loss_and_grad_on(const Model& model, const FlowBatch& batch, float sigm
   b.dim = D;
   b.data = x1.as<float>();
   b.labels = labels.as<int32_t>();
+  b.context = context.as<float>();
+  b.given_context_null = context_null.as<uint8_t>();
   b.n_data = static_cast<uint32_t>(B);
   b.sigma_min = sigma_min;
   b.given_t = t.as<float>();

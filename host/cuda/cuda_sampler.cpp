@@ -18,13 +18,14 @@
 #include <utility>
 #include <vector>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
+#include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
 #include "host/backend.hpp"
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
+#include "host/divergence_flow.hpp"
 #include "host/solver_driver.hpp"
 #include "kernels/convert.hpp"
 #include "kernels/cuda_check.hpp"
@@ -57,11 +58,12 @@ struct GraphKey {
   float guidance = 0.0f;
   int32_t label_all = -1;
   const int32_t* labels = nullptr;  // the per-sample labels' buffer (its contents are rewritten)
+  const float* context = nullptr;   // the per-sample contexts' buffer (its contents are rewritten)
   float t0 = 0.0f, t1 = 1.0f;       // the span: every stage's time is baked in
   bool operator==(const GraphKey& o) const {
     return solver == o.solver && steps == o.steps && keep_trajectory == o.keep_trajectory &&
            std::memcmp(&guidance, &o.guidance, sizeof(float)) == 0 && label_all == o.label_all &&
-           labels == o.labels && std::memcmp(&t0, &o.t0, sizeof(float)) == 0 &&
+           labels == o.labels && context == o.context && std::memcmp(&t0, &o.t0, sizeof(float)) == 0 &&
            std::memcmp(&t1, &o.t1, sizeof(float)) == 0;
   }
 };
@@ -115,7 +117,7 @@ class CudaSampler {
     graphs_.clear();
     mlp_.reset();
     shape_.reset();
-    for (DeviceBuffer* b : {&params_, &params_bf16_, &labels_, &workspace_, &err_sum_, &x_, &y_}) {
+    for (DeviceBuffer* b : {&params_, &params_bf16_, &labels_, &context_, &workspace_, &err_sum_, &x_, &y_}) {
       *b = DeviceBuffer();
     }
     for (DeviceBuffer& b : k_) b = DeviceBuffer();
@@ -177,9 +179,18 @@ class CudaSampler {
     } else if (m.num_classes > 0 && cfg.labels.size() == 1) {
       input_.label_all = cfg.labels[0];
     }
+    input_.context_dim = m.context_dim;
+    if (m.context_dim > 0 && !cfg.context.empty()) {
+      context_host_ = detail::context_per_point(cfg.context, m.context_dim, n_);
+      ensure(context_, context_host_.size() * sizeof(float), "the context");
+      CUFM_CUDA_CHECK(
+          cudaMemcpyAsync(context_.get(), context_host_.data(), context_.bytes(), cudaMemcpyHostToDevice, s));
+      input_.context = context_.as<float>();
+    }
     for (int i = 0; i < solver_stages(cfg.solver); ++i)
       ensure(k_[i], elems_ * sizeof(float), "solver stages");
-    // The host copies above read padded_ and cfg.labels: let them finish before either can change.
+    // The host copies above read padded_, cfg.labels and context_host_: let them finish before any
+    // can change.
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
@@ -227,6 +238,7 @@ class CudaSampler {
       cuda::ModelInput in = input_;
       in.n = rows;
       if (in.labels) in.labels += first;
+      if (in.context) in.context += first * in.context_dim;
       cuda::stage_input(cc, t, in, y_out ? y_out + off : nullptr, s);
       mlp_->forward(s);
       cuda::collect_velocity(mlp_->output(), mlp_->output_ld(), rows, dim_, copies_,
@@ -285,8 +297,9 @@ class CudaSampler {
     // size (and host memory) bounded however many steps are asked for. The graphs stay for the
     // next call with the same key and buffers, which then only rewrites the weights, the labels
     // and the noise before launching them.
-    const GraphKey key{cfg_->solver,     steps,         keep,     cfg_->guidance.value_or(0.0f),
-                       input_.label_all, input_.labels, cfg_->t0, cfg_->t1};
+    const GraphKey key{cfg_->solver,     steps,         keep,           cfg_->guidance.value_or(0.0f),
+                       input_.label_all, input_.labels, input_.context, cfg_->t0,
+                       cfg_->t1};
     if (!(key == graph_key_)) graphs_.clear();
     start_points(x_.as<float>());
     if (graphs_.empty()) {
@@ -366,7 +379,8 @@ class CudaSampler {
   cuda::Stream stream_;
   std::unique_ptr<cuda::PaddedLayout> layout_;
   std::vector<float> padded_;  // the weights in the device's layout, the upload's source
-  DeviceBuffer params_, params_bf16_, labels_, workspace_, err_sum_, x_, y_;
+  DeviceBuffer params_, params_bf16_, labels_, context_, workspace_, err_sum_, x_, y_;
+  std::vector<float> context_host_;  // the per-sample contexts being uploaded
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;
   std::vector<cuda::CudaGraph> graphs_;  // declared after the buffers their kernels use: destroyed first

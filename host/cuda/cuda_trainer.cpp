@@ -54,10 +54,15 @@ class CudaTrainer final : public TrainBackend {
             (data.labels.size() == static_cast<size_t>(data.n) && data.num_classes <= model.num_classes),
         "trainer: a conditional model (" << model.num_classes << " classes) needs n labels in [0, "
                                          << model.num_classes << ")");
+    CUFM_REQUIRE(
+        data.context_dim == model.context_dim &&
+            data.context.size() == static_cast<size_t>(data.n) * static_cast<size_t>(data.context_dim),
+        "trainer: a model with a context of " << model.context_dim << " needs n x " << model.context_dim
+                                              << " context values");
 
     // The dataset lives on the device beside the model, the optimiser and the batch's activations;
     // refuse early, with numbers, when they cannot all fit.
-    const size_t data_bytes = static_cast<size_t>(data.n) * data.dim * sizeof(float) +
+    const size_t data_bytes = static_cast<size_t>(data.n) * (data.dim + data.context_dim) * sizeof(float) +
                               (model.num_classes > 0 ? static_cast<size_t>(data.n) * sizeof(int32_t) : 0);
     const bool bf16 = options.precision == Precision::BF16;
     size_t widths = layout_.in_pad[0];
@@ -67,7 +72,8 @@ class CudaTrainer final : public TrainBackend {
         (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
         static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
         (size_t{32} << 20) +  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
-        static_cast<size_t>(config.batch_size) * (2 * model.data_dim + 2) * 4;  // step(batch)'s staging
+        static_cast<size_t>(config.batch_size) * (2 * model.data_dim + model.context_dim + 3) *
+            4;  // step(batch)'s staging
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
@@ -102,9 +108,9 @@ class CudaTrainer final : public TrainBackend {
     }
     graph_.reset();
     mlp_.reset();
-    for (DeviceBuffer* b :
-         {&given_x1_, &given_eps_, &given_t_, &given_labels_, &data_x_, &data_labels_, &params_, &grads_, &m_,
-          &v_, &ema_, &params_bf16_, &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
+    for (DeviceBuffer* b : {&given_x1_, &given_eps_, &given_t_, &given_labels_, &given_context_,
+                            &given_context_null_, &data_x_, &data_labels_, &data_context_, &params_, &grads_,
+                            &m_, &v_, &ema_, &params_bf16_, &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
       *b = DeviceBuffer();
     }
     stream_.reset();  // on this trainer's device, not the caller's
@@ -141,25 +147,43 @@ class CudaTrainer final : public TrainBackend {
                  "trainer: the batch has " << fb.size << " rows, not batch_size " << config_.batch_size);
     CUFM_REQUIRE(model_.num_classes == 0 || fb.labels,
                  "trainer: a conditional model's batch needs its labels");
+    CUFM_REQUIRE(model_.context_dim == 0 || fb.context, "trainer: a model with a context needs the batch's");
     cudaStream_t s = stream_.get();
     const size_t rows = static_cast<size_t>(fb.size), elems = rows * model_.data_dim;
+    const size_t context_elems = rows * model_.context_dim;
     if (!given_t_.get()) {  // all at once: a failed allocation leaves none of them set
       DeviceBuffer x1(elems * sizeof(float), "the batch", s),
           eps(elems * sizeof(float), "the batch's noise", s), t(rows * sizeof(float), "the batch's times", s),
-          labels;
+          labels, context, context_null;
       if (model_.num_classes > 0) labels = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
+      if (model_.context_dim > 0) {
+        context = DeviceBuffer(context_elems * sizeof(float), "the batch's context", s);
+        context_null = DeviceBuffer(rows, "the batch's null contexts", s);
+      }
       given_x1_ = std::move(x1);
       given_eps_ = std::move(eps);
       given_labels_ = std::move(labels);
+      given_context_ = std::move(context);
+      given_context_null_ = std::move(context_null);
       given_t_ = std::move(t);
     }
     upload(given_x1_, fb.x1, elems * sizeof(float), s);
     upload(given_eps_, fb.eps, elems * sizeof(float), s);
     upload(given_t_, fb.t, rows * sizeof(float), s);
     if (model_.num_classes > 0) upload(given_labels_, fb.labels, rows * sizeof(int32_t), s);
+    if (model_.context_dim > 0) {
+      upload(given_context_, fb.context, context_elems * sizeof(float), s);
+      if (fb.context_null) {
+        upload(given_context_null_, fb.context_null, rows, s);
+      } else {
+        CUFM_CUDA_CHECK(cudaMemsetAsync(given_context_null_.get(), 0, rows, s));
+      }
+    }
     kernels::FmBatch b = batch_desc();
     b.data = given_x1_.as<float>();
     b.labels = given_labels_.as<int32_t>();
+    b.context = given_context_.as<float>();
+    b.given_context_null = given_context_null_.as<uint8_t>();
     b.n_data = static_cast<uint32_t>(fb.size);
     b.given_t = given_t_.as<float>();
     b.given_eps = given_eps_.as<float>();
@@ -196,6 +220,10 @@ class CudaTrainer final : public TrainBackend {
                    "trainer: the conditional model needs labels");
       data_labels_ = DeviceBuffer(static_cast<size_t>(data.n) * sizeof(int32_t), "the dataset labels", s);
       upload(data_labels_, data.labels.data(), data_labels_.bytes(), s);
+    }
+    if (model.context_dim > 0 && data.n > 0) {
+      data_context_ = DeviceBuffer(data.context.size() * sizeof(float), "the dataset contexts", s);
+      upload(data_context_, data.context.data(), data_context_.bytes(), s);
     }
     params_ = DeviceBuffer(pbytes, "the parameters", s);
     grads_ = DeviceBuffer(pbytes, "the gradients", s);
@@ -247,12 +275,14 @@ class CudaTrainer final : public TrainBackend {
     b.dim = model_.data_dim;
     b.data = data_x_.as<float>();
     b.labels = data_labels_.as<int32_t>();
+    b.context = data_context_.as<float>();
     b.n_data = n_data_;
     b.time_sampling = config_.path.time_sampling;
     b.logit_mean = config_.path.logit_mean;
     b.logit_std = config_.path.logit_std;
     b.sigma_min = config_.path.sigma_min;
     b.label_dropout = config_.label_dropout;
+    b.context_dropout = config_.context_dropout;
     return b;
   }
 
@@ -283,9 +313,10 @@ class CudaTrainer final : public TrainBackend {
   uint32_t n_data_ = 0;
   int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
-  DeviceBuffer given_x1_, given_eps_, given_t_, given_labels_;  // step_given's staging
-  DeviceBuffer data_x_, data_labels_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_, loss_,
-      loss_ws_, adam_ws_;
+  DeviceBuffer given_x1_, given_eps_, given_t_, given_labels_, given_context_,
+      given_context_null_;  // step_given's staging
+  DeviceBuffer data_x_, data_labels_, data_context_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_,
+      loss_, loss_ws_, adam_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;
   cuda::CudaGraph graph_;  // the whole step (StepLaunch::Graph)
 };

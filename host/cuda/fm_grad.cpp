@@ -8,6 +8,7 @@ void enqueue_loss_grad(LtMlp& mlp, const MlpConfig& model, const kernels::FmBatc
   kernels::FmInputLayout in;
   in.time_features = model.time_features;
   in.num_classes = model.num_classes;
+  in.context_dim = model.context_dim;
   in.ld = mlp.input_ld();
   kernels::FmPrepareOutputs prep;
   if (bf16) {

@@ -7,6 +7,7 @@
 //   fm_loss_grad(batch, v, ldv, loss_out, ws, ws_bytes, stream);  // loss and dL/dv
 //   ... your backward pass from dL/dv, your optimiser; then increment *batch.step ...
 // The draws are the CPU backend's, bit for bit: the same (seed, step) gives the same t, eps, x_t.
+//   (fm_prepare also writes a model input's context: FmInputLayout::context_dim, FmBatch::context.)
 // Every launcher checks its arguments, launches on `stream` (last argument) and throws cufm::Error
 // on a bad argument or a failed launch. None synchronises with the host, so all are graph-capturable.
 #pragma once
@@ -37,33 +38,44 @@ struct FmBatch {
                                     // num_classes selects the null class, and any other value
                                     // outside the range gives an all-zero one-hot row and is
                                     // passed through to FmPrepareOutputs::label as it is
+  const float* context = nullptr;   // DEVICE [n_data, layout.context_dim] each data point's context;
+                                    // required by a layout with a context, ignored otherwise
   uint32_t n_data = 0;              // rows of data (>= 1)
   TimeSampling time_sampling = TimeSampling::Uniform;
   float logit_mean = 0.0f;  // logit-normal time sampling: t = sigmoid(mean + std * z)
   float logit_std = 1.0f;
-  float sigma_min = 0.0f;      // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
-  float label_dropout = 0.0f;  // per-row probability of the null class (conditional models)
+  float sigma_min = 0.0f;        // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
+  float label_dropout = 0.0f;    // per-row probability of the null class (conditional models)
+  float context_dropout = 0.0f;  // per-row probability of the null context (layouts with a context),
+                                 // drawn from block 0xFFFFFFFF of the row's counter
   // The caller's draws instead of Philox's (both set, or neither): row i takes t = given_t[i],
   // eps = given_eps[i, :] and x1 = data row i (n_data must equal batch; labels, when used, are per
   // row: num_classes for the null class), and no label dropout; seed, step and the time sampling
   // are not used (step may be nullptr). What cufm::loss_and_grad runs on the GPU.
-  const float* given_t = nullptr;    // DEVICE [batch]
-  const float* given_eps = nullptr;  // DEVICE [batch, dim]
+  const float* given_t = nullptr;               // DEVICE [batch]
+  const float* given_eps = nullptr;             // DEVICE [batch, dim]
+  const uint8_t* given_context_null = nullptr;  // DEVICE [batch] or nullptr: nonzero where the row takes
+                                                // the null context (with given_t; no context dropout)
   // Philox's draws of t, eps and label dropout, but row i takes data row i (n_data must equal
   // batch): a batch of the caller's own, as cufm::prepare_flow and Trainer::step(batch) take it.
   bool rows_in_order = false;
 };
 
-// The model input's layout: row i = [x_t (D) | time features | one-hot (num_classes + 1) | zeros].
+// The model input's layout: row i = [x_t (D) | time features | context (K) and its null indicator |
+// one-hot (num_classes + 1) | zeros].
 struct FmInputLayout {
   int time_features = 0;  // 0: one feature, raw t; K > 0 (even): K sinusoids (hd::time_feature)
   int num_classes = 0;    // 0: no one-hot; else num_classes + 1 entries, the last the null class
   int ld = 0;             // row stride in elements, >= fm_input_dim(); columns past the input are
                           // written as zeros (pad to a multiple of 8 for tensor-core GEMMs)
+  int context_dim = 0;    // K: 0 for none; else K context values, then 1 where the row's context is
+                          // null (0 otherwise), after the time features (last: {tf, classes, ld} still
+                          // initialises the fields it did)
 };
 
-// D + time features + (num_classes > 0 ? num_classes + 1 : 0): MlpConfig::input_dim(). The
-// launchers take dim <= 65536, num_classes <= 100000 and ld <= 2^24, as MlpConfig does.
+// D + time features + (context_dim > 0 ? context_dim + 1 : 0) + (num_classes > 0 ? num_classes + 1 :
+// 0): MlpConfig::input_dim(). The launchers take dim <= 65536, context_dim <= 65536, num_classes <=
+// 100000 and ld <= 2^24, as MlpConfig does.
 int fm_input_dim(int dim, const FmInputLayout& layout);
 
 // fm_prepare's outputs. Exactly one of input / input_bf16 is set; the others are optional.

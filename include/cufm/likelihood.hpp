@@ -29,7 +29,9 @@ struct LogProbConfig {
   int probes = 1;                 // Hutchinson: probes per point, in [1, 1024]
   uint64_t seed = 0;              // Hutchinson: the probes' Philox key
   std::vector<int32_t> labels;    // empty, one label for all, or one per point
-  std::optional<float> guidance;  // set: the guided field's likelihood (needs labels)
+  std::vector<float> context;     // a model with a context: empty (the null context), one row of
+                                  // context_dim for all, or one per point ([n, context_dim])
+  std::optional<float> guidance;  // set: the guided field's likelihood (needs labels or a context)
   Device device = Device::Auto;
   int threads = 0;  // CPU threads (0: all cores)
 

@@ -1,4 +1,4 @@
-// The velocity model: an MLP over [x_t, time features, class one-hot].
+// The velocity model: an MLP over [x_t, time features, context, class one-hot].
 //
 // Layer l maps in_l -> out_l with weight W_l [out_l, in_l] (row-major, PyTorch's nn.Linear
 // layout) and bias b_l [out_l]; an activation follows every layer but the last. All parameters
@@ -8,6 +8,11 @@
 // Conditioning: the input ends with a one-hot of num_classes + 1 entries (the last is the null
 // class used for classifier-free guidance), so the class embedding is the block of W_0's columns
 // that the one-hot selects: a learned embedding of width hidden[0] added before the first activation.
+//
+// Context (a vector per point: an observation to condition on, as in simulation-based inference):
+// with context_dim = K > 0 the input carries the K context values and then a null indicator, 0 for
+// a given context and 1 for the null context (K zeros), which context dropout trains and guidance
+// uses. Row layout: [x_t (D) | time features | context (K) | null indicator | one-hot (C + 1)].
 #pragma once
 
 #include <cstddef>
@@ -25,10 +30,12 @@ struct MlpConfig {
   Activation activation = Activation::SiLU;
   int time_features = 0;  // 0: raw t; K > 0 (even): K sinusoids
   int num_classes = 0;    // 0: unconditional
+  int context_dim = 0;    // K > 0: conditioned on a context vector of K floats
 
   // Throws cufm::Error naming the first bad field.
   void validate() const;
-  int input_dim() const;  // D + time features + (num_classes > 0 ? num_classes + 1 : 0)
+  // D + time features + (context_dim > 0 ? context_dim + 1 : 0) + (num_classes > 0 ? num_classes + 1 : 0)
+  int input_dim() const;
   int num_layers() const { return static_cast<int>(hidden.size()) + 1; }
   int layer_in(int l) const;
   int layer_out(int l) const;
@@ -75,9 +82,12 @@ class Model {
   std::vector<float>& params() { return params_; }
   size_t num_params() const { return params_.size(); }
 
-  // v = model(x, t, label) on the CPU in float32 for a batch of n rows: x [n, D], t [n],
-  // labels [n] (or nullptr: the null class when conditional); v [n, D].
+  // v = model(x, t, label, context) on the CPU in float32 for a batch of n rows: x [n, D], t [n],
+  // labels [n] (or nullptr: the null class when conditional), context [n, context_dim] (or nullptr:
+  // the null context); v [n, D].
   void forward(const float* x, const float* t, const int32_t* labels, int64_t n, float* v) const;
+  void forward(const float* x, const float* t, const int32_t* labels, const float* context, int64_t n,
+               float* v) const;
 
  private:
   MlpConfig config_;

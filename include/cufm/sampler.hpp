@@ -1,7 +1,8 @@
 // Sampling: integrates dx/dt = v(x, t) from t = 0 (x ~ N(0, I)) to t = 1, with fixed-step
-// Euler, midpoint, Heun or RK4, or adaptive Dormand-Prince 5(4); optional classifier-free guidance
-// v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)). integrate() runs the same solvers from the
-// caller's points, over any span of [0, 1] in either direction (t1 < t0: data back to noise).
+// Euler, midpoint, Heun or RK4, or adaptive Dormand-Prince 5(4), conditioned on classes and/or a
+// context vector; optional classifier-free guidance v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)).
+// integrate() runs the same solvers from the caller's points, over any span of [0, 1] in either direction (t1
+// < t0: data back to noise).
 #pragma once
 
 #include <cstdint>
@@ -38,7 +39,11 @@ struct SampleConfig {
   float atol = 1e-5f, rtol = 1e-5f;  // Dopri5
   int max_steps = 100000;            // Dopri5: accepted + rejected steps before giving up
   std::vector<int32_t> labels;       // empty, one label for all, or one per sample
-  std::optional<float> guidance;     // set: classifier-free guidance with this scale w
+  std::vector<float> context;        // a model with a context: empty (the null context), one row of
+                                     // context_dim for all, or one per sample ([count, context_dim])
+  std::optional<float> guidance;     // set: classifier-free guidance with this scale w (needs labels
+                                     // or a context; the unconditional field has the null class and
+                                     // the null context)
   uint64_t seed = 0;
   bool keep_trajectory = false;  // keep x at every (accepted) step, with its time
   float t0 = 0.0f, t1 = 1.0f;    // the span, inside [0, 1]; t1 < t0 integrates backwards

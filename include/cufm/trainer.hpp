@@ -44,7 +44,10 @@ struct TrainConfig {
   uint64_t seed = 0;
   PathConfig path;
   OptimConfig optim;
-  float label_dropout = 0.1f;  // per-sample probability of the null class (conditional models)
+  float label_dropout = 0.1f;    // per-sample probability of the null class (conditional models)
+  float context_dropout = 0.0f;  // per-sample probability of the null context (models with a
+                                 // context), drawn independently of the label's: > 0 trains the
+                                 // unconditional field that guidance on a context needs
 
   void validate() const;
 };
@@ -64,6 +67,8 @@ struct DataBatch {
   const float* x1 = nullptr;        // [size, D] the data points (finite)
   const int32_t* labels = nullptr;  // [size] classes in [0, num_classes): required by a conditional
                                     // model, nullptr for an unconditional one
+  const float* context = nullptr;   // [size, context_dim] the points' contexts (finite): required by
+                                    // a model with a context, nullptr for one without
 };
 
 struct FitProgress {
@@ -82,7 +87,8 @@ class TrainBackend;
 // every call runs there whatever device is current at the time. Not thread-safe.
 class Trainer {
  public:
-  // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0. run:
+  // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0; a
+  // context of context_dim floats per point exactly when the model has one. run:
   // the device (Auto: the GPU when there is a usable one), the layers' precision (GPU) and the CPU
   // backend's threads.
   Trainer(const Model& model, const Dataset& data, const TrainConfig& config, const RunOptions& run = {});
@@ -134,6 +140,7 @@ class Trainer {
   std::unique_ptr<detail::TrainBackend> backend_;
   std::vector<float> given_t_, given_eps_;  // step(batch)'s draws
   std::vector<int32_t> given_labels_;
+  std::vector<uint8_t> given_context_drop_;
   void require_data(const char* what) const;
 };
 

@@ -1,4 +1,4 @@
-// The learned velocity field v(x, t, class) as an object to evaluate on a batch of points, on the
+// The learned velocity field v(x, t, class, context) as an object to evaluate on a batch of points, on the
 // CPU or the GPU, with optional classifier-free guidance: what a caller plugs into an ODE solver of
 // their own (cufm::integrate runs cuFM's). The GPU keeps the weights, the cuBLASLt plan and its
 // buffers between calls.
@@ -14,7 +14,8 @@
 namespace cufm {
 
 struct FieldOptions {
-  // Set: v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)); every call then needs labels.
+  // Set: v = v(x, t, null) + w * (v(x, t, c) - v(x, t, null)), the null field having the null class
+  // and the null context; every call then needs labels or a context.
   std::optional<float> guidance;
   Device device = Device::Auto;
   Precision precision = Precision::FP32;  // TF32 and BF16 need the GPU
@@ -35,6 +36,8 @@ class VelocityField {
   // v [n, D] at the HOST points x [n, D] and time t, for classes labels [n] (nullptr: the null
   // class of a conditional model; an unconditional one takes none). Returns when v is written.
   void evaluate(float t, const float* x, const int32_t* labels, int64_t n, float* v);
+  // The same for a model with a context: context [n, context_dim] (nullptr: the null context).
+  void evaluate(float t, const float* x, const int32_t* labels, const float* context, int64_t n, float* v);
 
   // The GPU field only: x, labels and v are DEVICE pointers, the work is enqueued on `stream` (a
   // cudaStream_t; nullptr: the legacy default stream) and the call returns without waiting. Labels
@@ -44,6 +47,10 @@ class VelocityField {
   // first, too) builds its plan and synchronises the device: make one such call before capturing
   // calls into a CUDA graph.
   void evaluate_device(float t, const float* x, const int32_t* labels, int64_t n, float* v, void* stream);
+  // The same with a DEVICE context [n, context_dim] (nullptr: the null context), not checked for
+  // finiteness on the device.
+  void evaluate_device(float t, const float* x, const int32_t* labels, const float* context, int64_t n,
+                       float* v, void* stream);
 
   // Replaces the weights with another model's of the same configuration (keeps the GPU's plans).
   void set_weights(const Model& model);

@@ -84,12 +84,13 @@ cufm::TimeSampling parse_time_sampling(const std::string& s) {
 
 cufm::StepDraws step_draws(uint64_t seed, uint64_t step, int num_classes, float label_dropout,
                            float sigma_min, const std::string& time_sampling, float logit_mean,
-                           float logit_std) {
+                           float logit_std, float context_dropout = 0.0f) {
   cufm::StepDraws d;
   d.seed = seed;
   d.step = step;
   d.num_classes = num_classes;
   d.label_dropout = label_dropout;
+  d.context_dropout = context_dropout;
   d.path.sigma_min = sigma_min;
   d.path.time_sampling = parse_time_sampling(time_sampling);
   d.path.logit_mean = logit_mean;
@@ -123,6 +124,27 @@ const int32_t* labels_of(const std::optional<LabelsIn>& labels, int64_t n, const
   return labels->data();
 }
 
+// A context argument as flat floats: [K] (one row) or [N, K]; the library checks the sizes.
+std::vector<float> context_arg(const std::optional<FloatIn>& c, const char* who) {
+  if (!c) return {};
+  if (c->ndim() != 1 && c->ndim() != 2) {
+    throw cufm::Error(std::string(who) + ": context must be a float32 array [K] or [N, K]");
+  }
+  return std::vector<float>(c->data(), c->data() + c->size());
+}
+
+// A per-row context [n, K] for a model with a context of K (nullptr for None).
+const float* context_rows(const std::optional<FloatIn>& c, int64_t n, int K, const char* who) {
+  if (!c) return nullptr;
+  if (K == 0)
+    throw cufm::Error(std::string(who) + ": a context given, but the model has none (context_dim = 0)");
+  if (c->ndim() != 2 || static_cast<int64_t>(c->shape(0)) != n || static_cast<int>(c->shape(1)) != K) {
+    throw cufm::Error(std::string(who) + ": context must be a float32 array of shape [" + std::to_string(n) +
+                      ", " + std::to_string(K) + "]");
+  }
+  return c->data();
+}
+
 cufm::RunOptions run_options(const std::string& device, const std::string& precision, int threads) {
   cufm::RunOptions r;
   r.device = cufm::parse_device(device);
@@ -131,7 +153,8 @@ cufm::RunOptions run_options(const std::string& device, const std::string& preci
   return r;
 }
 
-cufm::Dataset dataset_from(const FloatIn& x, const std::optional<LabelsIn>& labels, int num_classes) {
+cufm::Dataset dataset_from(const FloatIn& x, const std::optional<LabelsIn>& labels, int num_classes,
+                           const std::optional<FloatIn>& context) {
   if (x.ndim() != 2) throw cufm::Error("Dataset: x must be a 2-D float32 array [N, D]");
   cufm::Dataset d;
   d.name = "array";
@@ -144,6 +167,14 @@ cufm::Dataset dataset_from(const FloatIn& x, const std::optional<LabelsIn>& labe
     int most = -1;
     for (int32_t v : d.labels) most = std::max<int>(most, v);
     d.num_classes = num_classes > 0 ? num_classes : most + 1;
+  }
+  if (context) {
+    if (context->ndim() != 2 || static_cast<int64_t>(context->shape(0)) != d.n) {
+      throw cufm::Error("Dataset: context must be a 2-D float32 array [N, K] with x's N = " +
+                        std::to_string(d.n) + " rows");
+    }
+    d.context_dim = static_cast<int>(context->shape(1));
+    d.context.assign(context->data(), context->data() + context->size());
   }
   d.validate();
   return d;
@@ -168,10 +199,10 @@ nb::dict sample_dict(const cufm::SampleResult& r) {
 cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const std::string& solver,
                                  int steps, float atol, float rtol,
                                  const std::optional<std::vector<int32_t>>& labels,
-                                 std::optional<float> guidance, uint64_t seed, float t0, float t1,
-                                 bool keep_trajectory, const std::string& device,
-                                 const std::string& precision, int threads, bool with_log_prob,
-                                 const std::string& divergence, int probes) {
+                                 const std::optional<FloatIn>& context, std::optional<float> guidance,
+                                 uint64_t seed, float t0, float t1, bool keep_trajectory,
+                                 const std::string& device, const std::string& precision, int threads,
+                                 bool with_log_prob, const std::string& divergence, int probes) {
   cufm::SampleConfig c;
   c.count = count;
   c.solver = cufm::parse_solver(solver);
@@ -179,6 +210,7 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
   c.atol = atol;
   c.rtol = rtol;
   if (labels) c.labels = *labels;
+  c.context = context_arg(context, "sample");
   c.guidance = guidance;
   c.seed = seed;
   c.t0 = t0;
@@ -196,13 +228,13 @@ cufm::SampleConfig sample_config(const cufm::Model& model, int64_t count, const 
 
 nb::dict run_sample(cufm::Sampler& sampler, const cufm::Model& model, int64_t count,
                     const std::string& solver, int steps, float atol, float rtol,
-                    const std::optional<std::vector<int32_t>>& labels, std::optional<float> guidance,
-                    uint64_t seed, float t0, float t1, bool keep_trajectory, const std::string& device,
-                    const std::string& precision, int threads, bool with_log_prob,
+                    const std::optional<std::vector<int32_t>>& labels, const std::optional<FloatIn>& context,
+                    std::optional<float> guidance, uint64_t seed, float t0, float t1, bool keep_trajectory,
+                    const std::string& device, const std::string& precision, int threads, bool with_log_prob,
                     const std::string& divergence, int probes) {
   const cufm::SampleConfig c =
-      sample_config(model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1, keep_trajectory,
-                    device, precision, threads, with_log_prob, divergence, probes);
+      sample_config(model, count, solver, steps, atol, rtol, labels, context, guidance, seed, t0, t1,
+                    keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
   cufm::SampleResult r;
   {
     nb::gil_scoped_release release;
@@ -213,14 +245,15 @@ nb::dict run_sample(cufm::Sampler& sampler, const cufm::Model& model, int64_t co
 
 nb::dict run_integrate(cufm::Sampler& sampler, const cufm::Model& model, const FloatIn& x0,
                        const std::string& solver, int steps, float atol, float rtol,
-                       const std::optional<std::vector<int32_t>>& labels, std::optional<float> guidance,
-                       float t0, float t1, bool keep_trajectory, const std::string& device,
+                       const std::optional<std::vector<int32_t>>& labels,
+                       const std::optional<FloatIn>& context, std::optional<float> guidance, float t0,
+                       float t1, bool keep_trajectory, const std::string& device,
                        const std::string& precision, int threads, bool with_log_prob,
                        const std::string& divergence, int probes) {
   const int64_t n = rows_of(x0, model.config().data_dim, "integrate: x0");
   const cufm::SampleConfig c =
-      sample_config(model, n, solver, steps, atol, rtol, labels, guidance, 0, t0, t1, keep_trajectory, device,
-                    precision, threads, with_log_prob, divergence, probes);
+      sample_config(model, n, solver, steps, atol, rtol, labels, context, guidance, 0, t0, t1,
+                    keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
   const std::vector<float> start(x0.data(), x0.data() + n * model.config().data_dim);
   cufm::SampleResult r;
   {
@@ -274,21 +307,22 @@ NB_MODULE(_cufm, m) {
   m.def("cuda_built", &cufm::cuda_built, "True when this build has the CUDA backend.");
 
   nb::class_<cufm::MlpConfig>(m, "MlpConfig",
-                              "The velocity model: an MLP over [x_t, time features, one-hot].")
+                              "The velocity model: an MLP over [x_t, time features, context, one-hot].")
       .def(
           "__init__",
           [](cufm::MlpConfig* c, int data_dim, std::vector<int> hidden, const std::string& activation,
-             int time_features, int num_classes) {
+             int time_features, int num_classes, int context_dim) {
             new (c) cufm::MlpConfig();
             c->data_dim = data_dim;
             c->hidden = std::move(hidden);
             c->activation = cufm::parse_activation(activation);
             c->time_features = time_features;
             c->num_classes = num_classes;
+            c->context_dim = context_dim;
             c->validate();
           },
           "data_dim"_a = 2, "hidden"_a = std::vector<int>{512, 512, 512, 512}, "activation"_a = "silu",
-          "time_features"_a = 0, "num_classes"_a = 0,
+          "time_features"_a = 0, "num_classes"_a = 0, "context_dim"_a = 0,
           "The C++ defaults; activation 'silu', 'relu' or 'gelu' (tanh approximation). Raises cufm.Error "
           "naming "
           "a bad field.")
@@ -300,8 +334,12 @@ NB_MODULE(_cufm, m) {
       .def_rw("time_features", &cufm::MlpConfig::time_features, "0: raw t; K > 0 (even): K sinusoids of t.")
       .def_rw("num_classes", &cufm::MlpConfig::num_classes,
               "0: unconditional; else the classes (plus a null one).")
+      .def_rw("context_dim", &cufm::MlpConfig::context_dim,
+              "K > 0: conditioned on a context vector of K floats (the input gets K values and a null "
+              "indicator).")
       .def("input_dim", &cufm::MlpConfig::input_dim,
-           "The first layer's width: D + time features + (num_classes + 1 when conditional).")
+           "The first layer's width: D + time features + (context_dim + 1 with a context) + (num_classes + 1 "
+           "when conditional).")
       .def(
           "__eq__", [](const cufm::MlpConfig& a, const cufm::MlpConfig& b) { return a == b; },
           "Equal in every field.")
@@ -313,7 +351,8 @@ NB_MODULE(_cufm, m) {
           [](cufm::TrainConfig* c, int batch_size, uint64_t seed, float lr, const std::string& optimizer,
              float weight_decay, float grad_clip, float ema_decay, float label_dropout, float sigma_min,
              const std::string& time_sampling, float logit_mean, float logit_std,
-             const std::string& lr_schedule, uint64_t warmup_steps, uint64_t decay_steps, float min_lr) {
+             const std::string& lr_schedule, uint64_t warmup_steps, uint64_t decay_steps, float min_lr,
+             float context_dropout) {
             new (c) cufm::TrainConfig();
             c->batch_size = batch_size;
             c->seed = seed;
@@ -326,6 +365,7 @@ NB_MODULE(_cufm, m) {
             c->optim.grad_clip = grad_clip;
             c->optim.ema_decay = ema_decay;
             c->label_dropout = label_dropout;
+            c->context_dropout = context_dropout;
             c->path.sigma_min = sigma_min;
             c->path.time_sampling = parse_time_sampling(time_sampling);
             c->path.logit_mean = logit_mean;
@@ -340,6 +380,7 @@ NB_MODULE(_cufm, m) {
           "weight_decay"_a = 0.0f, "grad_clip"_a = 0.0f, "ema_decay"_a = 0.0f, "label_dropout"_a = 0.1f,
           "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
           "lr_schedule"_a = "constant", "warmup_steps"_a = 0, "decay_steps"_a = 0, "min_lr"_a = 0.0f,
+          "context_dropout"_a = 0.0f,
           "The C++ defaults. optimizer 'adam' or 'adamw'; time_sampling 'uniform' or 'logit-normal'; "
           "lr_schedule 'constant', 'cosine' or 'linear' (a warm-up over warmup_steps, a decay to min_lr over "
           "decay_steps). Raises cufm.Error naming a bad field.")
@@ -347,15 +388,27 @@ NB_MODULE(_cufm, m) {
       .def_rw("seed", &cufm::TrainConfig::seed, "The Philox key of every draw of the run.")
       .def_rw("label_dropout", &cufm::TrainConfig::label_dropout,
               "Per-row probability of the null class (conditional models).")
+      .def_rw("context_dropout", &cufm::TrainConfig::context_dropout,
+              "Per-row probability of the null context (models with a context; > 0 for guidance).")
       .def("__repr__", [](const cufm::TrainConfig& c) { return "TrainConfig(" + cufm::to_json(c) + ")"; });
 
   nb::class_<cufm::Dataset>(m, "Dataset", "Training data: N points of dimension D, optional labels.")
       .def(
           "__init__",
-          [](cufm::Dataset* d, FloatIn x, std::optional<LabelsIn> labels, int num_classes) {
-            new (d) cufm::Dataset(dataset_from(x, labels, num_classes));
+          [](cufm::Dataset* d, FloatIn x, std::optional<LabelsIn> labels, int num_classes,
+             std::optional<FloatIn> context) {
+            new (d) cufm::Dataset(dataset_from(x, labels, num_classes, context));
           },
-          "x"_a, "labels"_a = nb::none(), "num_classes"_a = 0, "A copy of x [N, D] (and labels [N]).")
+          "x"_a, "labels"_a = nb::none(), "num_classes"_a = 0, "context"_a = nb::none(),
+          "A copy of x [N, D] (and labels [N], and each point's context [N, K]).")
+      .def_ro("context_dim", &cufm::Dataset::context_dim, "K, the width of each point's context (0: none).")
+      .def_prop_ro(
+          "context",
+          [](const cufm::Dataset& d) {
+            return to_numpy(d.context, {static_cast<size_t>(d.context_dim > 0 ? d.n : 0),
+                                        static_cast<size_t>(d.context_dim)});
+          },
+          nb::rv_policy::move, "A copy of the contexts [n, context_dim] (empty without).")
       .def_ro("n", &cufm::Dataset::n, "Points.")
       .def_ro("dim", &cufm::Dataset::dim, "Dimension of a point.")
       .def_ro("num_classes", &cufm::Dataset::num_classes, "Classes of the labels (0: unlabelled).")
@@ -378,9 +431,11 @@ NB_MODULE(_cufm, m) {
           nb::rv_policy::move, "A copy of the labels [n] (empty when unlabelled).");
   m.def("make_toy", &cufm::make_toy, "name"_a, "n"_a, "seed"_a = 0,
         "A 2-D toy dataset: checkerboard, 8gaussians, moons, spirals or rings (labelled by mode).");
-  m.def("load_npy_dataset", &cufm::load_npy_dataset, "data_path"_a, "labels_path"_a = "", "num_classes"_a = 0,
-        "A Dataset from a float32/float64 .npy [N, D] (and an integer .npy of labels [N]); checked before "
-        "anything is allocated.");
+  m.def(
+      "load_npy_dataset", &cufm::load_npy_dataset, "data_path"_a, "labels_path"_a = "", "num_classes"_a = 0,
+      "context_path"_a = "",
+      "A Dataset from a float32/float64 .npy [N, D] (and an integer .npy of labels [N], and a float .npy of "
+      "contexts [N, K]); checked before anything is allocated.");
 
   nb::class_<cufm::Model>(m, "Model", "An MLP and its flat float32 parameters (nn.Linear's layout).")
       .def(nb::init<const cufm::MlpConfig&, uint64_t>(), "config"_a, "seed"_a = 0,
@@ -400,21 +455,25 @@ NB_MODULE(_cufm, m) {
           nb::rv_policy::move, "A copy of the flat parameters (nn.Linear's layout, layer after layer).")
       .def(
           "forward",
-          [](const cufm::Model& md, FloatIn x, FloatIn t, std::optional<LabelsIn> labels) {
+          [](const cufm::Model& md, FloatIn x, FloatIn t, std::optional<LabelsIn> labels,
+             std::optional<FloatIn> context) {
             const int64_t n = rows_of(x, md.config().data_dim, "forward: x");
             if (t.ndim() != 1 || static_cast<int64_t>(t.shape(0)) != n) {
               throw cufm::Error("forward: t must be a float32 array of shape [N]");
             }
             std::vector<float> v(static_cast<size_t>(n) * md.config().data_dim);
             const int32_t* l = labels_of(labels, n, "forward");
+            const float* c = context_rows(context, n, md.config().context_dim, "forward");
             {
               nb::gil_scoped_release release;
-              md.forward(x.data(), t.data(), l, n, v.data());
+              md.forward(x.data(), t.data(), l, c, n, v.data());
             }
             return to_numpy(std::move(v),
                             {static_cast<size_t>(n), static_cast<size_t>(md.config().data_dim)});
           },
-          "x"_a, "t"_a, "labels"_a = nb::none(), "v(x, t, label) on the CPU for N rows (per-row times).");
+          "x"_a, "t"_a, "labels"_a = nb::none(), "context"_a = nb::none(),
+          "v(x, t, label, context) on the CPU for N rows (per-row times; context [N, K], None: the null "
+          "one).");
 
   nb::class_<cufm::Trainer>(m, "Trainer", "Trains a model on a dataset (or on the caller's batches).")
       .def(
@@ -460,7 +519,8 @@ NB_MODULE(_cufm, m) {
           "between chunks with the state intact.")
       .def(
           "step",
-          [](cufm::Trainer& t, std::optional<FloatIn> x1, std::optional<LabelsIn> labels) {
+          [](cufm::Trainer& t, std::optional<FloatIn> x1, std::optional<LabelsIn> labels,
+             std::optional<FloatIn> context) {
             if (!x1) {
               nb::gil_scoped_release release;
               return t.step();
@@ -469,10 +529,11 @@ NB_MODULE(_cufm, m) {
             b.size = rows_of(*x1, t.model_config().data_dim, "step: x1");
             b.x1 = x1->data();
             b.labels = labels_of(labels, b.size, "step");
+            b.context = context_rows(context, b.size, t.model_config().context_dim, "step");
             nb::gil_scoped_release release;
             return t.step(b);
           },
-          "x1"_a = nb::none(), "labels"_a = nb::none(),
+          "x1"_a = nb::none(), "labels"_a = nb::none(), "context"_a = nb::none(),
           "One step on the trainer's data, or on the caller's batch x1 [batch_size, D]; returns the loss.")
       .def(
           "run",
@@ -500,17 +561,20 @@ NB_MODULE(_cufm, m) {
   m.def(
       "sample",
       [](const cufm::Model& model, int64_t count, const std::string& solver, int steps, float atol,
-         float rtol, std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, uint64_t seed,
-         float t0, float t1, bool keep_trajectory, const std::string& device, const std::string& precision,
-         int threads, bool with_log_prob, const std::string& divergence, int probes) {
+         float rtol, std::optional<std::vector<int32_t>> labels, std::optional<FloatIn> context,
+         std::optional<float> guidance, uint64_t seed, float t0, float t1, bool keep_trajectory,
+         const std::string& device, const std::string& precision, int threads, bool with_log_prob,
+         const std::string& divergence, int probes) {
         cufm::Sampler sampler;
-        return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, guidance, seed, t0, t1,
-                          keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
+        return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, context, guidance, seed,
+                          t0, t1, keep_trajectory, device, precision, threads, with_log_prob, divergence,
+                          probes);
       },
       "model"_a, "count"_a = 1000, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f,
-      "rtol"_a = 1e-5f, "labels"_a = nb::none(), "guidance"_a = nb::none(), "seed"_a = 0, "t0"_a = 0.0f,
-      "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
-      "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+      "rtol"_a = 1e-5f, "labels"_a = nb::none(), "context"_a = nb::none(), "guidance"_a = nb::none(),
+      "seed"_a = 0, "t0"_a = 0.0f, "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto",
+      "precision"_a = "fp32", "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto",
+      "probes"_a = 1,
       "Integrates from the seed's noise; returns {'x', 'evaluations', ...} (with a trajectory: 'times', "
       "'trajectory'; with_log_prob: 'log_prob' [count], each sample's log-density, the divergence 'auto' "
       "(exact "
@@ -518,17 +582,18 @@ NB_MODULE(_cufm, m) {
   m.def(
       "integrate",
       [](const cufm::Model& model, FloatIn x0, const std::string& solver, int steps, float atol, float rtol,
-         std::optional<std::vector<int32_t>> labels, std::optional<float> guidance, float t0, float t1,
-         bool keep_trajectory, const std::string& device, const std::string& precision, int threads,
-         bool with_log_prob, const std::string& divergence, int probes) {
+         std::optional<std::vector<int32_t>> labels, std::optional<FloatIn> context,
+         std::optional<float> guidance, float t0, float t1, bool keep_trajectory, const std::string& device,
+         const std::string& precision, int threads, bool with_log_prob, const std::string& divergence,
+         int probes) {
         cufm::Sampler sampler;
-        return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, guidance, t0, t1,
+        return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, context, guidance, t0, t1,
                              keep_trajectory, device, precision, threads, with_log_prob, divergence, probes);
       },
       "model"_a, "x0"_a, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
-      "labels"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f, "t1"_a = 1.0f,
-      "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
-      "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+      "labels"_a = nb::none(), "context"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f,
+      "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
+      "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
       "Integrates the model's field from the caller's points x0 [N, D] over [t0, t1] (t1 < t0: backwards); "
       "with_log_prob (t0 = 0, the points read as N(0, I) draws): also 'log_prob', log p_t1 at the results.");
   nb::class_<cufm::Sampler>(
@@ -540,40 +605,41 @@ NB_MODULE(_cufm, m) {
           "sample",
           [](cufm::Sampler& sampler, const cufm::Model& model, int64_t count, const std::string& solver,
              int steps, float atol, float rtol, std::optional<std::vector<int32_t>> labels,
-             std::optional<float> guidance, uint64_t seed, float t0, float t1, bool keep_trajectory,
-             const std::string& device, const std::string& precision, int threads, bool with_log_prob,
-             const std::string& divergence, int probes) {
-            return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, guidance, seed, t0,
-                              t1, keep_trajectory, device, precision, threads, with_log_prob, divergence,
-                              probes);
+             std::optional<FloatIn> context, std::optional<float> guidance, uint64_t seed, float t0, float t1,
+             bool keep_trajectory, const std::string& device, const std::string& precision, int threads,
+             bool with_log_prob, const std::string& divergence, int probes) {
+            return run_sample(sampler, model, count, solver, steps, atol, rtol, labels, context, guidance,
+                              seed, t0, t1, keep_trajectory, device, precision, threads, with_log_prob,
+                              divergence, probes);
           },
           "model"_a, "count"_a = 1000, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f,
-          "rtol"_a = 1e-5f, "labels"_a = nb::none(), "guidance"_a = nb::none(), "seed"_a = 0, "t0"_a = 0.0f,
-          "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
-          "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
-          "cufm.sample, keeping this sampler's set-up for the next call.")
+          "rtol"_a = 1e-5f, "labels"_a = nb::none(), "context"_a = nb::none(), "guidance"_a = nb::none(),
+          "seed"_a = 0, "t0"_a = 0.0f, "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto",
+          "precision"_a = "fp32", "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto",
+          "probes"_a = 1, "cufm.sample, keeping this sampler's set-up for the next call.")
       .def(
           "integrate",
           [](cufm::Sampler& sampler, const cufm::Model& model, FloatIn x0, const std::string& solver,
              int steps, float atol, float rtol, std::optional<std::vector<int32_t>> labels,
-             std::optional<float> guidance, float t0, float t1, bool keep_trajectory,
-             const std::string& device, const std::string& precision, int threads, bool with_log_prob,
-             const std::string& divergence, int probes) {
-            return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, guidance, t0, t1,
-                                 keep_trajectory, device, precision, threads, with_log_prob, divergence,
+             std::optional<FloatIn> context, std::optional<float> guidance, float t0, float t1,
+             bool keep_trajectory, const std::string& device, const std::string& precision, int threads,
+             bool with_log_prob, const std::string& divergence, int probes) {
+            return run_integrate(sampler, model, x0, solver, steps, atol, rtol, labels, context, guidance, t0,
+                                 t1, keep_trajectory, device, precision, threads, with_log_prob, divergence,
                                  probes);
           },
           "model"_a, "x0"_a, "solver"_a = "midpoint", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
-          "labels"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f, "t1"_a = 1.0f,
-          "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
-          "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
+          "labels"_a = nb::none(), "context"_a = nb::none(), "guidance"_a = nb::none(), "t0"_a = 0.0f,
+          "t1"_a = 1.0f, "keep_trajectory"_a = false, "device"_a = "auto", "precision"_a = "fp32",
+          "threads"_a = 0, "with_log_prob"_a = false, "divergence"_a = "auto", "probes"_a = 1,
           "cufm.integrate, keeping this sampler's set-up for the next call.")
       .def("release", &cufm::Sampler::release, "Frees what the sampler keeps (its GPU memory too).");
   m.def(
       "log_prob",
       [](const cufm::Model& model, FloatIn x, const std::string& solver, int steps, float atol, float rtol,
          const std::string& divergence, int probes, uint64_t seed, std::optional<std::vector<int32_t>> labels,
-         std::optional<float> guidance, const std::string& device, int threads) {
+         std::optional<FloatIn> context, std::optional<float> guidance, const std::string& device,
+         int threads) {
         const int64_t n = rows_of(x, model.config().data_dim, "log_prob: x");
         cufm::LogProbConfig c;
         c.solver = cufm::parse_solver(solver);
@@ -584,6 +650,7 @@ NB_MODULE(_cufm, m) {
         c.probes = probes;
         c.seed = seed;
         if (labels) c.labels = *labels;
+        c.context = context_arg(context, "log_prob");
         c.guidance = guidance;
         c.device = cufm::parse_device(device);
         c.threads = threads;
@@ -606,14 +673,15 @@ NB_MODULE(_cufm, m) {
       },
       "model"_a, "x"_a, "solver"_a = "dopri5", "steps"_a = 20, "atol"_a = 1e-5f, "rtol"_a = 1e-5f,
       "divergence"_a = "auto", "probes"_a = 1, "seed"_a = 0, "labels"_a = nb::none(),
-      "guidance"_a = nb::none(), "device"_a = "auto", "threads"_a = 0,
+      "context"_a = nb::none(), "guidance"_a = nb::none(), "device"_a = "auto", "threads"_a = 0,
       "Log-likelihoods log p_1(x) at the points x [N, D]: integrates them back to t = 0 with the divergence "
       "in "
       "the ODE state. Returns {'log_prob' [N], 'noise' [N, D] (the points at t = 0), 'div_integral' [N], "
       "'divergence', 'evaluations', ...}. divergence: 'auto' (exact up to D = 32), 'exact' or 'hutchinson' "
-      "(`probes` Rademacher probes per point, keyed by `seed`).");
+      "(`probes` Rademacher probes per point, keyed by `seed`). context (a model with a context): [K] for "
+      "every point or [N, K]; None: the null context.");
 
-  nb::class_<cufm::VelocityField>(m, "VelocityField", "v(x, t, class) on a batch, guided or not.")
+  nb::class_<cufm::VelocityField>(m, "VelocityField", "v(x, t, class, context) on a batch, guided or not.")
       .def(
           "__init__",
           [](cufm::VelocityField* f, const cufm::Model& model, std::optional<float> guidance,
@@ -627,11 +695,11 @@ NB_MODULE(_cufm, m) {
           },
           "model"_a, "guidance"_a = nb::none(), "device"_a = "auto", "precision"_a = "fp32", "threads"_a = 0,
           "Copies the model's weights (to the GPU on 'cuda'). guidance w: v = v(null) + w (v(c) - v(null)), "
-          "every call then needs labels.")
+          "every call then needs labels or a context.")
       .def(
           "__call__",
           [](cufm::VelocityField& f, float t, ConstFloats x, std::optional<ConstLabels> labels,
-             nb::object out, uintptr_t stream) -> nb::object {
+             nb::object out, uintptr_t stream, std::optional<ConstFloats> context) -> nb::object {
             const int dim = f.config().data_dim;
             if (x.ndim() != 2 || static_cast<int>(x.shape(1)) != dim) {
               throw cufm::Error(
@@ -646,6 +714,13 @@ NB_MODULE(_cufm, m) {
               require_same_device(*labels, cuda, dev, "VelocityField: labels");
               require_shape(*labels, {n}, "VelocityField: labels");
             }
+            const int K = f.config().context_dim;
+            if (context) {
+              if (K == 0) throw cufm::Error("VelocityField: a context given, but the model has none");
+              require_same_device(*context, cuda, dev, "VelocityField: context");
+              require_shape(*context, {n, K}, "VelocityField: context");
+            }
+            const float* c = context ? context->data() : nullptr;
             if (cuda) {
               if (out.is_none()) {
                 throw cufm::Error(
@@ -656,7 +731,7 @@ NB_MODULE(_cufm, m) {
               require_same_device(o, true, dev, "VelocityField: out");
               require_shape(o, {n, dim}, "VelocityField: out");
               nb::gil_scoped_release release;
-              f.evaluate_device(t, x.data(), labels ? labels->data() : nullptr, n, o.data(),
+              f.evaluate_device(t, x.data(), labels ? labels->data() : nullptr, c, n, o.data(),
                                 reinterpret_cast<void*>(stream));
               return out;
             }
@@ -665,19 +740,22 @@ NB_MODULE(_cufm, m) {
               require_same_device(o, false, 0, "VelocityField: out");
               require_shape(o, {n, dim}, "VelocityField: out");
               nb::gil_scoped_release release;
-              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, n, o.data());
+              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, c, n, o.data());
               return out;
             }
             std::vector<float> v(static_cast<size_t>(n) * dim);
             {
               nb::gil_scoped_release release;
-              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, n, v.data());
+              f.evaluate(t, x.data(), labels ? labels->data() : nullptr, c, n, v.data());
             }
             return nb::cast(to_numpy(std::move(v), {static_cast<size_t>(n), static_cast<size_t>(dim)}),
                             nb::rv_policy::move);
           },
           "t"_a, "x"_a, "labels"_a = nb::none(), "out"_a = nb::none(), "stream"_a = 0,
-          "v(x, t, labels) [N, D] at the points x [N, D]. Host x (numpy, or a CPU tensor): returns a new "
+          "context"_a = nb::none(),
+          "v(x, t, labels, context) [N, D] at the points x [N, D] (context [N, K] on x's device; None: the "
+          "null "
+          "context). Host x (numpy, or a CPU tensor): returns a new "
           "numpy "
           "array, or writes into out. A CUDA x (a GPU field only): used in place, v written into out (a CUDA "
           "array [N, D]) on `stream` (a cudaStream_t as an int; 0: the legacy default stream) without "
@@ -692,7 +770,8 @@ NB_MODULE(_cufm, m) {
   m.def(
       "loss_and_grad",
       [](const cufm::Model& model, FloatIn x1, FloatIn t, FloatIn eps, std::optional<LabelsIn> labels,
-         float sigma_min, const std::string& device, const std::string& precision, int threads) {
+         float sigma_min, const std::string& device, const std::string& precision, int threads,
+         std::optional<FloatIn> context) {
         const int dim = model.config().data_dim;
         const int64_t n = rows_of(x1, dim, "loss_and_grad: x1");
         if (rows_of(eps, dim, "loss_and_grad: eps") != n)
@@ -706,6 +785,7 @@ NB_MODULE(_cufm, m) {
         b.t = t.data();
         b.eps = eps.data();
         b.labels = labels_of(labels, n, "loss_and_grad");
+        b.context = context_rows(context, n, model.config().context_dim, "loss_and_grad");
         cufm::PathConfig path;
         path.sigma_min = sigma_min;
         cufm::LossGrad r;
@@ -717,7 +797,7 @@ NB_MODULE(_cufm, m) {
         return std::make_tuple(r.loss, to_numpy(std::move(r.grad), {np}));
       },
       "model"_a, "x1"_a, "t"_a, "eps"_a, "labels"_a = nb::none(), "sigma_min"_a = 0.0f, "device"_a = "auto",
-      "precision"_a = "fp32", "threads"_a = 0,
+      "precision"_a = "fp32", "threads"_a = 0, "context"_a = nb::none(),
       "(loss, flat gradient) of the flow-matching MSE on the caller's batch and draws, updating nothing.");
 
   // ---- the flow-matching loss for a model of the caller's own (cufm.torch) -----------------------
@@ -726,9 +806,10 @@ NB_MODULE(_cufm, m) {
       [](ConstFloats x1, Floats x_t, Floats t, std::optional<ConstLabels> labels,
          std::optional<Labels> labels_out, std::optional<Floats> eps, uint64_t seed, uint64_t step,
          int num_classes, float label_dropout, float sigma_min, const std::string& time_sampling,
-         float logit_mean, float logit_std) {
+         float logit_mean, float logit_std, float context_dropout,
+         std::optional<nb::ndarray<uint8_t, nb::c_contig, nb::ndim<1>>> context_dropped) {
         const cufm::StepDraws d = step_draws(seed, step, num_classes, label_dropout, sigma_min, time_sampling,
-                                             logit_mean, logit_std);
+                                             logit_mean, logit_std, context_dropout);
         require_cpu(x1, "prepare_flow: x1");
         require_cpu(x_t, "prepare_flow: x_t");
         require_cpu(t, "prepare_flow: t");
@@ -744,18 +825,26 @@ NB_MODULE(_cufm, m) {
           require_shape(*labels_out, {B}, "prepare_flow: labels_out");
         }
         if (eps) require_cpu(*eps, "prepare_flow: eps"), require_shape(*eps, {B, D}, "prepare_flow: eps");
+        if (context_dropped) {
+          require_cpu(*context_dropped, "prepare_flow: context_dropped");
+          require_shape(*context_dropped, {B}, "prepare_flow: context_dropped");
+        }
         nb::gil_scoped_release release;
         cufm::prepare_flow(d, B, D, x1.data(), labels ? labels->data() : nullptr, x_t.data(), t.data(),
-                           labels_out ? labels_out->data() : nullptr, eps ? eps->data() : nullptr);
+                           labels_out ? labels_out->data() : nullptr, eps ? eps->data() : nullptr,
+                           context_dropped ? context_dropped->data() : nullptr);
       },
       "x1"_a, "x_t"_a.noconvert(), "t"_a.noconvert(), "labels"_a = nb::none(),
       "labels_out"_a.noconvert() = nb::none(), "eps"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0,
       "step"_a = 0, "num_classes"_a = 0, "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f,
-      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f, "context_dropout"_a = 0.0f,
+      "context_dropped"_a.noconvert() = nb::none(),
       "Host arrays. Draws training step `step`'s t and eps for the caller's batch x1 [B, D] (row i is x1's "
       "row "
       "i) and writes x_t [B, D] and t [B] in place; a conditional batch (num_classes > 0) gives labels [B] "
-      "(None: all null) and gets them after dropout in labels_out; eps [B, D], when given, gets the noise. "
+      "(None: all null) and gets them after dropout in labels_out; eps [B, D], when given, gets the noise; "
+      "context_dropped (uint8 [B]), when given, gets 1 for the rows whose context the step drops "
+      "(context_dropout). "
       "The draws "
       "Trainer.step(x1) trains on.");
   m.def(
@@ -785,7 +874,7 @@ NB_MODULE(_cufm, m) {
       [](ConstFloats x1, Floats input, Floats t, nb::ndarray<const int64_t, nb::c_contig> step,
          uintptr_t stream, std::optional<ConstLabels> labels, std::optional<Labels> labels_out, uint64_t seed,
          int num_classes, float label_dropout, float sigma_min, const std::string& time_sampling,
-         float logit_mean, float logit_std) {
+         float logit_mean, float logit_std, std::optional<ConstFloats> context, float context_dropout) {
 #if defined(CUFM_WITH_CUDA)
         if (!on_cuda(x1))
           throw cufm::Error("fm_prepare: x1 must be a CUDA array (prepare_flow takes host arrays)");
@@ -797,8 +886,18 @@ NB_MODULE(_cufm, m) {
         const int64_t B = static_cast<int64_t>(x1.shape(0));
         const int D = static_cast<int>(x1.shape(1));
         if (B > INT32_MAX) throw cufm::Error("fm_prepare: more than 2^31 - 1 rows");
-        const int ld = D + 1 + (num_classes > 0 ? num_classes + 1 : 0);
-        require_shape(input, {B, ld}, "fm_prepare: input ([B, D + 1], plus num_classes + 1 one-hot columns)");
+        int K = 0;
+        if (context) {
+          require_same_device(*context, true, dev, "fm_prepare: context");
+          if (context->ndim() != 2 || static_cast<int64_t>(context->shape(0)) != B || context->shape(1) < 1)
+            throw cufm::Error("fm_prepare: context must be a CUDA float32 array [B, K]");
+          K = static_cast<int>(context->shape(1));
+        }
+        const int ld = D + 1 + (K > 0 ? K + 1 : 0) + (num_classes > 0 ? num_classes + 1 : 0);
+        require_shape(
+            input, {B, ld},
+            "fm_prepare: input ([B, D + 1], plus K + 1 context columns, plus num_classes + 1 one-hot "
+            "columns)");
         require_shape(t, {B}, "fm_prepare: t");
         require_shape(step, {1}, "fm_prepare: step (an int64 [1] array on the device)");
         if (num_classes > 0 && (!labels || !labels_out))
@@ -811,18 +910,24 @@ NB_MODULE(_cufm, m) {
           require_shape(*labels, {B}, "fm_prepare: labels");
           require_shape(*labels_out, {B}, "fm_prepare: labels_out");
         }
-        const cufm::StepDraws d =
-            step_draws(seed, 0, num_classes, label_dropout, sigma_min, time_sampling, logit_mean, logit_std);
-        const cufm::kernels::FmBatch b = in_order_batch(x1, step, d, labels ? labels->data() : nullptr);
+        const cufm::StepDraws d = step_draws(seed, 0, num_classes, label_dropout, sigma_min, time_sampling,
+                                             logit_mean, logit_std, context_dropout);
+        cufm::kernels::FmBatch b = in_order_batch(x1, step, d, labels ? labels->data() : nullptr);
+        b.context = context ? context->data() : nullptr;
+        b.context_dropout = context_dropout;
         cufm::kernels::FmPrepareOutputs out;
         out.input = input.data();
         out.t = t.data();
         out.label = labels_out ? labels_out->data() : nullptr;
         require_current_device(dev, "fm_prepare");
-        cufm::kernels::fm_prepare(b, cufm::kernels::FmInputLayout{0, num_classes, ld}, out,
-                                  reinterpret_cast<cudaStream_t>(stream));
+        cufm::kernels::FmInputLayout layout;
+        layout.context_dim = K;
+        layout.num_classes = num_classes;
+        layout.ld = ld;
+        cufm::kernels::fm_prepare(b, layout, out, reinterpret_cast<cudaStream_t>(stream));
 #else
         (void)x1, (void)input, (void)t, (void)step, (void)stream, (void)labels, (void)labels_out, (void)seed;
+        (void)context, (void)context_dropout;
         (void)num_classes, (void)label_dropout, (void)sigma_min, (void)time_sampling, (void)logit_mean;
         (void)logit_std;
         throw cufm::Error(
@@ -832,10 +937,12 @@ NB_MODULE(_cufm, m) {
       "x1"_a, "input"_a.noconvert(), "t"_a.noconvert(), "step"_a, "stream"_a, "labels"_a = nb::none(),
       "labels_out"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0, "num_classes"_a = 0,
       "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f,
-      "logit_std"_a = 1.0f,
+      "logit_std"_a = 1.0f, "context"_a = nb::none(), "context_dropout"_a = 0.0f,
       "CUDA arrays, enqueued on `stream` (a cudaStream_t as an int) without waiting: prepare_flow's draws by "
-      "the fm_prepare kernel. Writes input [B, D + 1] = [x_t | t] (then num_classes + 1 one-hot columns when "
-      "conditional) and t [B]; step is an int64 [1] device array read on the device.");
+      "the fm_prepare kernel. Writes input [B, D + 1] = [x_t | t] (then, with a context [B, K], its K values "
+      "and a null indicator, 1 where context_dropout drops the row's, which is then zeros; then num_classes "
+      "+ "
+      "1 one-hot columns when conditional) and t [B]; step is an int64 [1] device array read on the device.");
   m.def(
       "fm_loss_grad_workspace_bytes",
       [](int batch, int dim) {

@@ -42,6 +42,8 @@ struct PrepCase {
   int dim, time_features, classes;
   TimeSampling ts;
   float sigma_min, dropout;
+  int context = 0;
+  float context_dropout = 0.0f;
 };
 
 class FmPrepare : public ::testing::TestWithParam<PrepCase> {};
@@ -54,6 +56,7 @@ TEST_P(FmPrepare, MatchesCpuBitForBit) {
   model.hidden = {16};
   model.time_features = pc.time_features;
   model.num_classes = pc.classes;
+  model.context_dim = pc.context;
   TrainConfig cfg;
   cfg.batch_size = test::pick(1000, 67);
   cfg.seed = 1234567;
@@ -62,13 +65,17 @@ TEST_P(FmPrepare, MatchesCpuBitForBit) {
   cfg.path.logit_mean = 0.3f;
   cfg.path.logit_std = 1.2f;
   cfg.label_dropout = pc.dropout;
-  const Dataset data = random_dataset(523, pc.dim, pc.classes, 5);
+  cfg.context_dropout = pc.context_dropout;
+  Dataset data = random_dataset(523, pc.dim, pc.classes, 5);
+  data.context_dim = pc.context;
+  data.context = test::random_floats(static_cast<size_t>(data.n) * pc.context, -2.0f, 2.0f, 6);
   const uint64_t step = 7;
   cpu::PreparedBatch ref;
   cpu::fm_prepare(model, cfg, data, step, ref);
 
   const int in = model.input_dim(), ld = (in + 7) / 8 * 8, B = cfg.batch_size;
-  DeviceArray<float> x(data.x), input(static_cast<size_t>(B) * ld), t(B);
+  DeviceArray<float> x(data.x), input(static_cast<size_t>(B) * ld), t(B),
+      context(data.context.empty() ? std::vector<float>{0.0f} : data.context);
   DeviceArray<int32_t> labels(data.labels.empty() ? std::vector<int32_t>{0} : data.labels), label(B);
   DeviceArray<uint32_t> index(B);
   DeviceArray<uint64_t> step_dev(std::vector<uint64_t>{step});
@@ -86,7 +93,9 @@ TEST_P(FmPrepare, MatchesCpuBitForBit) {
   b.logit_std = cfg.path.logit_std;
   b.sigma_min = pc.sigma_min;
   b.label_dropout = pc.dropout;
-  kernels::FmInputLayout layout{pc.time_features, pc.classes, ld};
+  b.context = pc.context > 0 ? context.get() : nullptr;
+  b.context_dropout = pc.context_dropout;
+  kernels::FmInputLayout layout{pc.time_features, pc.classes, ld, pc.context};
   kernels::FmPrepareOutputs out;
   out.input = input.get();
   out.t = t.get();
@@ -122,11 +131,13 @@ INSTANTIATE_TEST_SUITE_P(Cases, FmPrepare,
                          ::testing::Values(PrepCase{2, 0, 0, TimeSampling::Uniform, 0.0f, 0.0f},
                                            PrepCase{3, 8, 0, TimeSampling::LogitNormal, 0.01f, 0.0f},
                                            PrepCase{5, 0, 4, TimeSampling::Uniform, 0.0f, 0.3f},
-                                           PrepCase{2, 16, 10, TimeSampling::LogitNormal, 0.001f, 1.0f}),
+                                           PrepCase{2, 16, 10, TimeSampling::LogitNormal, 0.001f, 1.0f},
+                                           PrepCase{10, 0, 0, TimeSampling::Uniform, 0.0f, 0.0f, 20, 0.2f},
+                                           PrepCase{3, 4, 3, TimeSampling::Uniform, 0.0f, 0.1f, 5, 1.0f}),
                          [](const ::testing::TestParamInfo<PrepCase>& pi) {
                            const PrepCase& c = pi.param;
                            return "d" + std::to_string(c.dim) + "_tf" + std::to_string(c.time_features) +
-                                  "_c" + std::to_string(c.classes) +
+                                  "_c" + std::to_string(c.classes) + "_k" + std::to_string(c.context) +
                                   (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
                          });
 
@@ -524,6 +535,7 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   model.hidden = {8};
   model.time_features = 4;
   model.num_classes = 5;
+  model.context_dim = 3;
   const int64_t n = test::pick(700, 50);
   const int dim = 3, in = model.input_dim(), ld = (in + 7) / 8 * 8;
   const size_t e = static_cast<size_t>(n) * dim;
@@ -532,7 +544,8 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
                            k1 = test::random_floats(e, -1.0f, 1.0f, 43);
   std::vector<int32_t> labels(n);
   for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int32_t>(i % 5);
-  DeviceArray<float> xd(x), k0d(k0), k1d(k1), yd(e), input(static_cast<size_t>(2 * n) * ld);
+  const std::vector<float> context = test::random_floats(static_cast<size_t>(n) * 3, -1.0f, 1.0f, 44);
+  DeviceArray<float> xd(x), k0d(k0), k1d(k1), yd(e), input(static_cast<size_t>(2 * n) * ld), cd(context);
   DeviceArray<int32_t> ld_labels(labels);
   cuda::StageCombination c;
   c.x = xd.get();
@@ -548,6 +561,8 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   mi.time_features = 4;
   mi.num_classes = 5;
   mi.labels = ld_labels.get();
+  mi.context_dim = 3;
+  mi.context = cd.get();
   mi.copies = 2;
   mi.input = input.get();
   mi.ld = ld;
@@ -561,8 +576,10 @@ TEST(Sampler, StageInputCollectAndUpdateMatchCpu) {
   std::vector<float> y(e), want(static_cast<size_t>(2 * n) * ld, 0.0f);
   for (size_t i = 0; i < e; ++i) y[i] = hd::combine_at(host_c, static_cast<int64_t>(i));
   for (int64_t i = 0; i < n; ++i) {
-    cpu::write_input_row(model, y.data() + i * dim, t, labels[i], want.data() + i * ld);
-    cpu::write_input_row(model, y.data() + i * dim, t, model.null_class(), want.data() + (n + i) * ld);
+    cpu::write_input_row(model, y.data() + i * dim, t, labels[i], context.data() + i * 3,
+                         want.data() + i * ld);
+    cpu::write_input_row(model, y.data() + i * dim, t, model.null_class(), nullptr,
+                         want.data() + (n + i) * ld);
   }
   EXPECT_TRUE(test::bits_equal(yd.download().data(), y.data(), e));
   const std::vector<float> got = input.download();
@@ -643,7 +660,7 @@ TEST(Sampler, UnguidedInputsAndNormsMatchCpu) {
     cuda::stage_input(c, t, mi, nullptr, nullptr);
     std::vector<float> want(static_cast<size_t>(n) * ld, 0.0f);
     for (int64_t i = 0; i < n; ++i) {
-      cpu::write_input_row(model, y.data() + i * dim, t, classes > 0 ? 2 : -1, want.data() + i * ld);
+      cpu::write_input_row(model, y.data() + i * dim, t, classes > 0 ? 2 : -1, nullptr, want.data() + i * ld);
     }
     EXPECT_TRUE(test::bits_equal(input.download().data(), want.data(), want.size())) << classes << " classes";
   }

@@ -27,7 +27,7 @@
 namespace cufm {
 namespace {
 
-Dataset data_for(int dim, int classes, int64_t n = 2000) {
+Dataset data_for(int dim, int classes, int64_t n = 2000, int context = 0) {
   Dataset d;
   d.name = "gpu-test";
   d.n = n;
@@ -37,6 +37,8 @@ Dataset data_for(int dim, int classes, int64_t n = 2000) {
     d.num_classes = classes;
     for (int64_t i = 0; i < n; ++i) d.labels.push_back(static_cast<int32_t>(i % classes));
   }
+  d.context_dim = context;
+  d.context = test::random_floats(static_cast<size_t>(n) * context, -1.0f, 1.0f, 62);
   return d;
 }
 
@@ -73,6 +75,7 @@ struct RunCase {
   Activation act;
   int time_features, classes;
   TimeSampling ts;
+  int context = 0;
 };
 
 class GpuVsCpu : public ::testing::TestWithParam<RunCase> {};
@@ -86,9 +89,11 @@ TEST_P(GpuVsCpu, LossesAndWeightsAgree) {
   mc.activation = rc.act;
   mc.time_features = rc.time_features;
   mc.num_classes = rc.classes;
+  mc.context_dim = rc.context;
   const Model init(mc, 7);
-  const Dataset data = data_for(mc.data_dim, rc.classes);
+  const Dataset data = data_for(mc.data_dim, rc.classes, 2000, rc.context);
   TrainConfig cpu_cfg = train_config();
+  cpu_cfg.context_dropout = rc.context > 0 ? 0.25f : 0.0f;
   cpu_cfg.path.time_sampling = rc.ts;
   Trainer cpu(init, data, cpu_cfg, on(Device::CPU)), gpu(init, data, cpu_cfg, on(Device::CUDA, rc.precision));
   ASSERT_EQ(gpu.device(), Device::CUDA);
@@ -131,12 +136,15 @@ INSTANTIATE_TEST_SUITE_P(
                       RunCase{Precision::TF32, Activation::SiLU, 0, 0, TimeSampling::Uniform},
                       RunCase{Precision::TF32, Activation::GELU, 8, 3, TimeSampling::Uniform},
                       RunCase{Precision::BF16, Activation::SiLU, 0, 0, TimeSampling::Uniform},
-                      RunCase{Precision::BF16, Activation::ReLU, 8, 3, TimeSampling::LogitNormal}),
+                      RunCase{Precision::BF16, Activation::ReLU, 8, 3, TimeSampling::LogitNormal},
+                      RunCase{Precision::FP32, Activation::SiLU, 0, 0, TimeSampling::Uniform, 20},
+                      RunCase{Precision::FP32, Activation::GELU, 8, 3, TimeSampling::Uniform, 5},
+                      RunCase{Precision::BF16, Activation::SiLU, 0, 0, TimeSampling::Uniform, 20}),
     [](const ::testing::TestParamInfo<RunCase>& pi) {
       const RunCase& c = pi.param;
       return std::string(to_string(c.precision)) + "_" + to_string(c.act) + "_tf" +
-             std::to_string(c.time_features) + "_c" + std::to_string(c.classes) +
-             (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
+             std::to_string(c.time_features) + "_c" + std::to_string(c.classes) + "_k" +
+             std::to_string(c.context) + (c.ts == TimeSampling::Uniform ? "_uniform" : "_logitnormal");
     });
 
 struct TrainRun {
@@ -246,26 +254,30 @@ TEST(GpuLossAndGrad, MatchesCpu) {
 // trainer with a dataset mixes both kinds of step.
 TEST(GpuTrainBatch, MatchesCpu) {
   CUFM_REQUIRE_GPU();
-  for (int classes : {0, 3}) {
+  for (const auto& [classes, context] : {std::pair{0, 0}, std::pair{3, 0}, std::pair{0, 6}}) {
     MlpConfig m;
     m.data_dim = 3;
     m.hidden = {48, 48};
     m.time_features = 4;
     m.num_classes = classes;
+    m.context_dim = context;
     const Model model(m, 41);
     TrainConfig tc;
     tc.batch_size = 256;
     tc.seed = 42;
     tc.label_dropout = 0.2f;
+    tc.context_dropout = context > 0 ? 0.3f : 0.0f;
     tc.optim.eps = 1e-3f;  // smooth in the gradient (see the top of this file)
     Trainer cpu(model, tc, on(Device::CPU));
     Trainer gpu(model, tc, on(Device::CUDA));
-    const Dataset data = data_for(3, classes, 4096);
+    const Dataset data = data_for(3, classes, 4096, context);
     for (int k = 0; k < 5; ++k) {
       DataBatch b;
       b.size = tc.batch_size;
       b.x1 = data.x.data() + static_cast<size_t>(k) * tc.batch_size * 3;
       b.labels = classes > 0 ? data.labels.data() + static_cast<size_t>(k) * tc.batch_size : nullptr;
+      b.context =
+          context > 0 ? data.context.data() + static_cast<size_t>(k) * tc.batch_size * context : nullptr;
       const float lc = cpu.step(b), lg = gpu.step(b);
       EXPECT_NEAR(lg, lc, 1e-5 * lc) << "step " << k << ", " << classes << " classes";
     }
@@ -278,6 +290,7 @@ TEST(GpuTrainBatch, MatchesCpu) {
     b.size = tc.batch_size;
     b.x1 = data.x.data();
     b.labels = classes > 0 ? data.labels.data() : nullptr;
+    b.context = context > 0 ? data.context.data() : nullptr;
     Trainer mixed(model, data, tc, on(Device::CUDA));
     Trainer mixed_cpu(model, data, tc, on(Device::CPU));
     mixed.run(2);

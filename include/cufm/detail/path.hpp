@@ -69,18 +69,37 @@ CUFM_HD float time_feature(float t, int k, int i) {
   return (i & 1) ? c : s;
 }
 
-// ---- the model's input row ---------------------------------------------------------------
-// [x (dim) | time features | one-hot of num_classes + 1 (conditional models; the last entry is the
-// null class)], then zero padding: its width, and entry c of the part after x for a label (-1:
-// unconditional). The CPU backend, fm_prepare and the sampler's stage_input all build rows with
-// these two.
-CUFM_HD int input_width(int dim, int time_features, int num_classes) {
-  return dim + time_feature_count(time_features) + (num_classes > 0 ? num_classes + 1 : 0);
+// ---- context dropout (block 0xFFFFFFFF of the sample's counter: eps uses blocks 1.., far below) ----
+CUFM_HD bool draw_context_drop(uint64_t seed, uint64_t step, uint32_t sample, float context_dropout) {
+  return context_dropout > 0.0f &&
+         uniform01(rng::draw(seed, step, sample, 0xFFFFFFFFu).v[0]) < context_dropout;
 }
-CUFM_HD float input_tail_value(float t, int time_features, int num_classes, int32_t label, int c) {
+
+// ---- the model's input row ---------------------------------------------------------------
+// [x (dim) | time features | context (K) and its null indicator (models with a context) |
+// one-hot of num_classes + 1 (conditional models; the last entry is the null class)], then zero
+// padding: its width, and entry c of the part after x for a context row (nullptr: the null context,
+// K zeros and an indicator of 1) and a label (-1: unconditional). The CPU backend, fm_prepare and
+// the sampler's stage_input all build rows with these two.
+CUFM_HD int context_width(int context_dim) {
+  return context_dim > 0 ? context_dim + 1 : 0;
+}
+CUFM_HD int input_width(int dim, int time_features, int context_dim, int num_classes) {
+  return dim + time_feature_count(time_features) + context_width(context_dim) +
+         (num_classes > 0 ? num_classes + 1 : 0);
+}
+CUFM_HD float input_tail_value(float t, int time_features, int context_dim, const float* context,
+                               int num_classes, int32_t label, int c) {
   const int tf = time_feature_count(time_features);
   if (c < tf) return time_feature(t, time_features, c);
-  if (num_classes > 0 && c < tf + num_classes + 1) return c - tf == label ? 1.0f : 0.0f;
+  c -= tf;
+  const int cw = context_width(context_dim);
+  if (c < cw) {
+    if (c == context_dim) return context ? 0.0f : 1.0f;
+    return context ? context[c] : 0.0f;
+  }
+  c -= cw;
+  if (num_classes > 0 && c < num_classes + 1) return c == label ? 1.0f : 0.0f;
   return 0.0f;
 }
 
