@@ -207,6 +207,31 @@ run_fails "expected points [N, 2]" logprob "$CKPT" one_s.npy --out lp2.npy
 run_fails "--divergence and --probes apply with --log-prob" sample "$CKPT" --divergence exact --out lps2.npy
 run_fails "--log-prob 'lps2.npy' is also" sample "$CKPT" --out lps2.npy --log-prob lps2.npy
 [ -e lp2.npy ] || [ -e lps2.npy ] && fail "a refused logprob or sample wrote its output"
+# ---- context vectors: train on (points, contexts), sample and logprob with one or one per point -----
+run_ok sample "$CKPT" --count 500 --seed 9 --device cpu --out ctx.npy
+run_ok sample "$CKPT" --count 1 --seed 10 --device cpu --out ctx1.npy
+run_ok train --data s.npy --context ctx.npy --context-dropout 0.2 --hidden 16,16 --batch 64 --steps 10 \
+  --device cpu --quiet --out crun
+CCKPT=crun/checkpoint.safetensors
+[[ "$OUT_TEXT" == *"step 10"* ]] || fail "train --context: $OUT_TEXT"
+run_ok train --data s.npy --context ctx.npy --steps 12 --device cpu --quiet --out crun --resume
+run_fails "differs from the checkpoint's data" train --data s.npy --context ctx1.npy --steps 14 --out crun --resume
+run_fails "--context-dropout 0.5 differs" train --data s.npy --context-dropout 0.5 --steps 14 --out crun --resume
+run_ok sample "$CCKPT" --count 100 --context ctx1.npy --guidance 2 --device cpu --out cs.npy --log-prob cs_lp.npy
+[ -f cs.npy ] && [ -f cs_lp.npy ] || fail "sample --context wrote no cs.npy or cs_lp.npy"
+run_ok sample "$CCKPT" --count 500 --context ctx.npy --device cpu --out cs2.npy
+run_ok logprob "$CCKPT" s.npy --context ctx.npy --solver midpoint --device cpu --out clp.npy
+[[ "$OUT_TEXT" == *"log p at 500 points"* ]] || fail "logprob --context: $OUT_TEXT"
+run_ok velocity "$CCKPT" --x s.npy --t 0.3 --context ctx1.npy --device cpu --out cv.npy
+run_fails "--context-dropout applies to models with a context" train --data moons --context-dropout 0.1 --out fresh
+run_fails "--context 'ctx.npy' is for .npy data" train --data moons --context ctx.npy --out fresh
+run_fails "--context needs --data" train --out crun --resume --context ctx.npy
+run_fails "the checkpoint's model has no context" logprob "$CKPT" s.npy --context ctx.npy --out clp2.npy
+run_fails "expected one row of 2 (the model's context_dim) or [300, 2]" logprob "$CCKPT" lps.npy --context ctx.npy --out clp2.npy
+run_fails "or [3, 2], got [1, 300]" sample "$CCKPT" --count 3 --context lps_lp.npy --out cs3.npy
+run_fails "an output names the --context file" sample "$CCKPT" --context ctx.npy --count 500 --out ctx.npy
+run_fails "context file 'ctx1.npy' must have shape (500, K)" train --data s.npy --context ctx1.npy --out fresh2 --quiet
+[ -e clp2.npy ] || [ -e cs3.npy ] || [ -e fresh2/checkpoint.safetensors ] && fail "a refused context command wrote its output"
 run_ok info
 run_ok --help
 run_ok --version

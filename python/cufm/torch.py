@@ -107,14 +107,20 @@ def flow_matching_loss(
     time_sampling: str = "uniform",
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    context: Optional[torch.Tensor] = None,
+    context_dropout: float = 0.0,
 ) -> torch.Tensor:
     """The flow-matching loss of ``model`` on the batch ``x1`` [B, D], for ``loss.backward()``.
 
     Draws training step ``step``'s t [B] and eps [B, D] (Philox, keyed by ``seed``), builds
     x_t = t x1 + (1 - (1 - sigma_min) t) eps and calls ``model(x_t, t)`` (``model(x_t, t, labels)``
     when ``num_classes > 0``: the labels [B] in [0, num_classes] after per-row dropout to the null
-    class ``num_classes``; None: all null). Returns mean((v - u)^2), u = x1 - (1 - sigma_min) eps,
-    as a 0-d tensor whose backward into v is cuFM's fused 2 (v - u) / (B D).
+    class ``num_classes``; None: all null). With ``context`` [B, K] (each row's condition, e.g. the
+    observation of simulation-based inference) the model is also given ``context=`` (the rows'
+    contexts, zeroed where dropped) and ``context_null=`` (a bool [B] mask of the rows that take the
+    null context, drawn with probability ``context_dropout``), as :class:`Velocity` takes them.
+    Returns mean((v - u)^2), u = x1 - (1 - sigma_min) eps, as a 0-d tensor whose backward into v is
+    cuFM's fused 2 (v - u) / (B D).
 
     CUDA x1: everything runs on the current stream, nothing is read back to the host (``step``
     may be an int64 CUDA tensor you increment, for CUDA graphs). CPU x1: the CPU backend.
@@ -141,11 +147,24 @@ def flow_matching_loss(
         )
         if lab.shape != (B,):
             raise ValueError(f"labels must have shape [{B}], got {list(lab.shape)}")
+    ctx = None
+    if context is not None:
+        ctx = context.detach().to(device=x1c.device, dtype=torch.float32).contiguous()
+        if ctx.dim() != 2 or ctx.shape[0] != B or ctx.shape[1] < 1:
+            raise ValueError(f"context must have shape [{B}, K], got {list(ctx.shape)}")
+    elif context_dropout != 0.0:
+        raise ValueError("context_dropout given without a context")
+    K = 0 if ctx is None else ctx.shape[1]
+
+    def call(x_t, t, lab, c, null):
+        args = (x_t, t, lab.long()) if conditional else (x_t, t)
+        return model(*args, context=c, context_null=null) if ctx is not None else model(*args)
+
     step_t = _step_tensor(step, x1c.device)
     labels_out = torch.empty(B, dtype=torch.int32, device=x1c.device) if conditional else None
     if x1c.is_cuda:
         with torch.cuda.device(x1c.device):
-            width = D + 1 + (num_classes + 1 if conditional else 0)
+            width = D + 1 + (K + 1 if K else 0) + (num_classes + 1 if conditional else 0)
             inp = torch.empty(B, width, dtype=torch.float32, device=x1c.device)
             t = torch.empty(B, dtype=torch.float32, device=x1c.device)
             stream = torch.cuda.current_stream(x1c.device).cuda_stream
@@ -159,13 +178,18 @@ def flow_matching_loss(
                 labels_out,
                 num_classes=int(num_classes),
                 label_dropout=float(label_dropout),
+                context=ctx,
+                context_dropout=float(context_dropout),
                 **draws,
             )
             x_t = inp[:, :D]
-            v = model(x_t, t, labels_out.long()) if conditional else model(x_t, t)
+            c = inp[:, D + 1 : D + 1 + K] if K else None
+            null = inp[:, D + 1 + K] > 0.5 if K else None
+            v = call(x_t, t, labels_out, c, null)
             return _FlowMse.apply(_check_v(v, B, D), x1c, step_t, draws)
     x_t = torch.empty(B, D, dtype=torch.float32)
     t = torch.empty(B, dtype=torch.float32)
+    dropped = torch.zeros(B, dtype=torch.uint8) if K else None
     _cufm.prepare_flow(
         x1c,
         x_t,
@@ -175,9 +199,13 @@ def flow_matching_loss(
         step=int(step_t.item()),
         num_classes=int(num_classes),
         label_dropout=float(label_dropout),
+        context_dropout=float(context_dropout),
+        context_dropped=dropped,
         **draws,
     )
-    v = model(x_t, t, labels_out.long()) if conditional else model(x_t, t)
+    null = dropped.bool() if K else None
+    c = ctx.masked_fill(null[:, None], 0.0) if K else None
+    v = call(x_t, t, labels_out, c, null)
     return _FlowMse.apply(_check_v(v, B, D), x1c, step_t, draws)
 
 
@@ -193,12 +221,18 @@ def model_input(
     x: torch.Tensor,
     t: Union[float, torch.Tensor],
     labels: Optional[torch.Tensor] = None,
+    context: Optional[torch.Tensor] = None,
+    context_null: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The model's input rows [x | time features | one-hot], as cuFM builds them.
+    """The model's input rows [x | time features | context | null indicator | one-hot], as cuFM
+    builds them.
 
     Time features: raw t (``time_features == 0``), or sin(2 pi 2^j t), cos(2 pi 2^j t) for
-    j < time_features / 2, interleaved. Conditional models get a one-hot of num_classes + 1
-    entries (the last is the null class; labels None: all null).
+    j < time_features / 2, interleaved. A model with ``context_dim = K`` gets the context ([K] for
+    every row or [n, K]; None: the null context) and an indicator, 1 for the rows that take the null
+    context (zeros in its K columns: ``context_null``, a bool [n] mask, or all rows when ``context``
+    is None) and 0 otherwise. Conditional models get a one-hot of num_classes + 1 entries (the last
+    is the null class; labels None: all null).
     """
     n = x.shape[0]
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -214,6 +248,22 @@ def model_input(
             frac = turns - torch.floor(turns)
             feats += [torch.sin(2 * math.pi * frac), torch.cos(2 * math.pi * frac)]
         parts.append(torch.stack(feats, dim=1))
+    K = config.context_dim
+    if K > 0:
+        if context is None:
+            c = torch.zeros(n, K, dtype=x.dtype, device=x.device)
+            null = torch.ones(n, dtype=torch.bool, device=x.device)
+        else:
+            c = context.to(device=x.device, dtype=x.dtype).reshape(-1, K).expand(n, K)
+            null = (
+                torch.zeros(n, dtype=torch.bool, device=x.device)
+                if context_null is None
+                else context_null.to(device=x.device, dtype=torch.bool).reshape(n)
+            )
+            c = c.masked_fill(null[:, None], 0.0)
+        parts += [c, null.to(x.dtype)[:, None]]
+    elif context is not None:
+        raise ValueError("a context given, but the model has none (context_dim = 0)")
     if config.num_classes > 0:
         c = config.num_classes
         lab = (
@@ -267,12 +317,13 @@ def _activation_name(module: nn.Module) -> str:
 
 
 def from_torch(
-    net: nn.Sequential, data_dim: int, time_features: int = 0, num_classes: int = 0
+    net: nn.Sequential, data_dim: int, time_features: int = 0, num_classes: int = 0, context_dim: int = 0
 ) -> "_cufm.Model":
     """A ``cufm.Model`` from an ``nn.Sequential`` of Linear layers with one activation kind between them.
 
     The first Linear must take the model's input row (``data_dim`` + time features + the
-    one-hot's num_classes + 1 entries) and the last must return ``data_dim`` values.
+    context's context_dim + 1 entries + the one-hot's num_classes + 1 entries) and the last must
+    return ``data_dim`` values.
     """
     if not isinstance(net, nn.Sequential):
         raise TypeError(f"from_torch takes an nn.Sequential, got {type(net).__name__}")
@@ -295,11 +346,12 @@ def from_torch(
         activation=names.pop() if names else "silu",
         time_features=time_features,
         num_classes=num_classes,
+        context_dim=context_dim,
     )
     if linears[0].in_features != cfg.input_dim():
         raise ValueError(
             f"from_torch: the first Linear takes {linears[0].in_features} inputs; the model's input row "
-            f"has {cfg.input_dim()} (data_dim + time features + one-hot)"
+            f"has {cfg.input_dim()} (data_dim + time features + context and indicator + one-hot)"
         )
     if linears[-1].out_features != data_dim:
         raise ValueError(f"from_torch: the last Linear returns {linears[-1].out_features} values, not {data_dim}")
@@ -310,29 +362,42 @@ def from_torch(
 
 
 class Velocity(nn.Module):
-    """v(x, t, labels) as an ``nn.Module``: :func:`model_input` then :func:`to_torch`'s Sequential."""
+    """v(x, t, labels, context) as an ``nn.Module``: :func:`model_input` then :func:`to_torch`'s
+    Sequential."""
 
     def __init__(self, model: "_cufm.Model"):
         super().__init__()
         self.config = model.config
         self.net = to_torch(model)
 
-    def forward(self, x: torch.Tensor, t, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.net(model_input(self.config, x, t, labels))
+    def forward(
+        self,
+        x: torch.Tensor,
+        t,
+        labels: Optional[torch.Tensor] = None,
+        context: Optional[torch.Tensor] = None,
+        context_null: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return self.net(model_input(self.config, x, t, labels, context, context_null))
 
 
 def velocity(
-    field: "_cufm.VelocityField", t: float, x: torch.Tensor, labels: Optional[torch.Tensor] = None
+    field: "_cufm.VelocityField",
+    t: float,
+    x: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    context: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``field(t, x, labels)`` on a tensor: a CUDA tensor is used in place (a GPU field, the current
-    stream, no host round trip); a CPU tensor's memory is read without a copy. Returns a tensor on
-    x's device."""
+    """``field(t, x, labels, context=context)`` on tensors: CUDA tensors are used in place (a GPU
+    field, the current stream, no host round trip); a CPU tensor's memory is read without a copy.
+    context: [n, K] (None: the null context). Returns a tensor on x's device."""
     xc = x.detach().to(torch.float32).contiguous()
     lab = None if labels is None else labels.detach().to(device=xc.device, dtype=torch.int32).contiguous()
+    ctx = None if context is None else context.detach().to(device=xc.device, dtype=torch.float32).contiguous()
     out = torch.empty_like(xc)
     if xc.is_cuda:
         with torch.cuda.device(xc.device):
-            field(t, xc, lab, out, torch.cuda.current_stream(xc.device).cuda_stream)
+            field(t, xc, lab, out, torch.cuda.current_stream(xc.device).cuda_stream, context=ctx)
     else:
-        field(t, xc, lab, out)
+        field(t, xc, lab, out, context=ctx)
     return out

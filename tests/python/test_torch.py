@@ -200,3 +200,53 @@ def test_cuda_velocity_in_place_matches_the_cpu():
     assert np.allclose(got.cpu().numpy(), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(cufm.Error, match="needs out"):
         field(0.3, x.cuda())
+
+
+class ContextModel(torch.nn.Module):
+    """A user's model conditioned on a context: [x_t, t, context, null indicator] through an MLP."""
+
+    def __init__(self, dim, k):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1 + k + 1, 32), torch.nn.SiLU(), torch.nn.Linear(32, dim))
+
+    def forward(self, x, t, context=None, context_null=None):
+        return self.net(torch.cat([x, t[:, None], context, context_null.float()[:, None]], dim=1))
+
+
+def test_flow_matching_loss_with_a_context_is_the_trainers_step():
+    """A cuFM model with a context through PyTorch, context dropout included: Trainer.step's loss."""
+    cfg = cufm.MlpConfig(data_dim=3, hidden=[32, 32], time_features=4, context_dim=4)
+    model = cufm.Model(cfg, 5)
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(256, 3)).astype(np.float32)
+    c = rng.normal(size=(256, 4)).astype(np.float32)
+    tc = cufm.TrainConfig(batch_size=256, seed=9, context_dropout=0.3)
+    want = cufm.Trainer(model, config=tc, device="cpu").step(x1, context=c)
+    got = ct.flow_matching_loss(ct.Velocity(model), torch.from_numpy(x1), seed=9, step=0,
+                                context=torch.from_numpy(c), context_dropout=0.3)
+    assert got.item() == pytest.approx(want, rel=2e-6)
+    without = ct.flow_matching_loss(ct.Velocity(model), torch.from_numpy(x1), seed=9, step=0,
+                                    context=torch.from_numpy(c))
+    assert without.item() != got.item()  # the drops change the rows the model sees
+    own = ContextModel(3, 4)
+    loss = ct.flow_matching_loss(own, torch.from_numpy(x1), seed=9, context=torch.from_numpy(c), context_dropout=0.3)
+    loss.backward()
+    assert all(p.grad is not None for p in own.parameters())
+
+
+def test_velocity_module_and_from_torch_with_a_context():
+    cfg = cufm.MlpConfig(data_dim=2, hidden=[16], context_dim=3)
+    model = cufm.Model(cfg, 2)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 2)).astype(np.float32)
+    c = rng.normal(size=(50, 3)).astype(np.float32)
+    t = np.full(50, 0.3, dtype=np.float32)
+    want = model.forward(x, t, context=c)
+    with torch.no_grad():
+        got = ct.Velocity(model)(torch.from_numpy(x), 0.3, context=torch.from_numpy(c)).numpy()
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    back = ct.from_torch(ct.to_torch(model), data_dim=2, context_dim=3)
+    assert np.array_equal(back.params, model.params)
+    field = cufm.VelocityField(model, device="cpu")
+    assert np.allclose(ct.velocity(field, 0.3, torch.from_numpy(x), context=torch.from_numpy(c)).numpy(), want,
+                       rtol=1e-6, atol=1e-7)
