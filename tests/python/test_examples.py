@@ -30,3 +30,9 @@ def test_own_array_example(tmp_path):
     stdout = run("own_array.py", tmp_path)
     assert (tmp_path / "own_array.safetensors").stat().st_size > 0
     assert stdout.count("sliced W2") == 2
+
+
+def test_gaussian_linear_sbi_example(tmp_path):
+    stdout = run("gaussian_linear_sbi.py", tmp_path)
+    assert (tmp_path / "gaussian_linear_sbi.safetensors").stat().st_size > 0
+    assert "posterior mean error" in stdout and "log p: mean absolute error" in stdout
