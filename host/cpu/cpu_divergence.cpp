@@ -51,6 +51,7 @@ CUFM_SIMD_CLONES void scale_rows(const float* z, int64_t r0, int64_t r1, int P, 
 }
 
 void scale_rows(Activation a, const float* z, int64_t r0, int64_t r1, int P, int width, float* t, float* g) {
+  const DenormalsAreZero daz;  // see host/cpu/cpu_simd.hpp
   switch (a) {
     case Activation::ReLU:
       return scale_rows<Activation::ReLU>(z, r0, r1, P, width, t, g);

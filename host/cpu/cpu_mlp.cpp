@@ -27,6 +27,7 @@ CUFM_SIMD_CLONES void act_rows(const float* pre, int64_t r0, int64_t r1, int wid
 }
 
 void act_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* act) {
+  const DenormalsAreZero daz;
   switch (a) {
     case Activation::ReLU:
       return act_rows<Activation::ReLU>(pre, r0, r1, width, act);
@@ -59,6 +60,7 @@ CUFM_SIMD_CLONES void act_grad_rows(const float* pre, int64_t r0, int64_t r1, in
 
 void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* da,
                    float* colsum, float* next, int next_width) {
+  const DenormalsAreZero daz;
   switch (a) {
     case Activation::ReLU:
       return act_grad_rows<Activation::ReLU>(pre, r0, r1, width, da, colsum, next, next_width);

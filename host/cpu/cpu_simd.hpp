@@ -8,3 +8,36 @@
 #else
 #define CUFM_SIMD_CLONES
 #endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+namespace cufm::cpu {
+
+// Flush-to-zero and denormals-are-zero (x86 MXCSR) on the calling thread for a scope, restored on
+// exit. The activation loops run under it: GCC vectorises hd::fast_exp's clamp by computing the
+// clamped lanes' results too (z times sigmoid(-88), about 6e-39 z) and blending them away, and
+// those discarded subnormal products cost a microcode assist per vector, 10 to 18 times the loop's
+// own work (SiLU forward: 9-17 ns per element without, 1 ns with, on the project's Xeon). Only
+// results that are themselves subnormal change (to zero); every thread runs the loops alike, so the
+// bits still do not depend on the thread count.
+class DenormalsAreZero {
+ public:
+#if defined(__x86_64__) || defined(__i386__)
+  DenormalsAreZero() : saved_(_mm_getcsr()) {
+    _mm_setcsr(saved_ | 0x8040u);
+  }
+  ~DenormalsAreZero() {
+    _mm_setcsr(saved_);
+  }
+
+ private:
+  unsigned int saved_;
+#endif
+ public:
+  DenormalsAreZero(const DenormalsAreZero&) = delete;
+  DenormalsAreZero& operator=(const DenormalsAreZero&) = delete;
+};
+
+}  // namespace cufm::cpu
