@@ -15,8 +15,8 @@
 #include "bench/gpu_ceiling.hpp"
 #include "cufm/error.hpp"
 #include "cufm/kernels.hpp"
-#include "kernels/cuda_check.hpp"
 #include "host/cuda/device_buffer.hpp"
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::bench {
 namespace {
@@ -204,6 +204,7 @@ void run_gemms(Report& rep, int repeats) {
 }  // namespace cufm::bench
 
 int main(int argc, char** argv) {
+  cufm::bound_cpu_thread_spinning(argc, argv);  // see cufm/device.hpp
   using namespace cufm::bench;
   try {
     const Options opt = parse_options(argc, argv, kUsage);

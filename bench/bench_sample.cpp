@@ -207,6 +207,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
 }  // namespace cufm::bench
 
 int main(int argc, char** argv) {
+  cufm::bound_cpu_thread_spinning(argc, argv);  // see cufm/device.hpp
   using namespace cufm::bench;
   try {
     const Options opt = parse_options(argc, argv, kUsage);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every CPU benchmark on this machine and writes bench/results/<date>-<machine>.md (+ .json):
 # cuFM's CPU backend (cufm_bench_train, cufm_bench_sample) and the PyTorch baseline (eager, and
-# torch.compile for R1), all with threads = nproc, then bench/compare.py merges them.
+# torch.compile for R1), all with threads = nproc, then bench/compare.py merges them; then
+# bench/contention.sh's rows (R1 and R2 with one core kept busy by another process).
 #
 #   bench/run-cpu.sh [BUILD_DIR] [--smoke]
 #
@@ -59,3 +60,10 @@ python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smo
   --json "$work/torch.json" --out "$work/torch.md"
 python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" \
   --torch "$work/torch.json" --out-dir "$out_dir"
+# The contention rows: R1 and R2 with one core kept busy by another process.
+if [[ ${#smoke[@]} -eq 0 ]]; then
+  machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
+    tr 'A-Z' 'a-z' | sed -E 's/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
+  BENCH_TRAIN="$build/bench/cufm_bench_train" bash "$root/bench/contention.sh" \
+    "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-contention.md"
+fi

@@ -233,6 +233,9 @@ run_fails "an output names the --context file" sample "$CCKPT" --context ctx.npy
 run_fails "context file 'ctx1.npy' must have shape (500, K)" train --data s.npy --context ctx1.npy --out fresh2 --quiet
 [ -e clp2.npy ] || [ -e cs3.npy ] || [ -e fresh2/checkpoint.safetensors ] && fail "a refused context command wrote its output"
 run_ok info
+[[ "$OUT_TEXT" == *"CPU threads wait: GOMP_SPINCOUNT=1000"* ]] || fail "info: the bounded spin count is not set: $OUT_TEXT"
+OUT_TEXT=$(GOMP_SPINCOUNT=7000 "$CUFM" info 2>&1)
+[[ "$OUT_TEXT" == *"CPU threads wait: GOMP_SPINCOUNT=7000"* ]] || fail "info: the user's GOMP_SPINCOUNT was not kept: $OUT_TEXT"
 run_ok --help
 run_ok --version
 ls -a run | grep -q 'cufm-tmp' && fail "a temporary was left in run/"

@@ -477,6 +477,7 @@ int run_info() {
                 d.usable ? "" : ": not usable, this build has no code for it");
   }
   std::printf("auto device: %s\n", to_string(resolve_device(Device::Auto)));
+  std::printf("CPU threads wait: %s\n", cpu_thread_wait_policy().c_str());
   return 0;
 }
 

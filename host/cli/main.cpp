@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "cufm/device.hpp"
 #include "cufm/error.hpp"
 #include "host/cli/args.hpp"
 #include "host/cli/commands.hpp"
@@ -22,6 +23,7 @@ void print_error(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cufm::bound_cpu_thread_spinning(argc, argv);  // may execute the program again, before any work
   bool verbose = false;
   for (int i = 1; i < argc; ++i) verbose = verbose || std::string(argv[i]) == "--verbose";
   try {

@@ -45,4 +45,19 @@ Precision parse_precision(const std::string& s);
 std::string version();
 std::string build_summary();
 
+// The CPU backend's threads (its own loops' and OpenBLAS's, both GNU OpenMP) wait for work by
+// spinning before they sleep: 300,000 spins by default, long enough that on a machine busy with
+// other work the spinning waiters take the cores from the threads that have work (a small model's
+// training measured 10x slower with one of two cores busy). GNU OpenMP reads its wait policy from
+// the environment once, when it loads, so a program calls this first thing in main(): when neither
+// OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set it sets GOMP_SPINCOUNT=1000 and executes the program
+// again (the same process, /proc/self/exe, the same arguments). It returns when there was nothing
+// to do, or when the re-execution failed (the program then runs with the default policy). The cufm
+// CLI, the benchmarks and the Python package (on import) do this themselves. Linux only; elsewhere
+// it returns at once.
+void bound_cpu_thread_spinning(int argc, char** argv);
+// How the CPU backend's threads wait, as this process's environment set it: "GOMP_SPINCOUNT=1000",
+// "OMP_WAIT_POLICY=passive", or "GNU OpenMP's default (spin 300,000 times, then sleep)".
+std::string cpu_thread_wait_policy();
+
 }  // namespace cufm

@@ -13,9 +13,20 @@ copy; other dtypes and strides are converted once, and what cannot be converted 
 TypeError. Results come back as numpy arrays that own their memory (``torch.from_numpy`` wraps them
 without a copy); ``cufm.torch`` returns tensors, CUDA ones in place. Errors are ``cufm.Error`` (a
 ``ValueError``) with the C++ message. ``import cufm`` does not import torch.
+
+The CPU backend's threads (GNU OpenMP's, its own loops' and OpenBLAS's) read their wait policy once,
+when the runtime loads. Unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set already, ``import cufm`` sets
+GOMP_SPINCOUNT=1000 in the process's environment before it loads the extension (and with it the
+runtime), so that waiting threads sleep soon instead of spinning on cores that other work needs
+(``cpu_thread_wait_policy()`` says what is set; it cannot act if the runtime was loaded before).
 """
 
-from ._cufm import (  # noqa: F401
+import os as _os
+
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
+
+from ._cufm import (  # noqa: F401,E402
     Dataset,
     Error,
     MlpConfig,
@@ -25,6 +36,7 @@ from ._cufm import (  # noqa: F401
     TrainConfig,
     VelocityField,
     build_summary,
+    cpu_thread_wait_policy,
     cuda_built,
     energy_distance,
     flow_mse,

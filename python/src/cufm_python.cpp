@@ -305,6 +305,8 @@ NB_MODULE(_cufm, m) {
   m.def("version", &cufm::version, "cuFM's version.");
   m.def("build_summary", &cufm::build_summary, "The build's backends and options.");
   m.def("cuda_built", &cufm::cuda_built, "True when this build has the CUDA backend.");
+  m.def("cpu_thread_wait_policy", &cufm::cpu_thread_wait_policy,
+        "How the CPU backend's threads wait, as the environment set it (e.g. 'GOMP_SPINCOUNT=1000').");
 
   nb::class_<cufm::MlpConfig>(m, "MlpConfig",
                               "The velocity model: an MLP over [x_t, time features, context, one-hot].")

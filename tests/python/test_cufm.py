@@ -210,3 +210,16 @@ def test_a_kept_sampler_gives_the_module_functions_bits():
     sampler.release()
     with pytest.raises(cufm.Error, match="unknown solver"):
         sampler.sample(model, solver="rk7")
+
+
+def test_import_bounds_the_cpu_threads_spinning():
+    """import cufm sets GOMP_SPINCOUNT before the extension loads GNU OpenMP, unless the user chose."""
+    import subprocess
+    import sys
+    code = "import cufm; print(cufm.cpu_thread_wait_policy())"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "GOMP_SPINCOUNT=1000"
+    env["OMP_WAIT_POLICY"] = "passive"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "OMP_WAIT_POLICY=passive"
