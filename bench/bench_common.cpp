@@ -1,6 +1,5 @@
 #include "bench/bench_common.hpp"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -247,7 +246,8 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
   c.n = n;
   c.k = k;
   std::ostringstream what;
-  what << "OpenBLAS sgemm " << m << "x" << n << "x" << k << " (" << resolved_threads(threads) << " threads)";
+  what << cpu::gemm_provider_for(m, n, k) << " sgemm " << m << "x" << n << "x" << k << " ("
+       << resolved_threads(threads) << " threads; the GEMM cuFM runs)";
   c.what = what.str();
   cpu::set_threads(threads);
   std::mt19937 rng(1);
@@ -256,10 +256,7 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
       out(static_cast<size_t>(m) * n);
   for (float& v : a) v = u(rng);
   for (float& v : b) v = u(rng);
-  auto gemm = [&] {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f,
-                out.data(), n);
-  };
+  auto gemm = [&] { cpu::sgemm(false, true, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, out.data(), n); };
   for (int i = 0; i < 3; ++i) gemm();  // warm-up: thread pool, page faults, caches
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {

@@ -80,7 +80,7 @@ double now_s();
 // ---- ceilings --------------------------------------------------------------------------------
 struct Ceiling {
   std::string backend;  // "cpu", "cuda-fp32", ...
-  std::string what;     // "OpenBLAS sgemm 4096x512x512"
+  std::string what;     // "oneDNN sgemm 4096x512x512 (...)"
   int m = 0, n = 0, k = 0;
   Stats time;
   double tflops = 0.0;  // at the median time
@@ -88,7 +88,7 @@ struct Ceiling {
   std::string reason;
 };
 
-// OpenBLAS sgemm C[m,n] = A[m,k] * B[n,k]^T (a layer's forward), with `threads` threads.
+// sgemm C[m,n] = A[m,k] * B[n,k]^T (a layer's forward) through the provider cuFM runs, with `threads` threads.
 Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats);
 // cuBLAS GEMM in the given precision, timed with CUDA events; ok = false without a GPU.
 Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int repeats);

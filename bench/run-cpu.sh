@@ -23,7 +23,7 @@ threads="${THREADS:-$(nproc)}"
 if [[ ! -f "$build/CMakeCache.txt" ]]; then
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCUFM_BUILD_BENCH=ON
 fi
-cmake --build "$build" --target cufm_bench_train cufm_bench_sample -j"$threads"
+cmake --build "$build" --target cufm_bench_train cufm_bench_sample cufm_bench_gemm -j"$threads"
 
 work="$(mktemp -d)"
 out_dir="$root/bench/results"
@@ -60,10 +60,12 @@ python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smo
   --json "$work/torch.json" --out "$work/torch.md"
 python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" \
   --torch "$work/torch.json" --out-dir "$out_dir"
-# The contention rows: R1 and R2 with one core kept busy by another process.
+# The GEMM providers' table and the contention rows (R1 and R2 with one core kept busy).
 if [[ ${#smoke[@]} -eq 0 ]]; then
   machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
     tr 'A-Z' 'a-z' | sed -E 's/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
+  "$build/bench/cufm_bench_gemm" --threads "$threads" --repeats 20 \
+    --out "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-gemm-providers.md"
   BENCH_TRAIN="$build/bench/cufm_bench_train" bash "$root/bench/contention.sh" \
     "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-contention.md"
 fi

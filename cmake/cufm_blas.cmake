@@ -29,5 +29,27 @@ find_path(CUFM_CBLAS_INCLUDE_DIR cblas.h PATHS ${_cufm_inc_paths} PATH_SUFFIXES 
 if(NOT cufm_FIND_QUIETLY)
   message(STATUS "cuFM BLAS: ${CUFM_OPENBLAS_LIBRARY} (cblas.h in ${CUFM_CBLAS_INCLUDE_DIR})")
 endif()
+# oneDNN (Debian's libdnnl-dev), when present: its sgemm beats OpenBLAS's on the shapes of the
+# training step on AVX-512 CPUs (bench/results/*-gemm-providers.md), and cuFM calls it there
+# (host/cpu/cpu_blas.cpp). CUFM_WITH_ONEDNN: AUTO (use it when found), ON (require it), OFF. An
+# installed cuFM built with it requires it again (cufmConfig.cmake sets CUFM_WITH_ONEDNN ON).
+set(CUFM_WITH_ONEDNN AUTO CACHE STRING "Use oneDNN's sgemm where it is faster: AUTO, ON or OFF")
+set(CUFM_ONEDNN_FOUND FALSE)
+if(NOT CUFM_WITH_ONEDNN STREQUAL "OFF")
+  find_library(CUFM_DNNL_LIBRARY NAMES dnnl)
+  find_path(CUFM_DNNL_INCLUDE_DIR dnnl.h)
+  if(CUFM_DNNL_LIBRARY AND CUFM_DNNL_INCLUDE_DIR)
+    set(CUFM_ONEDNN_FOUND TRUE)
+  elseif(CUFM_WITH_ONEDNN STREQUAL "ON")
+    message(FATAL_ERROR "cuFM: CUFM_WITH_ONEDNN is ON but oneDNN was not found (apt-get install libdnnl-dev)")
+  endif()
+endif()
+if(NOT cufm_FIND_QUIETLY)
+  message(STATUS "cuFM oneDNN: ${CUFM_ONEDNN_FOUND} ${CUFM_DNNL_LIBRARY}")
+endif()
 add_library(cufm::blas INTERFACE IMPORTED GLOBAL)
-set_target_properties(cufm::blas PROPERTIES INTERFACE_LINK_LIBRARIES "${CUFM_OPENBLAS_LIBRARY}")
+set(_cufm_blas_libs "${CUFM_OPENBLAS_LIBRARY}")
+if(CUFM_ONEDNN_FOUND)
+  list(APPEND _cufm_blas_libs "${CUFM_DNNL_LIBRARY}")
+endif()
+set_target_properties(cufm::blas PROPERTIES INTERFACE_LINK_LIBRARIES "${_cufm_blas_libs}")

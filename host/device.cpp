@@ -140,7 +140,8 @@ std::string build_summary() {
 #else
   os << "CUDA backend: not built\n";
 #endif
-  os << "CPU backend: float32, OpenBLAS sgemm (" << cpu::blas_kernels() << "), OpenMP";
+  os << "CPU backend: float32, " << cpu::gemm_providers() << "; OpenBLAS kernels: " << cpu::blas_kernels()
+     << "; OpenMP";
   return os.str();
 }
 

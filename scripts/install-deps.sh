@@ -9,7 +9,7 @@ set -euo pipefail
 want_python=0
 [[ "${1:-}" == "--test" ]] && want_python=1
 
-pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev libgtest-dev libgmock-dev
+pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev libdnnl-dev libgtest-dev libgmock-dev
       libcli11-dev nlohmann-json3-dev libpng-dev python3)
 ((want_python)) && ! python3 -m pip --version >/dev/null 2>&1 && pkgs+=(python3-pip)
 ((want_python)) && pkgs+=(python3-venv python3-dev)

@@ -3,7 +3,6 @@
 //   dz_0 = W_0[:, :D] e,  dh_l = act'(z_l) * dz_l,  dz_{l+1} = W_{l+1} dh_l,  J e = dz_L,
 // and its contribution to the divergence is e . J e. The P tangents of a chunk's R points are the
 // rows of one [R * P, width] matrix, so each layer is one GEMM over P times the rows.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -92,8 +91,7 @@ void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorksp
       }
     }
   } else {  // [TR, D] x W_0[:, :D]^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(TR), w0, D, 1.0f, dirs, D, W0, in0,
-                0.0f, s.tan_a.data(), w0);
+    sgemm(false, true, TR, w0, D, 1.0f, dirs, D, W0, in0, 0.0f, s.tan_a.data(), w0);
   }
   float* cur = s.tan_a.data();
   int width = w0;
@@ -114,8 +112,7 @@ void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorksp
     const float* W = params + layout.weight_offset(l + 1);
     std::vector<float>& next = (cur == s.tan_a.data()) ? s.tan_b : s.tan_a;
     next.resize(static_cast<size_t>(TR) * out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(TR), out, width, 1.0f, cur, width,
-                W, width, 0.0f, next.data(), out);
+    sgemm(false, true, TR, out, width, 1.0f, cur, width, W, width, 0.0f, next.data(), out);
     cur = next.data();
     width = out;
     if (l + 1 == L - 1) break;  // cur: J e for every tangent, [TR, D]

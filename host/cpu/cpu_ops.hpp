@@ -152,6 +152,14 @@ void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* par
 void ensure_blas_kernels();
 std::string blas_kernels();
 
+// Row-major C [M, N] = alpha op(A) op(B) + beta C through the GEMM provider this machine and shape
+// get (host/cpu/cpu_gemm.cpp): oneDNN's sgemm where the build has it, or OpenBLAS's. The choice never
+// depends on the thread count or the run. gemm_providers() says which runs.
+void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+std::string gemm_providers();
+const char* gemm_provider_for(int64_t M, int64_t N, int64_t K);  // "oneDNN" or "OpenBLAS"
+
 // Threads for the CPU backend's own loops and for OpenBLAS (0: all cores; at most max_threads()).
 void set_threads(int threads);
 // 4x the cores: the most threads set_threads uses (the CLI says so when asked for more).
