@@ -63,7 +63,7 @@ python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_samp
 # The GEMM providers' table and the contention rows (R1 and R2 with one core kept busy).
 if [[ ${#smoke[@]} -eq 0 ]]; then
   machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
-    tr 'A-Z' 'a-z' | sed -E 's/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
+    tr 'A-Z' 'a-z' | sed -E 's/\((r|tm)\)//g; s/ (processor|cpu) .*$| (processor|cpu)$//; s/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
   "$build/bench/cufm_bench_gemm" --threads "$threads" --repeats 20 \
     --out "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-gemm-providers.md"
   BENCH_TRAIN="$build/bench/cufm_bench_train" bash "$root/bench/contention.sh" \

@@ -21,8 +21,10 @@ using cuda::DeviceBuffer;
 
 namespace {
 
-// The body of cuda_loss_and_grad; every queued copy reads host memory the caller still holds, so a
-// failure first waits for the stream (below).
+// The body of cuda_loss_and_grad. The queued copies read the caller's host arrays (held until the
+// call returns: a failure first waits for the stream, below) and this function's own vectors
+// (zeros, all_null): those are pageable memory, which cudaMemcpyAsync has copied by the time it
+// returns; pinned memory here would need a wait before they go out of scope.
 LossGrad loss_and_grad_on(const Model& model, const FlowBatch& batch, float sigma_min, Precision precision,
                           cudaStream_t s) {
   const MlpConfig& m = model.config();

@@ -192,6 +192,7 @@ class CudaSampler {
     // The host copies above read padded_, cfg.labels and context_host_: let them finish before any
     // can change.
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
+    context_host_ = std::vector<float>();  // uploaded: the per-sample copy is not kept
   }
 
   SampleResult run() {

@@ -38,27 +38,29 @@ struct FmBatch {
                                     // num_classes selects the null class, and any other value
                                     // outside the range gives an all-zero one-hot row and is
                                     // passed through to FmPrepareOutputs::label as it is
-  const float* context = nullptr;   // DEVICE [n_data, layout.context_dim] each data point's context;
-                                    // required by a layout with a context, ignored otherwise
   uint32_t n_data = 0;              // rows of data (>= 1)
   TimeSampling time_sampling = TimeSampling::Uniform;
   float logit_mean = 0.0f;  // logit-normal time sampling: t = sigmoid(mean + std * z)
   float logit_std = 1.0f;
-  float sigma_min = 0.0f;        // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
-  float label_dropout = 0.0f;    // per-row probability of the null class (conditional models)
-  float context_dropout = 0.0f;  // per-row probability of the null context (layouts with a context),
-                                 // drawn from block 0xFFFFFFFF of the row's counter
+  float sigma_min = 0.0f;      // the path: x_t = t x1 + (1 - (1 - sigma_min) t) eps
+  float label_dropout = 0.0f;  // per-row probability of the null class (conditional models)
   // The caller's draws instead of Philox's (both set, or neither): row i takes t = given_t[i],
   // eps = given_eps[i, :] and x1 = data row i (n_data must equal batch; labels, when used, are per
   // row: num_classes for the null class), and no label dropout; seed, step and the time sampling
   // are not used (step may be nullptr). What cufm::loss_and_grad runs on the GPU.
-  const float* given_t = nullptr;               // DEVICE [batch]
-  const float* given_eps = nullptr;             // DEVICE [batch, dim]
-  const uint8_t* given_context_null = nullptr;  // DEVICE [batch] or nullptr: nonzero where the row takes
-                                                // the null context (with given_t; no context dropout)
+  const float* given_t = nullptr;    // DEVICE [batch]
+  const float* given_eps = nullptr;  // DEVICE [batch, dim]
   // Philox's draws of t, eps and label dropout, but row i takes data row i (n_data must equal
   // batch): a batch of the caller's own, as cufm::prepare_flow and Trainer::step(batch) take it.
   bool rows_in_order = false;
+  // A model input with a context (FmInputLayout::context_dim; added last, so that code initialising
+  // the fields above in order still means what it did):
+  const float* context = nullptr;  // DEVICE [n_data, layout.context_dim] each data point's context;
+                                   // required by a layout with a context, ignored otherwise
+  float context_dropout = 0.0f;    // per-row probability of the null context (layouts with a context),
+                                   // drawn from block 0xFFFFFFFF of the row's counter
+  const uint8_t* given_context_null = nullptr;  // DEVICE [batch] or nullptr: nonzero where the row takes
+                                                // the null context (with given_t; no context dropout)
 };
 
 // The model input's layout: row i = [x_t (D) | time features | context (K) and its null indicator |

@@ -888,6 +888,8 @@ NB_MODULE(_cufm, m) {
         const int64_t B = static_cast<int64_t>(x1.shape(0));
         const int D = static_cast<int>(x1.shape(1));
         if (B > INT32_MAX) throw cufm::Error("fm_prepare: more than 2^31 - 1 rows");
+        if (!context && context_dropout != 0.0f)
+          throw cufm::Error("fm_prepare: context_dropout given without a context");
         int K = 0;
         if (context) {
           require_same_device(*context, true, dev, "fm_prepare: context");

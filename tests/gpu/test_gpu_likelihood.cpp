@@ -1,7 +1,8 @@
 // Log-likelihoods on the GPU against the CPU backend: the velocity and its divergence (exact and
-// Hutchinson on the same probes; every activation, time features, classes, contexts, guidance, several
-// chunks), then log_prob and sample(with_log_prob) end to end. Both run fp32 with their own GEMM
-// summation orders, so the comparisons have tolerances, stated at each.
+// Hutchinson on the same probes; every activation, time features, classes, contexts, guidance; one
+// chunk each: a chunk holds about 2^25 / (P x the widest layer) points), then log_prob and
+// sample(with_log_prob) end to end. Both run fp32 with their own GEMM summation orders, so the comparisons
+// have tolerances, stated at each.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -172,7 +173,8 @@ TEST(GpuLogProb, WithAContextMatchesTheCpu) {
   std::vector<float> v_gpu(a.x.size()), v_cpu(a.x.size());
   field.evaluate(0.4f, a.x.data(), nullptr, sc.context.data(), sc.count, v_gpu.data());
   field_cpu.evaluate(0.4f, a.x.data(), nullptr, sc.context.data(), sc.count, v_cpu.data());
-  EXPECT_TRUE(test::close_to_scale(v_gpu, v_cpu, 1e-5, 1e-4));
+  // The field runs cuBLASLt (its own summation orders), as test_gpu_sampling's field test does.
+  EXPECT_TRUE(test::close_to_scale(v_gpu, v_cpu, 1e-4, 1e-4));
 }
 
 }  // namespace

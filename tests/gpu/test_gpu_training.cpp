@@ -250,6 +250,41 @@ TEST(GpuLossAndGrad, MatchesCpu) {
   }
 }
 
+// loss_and_grad with a context on the GPU: per-row contexts with some rows null, and none at all
+// (every row null), against the CPU.
+TEST(GpuLossAndGrad, WithAContextMatchesCpu) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig m;
+  m.data_dim = 4;
+  m.hidden = {64, 40};
+  m.context_dim = 6;
+  const Model model(m, 35);
+  const int n = test::pick(600, 60);
+  const std::vector<float> x1 = test::random_floats(static_cast<size_t>(n) * 4, -2.0f, 2.0f, 36),
+                           eps = test::random_floats(x1.size(), -2.0f, 2.0f, 37),
+                           t = test::random_floats(static_cast<size_t>(n), 0.0f, 1.0f, 38),
+                           context = test::random_floats(static_cast<size_t>(n) * 6, -1.0f, 1.0f, 39);
+  std::vector<uint8_t> null(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) null[i] = i % 4 == 0;
+  for (int mode = 0; mode < 3; ++mode) {  // per-row null flags, none null, no context at all
+    FlowBatch b;
+    b.size = n;
+    b.x1 = x1.data();
+    b.t = t.data();
+    b.eps = eps.data();
+    b.context = mode < 2 ? context.data() : nullptr;
+    b.context_null = mode == 0 ? null.data() : nullptr;
+    RunOptions run;
+    run.device = Device::CPU;
+    const LossGrad cpu = loss_and_grad(model, b, PathConfig{}, run);
+    run.device = Device::CUDA;
+    const LossGrad gpu = loss_and_grad(model, b, PathConfig{}, run);
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * cpu.loss);
+    EXPECT_TRUE(test::close_to_scale(gpu.grad, cpu.grad, 1e-5, 1e-4));
+  }
+}
+
 // Trainer::step(batch) on a GPU trainer without a dataset against the CPU's, step by step; a GPU
 // trainer with a dataset mixes both kinds of step.
 TEST(GpuTrainBatch, MatchesCpu) {
