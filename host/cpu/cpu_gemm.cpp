@@ -1,8 +1,8 @@
 // The CPU backend's GEMM: OpenBLAS, or oneDNN's sgemm where the build has it and it is the faster
-// one. Measured on the project's Intel Xeon (AVX-512, 2 threads; cufm_bench_gemm,
-// bench/results/2026-11-30-intel-xeon-2cpu-gemm-providers.md): oneDNN level with OpenBLAS on R1's
-// 512-wide layers, 1.1-1.3x on R5's 256-wide ones, 1.9-2.1x on the narrow models' (width 64) and
-// 1.3-1.5x on the first and last layers' weight gradients, while OpenBLAS wins on products below
+// one. Measured on the project's Intel Xeon (AVX-512, 2 threads; cufm_bench_gemm, two runs, the
+// later in bench/results/2026-11-30-intel-xeon-2cpu-gemm-providers.md): oneDNN 0.9-1.4x OpenBLAS on
+// R1's 512-wide layers, 1.1-1.35x on R5's 256-wide ones, 2.0-2.2x on the narrow models' (width 64)
+// and 1.3-2.7x on the first and last layers' weight gradients, while OpenBLAS wins on products below
 // about 2^20 multiply-adds. So oneDNN runs products of at least 2^20 multiply-adds on CPUs with
 // AVX-512; everything else, and every CPU without AVX-512 (where oneDNN has not been measured
 // against OpenBLAS), runs OpenBLAS. CUFM_GEMM=openblas or onednn overrides the choice. The choice is
