@@ -20,20 +20,29 @@ namespace {
 constexpr int kRowBlock = 256;  // rows per block of the deterministic bias-gradient sum
 
 // The activation is a template parameter so that each loop body is branch-free and vectorises.
+// pre[r, :] += bias (the GEMM wrote x W^T alone), then act = act(pre): one pass for both.
 template <Activation A>
-CUFM_SIMD_CLONES void act_rows(const float* pre, int64_t r0, int64_t r1, int width, float* act) {
-  for (int64_t i = r0 * width; i < r1 * width; ++i) act[i] = hd::activate(A, pre[i]);
+CUFM_SIMD_CLONES void act_rows(float* pre, const float* bias, int64_t r0, int64_t r1, int width, float* act) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* z = pre + r * width;
+    float* a = act + r * width;
+    for (int j = 0; j < width; ++j) {
+      const float v = z[j] + bias[j];
+      z[j] = v;
+      a[j] = hd::activate(A, v);
+    }
+  }
 }
 
-void act_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int width, float* act) {
+void act_rows(Activation a, float* pre, const float* bias, int64_t r0, int64_t r1, int width, float* act) {
   const DenormalsAreZero daz;
   switch (a) {
     case Activation::ReLU:
-      return act_rows<Activation::ReLU>(pre, r0, r1, width, act);
+      return act_rows<Activation::ReLU>(pre, bias, r0, r1, width, act);
     case Activation::GELU:
-      return act_rows<Activation::GELU>(pre, r0, r1, width, act);
+      return act_rows<Activation::GELU>(pre, bias, r0, r1, width, act);
     default:
-      return act_rows<Activation::SiLU>(pre, r0, r1, width, act);
+      return act_rows<Activation::SiLU>(pre, bias, r0, r1, width, act);
   }
 }
 
@@ -201,16 +210,20 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
     const float* w = params + layout.weight_offset(l);
     const float* b = params + layout.bias_offset(l);
     const bool last = l == L - 1;
-    float* z = last ? ws.out.data() : ws.pre[l].data();
-    linear(x, w, b, batch, in, out, z);
-    if (!last) {
-#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
-        act_rows(model.activation, z, r0, r1, out, ws.act[l].data());
-      }
-      x = ws.act[l].data();
+    if (last) {
+      linear(x, w, b, batch, in, out, ws.out.data());
+      break;
     }
+    // A hidden layer: the GEMM alone, then the bias added in the activation's pass (no pass of
+    // its own to broadcast it first).
+    float* z = ws.pre[l].data();
+    sgemm(false, true, batch, out, in, 1.0f, x, in, w, in, 0.0f, z, out);
+#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
+      act_rows(model.activation, z, b, r0, r1, out, ws.act[l].data());
+    }
+    x = ws.act[l].data();
   }
 }
 
