@@ -234,6 +234,9 @@ run_fails "context file 'ctx1.npy' must have shape (500, K)" train --data s.npy 
 [ -e clp2.npy ] || [ -e cs3.npy ] || [ -e fresh2/checkpoint.safetensors ] && fail "a refused context command wrote its output"
 run_ok info
 [[ "$OUT_TEXT" == *"CPU threads wait: GOMP_SPINCOUNT=1000"* ]] || fail "info: the bounded spin count is not set: $OUT_TEXT"
+OUT_TEXT=$(CUFM_GEMM=openblas "$CUFM" info 2>&1)
+[[ "$OUT_TEXT" == *"OpenBLAS sgemm"* ]] || fail "info: CUFM_GEMM=openblas not honoured: $OUT_TEXT"
+CUFM_GEMM=mkl run_fails "CUFM_GEMM='mkl': expected openblas, onednn or auto" info
 OUT_TEXT=$(GOMP_SPINCOUNT=7000 "$CUFM" info 2>&1)
 [[ "$OUT_TEXT" == *"CPU threads wait: GOMP_SPINCOUNT=7000"* ]] || fail "info: the user's GOMP_SPINCOUNT was not kept: $OUT_TEXT"
 run_ok --help

@@ -29,16 +29,23 @@ namespace {
 enum class Provider { OpenBlas, OneDnnLarge, OneDnnAll };
 constexpr double kOneDnnMin = 1 << 20;  // multiply-adds: smaller products run OpenBLAS
 
+// The provider for this process, from CUFM_GEMM (openblas, onednn, auto or unset) and the CPU;
+// a value it cannot honour is an error, at the first GEMM or `cufm info`.
 Provider provider() {
   static const Provider p = [] {
-#if defined(CUFM_WITH_ONEDNN)
     const char* env = std::getenv("CUFM_GEMM");
     const std::string v = env ? env : "";
+    CUFM_REQUIRE(v.empty() || v == "auto" || v == "openblas" || v == "onednn",
+                 "CUFM_GEMM='" << v << "': expected openblas, onednn or auto");
     if (v == "openblas") return Provider::OpenBlas;
+#if defined(CUFM_WITH_ONEDNN)
     if (v == "onednn") return Provider::OneDnnAll;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") ? Provider::OneDnnLarge : Provider::OpenBlas;
 #else
+    CUFM_REQUIRE(v != "onednn",
+                 "CUFM_GEMM=onednn, but this build of cuFM has no oneDNN (its configure "
+                 "step did not find libdnnl-dev)");
     return Provider::OpenBlas;
 #endif
   }();
@@ -85,7 +92,7 @@ std::string gemm_providers() {
       return "oneDNN sgemm for products of 2^20 multiply-adds and more, OpenBLAS below";
     default:
 #if defined(CUFM_WITH_ONEDNN)
-      return std::getenv("CUFM_GEMM")
+      return std::getenv("CUFM_GEMM") && std::string(std::getenv("CUFM_GEMM")) == "openblas"
                  ? "OpenBLAS sgemm (CUFM_GEMM=openblas)"
                  : "OpenBLAS sgemm (oneDNN is built in, and used only on CPUs with AVX-512)";
 #else
