@@ -18,13 +18,11 @@ import datetime
 import json
 import os
 import statistics
-import sys
-import time
 
 import numpy as np
 
 import cufm
-from bench_machine import cpu_model
+from bench_machine import alternate, cpu_model
 
 
 def mixture(n, seed):
@@ -80,15 +78,7 @@ def main():
     rows = [("exact, midpoint 20", lambda: cu("midpoint", "exact"), lambda: fm("midpoint", True)),
             ("exact, dopri5 1e-5", lambda: cu("dopri5", "exact"), lambda: fm("dopri5", True)),
             ("hutchinson (1 probe), midpoint 20", lambda: cu("midpoint", "hutchinson"), lambda: fm("midpoint", False))]
-    times = {(name, who): [] for name, _, _ in rows for who in ("cufm", "flow_matching")}
-    values = {}
-    for r in range(args.rounds):
-        for name, run_cu, run_fm in rows:
-            for who, fn in (("cufm", run_cu), ("flow_matching", run_fm)):
-                t0 = time.perf_counter()
-                values[(name, who)] = fn()
-                times[(name, who)].append(time.perf_counter() - t0)
-                print(f"round {r + 1}: {name}, {who}: {times[(name, who)][-1]:.2f} s", file=sys.stderr)
+    times, values = alternate(rows, args.rounds)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Log-likelihoods: cuFM against flow_matching ({args.threads} threads, CPU)", "",
              f"- Machine: {cpu_model()}; {args.threads} threads; {date}",

@@ -28,7 +28,7 @@ import numpy as np
 
 import cufm
 import r5_peers as peers
-from bench_machine import cpu_model
+from bench_machine import alternate, cpu_model
 
 
 def main():
@@ -104,15 +104,7 @@ def main():
                ("exact, dopri5 1e-5", lambda: cu("dopri5", "exact"), lambda: fm("dopri5", True)),
                ("hutchinson (1 probe), midpoint 20", lambda: cu("midpoint", "hutchinson"),
                 lambda: fm("midpoint", False))]
-    lp_s = {(name, who): [] for name, _, _ in lp_rows for who in ("cufm", "flow_matching")}
-    values = {}
-    for r in range(args.rounds):
-        for name, run_cu, run_fm in lp_rows:
-            for who, fn in (("cufm", run_cu), ("flow_matching", run_fm)):
-                t0 = time.perf_counter()
-                values[(name, who)] = fn()
-                lp_s[(name, who)].append(time.perf_counter() - t0)
-                print(f"round {r + 1}: {name}, {who}: {lp_s[(name, who)][-1]:.2f} s", file=sys.stderr)
+    lp_s, values = alternate(lp_rows, args.rounds)
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     def version(mod):

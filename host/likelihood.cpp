@@ -114,10 +114,7 @@ void check_context_arg(const MlpConfig& m, const std::vector<float>& context, in
   CUFM_REQUIRE(static_cast<int64_t>(context.size()) == K || static_cast<int64_t>(context.size()) == n * K,
                who << ": the context must hold " << K << " floats (one row for all) or " << n << " x " << K
                    << " (one row per " << per << "), got " << context.size());
-  for (size_t j = 0; j < context.size(); ++j) {
-    CUFM_REQUIRE(std::isfinite(context[j]),
-                 who << ": the context at row " << j / K << ", column " << j % K << " is not finite");
-  }
+  cpu::check_field_context(m, context.data(), static_cast<int64_t>(context.size()) / K, who);
 }
 
 void check_guidance_arg(const MlpConfig& m, const std::optional<float>& guidance, bool has_labels,

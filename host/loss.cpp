@@ -24,14 +24,8 @@ void check_batch(const MlpConfig& m, const FlowBatch& b, const PathConfig& path)
                "loss_and_grad: batch size must be in [1, 2^31 - 1], got " << b.size);
   CUFM_REQUIRE(b.x1 && b.t && b.eps, "loss_and_grad: x1, t and eps must not be null");
   CUFM_REQUIRE(!b.labels || m.num_classes > 0, "loss_and_grad: labels given, but the model is unconditional");
-  CUFM_REQUIRE(!b.context || m.context_dim > 0,
-               "loss_and_grad: a context given, but the model has none (context_dim = 0)");
   CUFM_REQUIRE(!b.context_null || b.context, "loss_and_grad: context_null given without a context");
-  for (int64_t j = 0; b.context && j < b.size * m.context_dim; ++j) {
-    CUFM_REQUIRE(std::isfinite(b.context[j]), "loss_and_grad: the context at row "
-                                                  << j / m.context_dim << ", column " << j % m.context_dim
-                                                  << " is not finite");
-  }
+  cpu::check_field_context(m, b.context, b.size, "loss_and_grad");
   CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
                "loss_and_grad: sigma_min must be in [0, 1), got " << path.sigma_min);
   for (int64_t i = 0; i < b.size; ++i) {

@@ -110,7 +110,8 @@ void Model::forward(const float* x, const float* t, const int32_t* labels, const
   CUFM_REQUIRE(n >= 0, "forward: batch size must be >= 0, got " << n);
   if (n == 0) return;
   CUFM_REQUIRE(x && t && v, "forward: x, t and v must not be null");
-  CUFM_REQUIRE(!context || config_.context_dim > 0, "forward: context given to a model without a context");
+  cpu::check_field_labels(config_, labels, n);
+  cpu::check_field_context(config_, context, n, "forward");
   cpu::FieldScratch scratch;
   cpu::evaluate_model(config_, params_.data(), x, t, 0.0f, labels, context, n, nullptr, v, scratch);
 }

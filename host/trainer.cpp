@@ -207,16 +207,7 @@ float Trainer::step(const DataBatch& batch) {
                "step(batch): labels given, but the model is unconditional");
   CUFM_REQUIRE(m.context_dim == 0 || batch.context,
                "step(batch): the model takes a context of " << m.context_dim << " dims: context is required");
-  CUFM_REQUIRE(m.context_dim > 0 || !batch.context,
-               "step(batch): a context given, but the model has none (context_dim = 0)");
-  if (batch.context) {
-    const int64_t size = batch.size * m.context_dim;
-    for (int64_t j = 0; j < size; ++j) {
-      CUFM_REQUIRE(std::isfinite(batch.context[j]), "step(batch): the context at row "
-                                                        << j / m.context_dim << ", column "
-                                                        << j % m.context_dim << " is not finite");
-    }
-  }
+  cpu::check_field_context(m, batch.context, batch.size, "step(batch)");
   for (int64_t i = 0; i < batch.size; ++i) {
     for (int d = 0; d < D; ++d) {
       CUFM_REQUIRE(std::isfinite(batch.x1[i * D + d]),

@@ -68,15 +68,10 @@ void VelocityField::evaluate(float t, const float* x, const int32_t* labels, con
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
   check_call(impl_->config, impl_->options, t, x, labels, context, n, v);
   if (n == 0) return;
+  // Checked here, once, on both devices (the device cannot say which value was bad).
+  cpu::check_field_labels(impl_->config, labels, n);
+  cpu::check_field_context(impl_->config, context, n, "VelocityField");
   if (impl_->cuda) {
-    if (labels) {  // the device cannot say which label was bad: check here
-      for (int64_t i = 0; i < n; ++i) {
-        CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= impl_->config.num_classes,
-                     "label " << labels[i] << " at row " << i << " is outside [0, "
-                              << impl_->config.num_classes << "] (the last is the null class)");
-      }
-    }
-    cpu::check_field_context(impl_->config, context, n);
     detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, context, n, v, nullptr, /*host_pointers=*/true);
     return;
   }

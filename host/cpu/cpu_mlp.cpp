@@ -143,14 +143,13 @@ void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n
   }
 }
 
-void check_field_context(const MlpConfig& model, const float* context, int64_t n) {
+void check_field_context(const MlpConfig& model, const float* context, int64_t n, const char* who) {
   if (!context) return;
-  CUFM_REQUIRE(model.context_dim > 0, "a context was given to a model without a context (context_dim = 0)");
-  const int64_t size = n * model.context_dim;
-  for (int64_t j = 0; j < size; ++j) {
-    CUFM_REQUIRE(std::isfinite(context[j]), "context value " << context[j] << " at row "
-                                                             << j / model.context_dim << ", column "
-                                                             << j % model.context_dim << " is not finite");
+  CUFM_REQUIRE(model.context_dim > 0, who << ": a context given, but the model has none (context_dim = 0)");
+  const int64_t K = model.context_dim;
+  for (int64_t j = 0; j < n * K; ++j) {
+    CUFM_REQUIRE(std::isfinite(context[j]),
+                 who << ": the context at row " << j / K << ", column " << j % K << " is not finite");
   }
 }
 
@@ -174,8 +173,6 @@ void write_field_inputs(const MlpConfig& model, const float* x, const float* t_r
 void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
                     const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
                     FieldScratch& scratch) {
-  check_field_labels(model, labels, n);
-  check_field_context(model, context, n);
   const int D = model.data_dim, in = model.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;

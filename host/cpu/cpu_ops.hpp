@@ -46,8 +46,10 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
 
 // A field evaluation's labels, checked: each in [0, num_classes] (the last is the null class).
 void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n);
-// A field evaluation's context [n, context_dim], checked: finite, and only for a model with one.
-void check_field_context(const MlpConfig& model, const float* context, int64_t n);
+// A context [n, context_dim], checked: finite, and only for a model with one; `who` begins the
+// message. The API's entry points check labels and contexts once (evaluate_model and
+// evaluate_divergence, which a solver calls at every step, take them as checked).
+void check_field_context(const MlpConfig& model, const float* context, int64_t n, const char* who);
 // The model input of points [first, first + rows) of x at per-row times t_rows (nullptr: t for all)
 // with their labels (nullptr: the null class) and context rows (nullptr: the null context); guided:
 // then the same rows with the null class and the null context.
