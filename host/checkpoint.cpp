@@ -255,6 +255,10 @@ std::string to_json(const TrainConfig& c) {
                 {"min_lr", finite(c.optim.min_lr, "optim.min_lr")}};
   j["label_dropout"] = finite(c.label_dropout, "label_dropout");
   if (c.context_dropout != 0.0f) j["context_dropout"] = finite(c.context_dropout, "context_dropout");
+  if (c.coupling != Coupling::Independent) {  // only when set: earlier readers keep reading the rest
+    j["coupling"] = to_string(c.coupling);
+    j["ot_reg"] = finite(c.ot_reg, "ot_reg");
+  }
   return j.dump();  // the recipe only: where a run goes (RunOptions) is not the checkpoint's
 }
 
@@ -312,6 +316,10 @@ TrainConfig train_config_from_json(const std::string& s) {
   optim.finish();
   c.label_dropout = f.get_float("label_dropout");
   if (f.has("context_dropout")) c.context_dropout = f.get_float("context_dropout");  // absent: 0
+  if (f.has("coupling")) {                                                           // absent: independent
+    c.coupling = parse_coupling(f.get_string("coupling"));
+    c.ot_reg = f.get_float("ot_reg");
+  }
   // Checkpoints before RunOptions also recorded where they ran: still checked, no longer kept.
   if (f.has("device")) (void)parse_device(f.get_string("device"));
   if (f.has("precision")) (void)parse_precision(f.get_string("precision"));

@@ -6,6 +6,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
+#include "host/cpu/cpu_coupling.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/memory.hpp"
 
@@ -59,6 +60,13 @@ void TrainConfig::validate() const {
                "label_dropout must be in [0, 1], got " << label_dropout);
   CUFM_REQUIRE(context_dropout >= 0.0f && context_dropout <= 1.0f,
                "context_dropout must be in [0, 1], got " << context_dropout);
+  CouplingConfig c;
+  c.kind = coupling;
+  c.reg = ot_reg;
+  c.validate();
+  CUFM_REQUIRE(coupling == Coupling::Independent || batch_size <= kMaxCouplingGroup,
+               "coupling " << to_string(coupling) << " pairs a batch's rows by solving over the whole batch: "
+                           << "batch_size must be at most " << kMaxCouplingGroup << ", got " << batch_size);
 }
 
 namespace detail {
@@ -121,7 +129,22 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
                                            cpu::MlpWorkspace::floats_for(m, c.batch_size)),
                                    sizeof(float)));
   }
+  if (c.coupling != Coupling::Independent) {  // a group's costs (the CPU's solvers, and step(batch)'s)
+    const uint64_t b = static_cast<uint64_t>(c.batch_size);
+    bytes = add_sat(bytes, mul_sat(mul_sat(b, b), sizeof(float)));
+  }
   return bytes;
+}
+
+// Coupling pairs each data row with noise from the batch's other rows: with a context, the noise a
+// context's points get would depend on the other points' contexts, and its distribution given the
+// context would no longer be N(0, I).
+void check_coupling(const MlpConfig& model, const TrainConfig& config) {
+  CUFM_REQUIRE(config.coupling == Coupling::Independent || model.context_dim == 0,
+               "coupling " << to_string(config.coupling) << " is not available for a model with a context ("
+                           << model.context_dim
+                           << " dims): the noise paired with a point would depend on the other points' "
+                              "contexts; train it with coupling independent");
 }
 
 std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfig& model,
@@ -146,6 +169,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
     : model_config_(model_config), config_(config), run_(run) {
   model_config_.validate();
   config_.validate();
+  check_coupling(model_config_, config_);
   check_data(model_config_, data);
   for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
     for (size_t i = 0; i < buf->size(); ++i) {
@@ -171,6 +195,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const T
     : model_config_(model_config), config_(config), run_(run), has_data_(false) {
   model_config_.validate();
   config_.validate();
+  check_coupling(model_config_, config_);
   for (const std::vector<float>* buf : {&state.params, &state.adam_m, &state.adam_v, &state.ema}) {
     for (size_t i = 0; i < buf->size(); ++i) {
       CUFM_REQUIRE(std::isfinite((*buf)[i]),
@@ -219,6 +244,11 @@ float Trainer::step(const DataBatch& batch) {
   }
   cpu::draw_given(m, config_, backend_->step_count(), batch.size, batch.labels, given_t_, given_eps_,
                   given_labels_, given_context_drop_);
+  if (config_.coupling != Coupling::Independent) {
+    cpu::set_threads(run_.threads);
+    cpu::couple_rows(cpu::coupling_config(config_, backend_->step_count()), batch.size, D, batch.x1,
+                     given_labels_.empty() ? nullptr : given_labels_.data(), given_eps_);
+  }
   FlowBatch fb;
   fb.size = batch.size;
   fb.x1 = batch.x1;

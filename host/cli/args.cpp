@@ -236,6 +236,8 @@ TrainConfig recipe_from(const TrainArgs& a) {
   tc.optim.ema_decay = a.ema;
   tc.label_dropout = a.label_dropout;
   tc.context_dropout = a.context_dropout;
+  tc.coupling = parse_coupling(a.coupling);
+  tc.ot_reg = a.ot_reg;
   tc.path.sigma_min = a.sigma_min;
   tc.path.time_sampling =
       a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
@@ -330,6 +332,13 @@ Command parse_command_line(int argc, const char* const* argv) {
                    "Per-sample null-context probability (--context; > 0 for guidance on a context)")
       ->capture_default_str();
   train->add_option("--label-dropout", ta.label_dropout, "Per-sample null-label probability (--conditional)")
+      ->capture_default_str();
+  train
+      ->add_option("--coupling", ta.coupling,
+                   "Noise-data pairing in a batch: independent, exact (optimal transport) or sinkhorn")
+      ->capture_default_str();
+  train
+      ->add_option("--ot-reg", ta.ot_reg, "Sinkhorn's regularisation, relative to the batch's mean pair cost")
       ->capture_default_str();
   unsigned_option(
       train->add_option("--steps", ta.steps, "Total training steps (0: write the initial weights)")

@@ -24,6 +24,8 @@ struct TrainArgs {
   float lr = 1e-3f, weight_decay = 0.0f, grad_clip = 0.0f, ema = 0.0f, label_dropout = 0.1f, sigma_min = 0.0f;
   float logit_mean = 0.0f, logit_std = 1.0f;
   float context_dropout = 0.0f;
+  std::string coupling = "independent";
+  float ot_reg = 0.05f;
   std::string lr_schedule = "constant";
   uint64_t warmup_steps = 0, decay_steps = 0;  // decay_steps 0: the rest of the run (--steps - warm-up)
   float min_lr = 0.0f;

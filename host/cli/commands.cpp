@@ -153,6 +153,9 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
                std::string(m.num_classes > 0 ? "on" : "off"));
   require_same(a, "--label-dropout", a.label_dropout, t.label_dropout);
   require_same(a, "--context-dropout", a.context_dropout, t.context_dropout);
+  require_same(a, "--coupling", std::string(to_string(parse_coupling(a.coupling))),
+               std::string(to_string(t.coupling)));
+  require_same(a, "--ot-reg", a.ot_reg, t.ot_reg);
   require_same(a, "--batch", a.batch, t.batch_size);
   require_same(a, "--lr", a.lr, t.optim.lr);
   require_same(a, "--optimizer", a.optimizer,

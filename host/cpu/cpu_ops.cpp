@@ -34,6 +34,36 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
   write_input_tail(model, t, label, model.context_dim > 0 ? context : nullptr, row);
 }
 
+namespace {
+// The step's pairs (out.noise_row): each row's x1 and eps as fm_prepare draws them, grouped by the
+// label after dropout, coupled.
+void couple_batch(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                  PreparedBatch& out) {
+  const int B = config.batch_size, D = model.data_dim;
+  const PathConfig& path = config.path;
+  std::vector<float> x1(static_cast<size_t>(B) * D), eps(static_cast<size_t>(B) * D);
+  std::vector<int32_t> groups(model.num_classes > 0 ? B : 0);
+#pragma omp parallel for schedule(static) if (B * D >= kParallelMin)
+  for (int i = 0; i < B; ++i) {
+    const uint32_t row = static_cast<uint32_t>(i);
+    const hd::SampleDraw d =
+        hd::draw_sample(config.seed, step, row, static_cast<uint32_t>(data.n), path.time_sampling,
+                        path.logit_mean, path.logit_std, config.label_dropout);
+    std::memcpy(x1.data() + static_cast<size_t>(i) * D, data.x.data() + static_cast<size_t>(d.data_index) * D,
+                sizeof(float) * D);
+    float z[4];
+    for (int g = 0; g < (D + 3) / 4; ++g) {
+      rng::normal4(config.seed, step, row, static_cast<uint32_t>(g), z);
+      for (int k = 0; k < 4 && 4 * g + k < D; ++k) eps[static_cast<size_t>(i) * D + 4 * g + k] = z[k];
+    }
+    if (model.num_classes > 0) groups[i] = d.drop_label ? model.null_class() : data.labels[d.data_index];
+  }
+  out.noise_row.resize(static_cast<size_t>(B));
+  couple(coupling_config(config, step), B, D, x1.data(), eps.data(), groups.empty() ? nullptr : groups.data(),
+         out.noise_row.data(), out.coupling);
+}
+}  // namespace
+
 void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                 PreparedBatch& out) {
   const int B = config.batch_size, D = model.data_dim, in = model.input_dim();
@@ -44,6 +74,12 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
   const PathConfig& path = config.path;
   const uint32_t n_data = static_cast<uint32_t>(data.n);
   const int K = model.context_dim;
+  if (config.coupling != Coupling::Independent) {
+    couple_batch(model, config, data, step, out);
+  } else {
+    out.noise_row.clear();
+  }
+  const uint32_t* noise_row = out.noise_row.empty() ? nullptr : out.noise_row.data();
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < B; ++i) {
     const hd::SampleDraw d =
@@ -52,9 +88,10 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
     const float* x1 = data.x.data() + static_cast<size_t>(d.data_index) * D;
     float xt[4];
     float* row = out.input.data() + static_cast<size_t>(i) * in;
+    const uint32_t noise = noise_row ? noise_row[i] : static_cast<uint32_t>(i);
     // x_t straight into the row; the time features and one-hot follow.
     for (int g = 0; g < (D + 3) / 4; ++g) {
-      rng::normal4(config.seed, step, static_cast<uint32_t>(i), static_cast<uint32_t>(g), xt);
+      rng::normal4(config.seed, step, noise, static_cast<uint32_t>(g), xt);
       for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
         row[4 * g + k] = hd::path_xt(d.t, x1[4 * g + k], xt[k], path.sigma_min);
       }
@@ -115,9 +152,10 @@ float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Data
     double sum = 0.0;
     for (int i = blk * kRows; i < std::min(B, (blk + 1) * kRows); ++i) {
       const float* x1 = data.x.data() + static_cast<size_t>(batch.index[i]) * D;
+      const uint32_t noise = batch.noise_row.empty() ? static_cast<uint32_t>(i) : batch.noise_row[i];
       float eps[4];
       for (int g = 0; g < (D + 3) / 4; ++g) {
-        rng::normal4(config.seed, step, static_cast<uint32_t>(i), static_cast<uint32_t>(g), eps);
+        rng::normal4(config.seed, step, noise, static_cast<uint32_t>(g), eps);
         for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
           const size_t j = static_cast<size_t>(i) * D + 4 * g + k;
           const float diff = v[j] - hd::path_target(x1[4 * g + k], eps[k], sigma_min);

@@ -14,6 +14,7 @@
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "host/cpu/cpu_coupling.hpp"
 
 namespace cufm::cpu {
 
@@ -25,13 +26,17 @@ constexpr int64_t kParallelMin = int64_t{1} << 15;
 // Per-step inputs drawn from Philox: the first layer's input [B, input_dim] with x_t, the time
 // features, the context and the class one-hot, plus each row's t and data index (for the loss).
 struct PreparedBatch {
-  std::vector<float> input;     // [B, model.input_dim()]
-  std::vector<float> t;         // [B]
-  std::vector<uint32_t> index;  // [B]
-  std::vector<int32_t> label;   // [B] after dropout (the null class when dropped), or empty
+  std::vector<float> input;         // [B, model.input_dim()]
+  std::vector<float> t;             // [B]
+  std::vector<uint32_t> index;      // [B]
+  std::vector<int32_t> label;       // [B] after dropout (the null class when dropped), or empty
+  std::vector<uint32_t> noise_row;  // [B] the coupling's pairs (row i takes row noise_row[i]'s noise
+                                    // stream), or empty for the independent coupling
+  CouplingScratch coupling;
 };
 
-// The CPU twin of the fm_prepare kernel (kernels/fm_prepare.cu), bit for bit.
+// The CPU twin of the fm_prepare kernel (kernels/fm_prepare.cu), bit for bit; with a coupling, the
+// twin of fm_couple's pairs too (exact: bit for bit).
 void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                 PreparedBatch& out);
 

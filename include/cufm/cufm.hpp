@@ -3,6 +3,7 @@
 
 #include "cufm/checkpoint.hpp"
 #include "cufm/config.hpp"
+#include "cufm/coupling.hpp"
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/error.hpp"

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cufm/coupling.hpp"
 #include "cufm/dataset.hpp"
 #include "cufm/device.hpp"
 #include "cufm/math.hpp"  // Activation, LrSchedule
@@ -48,6 +49,11 @@ struct TrainConfig {
   float context_dropout = 0.0f;  // per-sample probability of the null context (models with a
                                  // context), drawn independently of the label's: > 0 trains the
                                  // unconditional field that guidance on a context needs
+  // Which noise each data row of a batch is paired with (cufm/coupling.hpp): independent, or
+  // minibatch optimal transport, exact or Sinkhorn (with ot_reg), within each class (the null class
+  // its own). Not for models with a context. A coupled group holds at most kMaxCouplingGroup rows.
+  Coupling coupling = Coupling::Independent;
+  float ot_reg = 0.05f;  // Sinkhorn's regularisation, relative to the batch's mean pair cost
 
   void validate() const;
 };

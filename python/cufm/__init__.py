@@ -36,6 +36,7 @@ from ._cufm import (  # noqa: F401,E402
     TrainConfig,
     VelocityField,
     build_summary,
+    couple,
     cpu_thread_wait_policy,
     cuda_built,
     energy_distance,

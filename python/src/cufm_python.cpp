@@ -354,7 +354,7 @@ NB_MODULE(_cufm, m) {
              float weight_decay, float grad_clip, float ema_decay, float label_dropout, float sigma_min,
              const std::string& time_sampling, float logit_mean, float logit_std,
              const std::string& lr_schedule, uint64_t warmup_steps, uint64_t decay_steps, float min_lr,
-             float context_dropout) {
+             float context_dropout, const std::string& coupling, float ot_reg) {
             new (c) cufm::TrainConfig();
             c->batch_size = batch_size;
             c->seed = seed;
@@ -368,6 +368,8 @@ NB_MODULE(_cufm, m) {
             c->optim.ema_decay = ema_decay;
             c->label_dropout = label_dropout;
             c->context_dropout = context_dropout;
+            c->coupling = cufm::parse_coupling(coupling);
+            c->ot_reg = ot_reg;
             c->path.sigma_min = sigma_min;
             c->path.time_sampling = parse_time_sampling(time_sampling);
             c->path.logit_mean = logit_mean;
@@ -382,8 +384,9 @@ NB_MODULE(_cufm, m) {
           "weight_decay"_a = 0.0f, "grad_clip"_a = 0.0f, "ema_decay"_a = 0.0f, "label_dropout"_a = 0.1f,
           "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
           "lr_schedule"_a = "constant", "warmup_steps"_a = 0, "decay_steps"_a = 0, "min_lr"_a = 0.0f,
-          "context_dropout"_a = 0.0f,
+          "context_dropout"_a = 0.0f, "coupling"_a = "independent", "ot_reg"_a = 0.05f,
           "The C++ defaults. optimizer 'adam' or 'adamw'; time_sampling 'uniform' or 'logit-normal'; "
+          "coupling 'independent', 'exact' (minibatch optimal transport) or 'sinkhorn' (with ot_reg); "
           "lr_schedule 'constant', 'cosine' or 'linear' (a warm-up over warmup_steps, a decay to min_lr over "
           "decay_steps). Raises cufm.Error naming a bad field.")
       .def_rw("batch_size", &cufm::TrainConfig::batch_size, "Rows per training step.")
@@ -392,6 +395,12 @@ NB_MODULE(_cufm, m) {
               "Per-row probability of the null class (conditional models).")
       .def_rw("context_dropout", &cufm::TrainConfig::context_dropout,
               "Per-row probability of the null context (models with a context; > 0 for guidance).")
+      .def_prop_rw(
+          "coupling", [](const cufm::TrainConfig& c) { return std::string(cufm::to_string(c.coupling)); },
+          [](cufm::TrainConfig& c, const std::string& s) { c.coupling = cufm::parse_coupling(s); },
+          "The noise-data pairing: 'independent', 'exact' or 'sinkhorn'.")
+      .def_rw("ot_reg", &cufm::TrainConfig::ot_reg,
+              "Sinkhorn's regularisation, relative to the mean pair cost.")
       .def("__repr__", [](const cufm::TrainConfig& c) { return "TrainConfig(" + cufm::to_json(c) + ")"; });
 
   nb::class_<cufm::Dataset>(m, "Dataset", "Training data: N points of dimension D, optional labels.")
@@ -1019,6 +1028,38 @@ NB_MODULE(_cufm, m) {
       },
       "path"_a, "ema"_a = false, "(model, train config, step) from a safetensors checkpoint.");
 
+  m.def(
+      "couple",
+      [](FloatIn x1, FloatIn eps, std::optional<LabelsIn> groups, const std::string& kind, float reg,
+         uint64_t seed, uint64_t step, int threads) {
+        if (x1.ndim() != 2 || eps.ndim() != 2 || x1.shape(0) != eps.shape(0) || x1.shape(1) != eps.shape(1)) {
+          throw cufm::Error("couple: x1 and eps must be 2-D arrays of the same shape [B, D]");
+        }
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        if (groups && static_cast<int64_t>(groups->shape(0)) != B) {
+          throw cufm::Error("couple: groups must hold one int32 per row (" + std::to_string(B) + ")");
+        }
+        cufm::CouplingConfig c;
+        c.kind = cufm::parse_coupling(kind);
+        c.reg = reg;
+        c.seed = seed;
+        c.step = step;
+        auto* owned = new std::vector<uint32_t>();
+        {
+          nb::gil_scoped_release release;
+          *owned = cufm::couple(c, B, static_cast<int>(x1.shape(1)), x1.data(), eps.data(),
+                                groups ? groups->data() : nullptr, threads);
+        }
+        nb::capsule free_it(owned, [](void* p) noexcept { delete static_cast<std::vector<uint32_t>*>(p); });
+        size_t shape[1] = {owned->size()};
+        return nb::ndarray<nb::numpy, uint32_t>(owned->data(), 1, shape, free_it);
+      },
+      "x1"_a, "eps"_a, "groups"_a = nb::none(), "kind"_a = "exact", "reg"_a = 0.05f, "seed"_a = 0,
+      "step"_a = 0, "threads"_a = 0,
+      "Minibatch optimal-transport pairs: noise_row [B] (uint32) such that data row i of x1 [B, D] takes "
+      "noise row noise_row[i] of eps [B, D], rows pairing only within equal groups [B] (int32; None: one "
+      "group). kind 'exact' (a permutation) or 'sinkhorn' (drawn from the entropic plan with reg, seeded by "
+      "seed and step); 'independent' gives 0..B-1.");
   m.def(
       "sliced_wasserstein2",
       [](FloatIn a, FloatIn b, int projections, uint64_t seed) {

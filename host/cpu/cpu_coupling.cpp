@@ -1,0 +1,416 @@
+// The CPU backend's coupling: the rows grouped (stably) by their group, and per group an exact
+// assignment (a Jacobi forward auction with epsilon scaling, the GPU kernel's algorithm and
+// arithmetic, so that both find the same permutation) or an entropic plan (log-domain Sinkhorn) with
+// each data row drawing its noise row from the plan. Costs of a group are held as an m x m matrix
+// (1 MiB for m = 512); the bids and the Sinkhorn updates run on the OpenMP threads.
+#include "host/cpu/cpu_coupling.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <sstream>
+
+#include "cufm/detail/coupling.hpp"
+#include "cufm/detail/math.hpp"
+#include "cufm/error.hpp"
+#include "host/cpu/cpu_ops.hpp"
+#include "host/cpu/cpu_simd.hpp"
+
+namespace cufm {
+
+const char* to_string(Coupling c) {
+  switch (c) {
+    case Coupling::Independent:
+      return "independent";
+    case Coupling::Exact:
+      return "exact";
+    case Coupling::Sinkhorn:
+      return "sinkhorn";
+  }
+  return "unknown";
+}
+
+Coupling parse_coupling(const std::string& s) {
+  if (s == "independent") return Coupling::Independent;
+  if (s == "exact") return Coupling::Exact;
+  if (s == "sinkhorn") return Coupling::Sinkhorn;
+  throw Error("unknown coupling '" + s + "' (expected independent, exact or sinkhorn)");
+}
+
+void CouplingConfig::validate() const {
+  CUFM_REQUIRE(kind == Coupling::Independent || kind == Coupling::Exact || kind == Coupling::Sinkhorn,
+               "unknown coupling " << static_cast<int>(kind));
+  CUFM_REQUIRE(std::isfinite(reg) && reg > 0.0f && reg <= 100.0f,
+               "the Sinkhorn regularisation (ot_reg) must be in (0, 100], got " << reg);
+}
+
+namespace cpu {
+
+namespace {
+
+// The rows in group order (stable: rows of a group keep their order), and the groups' first
+// positions, ending with B.
+void group_rows(int64_t B, const int32_t* groups, std::vector<uint32_t>& order,
+                std::vector<int64_t>& starts) {
+  order.resize(static_cast<size_t>(B));
+  std::iota(order.begin(), order.end(), 0u);
+  starts.clear();
+  if (groups) {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return groups[a] < groups[b]; });
+  }
+  for (int64_t k = 0; k < B; ++k) {
+    if (k == 0 || (groups && groups[order[k]] != groups[order[k - 1]])) starts.push_back(k);
+  }
+  starts.push_back(B);
+}
+
+void group_costs(const float* xs, const float* es, int64_t m, int D, std::vector<float>& cost) {
+  cost.resize(static_cast<size_t>(m * m));
+#pragma omp parallel for schedule(static) if (m * m * D >= kParallelMin)
+  for (int64_t a = 0; a < m; ++a) {
+    float* row = cost.data() + a * m;
+    const float* x = xs + a * D;
+    if (D == 2) {  // the 2-D toys: a loop the compiler vectorises
+      for (int64_t b = 0; b < m; ++b) {
+        const float d0 = hd::rn_sub(x[0], es[2 * b]), d1 = hd::rn_sub(x[1], es[2 * b + 1]);
+        row[b] = hd::rn_add(hd::rn_add(0.0f, hd::rn_mul(d0, d0)), hd::rn_mul(d1, d1));
+      }
+    } else {
+      for (int64_t b = 0; b < m; ++b) row[b] = hd::pair_cost(x, es + b * D, D);
+    }
+  }
+}
+
+// hd::bid_consider over objects 0..m-1 in order, in vectorised passes: the least C + p (the best
+// value, negated exactly), its first object, and the least over the other objects. Sixteen floats
+// are one GCC vector value (AVX-512 in the x86-64-v4 clone, two or four registers in the others):
+// the compiler does not vectorise these selects by itself.
+CUFM_SIMD_CLONES hd::BidScan bid_scan(const float* cost, const float* price, int64_t m) {
+  typedef float Float16 __attribute__((vector_size(64)));
+  const int64_t body = m - m % 16;
+  Float16 lane = Float16{} + INFINITY;
+  for (int64_t b = 0; b < body; b += 16) {
+    Float16 c, p;
+    std::memcpy(&c, cost + b, sizeof c);
+    std::memcpy(&p, price + b, sizeof p);
+    const Float16 v = c + p;
+    lane = v < lane ? v : lane;
+  }
+  float best = INFINITY;
+  for (int l = 0; l < 16; ++l) best = lane[l] < best ? lane[l] : best;
+  for (int64_t b = body; b < m; ++b) best = std::min(best, hd::rn_add(cost[b], price[b]));
+  int64_t j1 = 0;
+  while (hd::rn_add(cost[j1], price[j1]) != best) ++j1;
+  // The second best: the least over the other objects.
+  lane = Float16{} + INFINITY;
+  for (int64_t b = 0; b < body; b += 16) {
+    Float16 c, p;
+    std::memcpy(&c, cost + b, sizeof c);
+    std::memcpy(&p, price + b, sizeof p);
+    Float16 v = c + p;
+    if (j1 >= b && j1 < b + 16) v[j1 - b] = INFINITY;
+    lane = v < lane ? v : lane;
+  }
+  float second = INFINITY;
+  for (int l = 0; l < 16; ++l) second = lane[l] < second ? lane[l] : second;
+  for (int64_t b = body; b < m; ++b) {
+    if (b != j1) second = std::min(second, hd::rn_add(cost[b], price[b]));
+  }
+  return hd::BidScan{-best, -second, static_cast<uint32_t>(j1)};
+}
+
+// The exact assignment of one group, assigned[a] = the noise row (local) data row a takes: the
+// Jacobi auction of cufm/coupling.hpp, round by round as the GPU kernel runs it (the bids of a
+// round are independent, so their order does not matter; each object goes to its highest key).
+void auction(const float* cost, int64_t m, float scale, CouplingScratch& s) {
+  s.price.assign(static_cast<size_t>(m), 0.0f);
+  s.owner.resize(static_cast<size_t>(m));
+  s.assigned.resize(static_cast<size_t>(m));
+  s.col_key.assign(static_cast<size_t>(m), 0);
+  s.target.resize(static_cast<size_t>(m));
+  s.bids.resize(static_cast<size_t>(m));
+  if (m == 1) {
+    s.assigned[0] = 0;
+    return;
+  }
+  const float last = hd::auction_last_eps(scale);
+  float eps = hd::auction_first_eps(scale);
+  for (;;) {
+    std::fill(s.owner.begin(), s.owner.end(), -1);
+    std::fill(s.assigned.begin(), s.assigned.end(), -1);
+    s.bidders.resize(static_cast<size_t>(m));
+    std::iota(s.bidders.begin(), s.bidders.end(), 0u);
+    while (!s.bidders.empty()) {
+      const int64_t nb = static_cast<int64_t>(s.bidders.size());
+      const float* price = s.price.data();
+#pragma omp parallel for schedule(static) if (nb * m >= 4 * kParallelMin)
+      for (int64_t k = 0; k < nb; ++k) {
+        const uint32_t a = s.bidders[k];
+        const hd::BidScan scan = bid_scan(cost + static_cast<int64_t>(a) * m, price, m);
+        s.target[k] = scan.j1;
+        s.bids[k] = hd::bid_amount(scan, price[scan.j1], eps);
+      }
+      for (int64_t k = 0; k < nb; ++k) {
+        uint64_t& key = s.col_key[s.target[k]];
+        key = std::max(key, hd::bid_key(s.bids[k], s.bidders[k]));
+      }
+      // Each object with bids goes to its highest; the next round's bidders are this round's
+      // losers and the owners they displaced (the order of the list does not matter).
+      s.next.clear();
+      for (int64_t k = 0; k < nb; ++k) {
+        const uint32_t b = s.target[k];
+        const uint64_t key = s.col_key[b];
+        if (key == 0) continue;  // settled by an earlier bidder of this round
+        const int32_t winner = static_cast<int32_t>(hd::key_row(key));
+        if (s.owner[b] >= 0) {
+          s.assigned[s.owner[b]] = -1;
+          s.next.push_back(static_cast<uint32_t>(s.owner[b]));
+        }
+        s.owner[b] = winner;
+        s.assigned[winner] = static_cast<int32_t>(b);
+        s.price[b] = hd::key_bid(key);
+        s.col_key[b] = 0;
+      }
+      for (int64_t k = 0; k < nb; ++k) {
+        if (s.assigned[s.bidders[k]] < 0) s.next.push_back(s.bidders[k]);
+      }
+      std::swap(s.bidders, s.next);
+    }
+    if (eps == last) return;
+    eps = hd::auction_next_eps(eps, last);
+  }
+}
+
+// The largest and the sum of x[0..m), sixteen lanes at a time (see bid_scan).
+CUFM_SIMD_CLONES float vector_max(const float* x, int64_t m) {
+  typedef float Float16 __attribute__((vector_size(64)));
+  const int64_t body = m - m % 16;
+  Float16 lane = Float16{} - INFINITY;
+  for (int64_t b = 0; b < body; b += 16) {
+    Float16 v;
+    std::memcpy(&v, x + b, sizeof v);
+    lane = v > lane ? v : lane;
+  }
+  float mx = -INFINITY;
+  for (int l = 0; l < 16; ++l) mx = lane[l] > mx ? lane[l] : mx;
+  for (int64_t b = body; b < m; ++b) mx = std::max(mx, x[b]);
+  return mx;
+}
+CUFM_SIMD_CLONES float vector_sum(const float* x, int64_t m) {
+  typedef float Float16 __attribute__((vector_size(64)));
+  const int64_t body = m - m % 16;
+  Float16 lane = {};
+  for (int64_t b = 0; b < body; b += 16) {
+    Float16 v;
+    std::memcpy(&v, x + b, sizeof v);
+    lane += v;
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < 16; ++l) sum += lane[l];
+  for (int64_t b = body; b < m; ++b) sum += x[b];
+  return sum;
+}
+
+}  // namespace
+
+CUFM_SIMD_CLONES int sinkhorn_potentials(const float* cost, int64_t m, float eps, CouplingScratch& s) {
+  DenormalsAreZero daz;
+  s.f.assign(static_cast<size_t>(m), 0.0f);
+  s.g.assign(static_cast<size_t>(m), 0.0f);
+  s.gnew.resize(static_cast<size_t>(m));
+  const float inv = 1.0f / eps;
+  float* f = s.f.data();
+  float* g = s.g.data();
+  const int nt = m * m >= 2 * kParallelMin ? omp_get_max_threads() : 1;
+  // The column sums run over kSlices fixed slices of the rows, combined in order: the same bits
+  // for any thread count.
+  constexpr int kSlices = 8;
+  std::vector<std::vector<float>> colmax(kSlices, std::vector<float>(m)),
+      colsum(kSlices, std::vector<float>(m));
+  int it = 0;
+  while (it < kSinkhornMaxIterations) {
+    ++it;
+    // Rows: f_a = -eps LSE_b((g_b - C_ab) / eps).
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<float> tmp(static_cast<size_t>(m));
+#pragma omp for schedule(static)
+      for (int64_t a = 0; a < m; ++a) {
+        const float* c = cost + a * m;
+        for (int64_t b = 0; b < m; ++b) tmp[b] = g[b] - c[b];
+        const float mx = vector_max(tmp.data(), m);
+        for (int64_t b = 0; b < m; ++b) tmp[b] = hd::fast_exp((tmp[b] - mx) * inv);
+        f[a] = -mx - eps * std::log(vector_sum(tmp.data(), m));
+      }
+    }
+    // Columns: each thread a slice of the rows, then the slices combined.
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < kSlices; ++t) {
+      const int64_t lo = m * t / kSlices, hi = m * (t + 1) / kSlices;
+      float* cm = colmax[t].data();
+      float* cs = colsum[t].data();
+      std::fill(cm, cm + m, -INFINITY);
+      std::fill(cs, cs + m, 0.0f);
+      for (int64_t a = lo; a < hi; ++a) {
+        const float* c = cost + a * m;
+        for (int64_t b = 0; b < m; ++b) cm[b] = std::max(cm[b], f[a] - c[b]);
+      }
+      for (int64_t a = lo; a < hi; ++a) {
+        const float* c = cost + a * m;
+        for (int64_t b = 0; b < m; ++b) cs[b] += hd::fast_exp((f[a] - c[b] - cm[b]) * inv);
+      }
+    }
+    float err = 0.0f;
+    for (int64_t b = 0; b < m; ++b) {
+      float mx = -INFINITY;
+      for (int t = 0; t < kSlices; ++t) mx = std::max(mx, colmax[t][b]);
+      double sum = 0.0;
+      for (int t = 0; t < kSlices; ++t)
+        sum += colsum[t][b] * std::exp(static_cast<double>((colmax[t][b] - mx) * inv));
+      const float gn = -mx - eps * static_cast<float>(std::log(sum));
+      err = std::max(err, std::fabs(std::exp((g[b] - gn) * inv) - 1.0f));
+      s.gnew[b] = gn;
+    }
+    std::swap(s.g, s.gnew);
+    g = s.g.data();
+    if (err <= kSinkhornTolerance) break;
+  }
+  return it;
+}
+
+namespace {
+
+// Each data row's draw from its row of the plan: pick[a] = the local noise row.
+CUFM_SIMD_CLONES void sinkhorn_draws(const float* cost, int64_t m, float eps, const uint32_t* rows,
+                                     uint64_t seed, uint64_t step, CouplingScratch& s, uint32_t* pick) {
+  DenormalsAreZero daz;
+  const float inv = 1.0f / eps;
+  const float* f = s.f.data();
+  const float* g = s.g.data();
+  const int nt = m * m >= 2 * kParallelMin ? omp_get_max_threads() : 1;
+  // Row a's weights exp((f_a + g_b - C_ab) / eps), normalised.
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t a = 0; a < m; ++a) {
+    const float* c = cost + a * m;
+    std::vector<float> w(static_cast<size_t>(m));
+    for (int64_t b = 0; b < m; ++b) w[b] = hd::fast_exp((f[a] + g[b] - c[b]) * inv);
+    const float total = vector_sum(w.data(), m);
+    const float goal = hd::sinkhorn_draw(seed, step, rows[a]) * total;
+    float cum = 0.0f;
+    int64_t chosen = -1, last_positive = 0;
+    for (int64_t b = 0; b < m; ++b) {
+      if (w[b] > 0.0f) last_positive = b;
+      cum += w[b];
+      if (cum > goal) {
+        chosen = b;
+        break;
+      }
+    }
+    pick[a] = static_cast<uint32_t>(chosen >= 0 ? chosen : last_positive);
+  }
+}
+
+}  // namespace
+
+float group_scale(const float* xs, const float* es, int64_t m, int D) {
+  double lane[hd::kScaleLanes] = {};
+  for (int64_t k = 0; k < m; ++k) lane[k % hd::kScaleLanes] += hd::pair_cost(xs + k * D, es + k * D, D);
+  for (int half = hd::kScaleLanes / 2; half > 0; half /= 2) {
+    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+  }
+  return hd::group_scale(lane[0], m);
+}
+
+void couple(const CouplingConfig& config, int64_t B, int D, const float* x1, const float* eps,
+            const int32_t* groups, uint32_t* noise_row, CouplingScratch& s) {
+  std::vector<int64_t> starts;
+  group_rows(B, groups, s.order, starts);
+  s.xs.resize(static_cast<size_t>(B) * D);
+  s.es.resize(static_cast<size_t>(B) * D);
+  for (int64_t k = 0; k < B; ++k) {
+    std::memcpy(s.xs.data() + k * D, x1 + static_cast<int64_t>(s.order[k]) * D, sizeof(float) * D);
+    std::memcpy(s.es.data() + k * D, eps + static_cast<int64_t>(s.order[k]) * D, sizeof(float) * D);
+  }
+  std::vector<uint32_t> pick;
+  for (size_t gi = 0; gi + 1 < starts.size(); ++gi) {
+    const int64_t base = starts[gi], m = starts[gi + 1] - base;
+    CUFM_REQUIRE(m <= kMaxCouplingGroup, "coupling: a group of " << m << " rows; at most "
+                                                                 << kMaxCouplingGroup
+                                                                 << " are supported (lower the batch size)");
+    const float* xs = s.xs.data() + base * D;
+    const float* es = s.es.data() + base * D;
+    const float scale = group_scale(xs, es, m, D);
+    group_costs(xs, es, m, D, s.cost);
+    pick.resize(static_cast<size_t>(m));
+    if (config.kind == Coupling::Exact) {
+      auction(s.cost.data(), m, scale, s);
+      for (int64_t a = 0; a < m; ++a) pick[a] = static_cast<uint32_t>(s.assigned[a]);
+    } else {
+      const float eps_reg = hd::rn_mul(config.reg, scale);
+      sinkhorn_potentials(s.cost.data(), m, eps_reg, s);
+      sinkhorn_draws(s.cost.data(), m, eps_reg, s.order.data() + base, config.seed, config.step, s,
+                     pick.data());
+    }
+    for (int64_t a = 0; a < m; ++a) noise_row[s.order[base + a]] = s.order[base + pick[a]];
+  }
+}
+
+void couple_rows(const CouplingConfig& config, int64_t B, int D, const float* x1, const int32_t* groups,
+                 std::vector<float>& eps) {
+  if (config.kind == Coupling::Independent) return;
+  CouplingScratch scratch;
+  std::vector<uint32_t> noise_row(static_cast<size_t>(B));
+  couple(config, B, D, x1, eps.data(), groups, noise_row.data(), scratch);
+  std::vector<float> paired(eps.size());
+  for (int64_t i = 0; i < B; ++i) {
+    std::memcpy(paired.data() + i * D, eps.data() + static_cast<int64_t>(noise_row[i]) * D,
+                sizeof(float) * D);
+  }
+  eps.swap(paired);
+}
+
+}  // namespace cpu
+
+std::vector<uint32_t> couple(const CouplingConfig& config, int64_t B, int D, const float* x1,
+                             const float* eps, const int32_t* groups, int threads) {
+  config.validate();
+  CUFM_REQUIRE(B >= 1 && B <= (int64_t{1} << 31) - 1, "couple: B must be in [1, 2^31 - 1], got " << B);
+  CUFM_REQUIRE(D >= 1 && D <= 65536, "couple: D must be in [1, 65536], got " << D);
+  CUFM_REQUIRE(x1 && eps, "couple: x1 and eps must be non-null [B, D] arrays");
+  for (int64_t i = 0; i < B * D; ++i) {
+    CUFM_REQUIRE(std::isfinite(x1[i]) && std::isfinite(eps[i]),
+                 "couple: " << (std::isfinite(x1[i]) ? "eps" : "x1") << " has a non-finite value at row "
+                            << i / D << ", dim " << i % D);
+  }
+  CUFM_REQUIRE(threads >= 0, "couple: threads must be >= 0 (0: all cores), got " << threads);
+  std::vector<uint32_t> noise_row(static_cast<size_t>(B));
+  if (config.kind == Coupling::Independent) {
+    std::iota(noise_row.begin(), noise_row.end(), 0u);
+    return noise_row;
+  }
+  cpu::set_threads(threads);
+  cpu::CouplingScratch scratch;
+  cpu::couple(config, B, D, x1, eps, groups, noise_row.data(), scratch);
+  return noise_row;
+}
+
+double coupling_cost(int64_t B, int D, const float* x1, const float* eps, const uint32_t* noise_row) {
+  CUFM_REQUIRE(B >= 1 && D >= 1 && x1 && eps && noise_row, "coupling_cost: needs B, D >= 1 and three arrays");
+  double total = 0.0;
+  for (int64_t i = 0; i < B; ++i) {
+    CUFM_REQUIRE(noise_row[i] < B,
+                 "coupling_cost: noise_row[" << i << "] = " << noise_row[i] << " is not a row");
+    for (int d = 0; d < D; ++d) {
+      const double diff =
+          static_cast<double>(x1[i * D + d]) - eps[static_cast<int64_t>(noise_row[i]) * D + d];
+      total += diff * diff;
+    }
+  }
+  return total / static_cast<double>(B);
+}
+
+}  // namespace cufm
