@@ -7,6 +7,7 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/kernels/convert.cu
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
   ${PROJECT_SOURCE_DIR}/kernels/divergence.cu
+  ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
   ${PROJECT_SOURCE_DIR}/host/cuda/device_cuda.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/lt_mlp.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
@@ -24,4 +25,5 @@ set_source_files_properties(
   ${PROJECT_SOURCE_DIR}/kernels/adam.cu
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
   ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu
+  ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
   PROPERTIES COMPILE_OPTIONS "-fmad=false")

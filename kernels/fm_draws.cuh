@@ -36,7 +36,7 @@ __device__ __forceinline__ void fm_row_eps(const FmBatch& b, uint64_t step, uint
     for (int k = 0; k < 4; ++k) eps[k] = 4 * group + k < b.dim ? e[4 * group + k] : 0.0f;
     return;
   }
-  rng::normal4(b.seed, step, row, static_cast<uint32_t>(group), eps);
+  rng::normal4(b.seed, step, b.noise_row ? b.noise_row[row] : row, static_cast<uint32_t>(group), eps);
 }
 
 }  // namespace cufm::kernels

@@ -86,6 +86,9 @@ void check_draws(const FmBatch& batch, const char* who) {
   CUFM_REQUIRE(
       !(batch.given_t && batch.rows_in_order),
       who << ": rows_in_order takes Philox's draws; the caller's draws (given_t) are in order already");
+  CUFM_REQUIRE(
+      !(batch.given_t && batch.noise_row),
+      who << ": noise_row pairs Philox's noise; with the caller's draws (given_t) pair the given eps");
   CUFM_REQUIRE(!batch.rows_in_order || batch.n_data == static_cast<uint32_t>(batch.batch),
                who << ": with rows_in_order, row i is data row i: n_data (" << batch.n_data
                    << ") must equal batch (" << batch.batch << ")");

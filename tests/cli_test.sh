@@ -139,6 +139,14 @@ run_ok "${TRAIN[@]}" --out sched --steps 6 --lr-schedule cosine --warmup-steps 2
 run_fails "--lr-schedule linear differs from the checkpoint's cosine" train --out sched --resume --steps 8 --lr-schedule linear
 run_ok train --out sched --resume --steps 8 --quiet --device cpu
 
+# ---- minibatch OT coupling: recorded, kept on resume, refused where it cannot apply -------------
+run_fails "unknown coupling 'hungarian'" "${TRAIN[@]}" --out ot --coupling hungarian
+run_fails "ot_reg" "${TRAIN[@]}" --out ot --coupling sinkhorn --ot-reg 0
+run_ok "${TRAIN[@]}" --out ot --steps 6 --coupling exact
+run_fails "--coupling sinkhorn differs from the checkpoint's exact" train --out ot --resume --steps 8 --coupling sinkhorn
+run_ok train --out ot --resume --steps 8 --quiet --device cpu
+run_ok "${TRAIN[@]}" --out ot-sk --steps 4 --coupling sinkhorn --ot-reg 0.1 --conditional
+
 # ---- --steps 0 writes the initial weights; they sample -----------------------------------------
 run_ok "${TRAIN[@]}" --out init --steps 0
 [[ "$OUT_TEXT" == *"step 0: the initial weights"* ]] || fail "--steps 0: $OUT_TEXT"

@@ -253,6 +253,13 @@ class CudaTrainer final : public TrainBackend {
     loss_ws_ = DeviceBuffer(kernels::fm_loss_grad_workspace_bytes(config.batch_size, model.data_dim),
                             "the loss workspace", s);
     adam_ws_ = DeviceBuffer(cuda::adam_workspace_bytes(), "the optimiser workspace", s);
+    if (config.coupling != Coupling::Independent) {
+      noise_row_ =
+          DeviceBuffer(static_cast<size_t>(config.batch_size) * sizeof(uint32_t), "the coupling's pairs", s);
+      couple_ws_ =
+          DeviceBuffer(kernels::fm_couple_workspace_bytes(config.batch_size, model.data_dim, coupling_desc()),
+                       "the coupling's workspace", s);
+    }
     mlp_ = std::make_unique<cuda::LtMlp>(model, options_.precision, config.batch_size,
                                          cuda::MlpMode::Training, params_.as<float>(),
                                          params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
@@ -286,11 +293,24 @@ class CudaTrainer final : public TrainBackend {
     return b;
   }
 
-  // One training step, all on `stream`, nothing read back.
+  // One training step, all on `stream`, nothing read back; with a coupling, fm_couple's pairs first.
   void enqueue_step(cudaStream_t stream) {
-    cuda::enqueue_loss_grad(*mlp_, model_, batch_desc(), loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(),
-                            stream);
+    kernels::FmBatch b = batch_desc();
+    if (config_.coupling != Coupling::Independent) {
+      kernels::fm_couple(b, coupling_desc(), noise_row_.as<uint32_t>(), couple_ws_.get(), couple_ws_.bytes(),
+                         stream);
+      b.noise_row = noise_row_.as<uint32_t>();
+    }
+    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), stream);
     enqueue_update(stream);
+  }
+
+  kernels::FmCoupling coupling_desc() const {
+    kernels::FmCoupling c;
+    c.kind = config_.coupling;
+    c.reg = config_.ot_reg;
+    c.num_classes = model_.num_classes;
+    return c;
   }
 
   // Clipping, Adam/AdamW and EMA from the gradients; the device's step counter advances.
@@ -316,7 +336,7 @@ class CudaTrainer final : public TrainBackend {
   DeviceBuffer given_x1_, given_eps_, given_t_, given_labels_, given_context_,
       given_context_null_;  // step_given's staging
   DeviceBuffer data_x_, data_labels_, data_context_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_,
-      loss_, loss_ws_, adam_ws_;
+      loss_, loss_ws_, adam_ws_, noise_row_, couple_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;
   cuda::CudaGraph graph_;  // the whole step (StepLaunch::Graph)
 };

@@ -18,7 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "cufm/path.hpp"  // TimeSampling
+#include "cufm/coupling.hpp"  // Coupling
+#include "cufm/path.hpp"      // TimeSampling
 
 namespace cufm::kernels {
 
@@ -61,6 +62,9 @@ struct FmBatch {
                                    // drawn from block 0xFFFFFFFF of the row's counter
   const uint8_t* given_context_null = nullptr;  // DEVICE [batch] or nullptr: nonzero where the row takes
                                                 // the null context (with given_t; no context dropout)
+  // Minibatch OT coupling (fm_couple; added last): DEVICE [batch] or nullptr, row i takes the noise
+  // (Philox's eps stream) of row noise_row[i]. Not with the caller's draws (given_t).
+  const uint32_t* noise_row = nullptr;
 };
 
 // The model input's layout: row i = [x_t (D) | time features | context (K) and its null indicator |
@@ -109,6 +113,29 @@ struct FmLossOutputs {
 // It holds the reduction's block counter: calls that may run at the same time (on different
 // streams) need one workspace each.
 size_t fm_loss_grad_workspace_bytes(int batch, int dim);
+
+// ---- minibatch optimal-transport coupling ----------------------------------------------------
+struct FmCoupling {
+  Coupling kind = Coupling::Exact;  // Exact or Sinkhorn
+  float reg = 0.05f;                // Sinkhorn's regularisation, relative to the group's scale
+  int num_classes = 0;              // > 0: rows pair within their label after dropout (FmBatch::labels
+                                    // at the drawn index; the null class its own group); 0: one group
+};
+
+// Bytes of workspace fm_couple needs (its sort, the batch's x1 and eps in group order, the solvers'
+// state): about (16 D + 64) bytes a row plus the sort's scratch. Any 256-byte-aligned device memory
+// (cudaMalloc's); fm_couple initialises what it uses, so calls on one stream may share it.
+size_t fm_couple_workspace_bytes(int batch, int dim, const FmCoupling& coupling);
+
+// The step's pairs, noise_row [batch] (DEVICE), as cufm::couple computes them on the CPU from the
+// step's x1 and eps (Philox's draws, or rows_in_order): exact is the same permutation bit for bit;
+// Sinkhorn the same algorithm (its sums in another order). Set FmBatch::noise_row to the result for
+// fm_prepare and fm_loss_grad. Exact: one block per group runs the auction; Sinkhorn: a row and a
+// column kernel per iteration (kSinkhornMaxIterations of each are enqueued; those after convergence
+// return at once), warps over the group's rows with the costs computed on the fly (no B x B matrix).
+// Groups of up to kMaxCouplingGroup rows.
+void fm_couple(const FmBatch& batch, const FmCoupling& coupling, uint32_t* noise_row, void* workspace,
+               size_t workspace_bytes, cudaStream_t stream);
 
 // Regenerates eps and x1 from the counters, u = x1 - (1 - sigma_min) eps, and writes the MSE loss
 // and its gradient. v: DEVICE [batch, ldv] the model output (ldv >= dim). The sum is
