@@ -5,7 +5,7 @@
 //   sort      CUB's stable radix sort of the rows by group (conditional layouts only).
 //   gather    one thread per sorted position: x1 and eps of the row, in group order, and the
 //             groups' bounds.
-//   exact     auction_kernel, one block of 1024 threads per group: the group's scale (a fixed-order
+//   exact     auction_kernel, one block of 512 threads per group: the group's scale (a fixed-order
 //             sum, as cpu::group_scale), then the Jacobi auction of cufm/coupling.hpp: each warp
 //             takes one unassigned row at a time, its lanes scan strided objects and merge their
 //             (best, object, second) (hd::bid_merge gives the sequential scan's result), lane 0
@@ -35,7 +35,7 @@ namespace cufm::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kBlock = hd::kScaleLanes;  // the auction's and the scale's block
+constexpr int kBlock = 512;  // the auction's block (128 registers a thread) and the scale's
 constexpr int kWarps = kBlock / 32;
 
 // The workspace's arrays, carved in order (each 256-byte aligned).
@@ -160,18 +160,21 @@ __global__ void __launch_bounds__(kThreads) couple_gather(FmBatch b, CoupleSpace
   }
 }
 
-// The group's scale: lane t of the block sums members t, t + kBlock, ... in order, then a halving
-// tree (cpu::group_scale's order). Every thread of the block calls it; all get the result.
+// The group's scale: lane l (of hd::kScaleLanes) sums members l, l + kScaleLanes, ... in order,
+// then a halving tree (cpu::group_scale's order); the block's threads share the lanes. Every thread
+// of the block calls it; all get the result.
 __device__ float block_group_scale(const float* xs, const float* es, int m, int D) {
-  __shared__ double lane[kBlock];
-  double sum = 0.0;
-  for (int k = threadIdx.x; k < m; k += kBlock) {
-    sum += hd::pair_cost(xs + static_cast<size_t>(k) * D, es + static_cast<size_t>(k) * D, D);
+  __shared__ double lane[hd::kScaleLanes];
+  for (int l = threadIdx.x; l < hd::kScaleLanes; l += blockDim.x) {
+    double sum = 0.0;
+    for (int k = l; k < m; k += hd::kScaleLanes) {
+      sum += hd::pair_cost(xs + static_cast<size_t>(k) * D, es + static_cast<size_t>(k) * D, D);
+    }
+    lane[l] = sum;
   }
-  lane[threadIdx.x] = sum;
   __syncthreads();
-  for (int half = kBlock / 2; half > 0; half /= 2) {
-    if (static_cast<int>(threadIdx.x) < half) lane[threadIdx.x] += lane[threadIdx.x + half];
+  for (int half = hd::kScaleLanes / 2; half > 0; half /= 2) {
+    for (int l = threadIdx.x; l < half; l += blockDim.x) lane[l] += lane[l + half];
     __syncthreads();
   }
   const float scale = hd::group_scale(lane[0], m);
@@ -217,15 +220,15 @@ __global__ void __launch_bounds__(kBlock) auction_kernel(int D, CoupleSpace s, u
     col_key[a] = 0ull;
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int a = threadIdx.x; a < m; a += kBlock) {
+    owner[a] = -1;
+    assigned[a] = -1;
+    list_a[a] = static_cast<uint32_t>(a);
+  }
+  int cur = 0;
+  if (threadIdx.x == 0) count[0] = m;
+  __syncthreads();
   for (;;) {
-    for (int a = threadIdx.x; a < m; a += kBlock) {
-      owner[a] = -1;
-      assigned[a] = -1;
-      list_a[a] = static_cast<uint32_t>(a);
-    }
-    int cur = 0;
-    if (threadIdx.x == 0) count[0] = m;
-    __syncthreads();
     while (count[cur] > 0) {
       const int nb = count[cur];
       const uint32_t* bidders = cur ? list_b : list_a;
@@ -273,6 +276,32 @@ __global__ void __launch_bounds__(kBlock) auction_kernel(int D, CoupleSpace s, u
     }
     if (eps == last) break;
     eps = hd::auction_next_eps(eps, last);
+    // A new phase keeps the pairs still eps-complementary-slack at the smaller eps (a warp checks
+    // a row); the others bid. The list's order does not matter.
+    if (threadIdx.x == 0) count[cur] = 0;
+    __syncthreads();
+    uint32_t* list = cur ? list_b : list_a;
+    for (int a = warp; a < m; a += kWarps) {
+      const float* x = xs + static_cast<size_t>(a) * D;
+      hd::BidScan scan = hd::bid_scan_empty();
+      for (int b = lane; b < m; b += 32) {
+        hd::bid_consider(scan, hd::bid_value(hd::pair_cost(x, es + static_cast<size_t>(b) * D, D), price[b]),
+                         static_cast<uint32_t>(b));
+      }
+      scan = warp_merge(scan);
+      const int32_t own = assigned[a];
+      const float own_value =
+          hd::bid_value(hd::pair_cost(x, es + static_cast<size_t>(own) * D, D), price[own]);
+      if (lane == 0) target[a] = hd::still_slack(own_value, scan, eps) ? 0u : 1u;  // a mark
+    }
+    __syncthreads();
+    for (int a = threadIdx.x; a < m; a += kBlock) {
+      if (target[a] == 0u) continue;
+      owner[assigned[a]] = -1;
+      assigned[a] = -1;
+      list[atomicAdd(&count[cur], 1)] = static_cast<uint32_t>(a);
+    }
+    __syncthreads();
   }
   for (int a = threadIdx.x; a < m; a += kBlock) noise_row[s.order[lo + a]] = s.order[lo + assigned[a]];
 }

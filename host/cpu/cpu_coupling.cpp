@@ -1,11 +1,15 @@
 // The CPU backend's coupling: the rows grouped (stably) by their group, and per group an exact
-// assignment (a Jacobi forward auction with epsilon scaling, the GPU kernel's algorithm and
-// arithmetic, so that both find the same permutation) or an entropic plan (log-domain Sinkhorn) with
+// assignment (a Gauss-Seidel forward auction with epsilon scaling, its bids scanned with AVX-512
+// where the CPU has it) or an entropic plan (log-domain Sinkhorn) with
 // each data row drawing its noise row from the plan. Costs of a group are held as an m x m matrix
 // (1 MiB for m = 512); the bids and the Sinkhorn updates run on the OpenMP threads.
 #include "host/cpu/cpu_coupling.hpp"
 
 #include <omp.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -85,103 +89,169 @@ void group_costs(const float* xs, const float* es, int64_t m, int D, std::vector
   }
 }
 
-// hd::bid_consider over objects 0..m-1 in order, in vectorised passes: the least C + p (the best
-// value, negated exactly), its first object, and the least over the other objects. Sixteen floats
-// are one GCC vector value (AVX-512 in the x86-64-v4 clone, two or four registers in the others):
-// the compiler does not vectorise these selects by itself.
-CUFM_SIMD_CLONES hd::BidScan bid_scan(const float* cost, const float* price, int64_t m) {
+// hd::bid_consider over objects 0..m-1 in order, in one vectorised pass: each lane keeps its least
+// and second-least C + p and the first object of the least (lane l sees objects l, l + W, ... in
+// order), then the lanes are merged as hd::bid_merge merges scans. Values are negated exactly at the
+// end. The generic version is sixteen floats as one GCC vector value (the compiler does not vectorise
+// these selects by itself); on AVX-512 an intrinsics version with two sets of lanes.
+hd::BidScan bid_scan_generic(const float* cost, const float* price, int64_t m) {
   typedef float Float16 __attribute__((vector_size(64)));
+  typedef int32_t Int16 __attribute__((vector_size(64)));
   const int64_t body = m - m % 16;
-  Float16 lane = Float16{} + INFINITY;
+  Float16 best = Float16{} + INFINITY, second = best;
+  Int16 where = Int16{} - 1;
+  Int16 index;
+  for (int l = 0; l < 16; ++l) index[l] = l;
   for (int64_t b = 0; b < body; b += 16) {
     Float16 c, p;
     std::memcpy(&c, cost + b, sizeof c);
     std::memcpy(&p, price + b, sizeof p);
     const Float16 v = c + p;
-    lane = v < lane ? v : lane;
+    const Int16 better = v < best;
+    second = better ? best : (v < second ? v : second);
+    where = better ? index : where;
+    best = better ? v : best;
+    index += 16;
   }
-  float best = INFINITY;
-  for (int l = 0; l < 16; ++l) best = lane[l] < best ? lane[l] : best;
-  for (int64_t b = body; b < m; ++b) best = std::min(best, hd::rn_add(cost[b], price[b]));
-  int64_t j1 = 0;
-  while (hd::rn_add(cost[j1], price[j1]) != best) ++j1;
-  // The second best: the least over the other objects.
-  lane = Float16{} + INFINITY;
-  for (int64_t b = 0; b < body; b += 16) {
-    Float16 c, p;
-    std::memcpy(&c, cost + b, sizeof c);
-    std::memcpy(&p, price + b, sizeof p);
-    Float16 v = c + p;
-    if (j1 >= b && j1 < b + 16) v[j1 - b] = INFINITY;
-    lane = v < lane ? v : lane;
+  hd::BidScan scan = hd::bid_scan_empty();
+  for (int l = 0; l < 16; ++l) {
+    if (where[l] < 0) continue;
+    scan = hd::bid_merge(scan, hd::BidScan{-best[l], -second[l], static_cast<uint32_t>(where[l])});
   }
-  float second = INFINITY;
-  for (int l = 0; l < 16; ++l) second = lane[l] < second ? lane[l] : second;
   for (int64_t b = body; b < m; ++b) {
-    if (b != j1) second = std::min(second, hd::rn_add(cost[b], price[b]));
+    hd::bid_consider(scan, hd::bid_value(cost[b], price[b]), static_cast<uint32_t>(b));
   }
-  return hd::BidScan{-best, -second, static_cast<uint32_t>(j1)};
+  return scan;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CUFM_AVX512_SCAN 1
+// GCC 12 flags the intrinsics' own _mm512_undefined_ps() pass-through operands as uninitialised
+// when they are inlined here (a false positive of its headers, not of this code).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Minima by compare and blend, and across the vector by a butterfly of lane permutations, every
+// lane getting the result.
+#define CUFM_AVX512 __attribute__((target("avx512f"), always_inline)) inline
+CUFM_AVX512 __m512 min_ps(__m512 a, __m512 b) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(b, a, _CMP_LT_OQ), a, b);
+}
+CUFM_AVX512 __m512i min_epi(__m512i a, __m512i b) {
+  return _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(b, a), a, b);
+}
+CUFM_AVX512 __m512 all_min_ps(__m512 v) {
+  v = min_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+  v = min_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+  v = min_ps(v, _mm512_permute_ps(v, 0x4E));
+  return min_ps(v, _mm512_permute_ps(v, 0xB1));
+}
+CUFM_AVX512 __m512i all_min_epi(__m512i v) {
+  v = min_epi(v, _mm512_shuffle_i32x4(v, v, 0x4E));
+  v = min_epi(v, _mm512_shuffle_i32x4(v, v, 0xB1));
+  v = min_epi(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));
+  return min_epi(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));
+}
+__attribute__((target("avx512f"))) hd::BidScan bid_scan_avx512(const float* cost, const float* price,
+                                                               int64_t m) {
+  const int64_t body = m - m % 32;
+  __m512 best0 = _mm512_set1_ps(INFINITY), second0 = best0, best1 = best0, second1 = best0;
+  __m512i where0 = _mm512_set1_epi32(-1), where1 = where0;
+  __m512i index0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i index1 = _mm512_add_epi32(index0, _mm512_set1_epi32(16));
+  const __m512i stride = _mm512_set1_epi32(32);
+  for (int64_t b = 0; b < body; b += 32) {
+    const __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(cost + b), _mm512_loadu_ps(price + b));
+    const __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(cost + b + 16), _mm512_loadu_ps(price + b + 16));
+    const __mmask16 better0 = _mm512_cmp_ps_mask(v0, best0, _CMP_LT_OQ);
+    const __mmask16 better1 = _mm512_cmp_ps_mask(v1, best1, _CMP_LT_OQ);
+    second0 = _mm512_mask_blend_ps(
+        better0, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v0, second0, _CMP_LT_OQ), second0, v0), best0);
+    second1 = _mm512_mask_blend_ps(
+        better1, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v1, second1, _CMP_LT_OQ), second1, v1), best1);
+    where0 = _mm512_mask_blend_epi32(better0, where0, index0);
+    where1 = _mm512_mask_blend_epi32(better1, where1, index1);
+    best0 = _mm512_mask_blend_ps(better0, best0, v0);
+    best1 = _mm512_mask_blend_ps(better1, best1, v1);
+    index0 = _mm512_add_epi32(index0, stride);
+    index1 = _mm512_add_epi32(index1, stride);
+  }
+  // The 32 lanes merged, all in registers: the least value, the lowest object holding it, and the
+  // least of the rest (the winner's second, the other lanes' bests).
+  hd::BidScan scan = hd::bid_scan_empty();
+  if (body > 0) {
+    const __m512 low = all_min_ps(min_ps(best0, best1));
+    const __m512i none = _mm512_set1_epi32(INT32_MAX);
+    const __m512i j1 = all_min_epi(
+        min_epi(_mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best0, low, _CMP_EQ_OQ), none, where0),
+                _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(best1, low, _CMP_EQ_OQ), none, where1)));
+    const __m512 rest =
+        all_min_ps(min_ps(_mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(where0, j1), best0, second0),
+                          _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(where1, j1), best1, second1)));
+    scan = hd::BidScan{-_mm512_cvtss_f32(low), -_mm512_cvtss_f32(rest),
+                       static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128(j1)))};
+  }
+  for (int64_t b = body; b < m; ++b) {
+    hd::bid_consider(scan, hd::bid_value(cost[b], price[b]), static_cast<uint32_t>(b));
+  }
+  return scan;
+}
+#pragma GCC diagnostic pop
+#endif
+
+hd::BidScan bid_scan(const float* cost, const float* price, int64_t m) {
+#ifdef CUFM_AVX512_SCAN
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return bid_scan_avx512(cost, price, m);
+#endif
+  return bid_scan_generic(cost, price, m);
 }
 
 // The exact assignment of one group, assigned[a] = the noise row (local) data row a takes: the
-// Jacobi auction of cufm/coupling.hpp, round by round as the GPU kernel runs it (the bids of a
-// round are independent, so their order does not matter; each object goes to its highest key).
+// forward auction of cufm/coupling.hpp, Gauss-Seidel style (one bidder at a time from a queue,
+// in order; an outbid owner joins the queue's end), which needs about half the bids of the GPU's
+// Jacobi rounds. Between phases the pairs still eps-complementary-slack are kept.
 void auction(const float* cost, int64_t m, float scale, CouplingScratch& s) {
   s.price.assign(static_cast<size_t>(m), 0.0f);
-  s.owner.resize(static_cast<size_t>(m));
-  s.assigned.resize(static_cast<size_t>(m));
-  s.col_key.assign(static_cast<size_t>(m), 0);
-  s.target.resize(static_cast<size_t>(m));
-  s.bids.resize(static_cast<size_t>(m));
+  s.owner.assign(static_cast<size_t>(m), -1);
+  s.assigned.assign(static_cast<size_t>(m), -1);
+  s.keep.resize(static_cast<size_t>(m));
   if (m == 1) {
     s.assigned[0] = 0;
     return;
   }
   const float last = hd::auction_last_eps(scale);
   float eps = hd::auction_first_eps(scale);
+  s.bidders.resize(static_cast<size_t>(m));
+  std::iota(s.bidders.begin(), s.bidders.end(), 0u);
   for (;;) {
-    std::fill(s.owner.begin(), s.owner.end(), -1);
-    std::fill(s.assigned.begin(), s.assigned.end(), -1);
-    s.bidders.resize(static_cast<size_t>(m));
-    std::iota(s.bidders.begin(), s.bidders.end(), 0u);
-    while (!s.bidders.empty()) {
-      const int64_t nb = static_cast<int64_t>(s.bidders.size());
-      const float* price = s.price.data();
-#pragma omp parallel for schedule(static) if (nb * m >= 4 * kParallelMin)
-      for (int64_t k = 0; k < nb; ++k) {
-        const uint32_t a = s.bidders[k];
-        const hd::BidScan scan = bid_scan(cost + static_cast<int64_t>(a) * m, price, m);
-        s.target[k] = scan.j1;
-        s.bids[k] = hd::bid_amount(scan, price[scan.j1], eps);
+    for (size_t head = 0; head < s.bidders.size(); ++head) {
+      const uint32_t a = s.bidders[head];
+      const hd::BidScan scan = bid_scan(cost + static_cast<int64_t>(a) * m, s.price.data(), m);
+      const uint32_t b = scan.j1;
+      s.price[b] = hd::bid_amount(scan, s.price[b], eps);
+      if (s.owner[b] >= 0) {
+        s.assigned[s.owner[b]] = -1;
+        s.bidders.push_back(static_cast<uint32_t>(s.owner[b]));
       }
-      for (int64_t k = 0; k < nb; ++k) {
-        uint64_t& key = s.col_key[s.target[k]];
-        key = std::max(key, hd::bid_key(s.bids[k], s.bidders[k]));
-      }
-      // Each object with bids goes to its highest; the next round's bidders are this round's
-      // losers and the owners they displaced (the order of the list does not matter).
-      s.next.clear();
-      for (int64_t k = 0; k < nb; ++k) {
-        const uint32_t b = s.target[k];
-        const uint64_t key = s.col_key[b];
-        if (key == 0) continue;  // settled by an earlier bidder of this round
-        const int32_t winner = static_cast<int32_t>(hd::key_row(key));
-        if (s.owner[b] >= 0) {
-          s.assigned[s.owner[b]] = -1;
-          s.next.push_back(static_cast<uint32_t>(s.owner[b]));
-        }
-        s.owner[b] = winner;
-        s.assigned[winner] = static_cast<int32_t>(b);
-        s.price[b] = hd::key_bid(key);
-        s.col_key[b] = 0;
-      }
-      for (int64_t k = 0; k < nb; ++k) {
-        if (s.assigned[s.bidders[k]] < 0) s.next.push_back(s.bidders[k]);
-      }
-      std::swap(s.bidders, s.next);
+      s.owner[b] = static_cast<int32_t>(a);
+      s.assigned[a] = static_cast<int32_t>(b);
     }
     if (eps == last) return;
     eps = hd::auction_next_eps(eps, last);
+    s.bidders.clear();
+#pragma omp parallel for schedule(static) if (m * m >= 4 * kParallelMin)
+    for (int64_t a = 0; a < m; ++a) {
+      const int32_t b = s.assigned[a];
+      const hd::BidScan scan = bid_scan(cost + a * m, s.price.data(), m);
+      s.keep[a] = hd::still_slack(hd::bid_value(cost[a * m + b], s.price[b]), scan, eps);
+    }
+    for (int64_t a = 0; a < m; ++a) {
+      if (s.keep[a]) continue;
+      s.owner[s.assigned[a]] = -1;
+      s.assigned[a] = -1;
+      s.bidders.push_back(static_cast<uint32_t>(a));
+    }
   }
 }
 

@@ -20,6 +20,7 @@ struct CouplingScratch {
   std::vector<uint32_t> bidders, next, target;
   std::vector<float> bids;
   std::vector<uint64_t> col_key;
+  std::vector<uint8_t> keep;
 };
 
 // noise_row [B] as cufm::couple gives it (arguments taken as checked: finite values, kind not

@@ -35,8 +35,8 @@ struct PreparedBatch {
   CouplingScratch coupling;
 };
 
-// The CPU twin of the fm_prepare kernel (kernels/fm_prepare.cu), bit for bit; with a coupling, the
-// twin of fm_couple's pairs too (exact: bit for bit).
+// The CPU twin of the fm_prepare kernel (kernels/fm_prepare.cu), bit for bit; with a coupling, it
+// computes the pairs first (fm_couple's reference).
 void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                 PreparedBatch& out);
 

@@ -25,12 +25,14 @@ enum class Coupling : int {
 const char* to_string(Coupling c);
 Coupling parse_coupling(const std::string& s);
 
-// Exact: a forward auction (Bertsekas) with epsilon scaling, Jacobi style (every unassigned row bids
-// at once, each object goes to its highest bid, ties to the lowest row). The scale c of a group is
-// the mean cost of its rows' independent pairs; epsilon starts at c and is divided by 8 per phase
-// down to kAuctionFinalEps * c, so the assignment's cost is within m * kAuctionFinalEps * c of the
-// optimum for a group of m rows (in practice the optimum itself). Deterministic: the CPU backend and
-// the GPU kernel compute the same permutation bit for bit.
+// Exact: a forward auction (Bertsekas) with epsilon scaling. The scale c of a group is the mean cost
+// of its rows' independent pairs; epsilon starts at c / 8 and is divided by 8 per phase down to
+// kAuctionFinalEps * c, a phase keeping the pairs still epsilon-complementary-slack, so the
+// assignment's cost is within m * kAuctionFinalEps * c of the optimum for a group of m rows (in
+// practice the optimum itself; the tests hold it to brute force and a Hungarian reference). The CPU
+// bids one row at a time (Gauss-Seidel), the GPU every unassigned row at once (Jacobi: each object
+// to its highest bid, ties to the lowest row); both are deterministic, and their pairs differ only
+// where two assignments cost the same to within that bound.
 constexpr float kAuctionFinalEps = 1e-5f;
 
 // Sinkhorn, in the log domain, per group with uniform marginals: the plan P_ij is proportional to

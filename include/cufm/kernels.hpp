@@ -128,8 +128,9 @@ struct FmCoupling {
 size_t fm_couple_workspace_bytes(int batch, int dim, const FmCoupling& coupling);
 
 // The step's pairs, noise_row [batch] (DEVICE), as cufm::couple computes them on the CPU from the
-// step's x1 and eps (Philox's draws, or rows_in_order): exact is the same permutation bit for bit;
-// Sinkhorn the same algorithm (its sums in another order). Set FmBatch::noise_row to the result for
+// step's x1 and eps (Philox's draws, or rows_in_order): exact an optimal permutation to the same
+// bound (the Jacobi auction, where the CPU bids Gauss-Seidel), Sinkhorn the same algorithm with its
+// sums in another order. Set FmBatch::noise_row to the result for
 // fm_prepare and fm_loss_grad. Exact: one block per group runs the auction; Sinkhorn: a row and a
 // column kernel per iteration (kSinkhornMaxIterations of each are enqueued; those after convergence
 // return at once), warps over the group's rows with the costs computed on the fly (no B x B matrix).

@@ -1,6 +1,6 @@
 // The coupling solvers' arithmetic shared by the CPU backend and the kernels (internal: cufm::hd):
 // the pair cost, the group's scale summed in a fixed order, and the auction's bids and keys, written
-// with exactly rounded operations so that both backends find the same assignment bit for bit.
+// with exactly rounded operations, so that both backends compute the same scale and bids.
 #pragma once
 
 #include <cmath>
@@ -83,6 +83,11 @@ CUFM_HD float bid_amount(const BidScan& s, float price, float eps) {
   const float bid = rn_add(rn_add(price, rn_sub(s.w1, s.w2)), eps);
   return bid > price ? bid : bits_to_float(float_to_bits(price) + 1u);
 }
+// At the start of a phase, whether a row keeps its object: its value there is within eps of its best.
+CUFM_HD bool still_slack(float own_value, const BidScan& s, float eps) {
+  return own_value >= rn_sub(s.w1, eps);
+}
+
 // A bid as a key whose maximum is the highest bid, and the lowest row among equal ones (bids are
 // positive floats, whose bits order as they do).
 CUFM_HD uint64_t bid_key(float bid, uint32_t row) {
