@@ -1,6 +1,8 @@
 """What the Python benchmarks share: the machine line of their tables (the CPU's model name and the
-instruction sets that decide its GEMM kernels), and their alternating timing rounds."""
+instruction sets that decide its GEMM kernels), their alternating timing rounds, the PyTorch
+velocity MLP and the writing of a table."""
 
+import json
 import platform
 import sys
 import time
@@ -32,3 +34,26 @@ def alternate(rows, rounds):
                 seconds[(name, who)].append(time.perf_counter() - t0)
                 print(f"round {r + 1}: {name}, {who}: {seconds[(name, who)][-1]:.2f} s", file=sys.stderr)
     return seconds, values
+
+
+def silu_mlp(dims):
+    """PyTorch's version of a cuFM MLP: Linear layers over dims with SiLU between them."""
+    import torch.nn as nn
+
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+def emit(text, out=None, json_path=None, result=None):
+    """Prints a benchmark's markdown, and writes it to `out` and `result` as JSON to `json_path`."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)

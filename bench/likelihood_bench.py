@@ -15,14 +15,13 @@ Reported: points/s (the median of --rounds alternating runs) and, for the exact 
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 
 import numpy as np
 
 import cufm
-from bench_machine import alternate, cpu_model
+from bench_machine import alternate, cpu_model, emit
 
 
 def mixture(n, seed):
@@ -99,13 +98,7 @@ def main():
                             mean_log_p_cufm=float(np.mean(a)), mean_log_p_flow_matching=float(np.mean(b)),
                             max_abs_diff=diff)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(date=date, cpu=cpu_model(), threads=args.threads, rows=result), f, indent=1)
+    emit(text, args.out, args.json, dict(date=date, cpu=cpu_model(), threads=args.threads, rows=result))
 
 
 if __name__ == "__main__":

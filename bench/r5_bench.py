@@ -18,7 +18,6 @@ Times: medians of --rounds alternating rounds.
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 
 import cufm
 import r5_peers as peers
-from bench_machine import alternate, cpu_model
+from bench_machine import alternate, cpu_model, emit
 
 
 def main():
@@ -146,13 +145,7 @@ def main():
     if notes:
         lines += ["", "What the peers' rows time (r5_peers.py):"] + notes
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(text, args.out, args.json, result)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from bench_machine import silu_mlp
+
 D, K, WIDTH, HIDDEN, BATCH, LR = 10, 20, 256, 5, 4096, 1e-3
 SEED_A = 1234
 POOL = 1 << 16
@@ -67,15 +69,7 @@ def _batch(theta_pool, x_pool, batch):
 # ---- helpers -------------------------------------------------------------------------------------
 def make_r5_mlp():
     """The R5 velocity MLP: Linear(31, 256), SiLU, 4 x (Linear(256, 256), SiLU), Linear(256, 10)."""
-    import torch.nn as nn
-
-    dims = [D + 1 + K] + [WIDTH] * HIDDEN + [D]
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+    return silu_mlp([D + 1 + K] + [WIDTH] * HIDDEN + [D])
 
 
 def num_params(model):

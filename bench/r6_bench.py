@@ -26,7 +26,6 @@ sliced W2 (cufm.sliced_wasserstein2, 256 projections) against the same --n fresh
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 
 import cufm
 import r6_peers as peers
-from bench_machine import cpu_model
+from bench_machine import cpu_model, emit
 
 POOL, MODEL_SEED, TRAIN_SEED, SAMPLE_SEED = 200_000, 1, 0, 3
 W2_GOAL_KS = (1, 2, 4)
@@ -185,20 +184,13 @@ def main():
             lines.append(f"- for reference, torchcfm exact / torchcfm independent, ms/step: {r:.2f}x")
     lines += ["", "What each row ran:", ""] + [f"- {d}" for d in descs]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        result = dict(date=date, cpu=cpu_model(), cores=os.cpu_count(), threads=args.threads, steps=args.steps,
-                      n=args.n, chunk=args.chunk, floor=floor, ratios=ratios,
-                      rows=[dict(implementation=impl, coupling=c, ms_per_step=ms, train_s=train_s,
-                                 w2={str(k): v for k, v in (w2 or {}).items()})
-                            for (impl, c), (ms, train_s, w2) in rows.items()],
-                      descs=descs)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-
+    result = dict(date=date, cpu=cpu_model(), cores=os.cpu_count(), threads=args.threads, steps=args.steps,
+                  n=args.n, chunk=args.chunk, floor=floor, ratios=ratios,
+                  rows=[dict(implementation=impl, coupling=c, ms_per_step=ms, train_s=train_s,
+                             w2={str(k): v for k, v in (w2 or {}).items()})
+                        for (impl, c), (ms, train_s, w2) in rows.items()],
+                  descs=descs)
+    emit(text, args.out, args.json, result)
 
 if __name__ == "__main__":
     main()

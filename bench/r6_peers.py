@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from bench_machine import silu_mlp
+
 WIDTH, HIDDEN, BATCH, LR, STEPS, N_EVAL = 256, 3, 512, 1e-3, 3000, 20000
 KS = (1, 2, 4, 8, 32)
 COUPLINGS = ("independent", "exact", "sinkhorn")
@@ -79,15 +81,7 @@ def _generator(seed):
 # ---- model -----------------------------------------------------------------------------------------
 def make_r6_mlp():
     """The R6 velocity MLP: Linear(3, 256), SiLU, 2 x (Linear(256, 256), SiLU), Linear(256, 2)."""
-    import torch.nn as nn
-
-    dims = [3] + [WIDTH] * HIDDEN + [2]
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+    return silu_mlp([3] + [WIDTH] * HIDDEN + [2])
 
 
 def _velocity(model, x, t):

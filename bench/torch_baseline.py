@@ -42,8 +42,9 @@ import tempfile
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from bench_machine import silu_mlp
 
 GPU_CHUNK = 10
 SAMPLE_COUNT = 50000
@@ -72,13 +73,7 @@ def sample_workloads():
 
 def make_mlp(w):
     in_dim = w["dim"] + 1 + (w["classes"] + 1 if w["classes"] > 0 else 0)
-    dims = [in_dim] + [w["width"]] * w["layers"] + [w["dim"]]
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+    return silu_mlp([in_dim] + [w["width"]] * w["layers"] + [w["dim"]])
 
 
 def num_params(model):
