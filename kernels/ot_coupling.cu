@@ -13,11 +13,12 @@
 //             winning bidder of each object takes it. The state (prices, owners, bidder lists) is
 //             in global memory at the group's offset. Costs are recomputed from x1 and eps
 //             (hd::pair_cost), never stored.
-//   sinkhorn  scale_kernel (one block per group), then per iteration sinkhorn_rows and
-//             sinkhorn_cols (a warp per row or column: an online log-sum-exp over the group with
-//             the costs on the fly); the column kernel's last block decides convergence, after which
-//             the remaining launches return at once; then sinkhorn_draw (a warp per data row: the
-//             lanes' chunk sums, a warp scan, and the lane holding the draw walks its chunk).
+//   sinkhorn  sinkhorn_init (one block per group: its scale, zero potentials), then per iteration
+//             sinkhorn_pass<rows> and sinkhorn_pass<cols> (a warp per row or column: an online
+//             log-sum-exp over the group with the costs on the fly); the column kernel's last block
+//             marks the groups that converged, and once all have the remaining launches return at
+//             once; then sinkhorn_draws (a warp per data row: the lanes' chunk sums, a warp scan,
+//             and the lane holding the draw walks its chunk).
 // Cost: exact O(bids x m / 32) warp steps per group; Sinkhorn 2 m^2 D flops and exps per iteration.
 #include <algorithm>
 #include <cstdint>
@@ -58,7 +59,9 @@ struct CoupleSpace {
   float* f;                     // [B] Sinkhorn's potentials by sorted position
   float* g;                     // [B]
   float* eps_reg;               // [G] Sinkhorn's absolute regularisation per group
-  unsigned int* flags;          // [4]: counter, error bits, converged
+  unsigned int* group_err;      // [G] Sinkhorn: the iteration's largest column error (float bits)
+  unsigned int* group_done;     // [G] Sinkhorn: 1 once the group has converged (or is empty)
+  unsigned int* flags;          // [4]: the last-block counter, -, every group converged, -
   void* sort_temp;
   size_t sort_bytes;
   size_t total;
@@ -106,6 +109,8 @@ CoupleSpace carve(void* base, int B, int D, const FmCoupling& c) {
   s.f = static_cast<float*>(take(b * 4));
   s.g = static_cast<float*>(take(b * 4));
   s.eps_reg = static_cast<float*>(take(G * 4));
+  s.group_err = static_cast<unsigned int*>(take(G * 4));
+  s.group_done = static_cast<unsigned int*>(take(G * 4));
   s.flags = static_cast<unsigned int*>(take(16));
   s.sort_bytes = 0;
   if (c.num_classes > 0) {
@@ -243,6 +248,9 @@ __global__ void __launch_bounds__(kBlock) auction_kernel(int D, CoupleSpace s, u
                            static_cast<uint32_t>(b));
         }
         scan = warp_merge(scan);
+        // Finite costs always give an object; a non-finite row (data past the documented range)
+        // must not index outside the group.
+        scan.j1 = scan.j1 < static_cast<uint32_t>(m) ? scan.j1 : 0u;
         if (lane == 0) {
           const float bid = hd::bid_amount(scan, price[scan.j1], eps);
           target[k] = scan.j1;
@@ -312,6 +320,10 @@ __global__ void __launch_bounds__(kBlock) sinkhorn_init(int D, float reg, Couple
   const int gid = blockIdx.x;
   const int lo = s.gstart[gid], m = s.gend[gid] - lo;
   if (gid == 0 && threadIdx.x < 4) s.flags[threadIdx.x] = 0u;
+  if (threadIdx.x == 0) {
+    s.group_err[gid] = 0u;
+    s.group_done[gid] = m <= 0 ? 1u : 0u;
+  }
   if (m <= 0) return;
   const float scale =
       block_group_scale(s.xs + static_cast<size_t>(lo) * D, s.es + static_cast<size_t>(lo) * D, m, D);
@@ -348,16 +360,18 @@ __device__ __forceinline__ Lse lse_warp(Lse l, float inv) {
   return l;
 }
 
-// rows: f_k = -eps LSE_b((g_b - C_kb) / eps); cols: g_k = -eps LSE_a((f_a - C_ak) / eps) with the
-// column's relative mass error, the grid's largest deciding convergence.
+// rows: f_k = -eps LSE_b((g_b - C_kb) / eps); cols: g_k = -eps LSE_a((f_a - C_ak) / eps) and the
+// column's relative mass error. Each group iterates until its own largest error is within the
+// tolerance, as the CPU's loop over the groups does: the columns kernel's last block marks the groups
+// that converged, and once all have, the remaining launches return at once.
 template <bool kRows>
-__global__ void __launch_bounds__(kThreads) sinkhorn_pass(int B, int D, CoupleSpace s) {
-  if (*reinterpret_cast<volatile unsigned int*>(s.flags + 2)) return;  // converged already
+__global__ void __launch_bounds__(kThreads) sinkhorn_pass(int B, int D, int groups, CoupleSpace s) {
+  if (*reinterpret_cast<volatile unsigned int*>(s.flags + 2)) return;  // every group converged
   const int lane = threadIdx.x % 32;
   const int warps = gridDim.x * (kThreads / 32);
-  float worst = 0.0f;
   for (int k = blockIdx.x * (kThreads / 32) + threadIdx.x / 32; k < B; k += warps) {
     const int gid = s.key_sorted[k];
+    if (s.group_done[gid]) continue;
     const int lo = s.gstart[gid], hi = s.gend[gid];
     const float eps = s.eps_reg[gid], inv = 1.0f / eps;
     const float* own = (kRows ? s.xs : s.es) + static_cast<size_t>(k) * D;
@@ -375,26 +389,35 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_pass(int B, int D, CoupleSp
       if (kRows) {
         s.f[k] = updated;
       } else {
-        worst = fmaxf(worst, fabsf(expf((s.g[k] - updated) * inv) - 1.0f));
+        const float err = fabsf(expf((s.g[k] - updated) * inv) - 1.0f);
+        // A max of non-negative floats as their bits (a NaN's bits exceed every finite error's).
+        if (!(err <= 0.0f)) atomicMax(s.group_err + gid, __float_as_uint(err));
         s.g[k] = updated;
       }
     }
   }
   if (kRows) return;
-  // The grid's largest error: a max of non-negative floats as their bits, then the last block.
   __shared__ bool is_last;
-  if (lane == 0 && worst > 0.0f) atomicMax(s.flags + 1, __float_as_uint(worst));
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
     is_last = atomicAdd(s.flags, 1u) == gridDim.x - 1;
   }
   __syncthreads();
-  if (!is_last || threadIdx.x != 0) return;
+  if (!is_last) return;
   __threadfence();
-  const float err = __uint_as_float(atomicExch(s.flags + 1, 0u));
-  s.flags[0] = 0u;
-  if (err <= kSinkhornTolerance) s.flags[2] = 1u;
+  bool pending = false;
+  for (int g = threadIdx.x; g < groups; g += kThreads) {
+    if (s.group_done[g]) continue;
+    const unsigned int bits = atomicExch(s.group_err + g, 0u);
+    if (__uint_as_float(bits) <= kSinkhornTolerance) {
+      s.group_done[g] = 1u;
+    } else {
+      pending = true;
+    }
+  }
+  if (!__syncthreads_or(pending) && threadIdx.x == 0) s.flags[2] = 1u;
+  if (threadIdx.x == 0) s.flags[0] = 0u;
 }
 
 __global__ void __launch_bounds__(kThreads) sinkhorn_draws(FmBatch b, CoupleSpace s, uint32_t* noise_row) {
@@ -414,7 +437,12 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_draws(FmBatch b, CoupleSpac
       return expf((fk + s.g[j] - hd::pair_cost(x, s.es + static_cast<size_t>(j) * D, D)) * inv);
     };
     float mine = 0.0f;
-    for (int j = first; j < end; ++j) mine += weight(j);
+    int last_positive = -1;
+    for (int j = first; j < end; ++j) {
+      const float w = weight(j);
+      mine += w;
+      if (w > 0.0f) last_positive = j;
+    }
     float inclusive = mine;
 #pragma unroll
     for (int off = 1; off < 32; off *= 2) {
@@ -423,24 +451,29 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_draws(FmBatch b, CoupleSpac
     }
     const float total = __shfl_sync(0xFFFFFFFFu, inclusive, 31);
     const float goal = hd::sinkhorn_draw(b.seed, step, s.order[k]) * total;
-    const unsigned crossing = __ballot_sync(0xFFFFFFFFu, inclusive > goal && end > first);
-    const int owner_lane = crossing ? __ffs(crossing) - 1 : -1;
-    int pick = -1;
-    if (lane == owner_lane) {
-      float cum = inclusive - mine;
-      for (int j = first; j < end; ++j) {
-        cum += weight(j);
-        if (cum > goal) {
-          pick = j;
-          break;
+    // The first lane whose prefix passes the goal walks its chunk; only columns of positive weight
+    // are taken. Rounding may leave the goal past every prefix: then the last column of positive
+    // weight; a row whose weights all underflow keeps its own noise.
+    const unsigned crossing = __ballot_sync(0xFFFFFFFFu, inclusive > goal && last_positive >= 0);
+    const unsigned positive = __ballot_sync(0xFFFFFFFFu, last_positive >= 0);
+    int pick = k;
+    if (crossing) {
+      const int walker = __ffs(crossing) - 1;
+      int chosen = last_positive;
+      if (lane == walker) {
+        float cum = inclusive - mine;
+        for (int j = first; j < end; ++j) {
+          const float w = weight(j);
+          cum += w;
+          if (w > 0.0f && cum > goal) {
+            chosen = j;
+            break;
+          }
         }
       }
-      if (pick < 0) pick = end - 1;
-    }
-    if (owner_lane < 0) {  // rounding left the goal past the total: the group's last row
-      pick = hi - 1;
-    } else {
-      pick = __shfl_sync(0xFFFFFFFFu, pick, owner_lane);
+      pick = __shfl_sync(0xFFFFFFFFu, chosen, walker);
+    } else if (positive) {
+      pick = __shfl_sync(0xFFFFFFFFu, last_positive, 31 - __clz(positive));
     }
     if (lane == 0) noise_row[s.order[k]] = s.order[pick];
   }
@@ -465,8 +498,8 @@ void fm_couple(const FmBatch& batch, const FmCoupling& c, uint32_t* noise_row, v
   CUFM_REQUIRE(!batch.noise_row, "fm_couple: batch.noise_row must be unset (fm_couple computes it)");
   CUFM_REQUIRE(c.kind == Coupling::Exact || c.kind == Coupling::Sinkhorn,
                "fm_couple: coupling must be exact or sinkhorn, got " << to_string(c.kind));
-  CUFM_REQUIRE(std::isfinite(c.reg) && c.reg > 0.0f && c.reg <= 100.0f,
-               "fm_couple: reg must be in (0, 100], got " << c.reg);
+  CUFM_REQUIRE(std::isfinite(c.reg) && c.reg >= 1e-4f && c.reg <= 100.0f,
+               "fm_couple: reg must be in [1e-4, 100], got " << c.reg);
   CUFM_REQUIRE(c.num_classes >= 0 && c.num_classes <= 100000,
                "fm_couple: num_classes must be in [0, 100000], got " << c.num_classes);
   CUFM_REQUIRE(c.num_classes == 0 || batch.labels, "fm_couple: grouping by class needs batch.labels");
@@ -500,8 +533,8 @@ void fm_couple(const FmBatch& batch, const FmCoupling& c, uint32_t* noise_row, v
   CUFM_CUDA_CHECK_LAUNCH("sinkhorn_init");
   const int warp_blocks = cuda::grid_for(static_cast<int64_t>(B) * 32, kThreads, 65535);
   for (int it = 0; it < kSinkhornMaxIterations; ++it) {
-    sinkhorn_pass<true><<<warp_blocks, kThreads, 0, stream>>>(B, batch.dim, s);
-    sinkhorn_pass<false><<<warp_blocks, kThreads, 0, stream>>>(B, batch.dim, s);
+    sinkhorn_pass<true><<<warp_blocks, kThreads, 0, stream>>>(B, batch.dim, G, s);
+    sinkhorn_pass<false><<<warp_blocks, kThreads, 0, stream>>>(B, batch.dim, G, s);
   }
   CUFM_CUDA_CHECK_LAUNCH("sinkhorn_pass");
   sinkhorn_draws<<<warp_blocks, kThreads, 0, stream>>>(batch, s, noise_row);

@@ -226,6 +226,45 @@ TEST(Coupling, PairsStayWithinGroupsAndSolveEachGroup) {
   }
 }
 
+TEST(Coupling, BidScansEqualTheSequentialScan) {
+  std::mt19937 rng(41);
+  std::uniform_int_distribution<int> level(0, 6);  // few distinct values: many ties
+  for (int m : {2, 3, 15, 16, 17, 31, 32, 33, 100, 512, 1000}) {
+    for (int rep = 0; rep < 20; ++rep) {
+      std::vector<float> cost(m), price(m);
+      for (int b = 0; b < m; ++b) {
+        cost[b] = static_cast<float>(level(rng)) * 0.5f;
+        price[b] = rep % 2 ? 0.0f : static_cast<float>(level(rng)) * 0.25f;
+      }
+      hd::BidScan want = hd::bid_scan_empty();
+      for (int b = 0; b < m; ++b)
+        hd::bid_consider(want, hd::bid_value(cost[b], price[b]), static_cast<uint32_t>(b));
+      for (bool generic : {false, true}) {
+        const hd::BidScan got = cpu::bid_scan(cost.data(), price.data(), m, generic);
+        ASSERT_EQ(got.j1, want.j1) << "m " << m << (generic ? " generic" : " dispatched");
+        ASSERT_EQ(got.w1, want.w1);
+        ASSERT_EQ(got.w2, want.w2);
+      }
+    }
+  }
+}
+
+TEST(Coupling, TinyBatchesAndSingletonGroups) {
+  const Points one = random_points(1, 3, 2);
+  for (const CouplingConfig& c : {exact(), sinkhorn(0.05f)}) {
+    EXPECT_EQ(couple(c, 1, 3, one.x.data(), one.e.data()), std::vector<uint32_t>{0});
+  }
+  const Points p = random_points(9, 2, 3);
+  const std::vector<int32_t> groups = {5, 1, 1, 7, 1, 2, 2, 1, 9};  // 5, 7 and 9 alone
+  for (const CouplingConfig& c : {exact(), sinkhorn(0.05f)}) {
+    const std::vector<uint32_t> pairs = couple(c, 9, 2, p.x.data(), p.e.data(), groups.data());
+    EXPECT_EQ(pairs[0], 0u);
+    EXPECT_EQ(pairs[3], 3u);
+    EXPECT_EQ(pairs[8], 8u);
+    for (int i = 0; i < 9; ++i) EXPECT_EQ(groups[pairs[i]], groups[i]);
+  }
+}
+
 // The plan exp((f_a + g_b - C_ab) / eps) / m from the CPU's potentials, in double.
 std::vector<double> plan_of(const std::vector<float>& cost, int m, float eps, const cpu::CouplingScratch& s) {
   std::vector<double> plan(static_cast<size_t>(m) * m);

@@ -47,8 +47,8 @@ Coupling parse_coupling(const std::string& s) {
 void CouplingConfig::validate() const {
   CUFM_REQUIRE(kind == Coupling::Independent || kind == Coupling::Exact || kind == Coupling::Sinkhorn,
                "unknown coupling " << static_cast<int>(kind));
-  CUFM_REQUIRE(std::isfinite(reg) && reg > 0.0f && reg <= 100.0f,
-               "the Sinkhorn regularisation (ot_reg) must be in (0, 100], got " << reg);
+  CUFM_REQUIRE(std::isfinite(reg) && reg >= 1e-4f && reg <= 100.0f,
+               "the Sinkhorn regularisation (ot_reg) must be in [1e-4, 100], got " << reg);
 }
 
 namespace cpu {
@@ -199,14 +199,6 @@ __attribute__((target("avx512f"))) hd::BidScan bid_scan_avx512(const float* cost
 #pragma GCC diagnostic pop
 #endif
 
-hd::BidScan bid_scan(const float* cost, const float* price, int64_t m) {
-#ifdef CUFM_AVX512_SCAN
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return bid_scan_avx512(cost, price, m);
-#endif
-  return bid_scan_generic(cost, price, m);
-}
-
 // The exact assignment of one group, assigned[a] = the noise row (local) data row a takes: the
 // forward auction of cufm/coupling.hpp, Gauss-Seidel style (one bidder at a time from a queue,
 // in order; an outbid owner joins the queue's end), which needs about half the bids of the GPU's
@@ -287,8 +279,15 @@ CUFM_SIMD_CLONES float vector_sum(const float* x, int64_t m) {
 
 }  // namespace
 
+hd::BidScan bid_scan(const float* cost, const float* price, int64_t m, bool generic) {
+#ifdef CUFM_AVX512_SCAN
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && !generic) return bid_scan_avx512(cost, price, m);
+#endif
+  return bid_scan_generic(cost, price, m);
+}
+
 CUFM_SIMD_CLONES int sinkhorn_potentials(const float* cost, int64_t m, float eps, CouplingScratch& s) {
-  DenormalsAreZero daz;
   s.f.assign(static_cast<size_t>(m), 0.0f);
   s.g.assign(static_cast<size_t>(m), 0.0f);
   s.gnew.resize(static_cast<size_t>(m));
@@ -299,8 +298,14 @@ CUFM_SIMD_CLONES int sinkhorn_potentials(const float* cost, int64_t m, float eps
   // The column sums run over kSlices fixed slices of the rows, combined in order: the same bits
   // for any thread count.
   constexpr int kSlices = 8;
-  std::vector<std::vector<float>> colmax(kSlices, std::vector<float>(m)),
-      colsum(kSlices, std::vector<float>(m));
+  std::vector<std::vector<float>>& colmax = s.colmax;
+  std::vector<std::vector<float>>& colsum = s.colsum;
+  colmax.resize(kSlices);
+  colsum.resize(kSlices);
+  for (int t = 0; t < kSlices; ++t) {
+    colmax[t].resize(static_cast<size_t>(m));
+    colsum[t].resize(static_cast<size_t>(m));
+  }
   int it = 0;
   while (it < kSinkhornMaxIterations) {
     ++it;
@@ -357,7 +362,6 @@ namespace {
 // Each data row's draw from its row of the plan: pick[a] = the local noise row.
 CUFM_SIMD_CLONES void sinkhorn_draws(const float* cost, int64_t m, float eps, const uint32_t* rows,
                                      uint64_t seed, uint64_t step, CouplingScratch& s, uint32_t* pick) {
-  DenormalsAreZero daz;
   const float inv = 1.0f / eps;
   const float* f = s.f.data();
   const float* g = s.g.data();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cufm/coupling.hpp"
+#include "cufm/detail/coupling.hpp"
 #include "cufm/trainer.hpp"
 
 namespace cufm::cpu {
@@ -15,11 +16,10 @@ struct CouplingScratch {
   std::vector<uint32_t> order;  // the rows sorted by group, stably
   std::vector<float> xs, es;    // x1 and eps in that order
   std::vector<float> cost;      // one group's m x m costs
-  std::vector<float> price, f, g, gnew, colmax, colsum;
+  std::vector<float> price, f, g, gnew;
+  std::vector<std::vector<float>> colmax, colsum;  // Sinkhorn's column slices
   std::vector<int32_t> owner, assigned;
-  std::vector<uint32_t> bidders, next, target;
-  std::vector<float> bids;
-  std::vector<uint64_t> col_key;
+  std::vector<uint32_t> bidders;
   std::vector<uint8_t> keep;
 };
 
@@ -47,6 +47,10 @@ void couple_rows(const CouplingConfig& config, int64_t B, int D, const float* x1
 // s.g: the plan is exp((f_a + g_b - C_ab) / eps) / m. Returns the iterations run (the stopping rule
 // of cufm/coupling.hpp).
 int sinkhorn_potentials(const float* cost, int64_t m, float eps, CouplingScratch& s);
+
+// The auction's scan of one row: hd::bid_consider over objects 0..m-1 of the values -(C + p), with
+// AVX-512 where the CPU has it; generic: the portable version (for the tests).
+hd::BidScan bid_scan(const float* cost, const float* price, int64_t m, bool generic = false);
 
 // The group's scale (cufm/coupling.hpp) over m rows of xs and es [m, D]: the fixed-order sum.
 float group_scale(const float* xs, const float* es, int64_t m, int D);

@@ -108,9 +108,11 @@ class CudaTrainer final : public TrainBackend {
     }
     graph_.reset();
     mlp_.reset();
-    for (DeviceBuffer* b : {&given_x1_, &given_eps_, &given_t_, &given_labels_, &given_context_,
-                            &given_context_null_, &data_x_, &data_labels_, &data_context_, &params_, &grads_,
-                            &m_, &v_, &ema_, &params_bf16_, &adam_state_, &loss_, &loss_ws_, &adam_ws_}) {
+    for (DeviceBuffer* b :
+         {&given_x1_, &given_eps_,   &given_t_,      &given_labels_, &given_context_, &given_context_null_,
+          &data_x_,   &data_labels_, &data_context_, &params_,       &grads_,         &m_,
+          &v_,        &ema_,         &params_bf16_,  &adam_state_,   &loss_,          &loss_ws_,
+          &adam_ws_,  &noise_row_,   &couple_ws_}) {
       *b = DeviceBuffer();
     }
     stream_.reset();  // on this trainer's device, not the caller's

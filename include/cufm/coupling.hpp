@@ -45,7 +45,7 @@ constexpr int kSinkhornMaxIterations = 100;
 
 struct CouplingConfig {
   Coupling kind = Coupling::Independent;
-  float reg = 0.05f;  // Sinkhorn's regularisation, relative to the group's scale; in (0, 100]
+  float reg = 0.05f;  // Sinkhorn's regularisation, relative to the group's scale; in [1e-4, 100]
   uint64_t seed = 0;  // Sinkhorn: the Philox key and stream (a training step's index) of the pair draws
   uint64_t step = 0;
   void validate() const;

@@ -123,7 +123,7 @@ struct FmCoupling {
 };
 
 // Bytes of workspace fm_couple needs (its sort, the batch's x1 and eps in group order, the solvers'
-// state): about (16 D + 64) bytes a row plus the sort's scratch. Any 256-byte-aligned device memory
+// state): about (8 D + 56) bytes a row plus the sort's scratch. Any 256-byte-aligned device memory
 // (cudaMalloc's); fm_couple initialises what it uses, so calls on one stream may share it.
 size_t fm_couple_workspace_bytes(int batch, int dim, const FmCoupling& coupling);
 
@@ -134,7 +134,11 @@ size_t fm_couple_workspace_bytes(int batch, int dim, const FmCoupling& coupling)
 // fm_prepare and fm_loss_grad. Exact: one block per group runs the auction; Sinkhorn: a row and a
 // column kernel per iteration (kSinkhornMaxIterations of each are enqueued; those after convergence
 // return at once), warps over the group's rows with the costs computed on the fly (no B x B matrix).
-// Groups of up to kMaxCouplingGroup rows.
+// Groups of up to kMaxCouplingGroup rows. The data must be finite and below about 1e18 in magnitude
+// (squared distances must not overflow; cuFM's datasets are checked on upload); a label outside
+// [0, num_classes) pairs in the null class's group. Exact runs one block per group (one SM for an
+// unconditional model); Sinkhorn enqueues 2 x kSinkhornMaxIterations launches, those after
+// convergence costing only their launch.
 void fm_couple(const FmBatch& batch, const FmCoupling& coupling, uint32_t* noise_row, void* workspace,
                size_t workspace_bytes, cudaStream_t stream);
 

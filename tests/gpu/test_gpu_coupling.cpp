@@ -99,11 +99,16 @@ TEST_P(FmCouple, MatchesTheCpu) {
     std::vector<uint32_t> sorted = got;
     std::sort(sorted.begin(), sorted.end());
     for (int i = 0; i < B; ++i) ASSERT_EQ(sorted[i], static_cast<uint32_t>(i));
+    // Each is within m kAuctionFinalEps c of the optimum in total (c: the mean independent pair
+    // cost), so their means differ by at most twice kAuctionFinalEps c.
+    std::vector<uint32_t> identity(B);
+    for (int i = 0; i < B; ++i) identity[i] = static_cast<uint32_t>(i);
+    const double scale = pair_cost(ref, data, cfg, step, cc.dim, identity);
     const double cpu_cost = pair_cost(ref, data, cfg, step, cc.dim, ref.noise_row);
-    EXPECT_NEAR(pair_cost(ref, data, cfg, step, cc.dim, got), cpu_cost, 1e-5 * cpu_cost);
+    EXPECT_NEAR(pair_cost(ref, data, cfg, step, cc.dim, got), cpu_cost, 2.0 * kAuctionFinalEps * scale);
     int same = 0;
     for (int i = 0; i < B; ++i) same += got[i] == ref.noise_row[i];
-    EXPECT_GE(same, 0.95 * B);
+    EXPECT_GE(same, 0.9 * B);  // they settle near-ties their own ways
     // fm_prepare with the CPU's pairs builds the CPU's model input, bit for bit.
     const int in = model.input_dim(), ld = (in + 7) / 8 * 8;
     DeviceArray<float> input(static_cast<size_t>(B) * ld);
