@@ -60,12 +60,16 @@ python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smo
   --json "$work/torch.json" --out "$work/torch.md"
 python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" \
   --torch "$work/torch.json" --out-dir "$out_dir"
-# The GEMM providers' table and the contention rows (R1 and R2 with one core kept busy).
+# The GEMM providers' tables and the contention rows (R1 and R2 with one core kept busy).
 if [[ ${#smoke[@]} -eq 0 ]]; then
   machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
     tr 'A-Z' 'a-z' | sed -E 's/\((r|tm)\)//g; s/ (processor|cpu) .*$| (processor|cpu)$//; s/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
   "$build/bench/cufm_bench_gemm" --threads "$threads" --repeats 20 \
     --out "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-gemm-providers.md"
+  # The candidates cuFM does not link, beside the two it does (MKL from `pip install mkl`, BLIS from
+  # `apt-get install libblis-dev`; one not installed is reported as such).
+  (cd "$root/bench" && python3 gemm_candidates.py --threads "$threads" \
+    --out "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-gemm-candidates.md")
   BENCH_TRAIN="$build/bench/cufm_bench_train" bash "$root/bench/contention.sh" \
     "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-contention.md"
 fi
