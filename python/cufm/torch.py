@@ -68,7 +68,7 @@ class _FlowMse(torch.autograd.Function):
     """loss = mean((v - u)^2) with u regenerated from the draws; backward: cuFM's dL/dv."""
 
     @staticmethod
-    def forward(ctx, v, x1, step, draws):  # noqa: D401 - autograd's signature
+    def forward(ctx, v, x1, step, draws, noise_row=None):  # noqa: D401 - autograd's signature
         vc = v.detach().to(torch.float32).contiguous()
         grad = torch.empty_like(vc)
         if x1.is_cuda:
@@ -79,7 +79,7 @@ class _FlowMse(torch.autograd.Function):
                 device=x1.device,
             )
             stream = torch.cuda.current_stream(x1.device).cuda_stream
-            _cufm.fm_loss_grad(x1, vc, grad, loss, ws, step, stream, **draws)
+            _cufm.fm_loss_grad(x1, vc, grad, loss, ws, step, stream, noise_row=noise_row, **draws)
             loss = loss.reshape(())
         else:
             value = _cufm.flow_mse(x1, vc, grad, step=int(step.item()), **draws)
@@ -91,7 +91,7 @@ class _FlowMse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss.to(grad.dtype)).to(ctx.v_dtype), None, None, None
+        return (grad * grad_loss.to(grad.dtype)).to(ctx.v_dtype), None, None, None, None
 
 
 def flow_matching_loss(
@@ -109,6 +109,8 @@ def flow_matching_loss(
     logit_std: float = 1.0,
     context: Optional[torch.Tensor] = None,
     context_dropout: float = 0.0,
+    coupling: str = "independent",
+    ot_reg: float = 0.05,
 ) -> torch.Tensor:
     """The flow-matching loss of ``model`` on the batch ``x1`` [B, D], for ``loss.backward()``.
 
@@ -122,8 +124,13 @@ def flow_matching_loss(
     Returns mean((v - u)^2), u = x1 - (1 - sigma_min) eps, as a 0-d tensor whose backward into v is
     cuFM's fused 2 (v - u) / (B D).
 
+    ``coupling`` "exact" or "sinkhorn" (with ``ot_reg``) pairs the batch's rows with the step's noise
+    by minibatch optimal transport first (:func:`cufm.couple`; within each label after dropout; not
+    with a context), as ``TrainConfig(coupling=...)`` does: row i then takes another row's eps.
+
     CUDA x1: everything runs on the current stream, nothing is read back to the host (``step``
-    may be an int64 CUDA tensor you increment, for CUDA graphs). CPU x1: the CPU backend.
+    may be an int64 CUDA tensor you increment, for CUDA graphs). CPU x1: the CPU backend (with a
+    coupling, the loss on the paired noise is computed by PyTorch from cuFM's draws and pairs).
     Use a new ``step`` for every training step, or every step sees the same draws.
     """
     x1c = _check_x1(x1)
@@ -155,6 +162,14 @@ def flow_matching_loss(
     elif context_dropout != 0.0:
         raise ValueError("context_dropout given without a context")
     K = 0 if ctx is None else ctx.shape[1]
+    if coupling not in ("independent", "exact", "sinkhorn"):
+        raise ValueError(f"coupling must be 'independent', 'exact' or 'sinkhorn', got {coupling!r}")
+    coupled = coupling != "independent"
+    if coupled and ctx is not None:
+        raise ValueError(
+            f"coupling {coupling!r} is not available with a context: the noise paired with a point would "
+            "depend on the other points' contexts"
+        )
 
     def call(x_t, t, lab, c, null):
         args = (x_t, t, lab.long()) if conditional else (x_t, t)
@@ -168,6 +183,27 @@ def flow_matching_loss(
             inp = torch.empty(B, width, dtype=torch.float32, device=x1c.device)
             t = torch.empty(B, dtype=torch.float32, device=x1c.device)
             stream = torch.cuda.current_stream(x1c.device).cuda_stream
+            noise_row = None
+            if coupled:
+                noise_row = torch.empty(B, dtype=torch.int32, device=x1c.device)
+                ws = torch.empty(
+                    _cufm.fm_couple_workspace_bytes(B, D, coupling, int(num_classes)),
+                    dtype=torch.uint8,
+                    device=x1c.device,
+                )
+                _cufm.fm_couple(
+                    x1c,
+                    noise_row,
+                    ws,
+                    step_t,
+                    stream,
+                    lab,
+                    kind=coupling,
+                    reg=float(ot_reg),
+                    num_classes=int(num_classes),
+                    label_dropout=float(label_dropout),
+                    **draws,
+                )
             _cufm.fm_prepare(
                 x1c,
                 inp,
@@ -180,15 +216,17 @@ def flow_matching_loss(
                 label_dropout=float(label_dropout),
                 context=ctx,
                 context_dropout=float(context_dropout),
+                noise_row=noise_row,
                 **draws,
             )
             x_t = inp[:, :D]
             c = inp[:, D + 1 : D + 1 + K] if K else None
             null = inp[:, D + 1 + K] > 0.5 if K else None
             v = call(x_t, t, labels_out, c, null)
-            return _FlowMse.apply(_check_v(v, B, D), x1c, step_t, draws)
+            return _FlowMse.apply(_check_v(v, B, D), x1c, step_t, draws, noise_row)
     x_t = torch.empty(B, D, dtype=torch.float32)
     t = torch.empty(B, dtype=torch.float32)
+    eps = torch.empty(B, D, dtype=torch.float32) if coupled else None
     dropped = torch.zeros(B, dtype=torch.uint8) if K else None
     _cufm.prepare_flow(
         x1c,
@@ -196,6 +234,7 @@ def flow_matching_loss(
         t,
         lab,
         labels_out,
+        eps,
         step=int(step_t.item()),
         num_classes=int(num_classes),
         label_dropout=float(label_dropout),
@@ -205,6 +244,21 @@ def flow_matching_loss(
     )
     null = dropped.bool() if K else None
     c = ctx.masked_fill(null[:, None], 0.0) if K else None
+    if coupled:
+        pairs = _cufm.couple(
+            x1c.numpy(),
+            eps.numpy(),
+            groups=labels_out.numpy() if conditional else None,
+            kind=coupling,
+            reg=float(ot_reg),
+            seed=int(seed),
+            step=int(step_t.item()),
+        )
+        eps = eps[torch.from_numpy(pairs.astype("int64"))]
+        keep = 1.0 - float(sigma_min)
+        x_t = t[:, None] * x1c + (1.0 - keep * t[:, None]) * eps
+        v = _check_v(call(x_t, t, labels_out, c, null), B, D)
+        return torch.mean((v.to(torch.float32) - (x1c - keep * eps)) ** 2).to(v.dtype)
     v = call(x_t, t, labels_out, c, null)
     return _FlowMse.apply(_check_v(v, B, D), x1c, step_t, draws)
 

@@ -885,7 +885,8 @@ NB_MODULE(_cufm, m) {
       [](ConstFloats x1, Floats input, Floats t, nb::ndarray<const int64_t, nb::c_contig> step,
          uintptr_t stream, std::optional<ConstLabels> labels, std::optional<Labels> labels_out, uint64_t seed,
          int num_classes, float label_dropout, float sigma_min, const std::string& time_sampling,
-         float logit_mean, float logit_std, std::optional<ConstFloats> context, float context_dropout) {
+         float logit_mean, float logit_std, std::optional<ConstFloats> context, float context_dropout,
+         std::optional<ConstLabels> noise_row) {
 #if defined(CUFM_WITH_CUDA)
         if (!on_cuda(x1))
           throw cufm::Error("fm_prepare: x1 must be a CUDA array (prepare_flow takes host arrays)");
@@ -928,6 +929,11 @@ NB_MODULE(_cufm, m) {
         cufm::kernels::FmBatch b = in_order_batch(x1, step, d, labels ? labels->data() : nullptr);
         b.context = context ? context->data() : nullptr;
         b.context_dropout = context_dropout;
+        if (noise_row) {
+          require_same_device(*noise_row, true, dev, "fm_prepare: noise_row");
+          require_shape(*noise_row, {B}, "fm_prepare: noise_row");
+          b.noise_row = reinterpret_cast<const uint32_t*>(noise_row->data());
+        }
         cufm::kernels::FmPrepareOutputs out;
         out.input = input.data();
         out.t = t.data();
@@ -940,7 +946,7 @@ NB_MODULE(_cufm, m) {
         cufm::kernels::fm_prepare(b, layout, out, reinterpret_cast<cudaStream_t>(stream));
 #else
         (void)x1, (void)input, (void)t, (void)step, (void)stream, (void)labels, (void)labels_out, (void)seed;
-        (void)context, (void)context_dropout;
+        (void)context, (void)context_dropout, (void)noise_row;
         (void)num_classes, (void)label_dropout, (void)sigma_min, (void)time_sampling, (void)logit_mean;
         (void)logit_std;
         throw cufm::Error(
@@ -950,12 +956,81 @@ NB_MODULE(_cufm, m) {
       "x1"_a, "input"_a.noconvert(), "t"_a.noconvert(), "step"_a, "stream"_a, "labels"_a = nb::none(),
       "labels_out"_a.noconvert() = nb::none(), nb::kw_only(), "seed"_a = 0, "num_classes"_a = 0,
       "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform", "logit_mean"_a = 0.0f,
-      "logit_std"_a = 1.0f, "context"_a = nb::none(), "context_dropout"_a = 0.0f,
+      "logit_std"_a = 1.0f, "context"_a = nb::none(), "context_dropout"_a = 0.0f, "noise_row"_a = nb::none(),
       "CUDA arrays, enqueued on `stream` (a cudaStream_t as an int) without waiting: prepare_flow's draws by "
       "the fm_prepare kernel. Writes input [B, D + 1] = [x_t | t] (then, with a context [B, K], its K values "
       "and a null indicator, 1 where context_dropout drops the row's, which is then zeros; then num_classes "
       "+ "
-      "1 one-hot columns when conditional) and t [B]; step is an int64 [1] device array read on the device.");
+      "1 one-hot columns when conditional) and t [B]; step is an int64 [1] device array read on the device; "
+      "noise_row [B] (int32, fm_couple's pairs): row i takes row noise_row[i]'s noise.");
+  m.def(
+      "fm_couple_workspace_bytes",
+      [](int batch, int dim, const std::string& kind, int num_classes) {
+#if defined(CUFM_WITH_CUDA)
+        cufm::kernels::FmCoupling c;
+        c.kind = cufm::parse_coupling(kind);
+        c.num_classes = num_classes;
+        return cufm::kernels::fm_couple_workspace_bytes(batch, dim, c);
+#else
+        (void)batch, (void)dim, (void)kind, (void)num_classes;
+        throw cufm::Error("fm_couple_workspace_bytes: this build of cuFM has no CUDA backend");
+        return size_t{0};
+#endif
+      },
+      "batch"_a, "dim"_a, "kind"_a = "exact", "num_classes"_a = 0,
+      "Bytes of device workspace fm_couple needs for a batch.");
+  m.def(
+      "fm_couple",
+      [](ConstFloats x1, Labels noise_row, nb::ndarray<uint8_t, nb::c_contig> workspace,
+         nb::ndarray<const int64_t, nb::c_contig> step, uintptr_t stream, std::optional<ConstLabels> labels,
+         const std::string& kind, float reg, uint64_t seed, int num_classes, float label_dropout,
+         float sigma_min, const std::string& time_sampling, float logit_mean, float logit_std) {
+#if defined(CUFM_WITH_CUDA)
+        if (!on_cuda(x1)) throw cufm::Error("fm_couple: x1 must be a CUDA array (couple takes host arrays)");
+        const int dev = x1.device_id();
+        require_same_device(noise_row, true, dev, "fm_couple: noise_row");
+        require_same_device(workspace, true, dev, "fm_couple: workspace");
+        require_same_device(step, true, dev, "fm_couple: step");
+        if (x1.ndim() != 2) throw cufm::Error("fm_couple: x1 must be a 2-D float32 array [B, D]");
+        const int64_t B = static_cast<int64_t>(x1.shape(0));
+        const int D = static_cast<int>(x1.shape(1));
+        if (B > INT32_MAX) throw cufm::Error("fm_couple: more than 2^31 - 1 rows");
+        require_shape(noise_row, {B}, "fm_couple: noise_row");
+        require_shape(step, {1}, "fm_couple: step (an int64 [1] array on the device)");
+        if (num_classes > 0 && !labels) throw cufm::Error("fm_couple: num_classes > 0 needs labels");
+        if (num_classes == 0 && labels) throw cufm::Error("fm_couple: labels given, but num_classes is 0");
+        if (labels) {
+          require_same_device(*labels, true, dev, "fm_couple: labels");
+          require_shape(*labels, {B}, "fm_couple: labels");
+        }
+        cufm::kernels::FmCoupling c;
+        c.kind = cufm::parse_coupling(kind);
+        c.reg = reg;
+        c.num_classes = num_classes;
+        const size_t need = cufm::kernels::fm_couple_workspace_bytes(static_cast<int>(B), D, c);
+        if (workspace.ndim() != 1 || workspace.shape(0) < need)
+          throw cufm::Error("fm_couple: the workspace needs " + std::to_string(need) + " bytes");
+        const cufm::StepDraws d =
+            step_draws(seed, 0, num_classes, label_dropout, sigma_min, time_sampling, logit_mean, logit_std);
+        const cufm::kernels::FmBatch b = in_order_batch(x1, step, d, labels ? labels->data() : nullptr);
+        require_current_device(dev, "fm_couple");
+        cufm::kernels::fm_couple(b, c, reinterpret_cast<uint32_t*>(noise_row.data()), workspace.data(),
+                                 workspace.shape(0), reinterpret_cast<cudaStream_t>(stream));
+#else
+        (void)x1, (void)noise_row, (void)workspace, (void)step, (void)stream, (void)labels, (void)kind;
+        (void)reg, (void)seed, (void)num_classes, (void)label_dropout, (void)sigma_min, (void)time_sampling;
+        (void)logit_mean, (void)logit_std;
+        throw cufm::Error("fm_couple: this build of cuFM has no CUDA backend (couple takes host arrays)");
+#endif
+      },
+      "x1"_a, "noise_row"_a.noconvert(), "workspace"_a.noconvert(), "step"_a, "stream"_a,
+      "labels"_a = nb::none(), nb::kw_only(), "kind"_a = "exact", "reg"_a = 0.05f, "seed"_a = 0,
+      "num_classes"_a = 0, "label_dropout"_a = 0.0f, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform",
+      "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
+      "CUDA arrays, enqueued on `stream` without waiting: the step's minibatch OT pairs of x1 [B, D] (row i "
+      "is x1's row i) with its Philox noise, by the fm_couple kernels, into noise_row [B] (int32): pass it "
+      "to fm_prepare and fm_loss_grad. Conditional batches (num_classes > 0) pair within each label after "
+      "dropout. workspace: fm_couple_workspace_bytes bytes.");
   m.def(
       "fm_loss_grad_workspace_bytes",
       [](int batch, int dim) {
@@ -973,7 +1048,7 @@ NB_MODULE(_cufm, m) {
       [](ConstFloats x1, ConstFloats v, Floats grad, Floats loss,
          nb::ndarray<uint8_t, nb::c_contig> workspace, nb::ndarray<const int64_t, nb::c_contig> step,
          uintptr_t stream, uint64_t seed, float sigma_min, const std::string& time_sampling, float logit_mean,
-         float logit_std) {
+         float logit_std, std::optional<ConstLabels> noise_row) {
 #if defined(CUFM_WITH_CUDA)
         if (!on_cuda(x1))
           throw cufm::Error("fm_loss_grad: x1 must be a CUDA array (flow_mse takes host arrays)");
@@ -996,7 +1071,12 @@ NB_MODULE(_cufm, m) {
           throw cufm::Error("fm_loss_grad: the workspace needs " + std::to_string(need) + " bytes");
         const cufm::StepDraws d =
             step_draws(seed, 0, 0, 0.0f, sigma_min, time_sampling, logit_mean, logit_std);
-        const cufm::kernels::FmBatch b = in_order_batch(x1, step, d, nullptr);
+        cufm::kernels::FmBatch b = in_order_batch(x1, step, d, nullptr);
+        if (noise_row) {
+          require_same_device(*noise_row, true, dev, "fm_loss_grad: noise_row");
+          require_shape(*noise_row, {B}, "fm_loss_grad: noise_row");
+          b.noise_row = reinterpret_cast<const uint32_t*>(noise_row->data());
+        }
         cufm::kernels::FmLossOutputs out;
         out.grad = grad.data();
         out.ld = D;
@@ -1006,15 +1086,16 @@ NB_MODULE(_cufm, m) {
                                     reinterpret_cast<cudaStream_t>(stream));
 #else
         (void)x1, (void)v, (void)grad, (void)loss, (void)workspace, (void)step, (void)stream, (void)seed;
-        (void)sigma_min, (void)time_sampling, (void)logit_mean, (void)logit_std;
+        (void)sigma_min, (void)time_sampling, (void)logit_mean, (void)logit_std, (void)noise_row;
         throw cufm::Error(
             "fm_loss_grad: this build of cuFM has no CUDA backend (flow_mse takes host arrays)");
 #endif
       },
       "x1"_a, "v"_a, "grad"_a.noconvert(), "loss"_a.noconvert(), "workspace"_a.noconvert(), "step"_a,
       "stream"_a, nb::kw_only(), "seed"_a = 0, "sigma_min"_a = 0.0f, "time_sampling"_a = "uniform",
-      "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f,
-      "CUDA arrays, enqueued on `stream` without waiting: flow_mse by the fused fm_loss_grad kernel. Writes "
+      "logit_mean"_a = 0.0f, "logit_std"_a = 1.0f, "noise_row"_a = nb::none(),
+      "CUDA arrays, enqueued on `stream` without waiting: flow_mse by the fused fm_loss_grad kernel (with "
+      "fm_couple's noise_row [B], the paired noise). Writes "
       "dL/dv into grad [B, D] and the loss into loss [1]; workspace: fm_loss_grad_workspace_bytes zeroed "
       "bytes "
       "(left zeroed), one per concurrent call.");
