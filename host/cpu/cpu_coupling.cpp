@@ -1,8 +1,8 @@
 // The CPU backend's coupling: the rows grouped (stably) by their group, and per group an exact
 // assignment (a Gauss-Seidel forward auction with epsilon scaling, its bids scanned with AVX-512
-// where the CPU has it) or an entropic plan (log-domain Sinkhorn) with
-// each data row drawing its noise row from the plan. Costs of a group are held as an m x m matrix
-// (1 MiB for m = 512); the bids and the Sinkhorn updates run on the OpenMP threads.
+// where the CPU has it) or an entropic plan (log-domain Sinkhorn) from which each data row draws
+// its noise row. A group's costs are held as an m x m matrix (1 MiB for m = 512); the phase checks
+// and the Sinkhorn updates run on the OpenMP threads.
 #include "host/cpu/cpu_coupling.hpp"
 
 #include <omp.h>
@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <sstream>
 
 #include "cufm/detail/coupling.hpp"
 #include "cufm/detail/math.hpp"
