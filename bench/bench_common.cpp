@@ -109,6 +109,8 @@ bool selected(const std::vector<std::string>& list, const std::string& name) {
 std::vector<Backend> backends(const Options& opt) {
   std::vector<Backend> all;
   all.push_back(Backend{"cpu", Device::CPU, Precision::FP32, true, ""});
+  const std::string no_bf16 = cpu_bf16_unavailable_reason();
+  all.push_back(Backend{"cpu-bf16", Device::CPU, Precision::BF16, no_bf16.empty(), no_bf16});
   std::string cuda_reason;
   if (!cuda_built()) {
     cuda_reason = "CUDA backend not built (configure with -DCUFM_ENABLE_CUDA=ON)";
@@ -126,7 +128,7 @@ std::vector<Backend> backends(const Options& opt) {
   for (const std::string& name : opt.backends) {
     const bool known = std::any_of(all.begin(), all.end(), [&](const Backend& b) { return b.name == name; });
     CUFM_REQUIRE(known, "--backends: unknown backend '"
-                            << name << "': expected cpu, cuda-fp32, cuda-tf32 or cuda-bf16");
+                            << name << "': expected cpu, cpu-bf16, cuda-fp32, cuda-tf32 or cuda-bf16");
   }
   // A backend named explicitly must run: a GPU check that measured nothing is an error, not a pass.
   for (const Backend& b : out) {
@@ -271,6 +273,41 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
   return c;
 }
 
+Ceiling cpu_bf16_ceiling(int m, int n, int k, int threads, int repeats) {
+  Ceiling c;
+  c.backend = "cpu-bf16";
+  c.m = m;
+  c.n = n;
+  c.k = k;
+  std::ostringstream what;
+  what << "oneDNN bf16 matmul " << m << "x" << n << "x" << k << " (" << resolved_threads(threads)
+       << " threads, fp32 accumulation, in cuFM's fixed 256x256 tiles; the GEMM cuFM runs)";
+  c.what = what.str();
+  cpu::set_threads(threads);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> af(static_cast<size_t>(m) * k), bf(static_cast<size_t>(n) * k),
+      out(static_cast<size_t>(m) * n);
+  for (float& v : af) v = u(rng);
+  for (float& v : bf) v = u(rng);
+  std::vector<uint16_t> a(af.size()), b(bf.size());
+  cpu::round_to_bf16(af.data(), static_cast<int64_t>(af.size()), a.data());
+  cpu::round_to_bf16(bf.data(), static_cast<int64_t>(bf.size()), b.data());
+  auto gemm = [&] { cpu::gemm_bf16(false, true, m, n, k, a.data(), k, b.data(), k, false, out.data(), n); };
+  for (int i = 0; i < 3; ++i) gemm();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const double t0 = now_s();
+    gemm();
+    times.push_back(now_s() - t0);
+  }
+  c.time = summarize(times);
+  c.tflops = 2.0 * m * n * static_cast<double>(k) / c.time.median * 1e-12;
+  c.ok = std::isfinite(out[0]) && c.time.median > 0.0;
+  if (!c.ok) c.reason = "the bf16 matmul produced a non-finite value";
+  return c;
+}
+
 #if !defined(CUFM_WITH_CUDA)
 Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int) {
   Ceiling c;
@@ -400,7 +437,9 @@ std::map<std::string, double> measure_ceilings(const std::vector<Backend>& bs, R
   for (const Backend& b : bs) {
     if (!b.available) continue;
     if (b.device == Device::CPU) {
-      all.push_back(cpu_sgemm_ceiling(4096, 512, 512, rep.opt.threads, repeats));
+      all.push_back(b.precision == Precision::BF16
+                        ? cpu_bf16_ceiling(4096, 512, 512, rep.opt.threads, repeats)
+                        : cpu_sgemm_ceiling(4096, 512, 512, rep.opt.threads, repeats));
       if (all.back().ok) out[b.name] = all.back().tflops;
     } else {
       all.push_back(gpu_gemm_ceiling(b.precision, 4096, 512, 512, repeats * 5));

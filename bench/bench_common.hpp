@@ -39,7 +39,7 @@ bool selected(const std::vector<std::string>& list, const std::string& name);
 
 // ---- backends --------------------------------------------------------------------------------
 struct Backend {
-  std::string name;  // "cpu", "cuda-fp32", "cuda-tf32", "cuda-bf16"
+  std::string name;  // "cpu", "cpu-bf16", "cuda-fp32", "cuda-tf32", "cuda-bf16"
   Device device = Device::CPU;
   Precision precision = Precision::FP32;
   bool available = false;
@@ -90,6 +90,7 @@ struct Ceiling {
 
 // sgemm C[m,n] = A[m,k] * B[n,k]^T (a layer's forward) through the provider cuFM runs, with `threads` threads.
 Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats);
+Ceiling cpu_bf16_ceiling(int m, int n, int k, int threads, int repeats);
 // cuBLAS GEMM in the given precision, timed with CUDA events; ok = false without a GPU.
 Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int repeats);
 

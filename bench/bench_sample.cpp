@@ -29,7 +29,7 @@ const char* kUsage =
     "points.\n"
     "  --threads N          CPU threads (0: all cores)\n"
     "  --workloads R1,R4    subset (default: both)\n"
-    "  --backends LIST      subset of cpu,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
+    "  --backends LIST      subset of cpu,cpu-bf16,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
     "  --repeats N          timed calls per row (default: CPU 3, GPU 10)\n"
     "  --budget S           stop repeating a row after S seconds (default: CPU 60, GPU 10)\n"
     "  --warmup N           warm-up calls (default 1)\n"
@@ -162,13 +162,13 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
         const double tflops = flop / st.median * 1e-12;
         const auto ceil = ceilings.find(b.name);
         const double frac = ceil != ceilings.end() ? tflops / ceil->second : NAN;
-        if (!gpu) cpu_s = st.median;
+        if (b.name == "cpu") cpu_s = st.median;
         const double vs_cpu = cpu_s / st.median;
         std::cerr << " " << fmt(st.median, 4) << " s\n";
         t.rows.push_back({w.id, solver, std::to_string(evals), b.name, std::to_string(st.repeats),
                           fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]",
                           fmt_si(count / st.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-                          gpu ? fmt(one_shot, 4) : "(same)", gpu ? fmt(vs_cpu, 3) + "x" : "1"});
+                          gpu ? fmt(one_shot, 4) : "(same)", b.name == "cpu" ? "1" : fmt(vs_cpu, 3) + "x"});
         j.update({{"status", "ok"},
                   {"repeats", st.repeats},
                   {"warmup", warmup},

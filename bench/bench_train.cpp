@@ -24,7 +24,7 @@ const char* kUsage =
     "cufm_bench_train: training throughput of the workloads R1-R4 and R1's sample quality.\n"
     "  --threads N          CPU threads (0: all cores)\n"
     "  --workloads R1,R2    subset of R1,R2,R3,R4 (default: all)\n"
-    "  --backends LIST      subset of cpu,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
+    "  --backends LIST      subset of cpu,cpu-bf16,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
     "  --steps N            measured steps per row (default: CPU per row 5-20, GPU 300)\n"
     "  --warmup N           warm-up steps per row (default: CPU 2, GPU 20)\n"
     "  --quality-steps N    R1 steps before the quality check (default: CPU 200, GPU 20000; 0: skip)\n"
@@ -147,7 +147,7 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
         const double tflops = flop / r.per_step.median * 1e-12;
         const auto ceil = ceilings.find(b.name);
         const double frac = ceil != ceilings.end() ? tflops / ceil->second : NAN;
-        if (b.device == Device::CPU) cpu_ms = ms;
+        if (b.name == "cpu") cpu_ms = ms;
         if (w.id == "R1") r1_ms[b.name] = ms;
         const double vs_cpu = cpu_ms / ms;
         std::cerr << " " << fmt(ms, 4) << " ms/step\n";
@@ -157,7 +157,7 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
              std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
              fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
              fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-             b.device == Device::CPU ? "1" : fmt(vs_cpu, 3) + "x", fmt(r.loss, 4)});
+             b.name == "cpu" ? "1" : fmt(vs_cpu, 3) + "x", fmt(r.loss, 4)});
         j.update({{"status", "ok"},
                   {"steps", r.per_step.repeats},
                   {"warmup", warm},

@@ -23,17 +23,37 @@ threads="${THREADS:-$(nproc)}"
 if [[ ! -f "$build/CMakeCache.txt" ]]; then
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCUFM_BUILD_BENCH=ON
 fi
-cmake --build "$build" --target cufm_bench_train cufm_bench_sample cufm_bench_gemm -j"$threads"
+cmake --build "$build" --target cufm_bench_train cufm_bench_sample cufm_bench_gemm cufm_cli -j"$threads"
+# bf16 rows (R1, training and sampling, beside PyTorch's autocast) where the CPU backend runs bf16.
+bf16=()
+bf16_torch=()
+if "$build/cufm" info | grep -q '; bf16: oneDNN'; then
+  bf16=(cpu-bf16)
+  bf16_torch=(--cpu-bf16 R1)
+else
+  echo "no cpu-bf16 rows: $("$build/cufm" info | grep -o 'bf16: no ([^)]*)')" >&2
+fi
+# R1's sample quality after 2000 steps (fp32, and bf16 beside it where it runs); 200 with --smoke.
+quality=(--quality-steps 2000)
+[[ ${#smoke[@]} -gt 0 ]] && quality=()
 
 work="$(mktemp -d)"
 out_dir="$root/bench/results"
 [[ ${#smoke[@]} -gt 0 ]] && out_dir="$work"
 echo "cuFM benchmarks: $threads threads, raw results in $work" >&2
 
-"$build/bench/cufm_bench_train" --backends cpu --threads "$threads" "${smoke[@]}" \
+"$build/bench/cufm_bench_train" --backends cpu --threads "$threads" "${smoke[@]}" "${quality[@]}" \
   --json "$work/cufm_train.json" --out "$work/cufm_train.md"
 "$build/bench/cufm_bench_sample" --backends cpu --threads "$threads" "${smoke[@]}" \
   --json "$work/cufm_sample.json" --out "$work/cufm_sample.md"
+bf16_json=()
+if [[ ${#bf16[@]} -gt 0 ]]; then
+  "$build/bench/cufm_bench_train" --backends cpu-bf16 --workloads R1 --threads "$threads" "${smoke[@]}" \
+    "${quality[@]}" --json "$work/cufm_train_bf16.json" --out "$work/cufm_train_bf16.md"
+  "$build/bench/cufm_bench_sample" --backends cpu-bf16 --workloads R1 --threads "$threads" "${smoke[@]}" \
+    --json "$work/cufm_sample_bf16.json" --out "$work/cufm_sample_bf16.md"
+  bf16_json=("$work/cufm_train_bf16.json" "$work/cufm_sample_bf16.json")
+fi
 # This workplace pins OpenBLAS to its Haswell kernels (OPENBLAS_CORETYPE) because older builds
 # misbehave on some processors; the test suite passes with the auto-detected kernels too. R1 is
 # measured once more with OpenBLAS's own choice, labelled as such.
@@ -56,9 +76,10 @@ PY
 else
   auto_json=()
 fi
-python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smoke[@]}" \
+python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smoke[@]}" "${bf16_torch[@]}" \
   --json "$work/torch.json" --out "$work/torch.md"
 python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" \
+  "${bf16_json[@]}" \
   --torch "$work/torch.json" --out-dir "$out_dir"
 # The GEMM providers' tables and the contention rows (R1 and R2 with one core kept busy).
 if [[ ${#smoke[@]} -eq 0 ]]; then

@@ -114,6 +114,8 @@ def set_precision(backend):
 def autocast(backend):
     if backend == "cuda-bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if backend == "cpu-bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
@@ -124,7 +126,7 @@ def sync(device):
 
 # ---- training ----------------------------------------------------------------------------------
 def measure_train(w, backend, mode, args):
-    device = torch.device("cpu" if backend == "cpu" else "cuda")
+    device = torch.device("cpu" if backend.startswith("cpu") else "cuda")
     set_precision(backend)
     torch.manual_seed(0)
     model = make_mlp(w).to(device)
@@ -198,7 +200,7 @@ STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 
 def measure_sample(w, backend, mode, args):
-    device = torch.device("cpu" if backend == "cpu" else "cuda")
+    device = torch.device("cpu" if backend.startswith("cpu") else "cuda")
     set_precision(backend)
     torch.manual_seed(0)
     model = make_mlp(w).to(device).eval()
@@ -393,6 +395,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=-1)
     ap.add_argument("--budget", type=float, default=0.0,
                     help="sampling: stop repeating a row after this many s (default: CPU 60, CUDA 10)")
+    ap.add_argument("--cpu-bf16", default="",
+                    help="workloads also run as cpu-bf16, eager, under torch.autocast('cpu', bfloat16) (default: none)")
     ap.add_argument("--no-sample", action="store_true")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--smoke", action="store_true")
@@ -425,9 +429,10 @@ def main():
         jobs += [("train", w) for w in train_workloads(args.smoke) if w["id"] in wanted]
     if not args.no_sample:
         jobs += [("sample", w) for w in sample_workloads() if w["id"] in wanted]
+    bf16_wanted = [x for x in args.cpu_bf16.split(",") if x]
     for kind, w in jobs:
-        for backend in backends(args):
-            for mode in modes:
+        for backend in backends(args) + (["cpu-bf16"] if w["id"] in bf16_wanted and args.device != "cuda" else []):
+            for mode in (["eager"] if backend == "cpu-bf16" else modes):
                 base = dict(workload=w["id"], backend=backend, mode=mode)
                 if kind == "train":
                     base.update(variant=w["variant"], batch=w["batch"], dim=w["dim"], width=w["width"],

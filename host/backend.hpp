@@ -36,7 +36,8 @@ void complete_state(const MlpConfig& model, const TrainConfig& config, TrainStat
 
 // `state` holds params (and moments/EMA, or empty moments to start them at zero).
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
-                                               const Dataset& data, TrainState state, int threads);
+                                               const Dataset& data, TrainState state, int threads,
+                                               Precision precision);
 
 // The lowest compute capability (x10) in a CMAKE_CUDA_ARCHITECTURES list ("80;90", "90-real"); 0
 // when the list names none ("native", "all"). A GPU at or above it runs this build's code.

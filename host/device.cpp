@@ -130,6 +130,10 @@ std::string version() {
   return CUFM_VERSION_STRING;
 }
 
+std::string cpu_bf16_unavailable_reason() {
+  return cpu::bf16_unavailable_reason();
+}
+
 std::string build_summary() {
   std::ostringstream os;
   os << "cuFM " << CUFM_VERSION_STRING << " (" << CUFM_BUILD_TYPE << ", " << CUFM_CXX_COMPILER << ", commit "
@@ -140,7 +144,10 @@ std::string build_summary() {
 #else
   os << "CUDA backend: not built\n";
 #endif
+  const std::string no_bf16 = cpu::bf16_unavailable_reason();
   os << "CPU backend: float32, " << cpu::gemm_providers() << "; OpenBLAS kernels: " << cpu::blas_kernels()
+     << "; bf16: "
+     << (no_bf16.empty() ? "oneDNN matmul (AVX512_BF16, or AMX where present)" : "no (" + no_bf16 + ")")
      << "; OpenMP";
   return os.str();
 }

@@ -135,18 +135,20 @@ LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathCon
   const uint64_t rows = static_cast<uint64_t>(batch.size);
   uint64_t floats =
       add_sat(mul_sat(rows, static_cast<uint64_t>(m.input_dim() + 2 * m.data_dim)), model.num_params());
-  if (device == Device::CPU) floats = add_sat(floats, cpu::MlpWorkspace::floats_for(m, batch.size));
+  if (device == Device::CPU) {
+    floats = add_sat(floats, cpu::MlpWorkspace::floats_for(m, batch.size, run.precision));
+  }
   detail::require_memory(
       mul_sat(floats, sizeof(float)),
       "a loss and gradient over " + std::to_string(batch.size) + " rows on the " + to_string(device),
       "split the batch");
   if (device == Device::CUDA) return detail::cuda_loss_and_grad(model, batch, path.sigma_min, run.precision);
-  CUFM_REQUIRE(run.precision == Precision::FP32,
-               "precision " << to_string(run.precision) << " needs the CUDA backend; the CPU runs fp32");
+  cpu::check_cpu_precision(run.precision, "loss_and_grad");
   cpu::set_threads(run.threads);
   LossGrad r;
   r.grad.resize(model.num_params());
   cpu::GivenScratch scratch;
+  scratch.ws.precision = run.precision;
   r.loss = cpu::loss_grad_given(m, model.params().data(), batch, path.sigma_min, scratch, r.grad.data());
   return r;
 }

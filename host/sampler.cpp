@@ -164,7 +164,7 @@ uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device d
                                    sizeof(float)));
     bytes = add_sat(
         bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(rows), static_cast<uint64_t>(m.input_dim())),
-                               cpu::MlpWorkspace::floats_for(m, rows)),
+                               cpu::MlpWorkspace::floats_for(m, rows, c.precision)),
                        sizeof(float)));
   }
   return bytes;
@@ -252,9 +252,7 @@ SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleCo
     return detail::cuda_sample(*state_->cuda, model, config, x0_in);
   }
   config.validate(model.config());
-  CUFM_REQUIRE(
-      config.precision == Precision::FP32,
-      "precision " << to_string(config.precision) << " needs the CUDA backend; the CPU samples in fp32");
+  cpu::check_cpu_precision(config.precision, "sampling");
   cpu::set_threads(config.threads);
   const int D = model.config().data_dim;
   SampleResult res;
@@ -274,6 +272,7 @@ SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleCo
       detail::context_per_point(config.context, model.config().context_dim, config.count);
   const float* guidance = config.guidance ? &*config.guidance : nullptr;
   cpu::FieldScratch scratch;
+  scratch.ws.precision = config.precision;
   auto field = [&](float t, const float* x, float* v) {
     cpu::evaluate_model(model.config(), model.params().data(), x, nullptr, t,
                         labels.empty() ? nullptr : labels.data(), context.empty() ? nullptr : context.data(),

@@ -123,8 +123,8 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
     bytes = add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n),
                                    (static_cast<uint64_t>(data.dim) + data.context_dim) * sizeof(float) +
                                        sizeof(int32_t)));
-    // A batch's input and dL/dv, and the MLP's workspace.
-    const uint64_t io = static_cast<uint64_t>(m.input_dim()) + static_cast<uint64_t>(m.data_dim);
+    // A batch's input, noise and dL/dv, and the MLP's workspace.
+    const uint64_t io = static_cast<uint64_t>(m.input_dim()) + 2 * static_cast<uint64_t>(m.data_dim);
     bytes = add_sat(bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io),
                                            cpu::MlpWorkspace::floats_for(m, c.batch_size)),
                                    sizeof(float)));
@@ -153,10 +153,8 @@ std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfi
   CUFM_REQUIRE(run.threads >= 0, "threads must be >= 0 (0: all cores), got " << run.threads);
   if (device == Device::CUDA)
     return detail::make_cuda_trainer(model, config, data, std::move(state), run.precision);
-  CUFM_REQUIRE(
-      run.precision == Precision::FP32,
-      "precision " << to_string(run.precision) << " needs the CUDA backend; the CPU backend runs fp32 only");
-  return detail::make_cpu_trainer(model, config, data, std::move(state), run.threads);
+  cpu::check_cpu_precision(run.precision, "training");
+  return detail::make_cpu_trainer(model, config, data, std::move(state), run.threads, run.precision);
 }
 
 }  // namespace

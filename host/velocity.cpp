@@ -36,9 +36,9 @@ VelocityField::VelocityField(const Model& model, const FieldOptions& options)
     impl_->cuda = detail::make_cuda_field(model, options);
     return;
   }
-  CUFM_REQUIRE(options.precision == Precision::FP32,
-               "precision " << to_string(options.precision) << " needs the CUDA backend; the CPU runs fp32");
+  cpu::check_cpu_precision(options.precision, "VelocityField");
   impl_->params = model.params();
+  impl_->scratch.ws.precision = options.precision;
 }
 
 VelocityField::~VelocityField() = default;

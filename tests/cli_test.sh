@@ -147,6 +147,18 @@ run_fails "--coupling sinkhorn differs from the checkpoint's exact" train --out 
 run_ok train --out ot --resume --steps 8 --quiet --device cpu
 run_ok "${TRAIN[@]}" --out ot-sk --steps 4 --coupling sinkhorn --ot-reg 0.1 --conditional
 
+# ---- precision on the CPU: tf32 refused; bf16 runs where `cufm info` says so, else says why ------
+run_fails "precision tf32 needs the CUDA backend" "${TRAIN[@]}" --out p32 --steps 2 --precision tf32
+run_fails "precision tf32 needs the CUDA backend" sample "$CKPT" --count 10 --steps 2 --device cpu --precision tf32 --out p32.npy
+if "$CUFM" info | grep -q '; bf16: oneDNN'; then
+  run_ok "${TRAIN[@]}" --out p16 --steps 4 --precision bf16
+  [[ "$OUT_TEXT" == *"on cpu (bf16)"* ]] || fail "--precision bf16: the run does not say it is bf16: $OUT_TEXT"
+  run_ok sample p16/checkpoint.safetensors --count 50 --steps 2 --device cpu --precision bf16 --out p16.npy
+  [ -f p16.npy ] || fail "bf16 sampling wrote no samples"
+else
+  run_fails "precision bf16 on the CPU backend" "${TRAIN[@]}" --out p16 --steps 4 --precision bf16
+fi
+
 # ---- --steps 0 writes the initial weights; they sample -----------------------------------------
 run_ok "${TRAIN[@]}" --out init --steps 0
 [[ "$OUT_TEXT" == *"step 0: the initial weights"* ]] || fail "--steps 0: $OUT_TEXT"

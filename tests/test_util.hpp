@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -41,6 +43,37 @@ template <typename A, typename B>
   os << "worst element " << worst_i << ": expected " << static_cast<double>(want[worst_i]) << ", got "
      << static_cast<double>(got[worst_i]) << " (atol " << atol << ", rtol " << rtol << ")";
   return ::testing::AssertionFailure() << os.str();
+}
+
+// all_close with atol given as a fraction of the reference's largest magnitude (sums over
+// thousands of terms are compared to the scale of the tensor, not of each small element).
+inline ::testing::AssertionResult close_to_scale(const std::vector<float>& got,
+                                                 const std::vector<float>& want, double atol_frac,
+                                                 double rtol) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  double scale = 0.0;
+  for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
+  return all_close(got.data(), want.data(), got.size(), atol_frac * scale, rtol);
+}
+
+// |got - want| / |want| over whole vectors (the L2 norms), in double.
+inline double relative_l2(const std::vector<float>& got, const std::vector<float>& want) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - want[i];
+    num += d * d;
+    den += static_cast<double>(want[i]) * want[i];
+  }
+  return got.size() == want.size() ? std::sqrt(num / den) : INFINITY;
+}
+
+// Random floats in [lo, hi) from a fixed seed (std::mt19937 is portable across platforms).
+inline std::vector<float> random_floats(size_t n, float lo, float hi, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = lo + (hi - lo) * static_cast<float>(gen() >> 8) * (1.0f / 16777216.0f);
+  return v;
 }
 
 template <typename V>

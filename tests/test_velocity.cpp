@@ -130,9 +130,9 @@ TEST(VelocityField, RefusesWithTheReason) {
   VelocityField guided(model, o);
   EXPECT_THAT(error_of([&] { guided.evaluate(0.5f, x.data(), nullptr, 4, v.data()); }),
               HasSubstr("guidance needs a condition to guide towards"));
-  FieldOptions bf16 = on_cpu();
-  bf16.precision = Precision::BF16;
-  EXPECT_THAT(error_of([&] { VelocityField f(model, bf16); }), HasSubstr("needs the CUDA backend"));
+  FieldOptions tf32 = on_cpu();
+  tf32.precision = Precision::TF32;  // bf16 runs on CPUs that have it (test_cpu_bf16)
+  EXPECT_THAT(error_of([&] { VelocityField f(model, tf32); }), HasSubstr("tf32 needs the CUDA backend"));
   EXPECT_THAT(error_of([&] { field.set_weights(unconditional); }), HasSubstr("configuration differs"));
 }
 

@@ -363,7 +363,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   unsigned_option(train->add_option("--seed", ta.seed, "Seed of the initialisation and of every draw")
                       ->capture_default_str());
   train->add_option("--device", ta.device, "auto, cpu or cuda")->capture_default_str();
-  train->add_option("--precision", ta.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  train->add_option("--precision", ta.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
   int_option(train->add_option("--threads", ta.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   train->add_option("--out", ta.out, "Output folder")->capture_default_str();
@@ -399,7 +399,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--t1", sa.t1, "End time, in [0, 1] (below --t0: backwards, data to noise)")
       ->capture_default_str();
   samp->add_option("--device", sa.device, "auto, cpu or cuda")->capture_default_str();
-  samp->add_option("--precision", sa.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  samp->add_option("--precision", sa.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
   int_option(samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
@@ -449,7 +449,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   vel->add_option("--guidance", va.guidance, "Classifier-free guidance scale w (with --class or --context)");
   vel->add_flag("--ema", va.ema, "Use the EMA weights");
   vel->add_option("--device", va.device, "auto, cpu or cuda")->capture_default_str();
-  vel->add_option("--precision", va.precision, "fp32, tf32 or bf16 (CUDA)")->capture_default_str();
+  vel->add_option("--precision", va.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
   int_option(vel->add_option("--threads", va.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   vel->add_option("--out", va.out, "Output .npy [N, D]")->capture_default_str();

@@ -298,8 +298,10 @@ int run_train(const TrainArgs& a) {
   }
   Trainer trainer =
       a.resume ? Trainer(model, state, data, tc, run) : Trainer(Model(model, tc.seed), data, tc, run);
-  std::fprintf(stderr, "training %s on %s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
-               model.input_dim());
+  std::fprintf(
+      stderr, "training %s on %s%s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
+      run.precision == Precision::FP32 ? "" : (std::string(" (") + to_string(run.precision) + ")").c_str(),
+      model.input_dim());
   for (int w : model.hidden) std::fprintf(stderr, "%d-", w);
   std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
                tc.batch_size, static_cast<unsigned long long>(a.steps));

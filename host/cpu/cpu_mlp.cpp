@@ -3,6 +3,12 @@
 // activation (forward) or for its derivative and the bias gradient (backward). At width 512 and
 // batch 4096 the GEMMs are
 // ~19 GFLOP per step and the fused passes move ~100 MB, so the step runs at the sgemm rate.
+//
+// Precision::BF16 (MlpWorkspace::precision) runs the same layers with the GPU's bf16 semantics: every
+// GEMM takes bf16 inputs (the input, the weights, the activations, the backward's gradients, each
+// rounded once, to nearest even) and accumulates and writes fp32 (gemm_bf16); the bias, the
+// activation and its derivative, and the bias gradients work in fp32 on the fp32 GEMM outputs, and
+// the activation passes write the next GEMM's bf16 input directly.
 
 #include <algorithm>
 #include <cmath>
@@ -79,6 +85,69 @@ void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int w
   }
 }
 
+// BF16: pre[r, :] += bias, then the activation rounded to bf16 (the next GEMM's input).
+template <Activation A>
+CUFM_SIMD_CLONES void act_rows_bf16(float* pre, const float* bias, int64_t r0, int64_t r1, int width,
+                                    uint16_t* act) {
+  for (int64_t r = r0; r < r1; ++r) {
+    float* z = pre + r * width;
+    uint16_t* a = act + r * width;
+    for (int j = 0; j < width; ++j) {
+      const float v = z[j] + bias[j];
+      z[j] = v;
+      a[j] = bf16_bits(hd::activate(A, v));
+    }
+  }
+}
+
+void act_rows_bf16(Activation a, float* pre, const float* bias, int64_t r0, int64_t r1, int width,
+                   uint16_t* act) {
+  const DenormalsAreZero daz;
+  switch (a) {
+    case Activation::ReLU:
+      return act_rows_bf16<Activation::ReLU>(pre, bias, r0, r1, width, act);
+    case Activation::GELU:
+      return act_rows_bf16<Activation::GELU>(pre, bias, r0, r1, width, act);
+    default:
+      return act_rows_bf16<Activation::SiLU>(pre, bias, r0, r1, width, act);
+  }
+}
+
+// BF16: dz = da * act'(pre) in fp32, its column sums into colsum, and dz rounded to bf16 into dz16
+// (the next GEMMs' input).
+template <Activation A>
+CUFM_SIMD_CLONES void act_grad_rows_bf16(const float* pre, int64_t r0, int64_t r1, int width, const float* da,
+                                         float* colsum, uint16_t* dz16) {
+  std::fill(colsum, colsum + width, 0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* z = pre + r * width;
+    const float* d = da + r * width;
+    uint16_t* o = dz16 + r * width;
+    for (int j = 0; j < width; ++j) {
+      const float g = d[j] * hd::activate_grad(A, z[j]);
+      colsum[j] += g;
+      o[j] = bf16_bits(g);
+    }
+  }
+}
+
+void act_grad_rows_bf16(Activation a, const float* pre, int64_t r0, int64_t r1, int width, const float* da,
+                        float* colsum, uint16_t* dz16) {
+  const DenormalsAreZero daz;
+  switch (a) {
+    case Activation::ReLU:
+      return act_grad_rows_bf16<Activation::ReLU>(pre, r0, r1, width, da, colsum, dz16);
+    case Activation::GELU:
+      return act_grad_rows_bf16<Activation::GELU>(pre, r0, r1, width, da, colsum, dz16);
+    default:
+      return act_grad_rows_bf16<Activation::SiLU>(pre, r0, r1, width, da, colsum, dz16);
+  }
+}
+
+CUFM_SIMD_CLONES void round_rows(const float* x, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_bits(x[i]);
+}
+
 CUFM_SIMD_CLONES void colsum_rows(const float* x, int64_t r0, int64_t r1, int width, float* colsum) {
   std::fill(colsum, colsum + width, 0.0f);
   for (int64_t r = r0; r < r1; ++r) {
@@ -106,32 +175,58 @@ void linear(const float* x, const float* w, const float* b, int64_t batch, int i
 
 }  // namespace
 
-uint64_t MlpWorkspace::floats_for(const MlpConfig& model, int64_t b) {
-  uint64_t row = static_cast<uint64_t>(model.data_dim);  // out
+void round_to_bf16(const float* x, int64_t n, uint16_t* out) {
+  constexpr int64_t kSlice = int64_t{1} << 14;
+  const int64_t slices = (n + kSlice - 1) / kSlice;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t s = 0; s < slices; ++s) {
+    const int64_t i0 = s * kSlice;
+    round_rows(x + i0, std::min(kSlice, n - i0), out + i0);
+  }
+}
+
+uint64_t MlpWorkspace::floats_for(const MlpConfig& model, int64_t b, Precision precision) {
+  // In halves of a float (a bf16 value is one), so that the BF16 buffers count exactly.
+  const bool bf16 = precision == Precision::BF16;
+  uint64_t row = 2 * static_cast<uint64_t>(model.data_dim);  // out
   int widest = model.input_dim();
   for (int h : model.hidden) {
-    row += 2 * static_cast<uint64_t>(h);  // pre and act
+    row += (bf16 ? 3 : 4) * static_cast<uint64_t>(h);  // pre and act (bf16 act: half)
     widest = std::max(widest, h);
   }
-  row += 2 * static_cast<uint64_t>(widest);  // dbuf0, dbuf1
+  row += (bf16 ? 3 : 4) * static_cast<uint64_t>(widest);      // dbuf0 and dbuf1, or dbuf0 and dz16
+  if (bf16) row += static_cast<uint64_t>(model.input_dim());  // in16
   const uint64_t rows = static_cast<uint64_t>(std::max<int64_t>(b, 0));
-  return row != 0 && rows > UINT64_MAX / row ? UINT64_MAX : rows * row;
+  if (row != 0 && rows > UINT64_MAX / row) return UINT64_MAX;
+  const uint64_t halves = rows * row + (bf16 ? ParamLayout(model).total() : 0);  // w16
+  return (halves + 1) / 2;
 }
 
 void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
+  const bool bf16 = precision == Precision::BF16;
   const size_t hidden = model.hidden.size();
-  pre.resize(hidden);
-  act.resize(hidden);
+  const size_t rows = static_cast<size_t>(b);
+  pre.assign(hidden, {});
+  act.assign(hidden, {});
+  act16.assign(hidden, {});
   int widest = model.input_dim();
   for (size_t l = 0; l < hidden; ++l) {
-    pre[l].resize(static_cast<size_t>(b) * model.hidden[l]);
-    act[l].resize(static_cast<size_t>(b) * model.hidden[l]);
+    pre[l].resize(rows * model.hidden[l]);
+    if (bf16) {
+      act16[l].resize(rows * model.hidden[l]);
+    } else {
+      act[l].resize(rows * model.hidden[l]);
+    }
     widest = std::max(widest, model.hidden[l]);
   }
-  out.resize(static_cast<size_t>(b) * model.data_dim);
-  dbuf0.resize(static_cast<size_t>(b) * widest);
-  dbuf1.resize(static_cast<size_t>(b) * widest);
+  out.resize(rows * model.data_dim);
+  dbuf0.resize(rows * widest);
+  dbuf1 = bf16 ? std::vector<float>() : std::vector<float>(rows * widest);
+  in16 = bf16 ? std::vector<uint16_t>(rows * model.input_dim()) : std::vector<uint16_t>();
+  dz16 = bf16 ? std::vector<uint16_t>(rows * widest) : std::vector<uint16_t>();
+  w16 = bf16 ? std::vector<uint16_t>(ParamLayout(model).total()) : std::vector<uint16_t>();
   batch = b;
+  sized_for = precision;
 }
 
 void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n) {
@@ -194,10 +289,47 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
   }
 }
 
+namespace {
+
+void mlp_forward_bf16(const MlpConfig& model, const float* params, const float* input, int64_t batch,
+                      MlpWorkspace& ws) {
+  const ParamLayout layout(model);
+  const int L = model.num_layers();
+  const int64_t blocks = (batch + kRowBlock - 1) / kRowBlock;
+  round_to_bf16(params, static_cast<int64_t>(layout.total()), ws.w16.data());
+  round_to_bf16(input, batch * model.input_dim(), ws.in16.data());
+  const uint16_t* x = ws.in16.data();
+  for (int l = 0; l < L; ++l) {
+    const int in = model.layer_in(l), out = model.layer_out(l);
+    const uint16_t* w = ws.w16.data() + layout.weight_offset(l);
+    const float* b = params + layout.bias_offset(l);  // the bias is added in fp32
+    if (l == L - 1) {
+      float* y = ws.out.data();
+#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
+      for (int64_t r = 0; r < batch; ++r) std::memcpy(y + r * out, b, sizeof(float) * out);
+      gemm_bf16(false, true, batch, out, in, x, in, w, in, true, y, out);
+      break;
+    }
+    float* z = ws.pre[l].data();
+    gemm_bf16(false, true, batch, out, in, x, in, w, in, false, z, out);
+#pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
+      act_rows_bf16(model.activation, z, b, r0, r1, out, ws.act16[l].data());
+    }
+    x = ws.act16[l].data();
+  }
+}
+
+}  // namespace
+
 void mlp_forward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                  MlpWorkspace& ws) {
   ensure_blas_kernels();  // every entry point's BLAS runs the same kernels (and so the same bits)
-  if (ws.batch != batch) ws.resize(model, batch);
+  if (ws.batch != batch || ws.sized_for != ws.precision) ws.resize(model, batch);
+  if (ws.precision == Precision::BF16) return mlp_forward_bf16(model, params, input, batch, ws);
+  CUFM_REQUIRE(ws.precision == Precision::FP32,
+               "the CPU backend runs fp32 or bf16, not " << to_string(ws.precision));
   const ParamLayout layout(model);
   const int L = model.num_layers();
   const int64_t blocks = (batch + kRowBlock - 1) / kRowBlock;
@@ -227,7 +359,9 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads) {
   ensure_blas_kernels();
-  CUFM_REQUIRE(ws.batch == batch, "mlp_backward: workspace holds batch " << ws.batch << ", not " << batch);
+  CUFM_REQUIRE(ws.batch == batch && ws.sized_for == ws.precision,
+               "mlp_backward: the workspace holds no forward pass of batch " << batch << " at "
+                                                                             << to_string(ws.precision));
   const ParamLayout layout(model);
   const int L = model.num_layers();
   const int blocks = static_cast<int>((batch + kRowBlock - 1) / kRowBlock);
@@ -244,6 +378,32 @@ void mlp_backward(const MlpConfig& model, const float* params, const float* inpu
       colsum_rows(dout, r0, r1, D, partial.data() + static_cast<size_t>(blk) * D);
     }
     reduce_blocks(partial, blocks, D, grads + layout.bias_offset(L - 1));
+  }
+
+  if (ws.precision == Precision::BF16) {
+    // dz16 holds the current layer's output gradient in bf16, [B, out]; after the input-gradient
+    // GEMM (into dbuf0, fp32) has read it, the activation pass overwrites it with the next one.
+    round_to_bf16(dout, batch * model.data_dim, ws.dz16.data());
+    uint16_t* dz = ws.dz16.data();
+    for (int l = L - 1; l >= 0; --l) {
+      const int in = model.layer_in(l), out = model.layer_out(l);
+      const uint16_t* x = l == 0 ? ws.in16.data() : ws.act16[l - 1].data();
+      gemm_bf16(true, false, out, in, batch, dz, out, x, in, false, grads + layout.weight_offset(l), in);
+      if (l == 0) break;
+      float* da = ws.dbuf0.data();
+      gemm_bf16(false, false, batch, in, out, dz, out, ws.w16.data() + layout.weight_offset(l), in, false, da,
+                in);
+      const float* pre = ws.pre[l - 1].data();
+#pragma omp parallel for schedule(static)
+      for (int blk = 0; blk < blocks; ++blk) {
+        const int64_t r0 = static_cast<int64_t>(blk) * kRowBlock,
+                      r1 = std::min<int64_t>(batch, r0 + kRowBlock);
+        act_grad_rows_bf16(model.activation, pre, r0, r1, in, da,
+                           partial.data() + static_cast<size_t>(blk) * in, dz);
+      }
+      reduce_blocks(partial, blocks, in, grads + layout.bias_offset(l - 1));
+    }
+    return;
   }
 
   // The input gradients alternate between dbuf0 and dbuf1, each GEMM accumulating onto zeros

@@ -70,6 +70,7 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
   out.input.resize(static_cast<size_t>(B) * in);
   out.t.resize(B);
   out.index.resize(B);
+  out.eps.resize(static_cast<size_t>(B) * D);
   out.label.resize(model.num_classes > 0 ? B : 0);
   const PathConfig& path = config.path;
   const uint32_t n_data = static_cast<uint32_t>(data.n);
@@ -94,6 +95,7 @@ void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset
       rng::normal4(config.seed, step, noise, static_cast<uint32_t>(g), xt);
       for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
         row[4 * g + k] = hd::path_xt(d.t, x1[4 * g + k], xt[k], path.sigma_min);
+        out.eps[static_cast<size_t>(i) * D + 4 * g + k] = xt[k];
       }
     }
     int32_t label = -1;
@@ -139,55 +141,75 @@ void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step
   }
 }
 
+double fm_loss_rows(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                    const PreparedBatch& batch, int64_t r0, int64_t r1, const float* v, float* grad) {
+  const int B = config.batch_size, D = model.data_dim;
+  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
+  const float sigma_min = config.path.sigma_min;
+  double sum = 0.0;
+  // The noise fm_prepare drew (the kernel draws it again from the row's counter: the same values).
+  const bool kept = batch.eps.size() == static_cast<size_t>(B) * D;
+  for (int64_t i = r0; i < r1; ++i) {
+    const float* x1 = data.x.data() + static_cast<size_t>(batch.index[i]) * D;
+    const uint32_t noise = batch.noise_row.empty() ? static_cast<uint32_t>(i) : batch.noise_row[i];
+    float eps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int g = 0; g < (D + 3) / 4; ++g) {
+      if (kept) {
+        for (int k = 0; k < 4 && 4 * g + k < D; ++k)
+          eps[k] = batch.eps[static_cast<size_t>(i) * D + 4 * g + k];
+      } else {
+        rng::normal4(config.seed, step, noise, static_cast<uint32_t>(g), eps);
+      }
+      for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
+        const size_t j = static_cast<size_t>(i - r0) * D + 4 * g + k;
+        const float diff = v[j] - hd::path_target(x1[4 * g + k], eps[k], sigma_min);
+        grad[j] = diff * scale;
+        sum += static_cast<double>(diff) * diff;
+      }
+    }
+  }
+  return sum;
+}
+
 float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                    const PreparedBatch& batch, const float* v, float* grad) {
   const int B = config.batch_size, D = model.data_dim;
   constexpr int kRows = 256;
   const int blocks = (B + kRows - 1) / kRows;
   std::vector<double> partial(blocks);
-  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
-  const float sigma_min = config.path.sigma_min;
 #pragma omp parallel for schedule(static)
   for (int blk = 0; blk < blocks; ++blk) {
-    double sum = 0.0;
-    for (int i = blk * kRows; i < std::min(B, (blk + 1) * kRows); ++i) {
-      const float* x1 = data.x.data() + static_cast<size_t>(batch.index[i]) * D;
-      const uint32_t noise = batch.noise_row.empty() ? static_cast<uint32_t>(i) : batch.noise_row[i];
-      float eps[4];
-      for (int g = 0; g < (D + 3) / 4; ++g) {
-        rng::normal4(config.seed, step, noise, static_cast<uint32_t>(g), eps);
-        for (int k = 0; k < 4 && 4 * g + k < D; ++k) {
-          const size_t j = static_cast<size_t>(i) * D + 4 * g + k;
-          const float diff = v[j] - hd::path_target(x1[4 * g + k], eps[k], sigma_min);
-          grad[j] = diff * scale;
-          sum += static_cast<double>(diff) * diff;
-        }
-      }
-    }
-    partial[blk] = sum;
+    const int64_t r0 = static_cast<int64_t>(blk) * kRows, r1 = std::min<int64_t>(B, r0 + kRows);
+    partial[blk] = fm_loss_rows(model, config, data, step, batch, r0, r1, v + r0 * D, grad + r0 * D);
   }
   double total = 0.0;
   for (double p : partial) total += p;
   return static_cast<float>(total / (static_cast<double>(B) * D));
 }
 
+double mse_rows(int64_t B, int D, int64_t r0, int64_t r1, const float* v, const float* x1, const float* eps,
+                float sigma_min, float* grad) {
+  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
+  double sum = 0.0;
+  for (int64_t j = r0 * D; j < r1 * D; ++j) {
+    const float diff = v[j - r0 * D] - hd::path_target(x1[j], eps[j], sigma_min);
+    if (grad) grad[j - r0 * D] = diff * scale;
+    sum += static_cast<double>(diff) * diff;
+  }
+  return sum;
+}
+
 float mse_given(int64_t B, int D, const float* v, const float* x1, const float* eps, float sigma_min,
                 float* grad) {
   // dL/dv = 2 (v - u) / (B D); the loss summed in double per block of 256 rows, then the blocks in
   // order: the bits do not depend on the thread count.
-  const float scale = 2.0f / (static_cast<float>(B) * static_cast<float>(D));
   constexpr int64_t kRows = 256;
   const int64_t blocks = (B + kRows - 1) / kRows;
   std::vector<double> partial(blocks);
 #pragma omp parallel for schedule(static) if (B * D >= kParallelMin)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    double sum = 0.0;
-    for (int64_t j = blk * kRows * D; j < std::min(B, (blk + 1) * kRows) * D; ++j) {
-      const float diff = v[j] - hd::path_target(x1[j], eps[j], sigma_min);
-      if (grad) grad[j] = diff * scale;
-      sum += static_cast<double>(diff) * diff;
-    }
-    partial[blk] = sum;
+    const int64_t r0 = blk * kRows, r1 = std::min(B, r0 + kRows);
+    partial[blk] = mse_rows(B, D, r0, r1, v + r0 * D, x1, eps, sigma_min, grad ? grad + r0 * D : nullptr);
   }
   double total = 0.0;
   for (double p : partial) total += p;
@@ -210,6 +232,13 @@ float loss_grad_given(const MlpConfig& m, const float* params, const FlowBatch& 
     write_input_tail(m, b.t[i], label, null_context ? nullptr : b.context + i * m.context_dim, row);
   }
   MlpWorkspace& ws = scratch.ws;
+  if (fused_step_applies(m, ws.precision)) {
+    const RowLoss rows = [&](int64_t r0, int64_t r1, const float* v, float* grad) {
+      return mse_rows(B, D, r0, r1, v, b.x1, b.eps, sigma_min, grad);
+    };
+    const double sum = fused_step(m, params, input.data(), B, rows, scratch.fused, grads);
+    return static_cast<float>(sum / (static_cast<double>(B) * D));
+  }
   mlp_forward(m, params, input.data(), B, ws);
   scratch.dout.resize(static_cast<size_t>(B) * D);
   const float loss = mse_given(B, D, ws.out.data(), b.x1, b.eps, sigma_min, scratch.dout.data());

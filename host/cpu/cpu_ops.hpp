@@ -4,12 +4,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
 #include "cufm/dataset.hpp"
 #include "cufm/detail/math.hpp"
+#include "cufm/device.hpp"
 #include "cufm/loss.hpp"
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
@@ -30,6 +32,7 @@ struct PreparedBatch {
   std::vector<float> t;             // [B]
   std::vector<uint32_t> index;      // [B]
   std::vector<int32_t> label;       // [B] after dropout (the null class when dropped), or empty
+  std::vector<float> eps;           // [B, D] each row's noise, as x_t took it (the loss reads it back)
   std::vector<uint32_t> noise_row;  // [B] the coupling's pairs (row i takes row noise_row[i]'s noise
                                     // stream), or empty for the independent coupling
   CouplingScratch coupling;
@@ -74,6 +77,11 @@ void write_input_row(const MlpConfig& model, const float* x, float t, int32_t la
 float fm_loss_grad(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                    const PreparedBatch& batch, const float* v, float* grad);
 
+// fm_loss_grad's rows [r0, r1) (a block of its 256-row blocks): v and grad hold those rows only
+// ([r1 - r0, D]); returns their sum of squared differences, in double, as fm_loss_grad sums them.
+double fm_loss_rows(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
+                    const PreparedBatch& batch, int64_t r0, int64_t r1, const float* v, float* grad);
+
 // The model's velocity at n points, in chunks of 8192 rows (the one CPU evaluation behind
 // Model::forward, VelocityField and the CPU sampler): v [n, D] at x [n, D], with per-row times
 // t_rows [n] or, when nullptr, t for every row, and labels [n] (nullptr: the null class of a
@@ -85,17 +93,46 @@ void evaluate_model(const MlpConfig& model, const float* params, const float* x,
                     const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
                     FieldScratch& scratch);
 
-// A forward/backward workspace for one batch size.
+// A forward/backward workspace for one batch size and precision. FP32 keeps fp32 activations; BF16
+// (the GPU's bf16 semantics: fp32 master weights, bf16 GEMM inputs, fp32 accumulation and outputs)
+// keeps the GEMMs' inputs rounded to bf16 (the layer input, the weights, each hidden layer's
+// activations, each backward gradient) and the pre-activations, the output and the input gradients
+// in fp32. Set `precision` before the first mlp_forward; a change takes effect at the next one.
 struct MlpWorkspace {
+  Precision precision = Precision::FP32;
   int64_t batch = 0;
-  std::vector<std::vector<float>> pre;  // pre-activations of each hidden layer [B, out_l]
-  std::vector<std::vector<float>> act;  // activations of each hidden layer [B, out_l]
-  std::vector<float> out;               // [B, D]
-  std::vector<float> dbuf0, dbuf1;      // backward scratch, [B, max width]
+  Precision sized_for = Precision::FP32;  // the precision the buffers were allocated for
+  std::vector<std::vector<float>> pre;    // pre-activations of each hidden layer [B, out_l]
+  std::vector<std::vector<float>> act;    // FP32: activations of each hidden layer [B, out_l]
+  std::vector<float> out;                 // [B, D]
+  std::vector<float> dbuf0, dbuf1;        // backward scratch, [B, max width] (BF16: dbuf0 only)
+  // BF16 only (bf16 bits): the layer input [B, in], the weights and biases as ParamLayout lays them
+  // out (rounded by mlp_forward, read by the mlp_backward that follows it), each hidden layer's
+  // activations [B, out_l], and the backward's gradient [B, max width].
+  std::vector<uint16_t> in16, w16, dz16;
+  std::vector<std::vector<uint16_t>> act16;
   void resize(const MlpConfig& model, int64_t batch);
-  // The floats resize(model, batch) allocates, without allocating (the memory checks' estimate).
-  static uint64_t floats_for(const MlpConfig& model, int64_t batch);
+  // The floats resize(model, batch) allocates at `precision`, without allocating (the memory
+  // checks' estimate).
+  static uint64_t floats_for(const MlpConfig& model, int64_t batch, Precision precision = Precision::FP32);
 };
+
+// An fp32 value rounded to the nearest bf16, ties to even (NaN stays NaN): its 16 bits.
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_value(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+// out[i] = bf16_bits(x[i]) for n values (vectorised; on the OpenMP team when n is large).
+void round_to_bf16(const float* x, int64_t n, uint16_t* out);
 
 // Forward over a batch: keeps what the backward needs in the workspace; result in ws.out.
 void mlp_forward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
@@ -109,11 +146,33 @@ void mlp_backward(const MlpConfig& model, const float* params, const float* inpu
 float mse_given(int64_t B, int D, const float* v, const float* x1, const float* eps, float sigma_min,
                 float* grad);
 
+// mse_given's rows [r0, r1) of a batch of B: v and grad hold those rows only; x1 and eps the whole
+// batch's. Returns their sum of squared differences, in double.
+double mse_rows(int64_t B, int D, int64_t r0, int64_t r1, const float* v, const float* x1, const float* eps,
+                float sigma_min, float* grad);
+
+// The fused training step (host/cpu/cpu_fused.cpp): forward, loss and backward over blocks of 256
+// rows, each block's activations kept in cache through all the layers, for narrow fp32 models on
+// CPUs with AVX-512 (fused_step_applies says when; CUFM_CPU_FUSED=off turns it off, =on takes any
+// width). loss_rows(r0, r1, v, grad) gives rows [r0, r1)'s dL/dv from their v (both [r1 - r0, D])
+// and returns their loss sum; it is called from several threads at once, on disjoint rows. Writes
+// every parameter's gradient into grads and returns the batch's loss sum (the 256-row blocks' sums
+// added in order). The bits depend on the batch size, never on the thread count.
+using RowLoss = std::function<double(int64_t r0, int64_t r1, const float* v, float* grad)>;
+struct FusedScratch {
+  std::vector<float> partials;
+  std::vector<double> block_loss;
+};
+bool fused_step_applies(const MlpConfig& model, Precision precision);
+double fused_step(const MlpConfig& model, const float* params, const float* input, int64_t batch,
+                  const RowLoss& loss_rows, FusedScratch& scratch, float* grads);
+
 // The loss and gradient on a batch with the caller's draws (cufm::loss_and_grad, Trainer::step(batch)):
 // writes every parameter's gradient into grads, returns the loss (summed in a fixed order).
 struct GivenScratch {
   std::vector<float> input, dout;
   MlpWorkspace ws;
+  FusedScratch fused;
 };
 float loss_grad_given(const MlpConfig& model, const float* params, const FlowBatch& batch, float sigma_min,
                       GivenScratch& scratch, float* grads);
@@ -166,6 +225,17 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 std::string gemm_providers();
 const char* gemm_provider_for(int64_t M, int64_t N, int64_t K);  // "oneDNN" or "OpenBLAS"
+
+// Row-major C [M, N] = op(A) op(B) (+ C when accumulate), A and B bf16 (bits), accumulated and
+// written in fp32: oneDNN's matmul (AMX or AVX512_BF16). Throws cufm::Error where
+// bf16_unavailable_reason() is not empty.
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+               const uint16_t* B, int64_t ldb, bool accumulate, float* C, int64_t ldc);
+// Empty when the CPU backend runs Precision::BF16 on this machine and build, else why not.
+std::string bf16_unavailable_reason();
+// Throws cufm::Error naming why `who` cannot run at precision p on the CPU backend (TF32 never can;
+// BF16 where bf16_unavailable_reason() says so).
+void check_cpu_precision(Precision p, const char* who);
 
 // Threads for the CPU backend's own loops and for OpenBLAS (0: all cores; at most max_threads()).
 void set_threads(int threads);

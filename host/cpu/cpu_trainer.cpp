@@ -1,5 +1,6 @@
 // The CPU backend's training step: draw the batch, forward, loss and dL/dv, backward, optional
-// gradient clipping, Adam/AdamW and EMA. Float32 throughout, the reference for the CUDA backend.
+// gradient clipping, Adam/AdamW and EMA. Float32 throughout, the reference for the CUDA backend; with
+// Precision::BF16 the MLP's GEMMs take bf16 inputs (host/cpu/cpu_mlp.cpp), all else stays fp32.
 #include <cstring>
 
 #include "cufm/error.hpp"
@@ -13,12 +14,15 @@ namespace {
 class CpuTrainer final : public TrainBackend {
  public:
   CpuTrainer(const MlpConfig& model, const TrainConfig& config, const Dataset& data, TrainState state,
-             int threads)
+             int threads, Precision precision)
       : model_(model), config_(config), threads_(threads), data_(data), state_(std::move(state)) {
     complete_state(model_, config_, state_);
     grads_.assign(state_.params.size(), 0.0f);
     dout_.resize(static_cast<size_t>(config_.batch_size) * model_.data_dim);
-    ws_.resize(model_, config_.batch_size);
+    ws_.precision = precision;
+    given_.ws.precision = precision;
+    fused_ = cpu::fused_step_applies(model_, precision);
+    if (!fused_) ws_.resize(model_, config_.batch_size);
   }
 
   void run(uint64_t n) override {
@@ -42,6 +46,16 @@ class CpuTrainer final : public TrainBackend {
   void one_step() {
     const uint64_t step = state_.step;
     cpu::fm_prepare(model_, config_, data_, step, batch_);
+    if (fused_) {
+      const cpu::RowLoss rows = [&](int64_t r0, int64_t r1, const float* v, float* grad) {
+        return cpu::fm_loss_rows(model_, config_, data_, step, batch_, r0, r1, v, grad);
+      };
+      const double sum = cpu::fused_step(model_, state_.params.data(), batch_.input.data(),
+                                         config_.batch_size, rows, fused_scratch_, grads_.data());
+      loss_ = static_cast<float>(sum / (static_cast<double>(config_.batch_size) * model_.data_dim));
+      update();
+      return;
+    }
     cpu::mlp_forward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, ws_);
     loss_ = cpu::fm_loss_grad(model_, config_, data_, step, batch_, ws_.out.data(), dout_.data());
     cpu::mlp_backward(model_, state_.params.data(), batch_.input.data(), config_.batch_size, dout_.data(),
@@ -68,6 +82,8 @@ class CpuTrainer final : public TrainBackend {
   TrainState state_;
   cpu::PreparedBatch batch_;
   cpu::MlpWorkspace ws_;
+  bool fused_ = false;  // the narrow models' fused step (host/cpu/cpu_fused.cpp)
+  cpu::FusedScratch fused_scratch_;
   cpu::GivenScratch given_;
   std::vector<float> grads_, dout_;
   float loss_ = 0.0f;
@@ -76,8 +92,9 @@ class CpuTrainer final : public TrainBackend {
 }  // namespace
 
 std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
-                                               const Dataset& data, TrainState state, int threads) {
-  return std::make_unique<CpuTrainer>(model, config, data, std::move(state), threads);
+                                               const Dataset& data, TrainState state, int threads,
+                                               Precision precision) {
+  return std::make_unique<CpuTrainer>(model, config, data, std::move(state), threads, precision);
 }
 
 }  // namespace cufm::detail

@@ -8,14 +8,15 @@ namespace cufm {
 
 enum class Device : int { Auto = 0, CPU = 1, CUDA = 2 };
 
-// Math precision of the layers on the CUDA backend. Master weights, optimiser state and
-// accumulation are always FP32; the CPU backend runs FP32 only.
+// Math precision of the layers' GEMMs. Master weights, optimiser state and accumulation are always
+// FP32. TF32 needs the CUDA backend; BF16 runs on the CUDA backend and on the CPU backend where
+// cpu_bf16_unavailable_reason() is empty (bf16 GEMM inputs, fp32 accumulation, as on the GPU).
 enum class Precision : int { FP32 = 0, TF32 = 1, BF16 = 2 };
 
 // Where and how a call runs, apart from what it computes (the recipe).
 struct RunOptions {
   Device device = Device::Auto;
-  Precision precision = Precision::FP32;  // TF32 and BF16 need the CUDA backend
+  Precision precision = Precision::FP32;  // TF32: CUDA only; BF16: CUDA, or a CPU that has it
   int threads = 0;                        // CPU backend threads (0: all cores)
 };
 
@@ -40,6 +41,12 @@ const char* to_string(Device d);
 const char* to_string(Precision p);
 Device parse_device(const std::string& s);
 Precision parse_precision(const std::string& s);
+
+// Empty when the CPU backend runs Precision::BF16 here, else why not. It needs a build with oneDNN
+// (Debian's libdnnl-dev at configure time) and an x86-64 CPU with AVX512_BF16 (AMX's tiles are used
+// where the CPU has them too). Where the CPU has AVX512_BF16 but no AMX, bf16 GEMMs need not be
+// faster than fp32 ones: bench/results/*-bf16.md has the measurement.
+std::string cpu_bf16_unavailable_reason();
 
 // Version and build options, for `cufm info`.
 std::string version();

@@ -35,7 +35,7 @@ struct LossGrad {
 };
 
 // path: its sigma_min (the time sampling is the caller's: batch.t). run: the device, the layers'
-// precision (GPU) and the CPU's threads. Throws cufm::Error naming a bad argument.
+// precision and the CPU's threads. Throws cufm::Error naming a bad argument.
 LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathConfig& path = {},
                        const RunOptions& run = {});
 

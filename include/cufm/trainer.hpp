@@ -95,7 +95,7 @@ class Trainer {
  public:
   // The data must satisfy the model: dim == data_dim; labels present when num_classes > 0; a
   // context of context_dim floats per point exactly when the model has one. run:
-  // the device (Auto: the GPU when there is a usable one), the layers' precision (GPU) and the CPU
+  // the device (Auto: the GPU when there is a usable one), the layers' precision and the CPU
   // backend's threads.
   Trainer(const Model& model, const Dataset& data, const TrainConfig& config, const RunOptions& run = {});
   // Resumes from a saved state (a checkpoint's).

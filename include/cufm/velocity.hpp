@@ -18,7 +18,7 @@ struct FieldOptions {
   // and the null context; every call then needs labels or a context.
   std::optional<float> guidance;
   Device device = Device::Auto;
-  Precision precision = Precision::FP32;  // TF32 and BF16 need the GPU
+  Precision precision = Precision::FP32;  // TF32: the GPU only; BF16: the GPU, or a CPU that has it
   int threads = 0;                        // CPU threads (0: all cores)
   int64_t max_rows = 0;                   // GPU: points per model pass (0: sized by memory)
 };

@@ -37,6 +37,7 @@ from ._cufm import (  # noqa: F401,E402
     VelocityField,
     build_summary,
     couple,
+    cpu_bf16_unavailable_reason,
     cpu_thread_wait_policy,
     cuda_built,
     energy_distance,

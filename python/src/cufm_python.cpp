@@ -305,6 +305,8 @@ NB_MODULE(_cufm, m) {
   m.def("version", &cufm::version, "cuFM's version.");
   m.def("build_summary", &cufm::build_summary, "The build's backends and options.");
   m.def("cuda_built", &cufm::cuda_built, "True when this build has the CUDA backend.");
+  m.def("cpu_bf16_unavailable_reason", &cufm::cpu_bf16_unavailable_reason,
+        "Empty when precision='bf16' runs on the CPU backend here, else why not.");
   m.def("cpu_thread_wait_policy", &cufm::cpu_thread_wait_policy,
         "How the CPU backend's threads wait, as the environment set it (e.g. 'GOMP_SPINCOUNT=1000').");
 
@@ -503,7 +505,7 @@ NB_MODULE(_cufm, m) {
           "precision"_a = "fp32", "threads"_a = 0,
           "A trainer from the model's weights, on a Dataset (or none: then step(x1) only). device 'auto' "
           "(the "
-          "GPU when present), 'cuda' or 'cpu'; precision 'fp32', 'tf32' or 'bf16' (the last two: GPU); "
+          "GPU when present), 'cuda' or 'cpu'; precision 'fp32', 'tf32' (GPU) or 'bf16' (GPU, or a CPU for which cpu_bf16_unavailable_reason() is empty); "
           "threads: "
           "CPU threads (0: all cores).")
       .def(

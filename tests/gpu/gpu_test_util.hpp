@@ -20,17 +20,17 @@
 
 // Skips without a GPU, with the reason; fails instead when CUFM_EXPECT_GPU=1 (set it on GPU CI,
 // as bench/gpu-check.sh does, so that a broken driver or runtime cannot turn the suite green).
-#define CUFM_REQUIRE_GPU()                                                                        \
-  do {                                                                                            \
-    if (::cufm::cuda_devices().empty()) {                                                         \
-      const char* expect = std::getenv("CUFM_EXPECT_GPU");                                        \
-      if (expect && std::string(expect) == "1") {                                                 \
-        FAIL() << "CUFM_EXPECT_GPU=1 but the CUDA runtime sees no device (driver, runtime or "     \
-                  "CUDA_VISIBLE_DEVICES problem)";                                                 \
-      }                                                                                           \
-      GTEST_SKIP() << "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty): "   \
-                      "GPU tests need one";                                                       \
-    }                                                                                             \
+#define CUFM_REQUIRE_GPU()                                                                      \
+  do {                                                                                          \
+    if (::cufm::cuda_devices().empty()) {                                                       \
+      const char* expect = std::getenv("CUFM_EXPECT_GPU");                                      \
+      if (expect && std::string(expect) == "1") {                                               \
+        FAIL() << "CUFM_EXPECT_GPU=1 but the CUDA runtime sees no device (driver, runtime or "  \
+                  "CUDA_VISIBLE_DEVICES problem)";                                              \
+      }                                                                                         \
+      GTEST_SKIP() << "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty): " \
+                      "GPU tests need one";                                                     \
+    }                                                                                           \
   } while (0)
 
 namespace cufm::test {
@@ -96,26 +96,6 @@ inline ::testing::AssertionResult bits_equal(const float* got, const float* want
     }
   }
   return ::testing::AssertionSuccess();
-}
-
-// all_close with atol given as a fraction of the reference's largest magnitude (sums over
-// thousands of terms are compared to the scale of the tensor, not of each small element).
-inline ::testing::AssertionResult close_to_scale(const std::vector<float>& got,
-                                                 const std::vector<float>& want, double atol_frac,
-                                                 double rtol) {
-  if (got.size() != want.size())
-    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
-  double scale = 0.0;
-  for (float w : want) scale = std::max(scale, static_cast<double>(std::abs(w)));
-  return all_close(got.data(), want.data(), got.size(), atol_frac * scale, rtol);
-}
-
-// Random floats in [lo, hi) from a fixed seed (std::mt19937 is portable across platforms).
-inline std::vector<float> random_floats(size_t n, float lo, float hi, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = lo + (hi - lo) * static_cast<float>(gen() >> 8) * (1.0f / 16777216.0f);
-  return v;
 }
 
 }  // namespace cufm::test

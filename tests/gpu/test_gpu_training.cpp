@@ -122,9 +122,15 @@ TEST_P(GpuVsCpu, LossesAndWeightsAgree) {
   }
   double move_frac = 1e-3;  // FP32: the updates agree to rounding
   if (rc.precision == Precision::TF32) move_frac = 3e-2;
-  if (rc.precision == Precision::BF16) move_frac = 1e-1;
   EXPECT_GT(test::norm2(moved_cpu), 0.0);
-  EXPECT_TRUE(test::close_to_scale(moved_gpu, moved_cpu, move_frac, move_frac)) << "weight updates";
+  if (rc.precision == Precision::BF16) {
+    // As a whole (test_cpu_bf16 measured the CPU's own bf16 against fp32: where bf16 rounding moves a
+    // ReLU's pre-activation across 0, the few weights it feeds move more than 10% of the largest
+    // move apart, while the whole stays within 3%).
+    EXPECT_LT(test::relative_l2(moved_gpu, moved_cpu), 5e-2) << "weight updates";
+  } else {
+    EXPECT_TRUE(test::close_to_scale(moved_gpu, moved_cpu, move_frac, move_frac)) << "weight updates";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -223,3 +223,29 @@ def test_import_bounds_the_cpu_threads_spinning():
     env["OMP_WAIT_POLICY"] = "passive"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "OMP_WAIT_POLICY=passive"
+
+
+def test_bf16_on_the_cpu_follows_fp32_or_says_why():
+    """precision='bf16' on the CPU backend: within the GPU's bf16 tolerances of the fp32 run (loss 5e-2,
+    samples 5e-2), and not the same bits; where the CPU or the build lacks it, an error with the reason."""
+    data = cufm.make_toy("8gaussians", 4000, 1)
+    config = cufm.TrainConfig(batch_size=256, seed=3, lr=3e-3)
+    why = cufm.cpu_bf16_unavailable_reason()
+    if why:
+        with pytest.raises(cufm.Error, match="precision bf16 on the CPU backend"):
+            cufm.Trainer(cufm.Model(small_config(), 3), data, config, device="cpu", precision="bf16")
+        return
+    runs = {}
+    for p in ("fp32", "bf16"):
+        trainer = cufm.Trainer(cufm.Model(small_config(), 3), data, config, device="cpu", precision=p)
+        trainer.fit(5)
+        runs[p] = (trainer.loss(), trainer.model())
+    (l32, m32), (l16, m16) = runs["fp32"], runs["bf16"]
+    assert abs(l16 - l32) <= 5e-2 * l32
+    assert not np.array_equal(m16.params, m32.params)
+    x32 = cufm.sample(m32, count=500, steps=8, device="cpu")["x"]
+    x16 = cufm.sample(m32, count=500, steps=8, device="cpu", precision="bf16")["x"]
+    np.testing.assert_allclose(x16, x32, atol=5e-2, rtol=5e-2)
+    assert not np.array_equal(x16, x32)
+    with pytest.raises(cufm.Error, match="tf32 needs the CUDA backend"):
+        cufm.sample(m32, count=10, steps=2, device="cpu", precision="tf32")
