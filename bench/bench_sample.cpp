@@ -168,7 +168,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
         t.rows.push_back({w.id, solver, std::to_string(evals), b.name, std::to_string(st.repeats),
                           fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]",
                           fmt_si(count / st.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-                          gpu ? fmt(one_shot, 4) : "(same)", b.name == "cpu" ? "1" : fmt(vs_cpu, 3) + "x"});
+                          gpu ? fmt(one_shot, 4) : "(same)", b.name == "cpu" ? "1" : (std::isfinite(vs_cpu) ? fmt(vs_cpu, 3) + "x" : "-")});
         j.update({{"status", "ok"},
                   {"repeats", st.repeats},
                   {"warmup", warmup},

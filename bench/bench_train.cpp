@@ -157,7 +157,7 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
              std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
              fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
              fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-             b.name == "cpu" ? "1" : fmt(vs_cpu, 3) + "x", fmt(r.loss, 4)});
+             b.name == "cpu" ? "1" : (std::isfinite(vs_cpu) ? fmt(vs_cpu, 3) + "x" : "-"), fmt(r.loss, 4)});
         j.update({{"status", "ok"},
                   {"steps", r.per_step.repeats},
                   {"warmup", warm},
