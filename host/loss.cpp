@@ -136,7 +136,9 @@ LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathCon
   uint64_t floats =
       add_sat(mul_sat(rows, static_cast<uint64_t>(m.input_dim() + 2 * m.data_dim)), model.num_params());
   if (device == Device::CPU) {
-    floats = add_sat(floats, cpu::MlpWorkspace::floats_for(m, batch.size, run.precision));
+    floats = add_sat(floats, cpu::fused_step_applies(m, run.precision)
+                                 ? cpu::fused_step_floats(m, batch.size)
+                                 : cpu::MlpWorkspace::floats_for(m, batch.size, run.precision));
   }
   detail::require_memory(
       mul_sat(floats, sizeof(float)),

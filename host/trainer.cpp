@@ -114,7 +114,8 @@ void check_data(const MlpConfig& model, const Dataset& data) {
 
 // Host memory a trainer holds: on the CPU the dataset's copy and one batch's activations; on both
 // the parameters with their gradient, Adam moments, EMA and the copy state() hands out.
-uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dataset& data, Device device) {
+uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dataset& data, Device device,
+                             Precision precision) {
   using detail::add_sat;
   using detail::mul_sat;
   const uint64_t params = ParamLayout(m).total();
@@ -123,11 +124,13 @@ uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dat
     bytes = add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n),
                                    (static_cast<uint64_t>(data.dim) + data.context_dim) * sizeof(float) +
                                        sizeof(int32_t)));
-    // A batch's input, noise and dL/dv, and the MLP's workspace.
+    // A batch's input, noise and dL/dv, and the MLP's workspace (or the fused step's buffers).
     const uint64_t io = static_cast<uint64_t>(m.input_dim()) + 2 * static_cast<uint64_t>(m.data_dim);
-    bytes = add_sat(bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io),
-                                           cpu::MlpWorkspace::floats_for(m, c.batch_size)),
-                                   sizeof(float)));
+    const uint64_t work = cpu::fused_step_applies(m, precision)
+                              ? cpu::fused_step_floats(m, c.batch_size)
+                              : cpu::MlpWorkspace::floats_for(m, c.batch_size, precision);
+    bytes = add_sat(bytes,
+                    mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io), work), sizeof(float)));
   }
   if (c.coupling != Coupling::Independent) {  // a group's costs (the CPU's solvers, and step(batch)'s)
     const uint64_t b = static_cast<uint64_t>(c.batch_size);
@@ -177,7 +180,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
   }
   device_ = resolve_device(run_.device);
   detail::require_memory(
-      host_training_bytes(model_config_, config_, data, device_),
+      host_training_bytes(model_config_, config_, data, device_, run_.precision),
       "training (model, optimiser" +
           std::string(device_ == Device::CPU ? ", dataset copy and a batch's activations)" : ")"),
       "use a smaller batch, smaller widths or a subset of the data");
@@ -205,7 +208,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const T
   none.dim = model_config_.data_dim;
   none.num_classes = model_config_.num_classes;
   none.context_dim = model_config_.context_dim;
-  detail::require_memory(host_training_bytes(model_config_, config_, none, device_),
+  detail::require_memory(host_training_bytes(model_config_, config_, none, device_, run_.precision),
                          "training (model, optimiser)", "use a smaller batch or smaller widths");
   backend_ = make_backend(device_, model_config_, config_, run_, none, state);
 }

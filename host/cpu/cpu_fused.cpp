@@ -336,6 +336,27 @@ bool fused_step_applies(const MlpConfig& model, Precision precision) {
   return true;
 }
 
+uint64_t fused_step_floats(const MlpConfig& model, int64_t batch) {
+  const int L = model.num_layers();
+  uint64_t partial = 0, panels = 0, block = 0;
+  int widest = 0;
+  for (int l = 0; l < L; ++l) {
+    const uint64_t in = static_cast<uint64_t>(model.layer_in(l)),
+                   out = static_cast<uint64_t>(model.layer_out(l));
+    const uint64_t in_p = static_cast<uint64_t>(pad16(model.layer_in(l)));
+    const uint64_t out_p = static_cast<uint64_t>(pad16(model.layer_out(l)));
+    partial += out * in_p + out;
+    panels += in * out_p + out * in_p + out_p;
+    block += (l + 1 < L ? 3 : 1) * out_p;  // z, a and s per hidden layer; the output
+    widest = std::max({widest, pad16(model.layer_in(l)), pad16(model.layer_out(l))});
+  }
+  block = kRows * (block + static_cast<uint64_t>(pad16(model.input_dim())) +
+                   2 * static_cast<uint64_t>(widest) + 2 * static_cast<uint64_t>(model.data_dim));
+  const uint64_t blocks = (static_cast<uint64_t>(std::max<int64_t>(batch, 0)) + kRows - 1) / kRows;
+  const uint64_t chunks = std::min<uint64_t>(blocks, kMaxChunks);
+  return chunks * (partial + 16) + panels + static_cast<uint64_t>(max_threads()) * block + blocks * 2;
+}
+
 double fused_step(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const RowLoss& loss_rows, FusedScratch& scratch, float* grads) {
   ensure_blas_kernels();

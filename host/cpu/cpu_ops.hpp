@@ -164,6 +164,9 @@ struct FusedScratch {
   std::vector<double> block_loss;
 };
 bool fused_step_applies(const MlpConfig& model, Precision precision);
+// The floats a fused step over `batch` rows allocates (its partial gradients, the packed weights and
+// every thread's block buffers), without allocating: the memory checks' estimate.
+uint64_t fused_step_floats(const MlpConfig& model, int64_t batch);
 double fused_step(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const RowLoss& loss_rows, FusedScratch& scratch, float* grads);
 

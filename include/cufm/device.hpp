@@ -45,7 +45,7 @@ Precision parse_precision(const std::string& s);
 // Empty when the CPU backend runs Precision::BF16 here, else why not. It needs a build with oneDNN
 // (Debian's libdnnl-dev at configure time) and an x86-64 CPU with AVX512_BF16 (AMX's tiles are used
 // where the CPU has them too). Where the CPU has AVX512_BF16 but no AMX, bf16 GEMMs need not be
-// faster than fp32 ones: bench/results/*-bf16.md has the measurement.
+// faster than fp32 ones (cufm_bench_gemm measures both; bench/results/*-gemm-providers.md).
 std::string cpu_bf16_unavailable_reason();
 
 // Version and build options, for `cufm info`.
