@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -360,36 +361,48 @@ uint64_t fused_step_floats(const MlpConfig& model, int64_t batch) {
 double fused_step(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const RowLoss& loss_rows, FusedScratch& scratch, float* grads) {
   ensure_blas_kernels();
-  const DenormalsAreZero daz;
   Packed p;
   pack(model, params, p);
   const int64_t blocks = (batch + kRows - 1) / kRows;
   const int64_t chunks = std::min<int64_t>(blocks, kMaxChunks);
   scratch.partials.assign(static_cast<size_t>(chunks) * p.partial_floats, 0.0f);
   scratch.block_loss.assign(static_cast<size_t>(blocks), 0.0);
-  std::string error;
+  // Nothing may leave an OpenMP region by an exception: the first one is kept and thrown after it.
+  std::exception_ptr first_error;
+  auto keep_error = [&first_error] {
+#pragma omp critical(cufm_fused_error)
+    if (!first_error) first_error = std::current_exception();
+  };
 #pragma omp parallel
   {
+    // Every thread of the block loop runs with denormals as zero (the activations' loops need it);
+    // the partials' sum below runs without, on every thread alike.
     const DenormalsAreZero thread_daz;
     BlockBuffers buf;
-    buf.size_for(p);
+    bool ready = true;
+    try {
+      buf.size_for(p);
+    } catch (...) {
+      ready = false;
+      keep_error();
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c) {
+      if (!ready) continue;
       float* partial = scratch.partials.data() + static_cast<size_t>(c) * p.partial_floats;
       const int64_t b0 = blocks * c / chunks, b1 = blocks * (c + 1) / chunks;
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t r0 = b * kRows;
-        const int R = static_cast<int>(std::min<int64_t>(kRows, batch - r0));
-        try {
+      try {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = b * kRows;
+          const int R = static_cast<int>(std::min<int64_t>(kRows, batch - r0));
           scratch.block_loss[b] = run_block(model, p, input, r0, R, loss_rows, buf, partial);
-        } catch (const std::exception& e) {
-#pragma omp critical(cufm_fused_error)
-          if (error.empty()) error = e.what();
         }
+      } catch (...) {
+        keep_error();
       }
     }
   }
-  CUFM_REQUIRE(error.empty(), error);
+  if (first_error) std::rethrow_exception(first_error);
   // The partials, added in chunk order, into ParamLayout's places.
   const ParamLayout layout(model);
   const int L = model.num_layers();

@@ -233,6 +233,9 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
     } catch (const std::exception& e) {
 #pragma omp critical(cufm_gemm_bf16_error)
       if (error.empty()) error = e.what();
+    } catch (...) {
+#pragma omp critical(cufm_gemm_bf16_error)
+      if (error.empty()) error = "an unknown error";
     }
   }
   CUFM_REQUIRE(error.empty(),

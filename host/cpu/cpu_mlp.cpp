@@ -203,28 +203,42 @@ uint64_t MlpWorkspace::floats_for(const MlpConfig& model, int64_t b, Precision p
 }
 
 void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
-  const bool bf16 = precision == Precision::BF16;
+  // Resized in place: evaluate_model alternates full chunks with a last, smaller one, and the
+  // buffers keep their capacity between them. The other precision's buffers are freed on a switch.
+  const bool bf16 = precision == Precision::BF16, switching = sized_for != precision;
   const size_t hidden = model.hidden.size();
   const size_t rows = static_cast<size_t>(b);
-  pre.assign(hidden, {});
-  act.assign(hidden, {});
-  act16.assign(hidden, {});
+  pre.resize(hidden);
+  act.resize(hidden);
+  act16.resize(hidden);
   int widest = model.input_dim();
   for (size_t l = 0; l < hidden; ++l) {
-    pre[l].resize(rows * model.hidden[l]);
+    const size_t n = rows * model.hidden[l];
+    pre[l].resize(n);
     if (bf16) {
-      act16[l].resize(rows * model.hidden[l]);
+      act16[l].resize(n);
+      if (switching) std::vector<float>().swap(act[l]);
     } else {
-      act[l].resize(rows * model.hidden[l]);
+      act[l].resize(n);
+      if (switching) std::vector<uint16_t>().swap(act16[l]);
     }
     widest = std::max(widest, model.hidden[l]);
   }
   out.resize(rows * model.data_dim);
   dbuf0.resize(rows * widest);
-  dbuf1 = bf16 ? std::vector<float>() : std::vector<float>(rows * widest);
-  in16 = bf16 ? std::vector<uint16_t>(rows * model.input_dim()) : std::vector<uint16_t>();
-  dz16 = bf16 ? std::vector<uint16_t>(rows * widest) : std::vector<uint16_t>();
-  w16 = bf16 ? std::vector<uint16_t>(ParamLayout(model).total()) : std::vector<uint16_t>();
+  if (bf16) {
+    if (switching) std::vector<float>().swap(dbuf1);
+    in16.resize(rows * model.input_dim());
+    dz16.resize(rows * widest);
+    w16.resize(ParamLayout(model).total());
+  } else {
+    dbuf1.resize(rows * widest);
+    if (switching) {
+      std::vector<uint16_t>().swap(in16);
+      std::vector<uint16_t>().swap(dz16);
+      std::vector<uint16_t>().swap(w16);
+    }
+  }
   batch = b;
   sized_for = precision;
 }
