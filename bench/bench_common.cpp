@@ -241,15 +241,23 @@ double now_s() {
 }
 
 // ---- ceilings --------------------------------------------------------------------------------
-Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
+// The CPU GEMM cuFM runs at `precision` (FP32: the sgemm provider; BF16: gemm_bf16) on a row-major
+// x W^T of m x n x k, median of `repeats` calls after 3 warm-up calls.
+Ceiling cpu_gemm_ceiling(Precision precision, int m, int n, int k, int threads, int repeats) {
+  const bool bf16 = precision == Precision::BF16;
   Ceiling c;
-  c.backend = "cpu";
+  c.backend = bf16 ? "cpu-bf16" : "cpu";
   c.m = m;
   c.n = n;
   c.k = k;
   std::ostringstream what;
-  what << cpu::gemm_provider_for(m, n, k) << " sgemm " << m << "x" << n << "x" << k << " ("
-       << resolved_threads(threads) << " threads; the GEMM cuFM runs)";
+  if (bf16) {
+    what << "oneDNN bf16 matmul " << m << "x" << n << "x" << k << " (" << resolved_threads(threads)
+         << " threads, fp32 accumulation, in cuFM's fixed 256x256 tiles; the GEMM cuFM runs)";
+  } else {
+    what << cpu::gemm_provider_for(m, n, k) << " sgemm " << m << "x" << n << "x" << k << " ("
+         << resolved_threads(threads) << " threads; the GEMM cuFM runs)";
+  }
   c.what = what.str();
   cpu::set_threads(threads);
   std::mt19937 rng(1);
@@ -258,7 +266,18 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
       out(static_cast<size_t>(m) * n);
   for (float& v : a) v = u(rng);
   for (float& v : b) v = u(rng);
-  auto gemm = [&] { cpu::sgemm(false, true, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, out.data(), n); };
+  std::vector<uint16_t> a16(bf16 ? a.size() : 0), b16(bf16 ? b.size() : 0);
+  if (bf16) {
+    cpu::round_to_bf16(a.data(), static_cast<int64_t>(a.size()), a16.data());
+    cpu::round_to_bf16(b.data(), static_cast<int64_t>(b.size()), b16.data());
+  }
+  auto gemm = [&] {
+    if (bf16) {
+      cpu::gemm_bf16(false, true, m, n, k, a16.data(), k, b16.data(), k, false, out.data(), n);
+    } else {
+      cpu::sgemm(false, true, m, n, k, 1.0f, a.data(), k, b.data(), k, 0.0f, out.data(), n);
+    }
+  };
   for (int i = 0; i < 3; ++i) gemm();  // warm-up: thread pool, page faults, caches
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {
@@ -269,42 +288,7 @@ Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats) {
   c.time = summarize(times);
   c.tflops = 2.0 * m * n * static_cast<double>(k) / c.time.median * 1e-12;
   c.ok = std::isfinite(out[0]) && c.time.median > 0.0;
-  if (!c.ok) c.reason = "sgemm produced a non-finite value";
-  return c;
-}
-
-Ceiling cpu_bf16_ceiling(int m, int n, int k, int threads, int repeats) {
-  Ceiling c;
-  c.backend = "cpu-bf16";
-  c.m = m;
-  c.n = n;
-  c.k = k;
-  std::ostringstream what;
-  what << "oneDNN bf16 matmul " << m << "x" << n << "x" << k << " (" << resolved_threads(threads)
-       << " threads, fp32 accumulation, in cuFM's fixed 256x256 tiles; the GEMM cuFM runs)";
-  c.what = what.str();
-  cpu::set_threads(threads);
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<float> af(static_cast<size_t>(m) * k), bf(static_cast<size_t>(n) * k),
-      out(static_cast<size_t>(m) * n);
-  for (float& v : af) v = u(rng);
-  for (float& v : bf) v = u(rng);
-  std::vector<uint16_t> a(af.size()), b(bf.size());
-  cpu::round_to_bf16(af.data(), static_cast<int64_t>(af.size()), a.data());
-  cpu::round_to_bf16(bf.data(), static_cast<int64_t>(bf.size()), b.data());
-  auto gemm = [&] { cpu::gemm_bf16(false, true, m, n, k, a.data(), k, b.data(), k, false, out.data(), n); };
-  for (int i = 0; i < 3; ++i) gemm();
-  std::vector<double> times;
-  for (int i = 0; i < repeats; ++i) {
-    const double t0 = now_s();
-    gemm();
-    times.push_back(now_s() - t0);
-  }
-  c.time = summarize(times);
-  c.tflops = 2.0 * m * n * static_cast<double>(k) / c.time.median * 1e-12;
-  c.ok = std::isfinite(out[0]) && c.time.median > 0.0;
-  if (!c.ok) c.reason = "the bf16 matmul produced a non-finite value";
+  if (!c.ok) c.reason = "the GEMM produced a non-finite value";
   return c;
 }
 
@@ -437,9 +421,7 @@ std::map<std::string, double> measure_ceilings(const std::vector<Backend>& bs, R
   for (const Backend& b : bs) {
     if (!b.available) continue;
     if (b.device == Device::CPU) {
-      all.push_back(b.precision == Precision::BF16
-                        ? cpu_bf16_ceiling(4096, 512, 512, rep.opt.threads, repeats)
-                        : cpu_sgemm_ceiling(4096, 512, 512, rep.opt.threads, repeats));
+      all.push_back(cpu_gemm_ceiling(b.precision, 4096, 512, 512, rep.opt.threads, repeats));
       if (all.back().ok) out[b.name] = all.back().tflops;
     } else {
       all.push_back(gpu_gemm_ceiling(b.precision, 4096, 512, 512, repeats * 5));

@@ -88,9 +88,9 @@ struct Ceiling {
   std::string reason;
 };
 
-// sgemm C[m,n] = A[m,k] * B[n,k]^T (a layer's forward) through the provider cuFM runs, with `threads` threads.
-Ceiling cpu_sgemm_ceiling(int m, int n, int k, int threads, int repeats);
-Ceiling cpu_bf16_ceiling(int m, int n, int k, int threads, int repeats);
+// C[m,n] = A[m,k] * B[n,k]^T (a layer's forward) through the GEMM cuFM runs at `precision` (FP32: the
+// sgemm provider; BF16: gemm_bf16), with `threads` threads.
+Ceiling cpu_gemm_ceiling(Precision precision, int m, int n, int k, int threads, int repeats);
 // cuBLAS GEMM in the given precision, timed with CUDA events; ok = false without a GPU.
 Ceiling gpu_gemm_ceiling(Precision p, int m, int n, int k, int repeats);
 
