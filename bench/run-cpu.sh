@@ -7,8 +7,9 @@
 #   bench/run-cpu.sh [BUILD_DIR] [--smoke]
 #
 # BUILD_DIR (default build-bench) is configured if needed and the two bench targets (re)built.
-# Needs: python3 with torch (pip install torch). Takes about 11 minutes on 2 cores; run it on a
-# quiet machine. --smoke: tiny sizes (a minute or two), results go to a temporary folder only.
+# Needs: python3 with torch (pip install torch). Takes about 25 minutes on 2 cores (the R1 quality
+# rows train 2000 steps, in fp32 and bf16); run it on a quiet machine. --smoke: tiny sizes (a minute
+# or two), results go to a temporary folder only.
 # THREADS=N overrides the thread count.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -78,13 +79,13 @@ else
 fi
 python3 "$root/bench/torch_baseline.py" --device cpu --threads "$threads" "${smoke[@]}" "${bf16_torch[@]}" \
   --json "$work/torch.json" --out "$work/torch.md"
-python3 "$root/bench/compare.py" --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" \
-  "${bf16_json[@]}" \
+machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
+  tr 'A-Z' 'a-z' | sed -E 's/\((r|tm)\)//g; s/ (processor|cpu) .*$| (processor|cpu)$//; s/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
+python3 "$root/bench/compare.py" --machine "${machine}-${threads}cpu" \
+  --cufm "$work/cufm_train.json" "$work/cufm_sample.json" "${auto_json[@]}" "${bf16_json[@]}" \
   --torch "$work/torch.json" --out-dir "$out_dir"
 # The GEMM providers' tables and the contention rows (R1 and R2 with one core kept busy).
 if [[ ${#smoke[@]} -eq 0 ]]; then
-  machine="$(cd "$root/bench" && python3 -c 'from bench_machine import cpu_model; print(cpu_model())' |
-    tr 'A-Z' 'a-z' | sed -E 's/\((r|tm)\)//g; s/ (processor|cpu) .*$| (processor|cpu)$//; s/\(.*//; s/[^a-z0-9]+/-/g; s/-+$//')"
   "$build/bench/cufm_bench_gemm" --threads "$threads" --repeats 20 \
     --out "$out_dir/$(date -u +%Y-%m-%d)-${machine}-${threads}cpu-gemm-providers.md"
   # The candidates cuFM does not link, beside the two it does (MKL from `pip install mkl`, BLIS from
