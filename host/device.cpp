@@ -145,6 +145,7 @@ std::string build_summary() {
   os << "CUDA backend: not built\n";
 #endif
   const std::string no_bf16 = cpu::bf16_unavailable_reason();
+  os << "CPU: " << cpu::cpu_isa() << "\n";
   os << "CPU backend: float32, " << cpu::gemm_providers() << "; OpenBLAS kernels: " << cpu::blas_kernels()
      << "; bf16: "
      << (no_bf16.empty() ? "oneDNN matmul (AVX512_BF16, or AMX where present)" : "no (" + no_bf16 + ")")

@@ -8,6 +8,10 @@
 // OPENBLAS_CORETYPE is left alone, as is every OpenBLAS that is not DYNAMIC_ARCH.
 #include <dlfcn.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -91,6 +95,27 @@ void ensure_blas_kernels() {
 std::string blas_kernels() {
   ensure_blas_kernels();
   return g_note;
+}
+
+std::string cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  std::string isa = "x86-64";
+  if (__builtin_cpu_supports("avx2")) isa += " avx2";
+  if (__builtin_cpu_supports("fma")) isa += " fma";
+  if (__builtin_cpu_supports("avx512f")) isa += " avx512f";
+  if (__builtin_cpu_supports("avx512bf16")) isa += " avx512bf16";
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 22 AMX-BF16 (what the CPU reports; the OS must also
+  // grant a process the tile state, which oneDNN asks for).
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    if (d & (1u << 24)) isa += " amx-tile";
+    if (d & (1u << 22)) isa += " amx-bf16";
+  }
+  return isa;
+#else
+  return "not x86-64";
+#endif
 }
 
 }  // namespace cufm::cpu

@@ -220,6 +220,9 @@ void adam_step(const hd::AdamCoeffs& c, const float* grads, size_t n, float* par
 // CPU backend's BLAS call). blas_kernels() says which kernels run, and why.
 void ensure_blas_kernels();
 std::string blas_kernels();
+// The instruction sets that decide the CPU backend's kernels, as this CPU reports them
+// ("x86-64 avx2 fma avx512f avx512bf16", with amx-tile and amx-bf16 where present).
+std::string cpu_isa();
 
 // Row-major C [M, N] = alpha op(A) op(B) + beta C through the GEMM provider this machine and shape
 // get (host/cpu/cpu_gemm.cpp): oneDNN's sgemm where the build has it, or OpenBLAS's. The choice never
