@@ -25,22 +25,32 @@ namespace {
 
 constexpr int kRowBlock = 256;  // rows per block of the deterministic bias-gradient sum
 
+// The activation's result into an fp32 activation, or rounded into a bf16 one (BF16: the next
+// GEMM's input).
+inline void put_act(float& out, float v) {
+  out = v;
+}
+inline void put_act(uint16_t& out, float v) {
+  out = bf16_bits(v);
+}
+
 // The activation is a template parameter so that each loop body is branch-free and vectorises.
 // pre[r, :] += bias (the GEMM wrote x W^T alone), then act = act(pre): one pass for both.
-template <Activation A>
-CUFM_SIMD_CLONES void act_rows(float* pre, const float* bias, int64_t r0, int64_t r1, int width, float* act) {
+template <Activation A, typename Out>
+CUFM_SIMD_CLONES void act_rows(float* pre, const float* bias, int64_t r0, int64_t r1, int width, Out* act) {
   for (int64_t r = r0; r < r1; ++r) {
     float* z = pre + r * width;
-    float* a = act + r * width;
+    Out* a = act + r * width;
     for (int j = 0; j < width; ++j) {
       const float v = z[j] + bias[j];
       z[j] = v;
-      a[j] = hd::activate(A, v);
+      put_act(a[j], hd::activate(A, v));
     }
   }
 }
 
-void act_rows(Activation a, float* pre, const float* bias, int64_t r0, int64_t r1, int width, float* act) {
+template <typename Out>
+void act_rows(Activation a, float* pre, const float* bias, int64_t r0, int64_t r1, int width, Out* act) {
   const DenormalsAreZero daz;
   switch (a) {
     case Activation::ReLU:
@@ -82,34 +92,6 @@ void act_grad_rows(Activation a, const float* pre, int64_t r0, int64_t r1, int w
       return act_grad_rows<Activation::GELU>(pre, r0, r1, width, da, colsum, next, next_width);
     default:
       return act_grad_rows<Activation::SiLU>(pre, r0, r1, width, da, colsum, next, next_width);
-  }
-}
-
-// BF16: pre[r, :] += bias, then the activation rounded to bf16 (the next GEMM's input).
-template <Activation A>
-CUFM_SIMD_CLONES void act_rows_bf16(float* pre, const float* bias, int64_t r0, int64_t r1, int width,
-                                    uint16_t* act) {
-  for (int64_t r = r0; r < r1; ++r) {
-    float* z = pre + r * width;
-    uint16_t* a = act + r * width;
-    for (int j = 0; j < width; ++j) {
-      const float v = z[j] + bias[j];
-      z[j] = v;
-      a[j] = bf16_bits(hd::activate(A, v));
-    }
-  }
-}
-
-void act_rows_bf16(Activation a, float* pre, const float* bias, int64_t r0, int64_t r1, int width,
-                   uint16_t* act) {
-  const DenormalsAreZero daz;
-  switch (a) {
-    case Activation::ReLU:
-      return act_rows_bf16<Activation::ReLU>(pre, bias, r0, r1, width, act);
-    case Activation::GELU:
-      return act_rows_bf16<Activation::GELU>(pre, bias, r0, r1, width, act);
-    default:
-      return act_rows_bf16<Activation::SiLU>(pre, bias, r0, r1, width, act);
   }
 }
 
@@ -329,7 +311,7 @@ void mlp_forward_bf16(const MlpConfig& model, const float* params, const float* 
 #pragma omp parallel for schedule(static) if (batch * out >= kParallelMin)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kRowBlock, r1 = std::min(batch, r0 + kRowBlock);
-      act_rows_bf16(model.activation, z, b, r0, r1, out, ws.act16[l].data());
+      act_rows(model.activation, z, b, r0, r1, out, ws.act16[l].data());
     }
     x = ws.act16[l].data();
   }
