@@ -47,6 +47,20 @@ double parse_double(const std::string& flag, const std::string& v) {
 
 }  // namespace
 
+int bench_main(int argc, char** argv, const char* name, const std::string& usage,
+               const std::function<int(Report&)>& body) {
+  bound_cpu_thread_spinning(argc, argv);
+  try {
+    Report rep(name, parse_options(argc, argv, usage));
+    const int status = body(rep);
+    if (status == 0) rep.finish();
+    return status;
+  } catch (const std::exception& e) {
+    std::cerr << name << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
 Options parse_options(int argc, char** argv, const std::string& usage) {
   Options o;
   for (int i = 1; i < argc; ++i) {

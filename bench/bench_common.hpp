@@ -37,6 +37,14 @@ Options parse_options(int argc, char** argv, const std::string& usage);
 
 bool selected(const std::vector<std::string>& list, const std::string& name);
 
+struct Report;
+// The benchmark binaries' main(): bounds the CPU threads' spinning (cufm/device.hpp), parses the
+// options into a Report named `name` and runs body on it, then writes the report when body returns
+// 0; an error becomes one line naming the binary, and exit status 1. body's return value is the exit
+// status (77: skipped, nothing written).
+int bench_main(int argc, char** argv, const char* name, const std::string& usage,
+               const std::function<int(Report&)>& body);
+
 // ---- backends --------------------------------------------------------------------------------
 struct Backend {
   std::string name;  // "cpu", "cpu-bf16", "cuda-fp32", "cuda-tf32", "cuda-bf16"

@@ -204,15 +204,13 @@ void run_gemms(Report& rep, int repeats) {
 }  // namespace cufm::bench
 
 int main(int argc, char** argv) {
-  cufm::bound_cpu_thread_spinning(argc, argv);  // see cufm/device.hpp
   using namespace cufm::bench;
-  try {
-    const Options opt = parse_options(argc, argv, kUsage);
+  return bench_main(argc, argv, "cufm_bench_kernels", kUsage, [](Report& rep) {
+    const Options& opt = rep.opt;
     if (cufm::cuda_devices().empty()) {
       std::cout << "cufm_bench_kernels: skipped, no GPU visible to the CUDA runtime\n";
       return 77;
     }
-    Report rep("cufm_bench_kernels", opt);
     const int repeats = opt.steps > 0 ? opt.steps : (opt.smoke ? 3 : 50);
     double memcpy_gbs = 0.0;
     const size_t copy_bytes = opt.smoke ? (size_t{64} << 20) : (size_t{1} << 30);
@@ -223,10 +221,6 @@ int main(int argc, char** argv) {
     rep.json["memcpy_d2d"] = {{"bytes", copy_bytes}, {"median_s", copy.median}, {"gbs", memcpy_gbs}};
     run_kernels(rep, memcpy_gbs, repeats);
     run_gemms(rep, repeats);
-    rep.finish();
-  } catch (const std::exception& e) {
-    std::cerr << "cufm_bench_kernels: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -62,20 +62,6 @@ std::vector<SampleWorkload> sample_workloads(const Options& opt) {
   return out;
 }
 
-int stages(Solver s) {
-  switch (s) {
-    case Solver::Euler:
-      return 1;
-    case Solver::Midpoint:
-    case Solver::Heun:
-      return 2;
-    case Solver::RK4:
-      return 4;
-    default:
-      return 6;
-  }
-}
-
 SampleConfig sample_config(const SampleWorkload& w, const Backend& b, int64_t count, int threads) {
   SampleConfig sc;
   sc.count = count;
@@ -107,7 +93,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
     const Model model(w.model, 0);
     const size_t params = model.num_params();
     // Model forwards per point: stages x steps, twice with guidance (conditional and null).
-    const int64_t evals = int64_t{stages(w.solver)} * w.steps * (w.guidance ? 2 : 1);
+    const int64_t evals = int64_t{solver_evaluations_per_step(w.solver)} * w.steps * (w.guidance ? 2 : 1);
     const double flop =
         2.0 * static_cast<double>(params) * static_cast<double>(count) * static_cast<double>(evals);
     std::string solver = std::string(to_string(w.solver)) + " " + std::to_string(w.steps) + " steps";
@@ -207,18 +193,12 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
 }  // namespace cufm::bench
 
 int main(int argc, char** argv) {
-  cufm::bound_cpu_thread_spinning(argc, argv);  // see cufm/device.hpp
   using namespace cufm::bench;
-  try {
-    const Options opt = parse_options(argc, argv, kUsage);
-    Report rep("cufm_bench_sample", opt);
+  return bench_main(argc, argv, "cufm_bench_sample", kUsage, [](Report& rep) {
+    const Options& opt = rep.opt;
     const std::vector<Backend> bs = backends(opt);
     const std::map<std::string, double> ceilings = measure_ceilings(bs, rep);
     run_sampling(bs, ceilings, rep);
-    rep.finish();
-  } catch (const std::exception& e) {
-    std::cerr << "cufm_bench_sample: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

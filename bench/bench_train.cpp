@@ -289,21 +289,15 @@ void run_quality(const std::vector<Backend>& bs, const std::map<std::string, dou
 }  // namespace cufm::bench
 
 int main(int argc, char** argv) {
-  cufm::bound_cpu_thread_spinning(argc, argv);  // see cufm/device.hpp
   using namespace cufm::bench;
-  try {
-    const Options opt = parse_options(argc, argv, kUsage);
-    Report rep("cufm_bench_train", opt);
+  return bench_main(argc, argv, "cufm_bench_train", kUsage, [](Report& rep) {
+    const Options& opt = rep.opt;
     const std::vector<Backend> bs = backends(opt);
     const std::map<std::string, double> ceilings = measure_ceilings(bs, rep);
     std::map<std::string, double> r1_ms;
     run_training(bs, ceilings, rep, r1_ms);
     if (selected(opt.workloads, "R1"))
       run_quality(bs, r1_ms, rep);  // with --quality-steps 0: the 20k time only
-    rep.finish();
-  } catch (const std::exception& e) {
-    std::cerr << "cufm_bench_train: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

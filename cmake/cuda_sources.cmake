@@ -16,6 +16,7 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_loss.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_divergence.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/fm_grad.cpp
+  ${PROJECT_SOURCE_DIR}/host/cuda/cuda_backend.cpp
 )
 # Kernels that must round exactly as the CPU reference (compiled with -ffp-contract=off): no
 # contraction of a*b+c into an FMA. The shared math in fm_* uses explicit _rn intrinsics as well,

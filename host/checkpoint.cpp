@@ -30,27 +30,6 @@ using json = nlohmann::json;
 constexpr const char* kFormat = "cufm-checkpoint";
 constexpr const char* kFormatVersion = "1";
 
-// ---- enum names that have no public to_string -------------------------------------------------
-const char* time_sampling_name(TimeSampling t) {
-  return t == TimeSampling::LogitNormal ? "logit-normal" : "uniform";
-}
-
-TimeSampling parse_time_sampling(const std::string& s) {
-  if (s == "uniform") return TimeSampling::Uniform;
-  if (s == "logit-normal") return TimeSampling::LogitNormal;
-  CUFM_FAIL("unknown time sampling '" << s << "': expected uniform or logit-normal");
-}
-
-const char* optimizer_name(Optimizer o) {
-  return o == Optimizer::AdamW ? "adamw" : "adam";
-}
-
-Optimizer parse_optimizer(const std::string& s) {
-  if (s == "adam") return Optimizer::Adam;
-  if (s == "adamw") return Optimizer::AdamW;
-  CUFM_FAIL("unknown optimizer '" << s << "': expected adam or adamw");
-}
-
 bool parse_u64(const std::string& s, uint64_t& out) {
   if (s.empty() || s.size() > 20) return false;
   uint64_t v = 0;
@@ -238,10 +217,10 @@ std::string to_json(const TrainConfig& c) {
   j["batch_size"] = c.batch_size;
   j["seed"] = std::to_string(c.seed);
   j["path"] = {{"sigma_min", finite(c.path.sigma_min, "path.sigma_min")},
-               {"time_sampling", time_sampling_name(c.path.time_sampling)},
+               {"time_sampling", to_string(c.path.time_sampling)},
                {"logit_mean", finite(c.path.logit_mean, "path.logit_mean")},
                {"logit_std", finite(c.path.logit_std, "path.logit_std")}};
-  j["optim"] = {{"kind", optimizer_name(c.optim.kind)},
+  j["optim"] = {{"kind", to_string(c.optim.kind)},
                 {"lr", finite(c.optim.lr, "optim.lr")},
                 {"beta1", finite(c.optim.beta1, "optim.beta1")},
                 {"beta2", finite(c.optim.beta2, "optim.beta2")},

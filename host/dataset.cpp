@@ -80,7 +80,7 @@ struct Point {
 // of the column ? 1 : 0). Every operation before the division is exact (24-bit uniforms, integer
 // shifts), and the division is one correctly rounded IEEE operation, which keeps the order of the
 // values: a point lies in the square its unscaled coordinates name. (Before 2026-11-29 cuFM
-// multiplied by 2, a square of side 2 in [-4, 4)^2: see the README's release notes.)
+// multiplied by 2, a square of side 2 in [-4, 4)^2: see docs/CHANGELOG.md.)
 Point checkerboard(const Philox4x32& r) {
   const float x1 = rn_sub(rn_mul(hd::uniform01(r.v[0]), 4.0f), 2.0f);
   const int lower = static_cast<int>(r.v[2] >> 31);         // randint(0, 2)

@@ -7,7 +7,6 @@
 #include "cufm/error.hpp"
 #include "cufm_build_info.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_ops.hpp"
 
 namespace cufm {
 
@@ -81,75 +80,24 @@ Device resolve_device(Device requested) {
   return Device::CUDA;
 }
 
-const char* to_string(Device d) {
-  switch (d) {
-    case Device::CPU:
-      return "cpu";
-    case Device::CUDA:
-      return "cuda";
-    default:
-      return "auto";
-  }
-}
-
-const char* to_string(Precision p) {
-  switch (p) {
-    case Precision::TF32:
-      return "tf32";
-    case Precision::BF16:
-      return "bf16";
-    default:
-      return "fp32";
-  }
-}
-
-namespace {
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-  return s;
-}
-}  // namespace
-
-Device parse_device(const std::string& s) {
-  const std::string v = lower(s);
-  if (v == "auto") return Device::Auto;
-  if (v == "cpu") return Device::CPU;
-  if (v == "cuda" || v == "gpu") return Device::CUDA;
-  CUFM_FAIL("unknown device '" << s << "': expected auto, cpu or cuda");
-}
-
-Precision parse_precision(const std::string& s) {
-  const std::string v = lower(s);
-  if (v == "fp32") return Precision::FP32;
-  if (v == "tf32") return Precision::TF32;
-  if (v == "bf16") return Precision::BF16;
-  CUFM_FAIL("unknown precision '" << s << "': expected fp32, tf32 or bf16");
-}
-
 std::string version() {
   return CUFM_VERSION_STRING;
 }
 
 std::string cpu_bf16_unavailable_reason() {
-  return cpu::bf16_unavailable_reason();
+  return detail::backend(Device::CPU).unavailable_reason(Precision::BF16);
+}
+
+int max_threads() {
+  return detail::backend(Device::CPU).max_threads();
 }
 
 std::string build_summary() {
   std::ostringstream os;
   os << "cuFM " << CUFM_VERSION_STRING << " (" << CUFM_BUILD_TYPE << ", " << CUFM_CXX_COMPILER << ", commit "
      << CUFM_SOURCE_COMMIT << ")\n";
-#if defined(CUFM_WITH_CUDA)
-  os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
-     << ")\n";
-#else
-  os << "CUDA backend: not built\n";
-#endif
-  const std::string no_bf16 = cpu::bf16_unavailable_reason();
-  os << "CPU: " << cpu::cpu_isa() << "\n";
-  os << "CPU backend: float32, " << cpu::gemm_providers() << "; OpenBLAS kernels: " << cpu::blas_kernels()
-     << "; bf16: "
-     << (no_bf16.empty() ? "oneDNN matmul (AVX512_BF16, or AMX where present)" : "no (" + no_bf16 + ")")
-     << "; OpenMP";
+  os << detail::backend(Device::CUDA).describe() << "\n";
+  os << detail::backend(Device::CPU).describe();
   return os.str();
 }
 

@@ -1,7 +1,7 @@
 // Log-likelihoods: cufm::log_prob and the flow with its divergence that it and sample(...,
-// with_log_prob) run. The ODE state is [x | a] with da/dt = div v; the solvers are the CPU's
-// (host/cpu/cpu_sampler.cpp), and on the GPU the velocity and divergence come from the device
-// (host/cuda/cuda_divergence.cpp) on the solver's host state.
+// with_log_prob) run. The ODE state is [x | a] with da/dt = div v; the solvers run over host arrays
+// (host/host_solver.cpp), and the velocity and divergence come from the device's backend
+// (host/backend.hpp: DivergenceBackend) on the solver's host state.
 #include "cufm/likelihood.hpp"
 
 #include <cmath>
@@ -10,29 +10,13 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/draws.hpp"
 #include "host/divergence_flow.hpp"
+#include "host/field_checks.hpp"
+#include "host/solver_driver.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
-
-const char* to_string(Divergence d) {
-  switch (d) {
-    case Divergence::Exact:
-      return "exact";
-    case Divergence::Hutchinson:
-      return "hutchinson";
-    default:
-      return "auto";
-  }
-}
-
-Divergence parse_divergence(const std::string& s) {
-  if (s == "auto") return Divergence::Auto;
-  if (s == "exact") return Divergence::Exact;
-  if (s == "hutchinson") return Divergence::Hutchinson;
-  CUFM_FAIL("unknown divergence '" << s << "' (expected auto, exact or hutchinson)");
-}
 
 Divergence LogProbConfig::resolved(int data_dim) const {
   return detail::resolve_divergence(divergence, data_dim);
@@ -84,7 +68,7 @@ uint64_t divergence_flow_bytes(const MlpConfig& m, int64_t n, const DivergenceFl
   if (keep && f.solver != Solver::Dopri5)
     floats = add_sat(floats, mul_sat(state, static_cast<uint64_t>(f.steps) + 1));
   // One chunk's tangents (two buffers of at most 2^22 floats) and forward workspace.
-  floats = add_sat(floats, add_sat(uint64_t{1} << 23, cpu::MlpWorkspace::floats_for(m, 8192 * 2)));
+  floats = add_sat(floats, backend(f.device).host_divergence_floats(m));
   return mul_sat(floats, sizeof(float));
 }
 
@@ -114,7 +98,7 @@ void check_context_arg(const MlpConfig& m, const std::vector<float>& context, in
   CUFM_REQUIRE(static_cast<int64_t>(context.size()) == K || static_cast<int64_t>(context.size()) == n * K,
                who << ": the context must hold " << K << " floats (one row for all) or " << n << " x " << K
                    << " (one row per " << per << "), got " << context.size());
-  cpu::check_field_context(m, context.data(), static_cast<int64_t>(context.size()) / K, who);
+  check_field_context(m, context.data(), static_cast<int64_t>(context.size()) / K, who);
 }
 
 void check_guidance_arg(const MlpConfig& m, const std::optional<float>& guidance, bool has_labels,
@@ -137,29 +121,21 @@ DivergenceFlowResult integrate_with_divergence(const Model& model, const float* 
   std::vector<float> probes;
   if (!exact) {
     probes.resize(static_cast<size_t>(n) * P * D);
-    cpu::rademacher_probes(f.seed, 0, n, P, D, probes.data());
+    rademacher_probes(f.seed, 0, n, P, D, probes.data());
   }
   const int32_t* labels = f.labels.empty() ? nullptr : f.labels.data();
   const float* context = f.context.empty() ? nullptr : f.context.data();
   const float* guidance = f.guidance ? &*f.guidance : nullptr;
-  cpu::set_threads(f.threads);
   std::vector<float> y(xn + static_cast<size_t>(n), 0.0f);  // [x | a], a(t0) = 0
   std::memcpy(y.data(), x0, xn * sizeof(float));
-  cpu::DivergenceScratch scratch;
-  CudaDivergencePtr gpu;
-  if (f.device == Device::CUDA) gpu = make_cuda_divergence(model);
+  const std::unique_ptr<DivergenceBackend> divergence = backend(f.device).make_divergence(model, f.threads);
   auto field = [&](float t, const float* state, float* dstate) {
-    if (gpu) {
-      cuda_divergence_evaluate(*gpu, t, state, labels, context, n, guidance, exact ? nullptr : probes.data(),
-                               P, dstate, dstate + xn);
-    } else {
-      cpu::evaluate_divergence(m, model.params().data(), state, t, labels, context, n, guidance,
-                               exact ? nullptr : probes.data(), P, dstate, dstate + xn, scratch);
-    }
+    divergence->evaluate(t, state, labels, context, n, guidance, exact ? nullptr : probes.data(), P, dstate,
+                         dstate + xn);
   };
   DivergenceFlowResult r;
   std::vector<float> times, states;
-  r.counts = cpu::integrate(field, std::move(y), f.solver, f.steps, f.atol, f.rtol, f.max_steps, f.t0, f.t1,
+  r.counts = integrate_field(field, std::move(y), f.solver, f.steps, f.atol, f.rtol, f.max_steps, f.t0, f.t1,
                             keep ? &times : nullptr, keep ? &states : nullptr);
   std::vector<float>& end = r.counts.x;
   r.x.assign(end.begin(), end.begin() + static_cast<ptrdiff_t>(xn));

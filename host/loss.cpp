@@ -1,6 +1,6 @@
-// loss_and_grad: the flow-matching loss and gradient on the caller's batch and draws, on the CPU
-// (here) or the GPU (host/cuda/cuda_loss.cpp, through the trainer's own kernels); prepare_flow and
-// flow_mse: the host twins of kernels::fm_prepare / fm_loss_grad for a model of the caller's own.
+// loss_and_grad: the flow-matching loss and gradient on the caller's batch and draws, checked here
+// and computed by the device's backend (host/backend.hpp); prepare_flow and flow_mse: the host twins
+// of kernels::fm_prepare / fm_loss_grad for a model of the caller's own (host/draws.hpp).
 #include "cufm/loss.hpp"
 
 #include <algorithm>
@@ -11,7 +11,8 @@
 #include "cufm/detail/math.hpp"
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/draws.hpp"
+#include "host/field_checks.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -25,7 +26,7 @@ void check_batch(const MlpConfig& m, const FlowBatch& b, const PathConfig& path)
   CUFM_REQUIRE(b.x1 && b.t && b.eps, "loss_and_grad: x1, t and eps must not be null");
   CUFM_REQUIRE(!b.labels || m.num_classes > 0, "loss_and_grad: labels given, but the model is unconditional");
   CUFM_REQUIRE(!b.context_null || b.context, "loss_and_grad: context_null given without a context");
-  cpu::check_field_context(m, b.context, b.size, "loss_and_grad");
+  detail::check_field_context(m, b.context, b.size, "loss_and_grad");
   CUFM_REQUIRE(std::isfinite(path.sigma_min) && path.sigma_min >= 0.0f && path.sigma_min < 1.0f,
                "loss_and_grad: sigma_min must be in [0, 1), got " << path.sigma_min);
   for (int64_t i = 0; i < b.size; ++i) {
@@ -56,7 +57,7 @@ void check_step_draws(const StepDraws& d, int64_t B, int D, const char* who) {
                who << ": context_dropout must be in [0, 1], got " << d.context_dropout);
 }
 
-// The CPU backend's draw_given takes the model's and the recipe's fields.
+// draw_given takes the model's and the recipe's fields.
 void draw_rows(const StepDraws& d, int64_t B, int D, const int32_t* labels, std::vector<float>& t,
                std::vector<float>& eps, std::vector<int32_t>& labels_out,
                std::vector<uint8_t>& context_drop) {
@@ -74,7 +75,7 @@ void draw_rows(const StepDraws& d, int64_t B, int D, const int32_t* labels, std:
     all_null.assign(static_cast<size_t>(B), d.num_classes);
     labels = all_null.data();
   }
-  cpu::draw_given(m, c, d.step, B, labels, t, eps, labels_out, context_drop);
+  detail::draw_given(m, c, d.step, B, labels, t, eps, labels_out, context_drop);
 }
 
 }  // namespace
@@ -115,12 +116,12 @@ float flow_mse(const StepDraws& draws, int64_t B, int D, const float* x1, const 
   check_step_draws(draws, B, D, "flow_mse");
   CUFM_REQUIRE(x1 && v, "flow_mse: x1 and v must not be null");
   CUFM_REQUIRE(threads >= 0, "flow_mse: threads must be >= 0, got " << threads);
-  cpu::set_threads(threads);
+  detail::set_host_threads(threads);
   std::vector<float> t, eps;
   std::vector<int32_t> labels;
   std::vector<uint8_t> drop;
   draw_rows(draws, B, D, nullptr, t, eps, labels, drop);
-  return cpu::mse_given(B, D, v, x1, eps.data(), draws.path.sigma_min, grad);
+  return detail::mse_given(B, D, v, x1, eps.data(), draws.path.sigma_min, grad);
 }
 
 LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathConfig& path,
@@ -129,30 +130,19 @@ LossGrad loss_and_grad(const Model& model, const FlowBatch& batch, const PathCon
   check_batch(m, batch, path);
   CUFM_REQUIRE(run.threads >= 0, "loss_and_grad: threads must be >= 0, got " << run.threads);
   const Device device = resolve_device(run.device);
+  const detail::Backend& backend = detail::backend(device);
   // Host memory: the model input, the activations and the gradients (CPU), or the staged copies.
   using detail::add_sat;
   using detail::mul_sat;
   const uint64_t rows = static_cast<uint64_t>(batch.size);
   uint64_t floats =
       add_sat(mul_sat(rows, static_cast<uint64_t>(m.input_dim() + 2 * m.data_dim)), model.num_params());
-  if (device == Device::CPU) {
-    floats = add_sat(floats, cpu::fused_step_applies(m, run.precision)
-                                 ? cpu::fused_step_floats(m, batch.size)
-                                 : cpu::MlpWorkspace::floats_for(m, batch.size, run.precision));
-  }
+  floats = add_sat(floats, backend.host_step_floats(m, batch.size, run.precision));
   detail::require_memory(
       mul_sat(floats, sizeof(float)),
       "a loss and gradient over " + std::to_string(batch.size) + " rows on the " + to_string(device),
       "split the batch");
-  if (device == Device::CUDA) return detail::cuda_loss_and_grad(model, batch, path.sigma_min, run.precision);
-  cpu::check_cpu_precision(run.precision, "loss_and_grad");
-  cpu::set_threads(run.threads);
-  LossGrad r;
-  r.grad.resize(model.num_params());
-  cpu::GivenScratch scratch;
-  scratch.ws.precision = run.precision;
-  r.loss = cpu::loss_grad_given(m, model.params().data(), batch, path.sigma_min, scratch, r.grad.data());
-  return r;
+  return backend.loss_and_grad(model, batch, path.sigma_min, run);
 }
 
 }  // namespace cufm

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "cufm/detail/math.hpp"
 #include "cufm/detail/philox.hpp"
 #include "cufm/error.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/backend.hpp"
+#include "host/field_checks.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
@@ -44,24 +46,6 @@ int MlpConfig::layer_out(int l) const {
 bool MlpConfig::operator==(const MlpConfig& o) const {
   return data_dim == o.data_dim && hidden == o.hidden && activation == o.activation &&
          time_features == o.time_features && num_classes == o.num_classes && context_dim == o.context_dim;
-}
-
-const char* to_string(Activation a) {
-  switch (a) {
-    case Activation::ReLU:
-      return "relu";
-    case Activation::GELU:
-      return "gelu";
-    default:
-      return "silu";
-  }
-}
-
-Activation parse_activation(const std::string& s) {
-  if (s == "silu" || s == "SiLU") return Activation::SiLU;
-  if (s == "relu" || s == "ReLU") return Activation::ReLU;
-  if (s == "gelu" || s == "GELU") return Activation::GELU;
-  CUFM_FAIL("unknown activation '" << s << "': expected silu, relu or gelu");
 }
 
 ParamLayout::ParamLayout(const MlpConfig& config) {
@@ -110,10 +94,9 @@ void Model::forward(const float* x, const float* t, const int32_t* labels, const
   CUFM_REQUIRE(n >= 0, "forward: batch size must be >= 0, got " << n);
   if (n == 0) return;
   CUFM_REQUIRE(x && t && v, "forward: x, t and v must not be null");
-  cpu::check_field_labels(config_, labels, n);
-  cpu::check_field_context(config_, context, n, "forward");
-  cpu::FieldScratch scratch;
-  cpu::evaluate_model(config_, params_.data(), x, t, 0.0f, labels, context, n, nullptr, v, scratch);
+  detail::check_field_labels(config_, labels, n);
+  detail::check_field_context(config_, context, n, "forward");
+  detail::backend(Device::CPU).forward(*this, x, t, labels, context, n, v);
 }
 
 }  // namespace cufm

@@ -1,5 +1,5 @@
-// Sampling on the CPU: the ODE solvers over a batch, with the model (and guidance) as the field.
-// The CUDA backend runs the same solvers with fused stage kernels; this file is their reference.
+// Sampling: the configs' checks, the sampler's noise, and cufm::Sampler, which hands the work to
+// the device's backend (host/backend.hpp); with log-probabilities, the flow with its divergence.
 #include "cufm/sampler.hpp"
 
 #include <algorithm>
@@ -11,46 +11,18 @@
 #include "cufm/error.hpp"
 #include "cufm/likelihood.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_ops.hpp"
 #include "host/divergence_flow.hpp"
 #include "host/memory.hpp"
+#include "host/solver_driver.hpp"
 
 namespace cufm {
 
-const char* to_string(Solver s) {
-  switch (s) {
-    case Solver::Euler:
-      return "euler";
-    case Solver::Midpoint:
-      return "midpoint";
-    case Solver::Heun:
-      return "heun";
-    case Solver::RK4:
-      return "rk4";
-    default:
-      return "dopri5";
-  }
-}
-
-Solver parse_solver(const std::string& s) {
-  for (Solver v : {Solver::Euler, Solver::Midpoint, Solver::Heun, Solver::RK4, Solver::Dopri5}) {
-    if (s == to_string(v)) return v;
-  }
-  CUFM_FAIL("unknown solver '" << s << "': expected euler, midpoint, heun, rk4 or dopri5");
-}
-
 int solver_order(Solver s) {
-  switch (s) {
-    case Solver::Euler:
-      return 1;
-    case Solver::Midpoint:
-    case Solver::Heun:
-      return 2;
-    case Solver::RK4:
-      return 4;
-    default:
-      return 5;
-  }
+  return detail::solver_order_of(s);
+}
+
+int solver_evaluations_per_step(Solver s) {
+  return detail::solver_evaluations_of(s);
 }
 
 void SampleConfig::validate(const MlpConfig& model) const {
@@ -117,12 +89,13 @@ OdeResult integrate(const std::function<void(float t, const float* x, float* v)>
   CUFM_REQUIRE(solver == Solver::Dopri5 || steps >= 1, "integrate: steps must be >= 1, got " << steps);
   CUFM_REQUIRE(std::isfinite(t0) && std::isfinite(t1) && t1 != t0,
                "integrate: t0 and t1 must be finite and different, got " << t0 << " and " << t1);
-  return cpu::integrate(velocity, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1, nullptr,
-                        nullptr);
+  return detail::integrate_field(velocity, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1,
+                                 nullptr, nullptr);
 }
 
 struct Sampler::State {
-  detail::CudaSamplerPtr cuda;  // created by the first GPU call
+  Device device = Device::CPU;
+  std::unique_ptr<detail::SampleBackend> backend;  // created by the first call on a device
 };
 
 Sampler::Sampler() : state_(std::make_unique<State>()) {}
@@ -143,31 +116,18 @@ SampleResult integrate(const Model& model, const std::vector<float>& x0, const S
 }
 
 namespace {
-// Host memory a sampling call holds: the result and a fixed-step trajectory on both backends; on
-// the CPU also the solver's buffers (x0, x, the stage point, k1..k7, the error and its zero
-// reference: 12 of count x dim) and one chunk's activations.
-uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, Device device) {
+// Host memory a sampling call holds: the result and a fixed-step trajectory, and what the device's
+// backend works in beside them.
+uint64_t host_sampling_bytes(const MlpConfig& m, const SampleConfig& c, const detail::Backend& backend) {
   using detail::add_sat;
   using detail::mul_sat;
   const uint64_t elems =
       mul_sat(static_cast<uint64_t>(std::max<int64_t>(c.count, 0)), static_cast<uint64_t>(m.data_dim));
-  const bool cpu = device == Device::CPU;
-  uint64_t bytes = mul_sat(elems, (cpu ? 12 : 1) * sizeof(float));
+  uint64_t bytes = mul_sat(elems, sizeof(float));
   if (c.keep_trajectory && c.solver != Solver::Dopri5) {
     bytes = add_sat(bytes, mul_sat(mul_sat(elems, static_cast<uint64_t>(c.steps) + 1), sizeof(float)));
   }
-  if (cpu) {
-    // One chunk of model inputs (both passes with guidance) and the MLP's workspace for it.
-    const int64_t rows = std::min<int64_t>(c.count, 8192) * (c.guidance ? 2 : 1);
-    bytes = add_sat(bytes, mul_sat(mul_sat(static_cast<uint64_t>(std::max<int64_t>(c.count, 0)),
-                                           static_cast<uint64_t>(m.context_dim)),
-                                   sizeof(float)));
-    bytes = add_sat(
-        bytes, mul_sat(add_sat(mul_sat(static_cast<uint64_t>(rows), static_cast<uint64_t>(m.input_dim())),
-                               cpu::MlpWorkspace::floats_for(m, rows, c.precision)),
-                       sizeof(float)));
-  }
-  return bytes;
+  return add_sat(bytes, mul_sat(backend.host_sampling_floats(m, c), sizeof(float)));
 }
 }  // namespace
 
@@ -243,50 +203,16 @@ SampleResult Sampler::run(const Model& model, const float* x0_in, const SampleCo
   CUFM_REQUIRE(state_, "Sampler: used after being moved from");
   const Device device = resolve_device(config.device);  // throws for an unusable explicit 'cuda'
   if (config.with_log_prob) return sample_with_log_prob(model, x0_in, config, device);
-  detail::require_memory(host_sampling_bytes(model.config(), config, device),
+  const detail::Backend& backend = detail::backend(device);
+  detail::require_memory(host_sampling_bytes(model.config(), config, backend),
                          "sampling " + std::to_string(config.count) + " points of dimension " +
                              std::to_string(model.config().data_dim) + " on the " + to_string(device),
                          "sample fewer points per call");
-  if (device == Device::CUDA) {  // the GPU sampler validates the config
-    if (!state_->cuda) state_->cuda = detail::make_cuda_sampler();
-    return detail::cuda_sample(*state_->cuda, model, config, x0_in);
+  if (!state_->backend || state_->device != device) {
+    state_->backend = backend.make_sampler();
+    state_->device = device;
   }
-  config.validate(model.config());
-  cpu::check_cpu_precision(config.precision, "sampling");
-  cpu::set_threads(config.threads);
-  const int D = model.config().data_dim;
-  SampleResult res;
-  res.count = config.count;
-  res.dim = D;
-  res.device = Device::CPU;
-  std::vector<float> x0;
-  if (x0_in) {
-    x0.assign(x0_in, x0_in + static_cast<size_t>(config.count) * D);
-  } else {
-    x0.resize(static_cast<size_t>(config.count) * D);
-    sampler_noise(config.seed, 0, config.count, D, x0.data());
-  }
-  // The field: the model over all points, with one label for all or per sample (else the null class).
-  const std::vector<int32_t> labels = detail::labels_per_point(config.labels, config.count);
-  const std::vector<float> context =
-      detail::context_per_point(config.context, model.config().context_dim, config.count);
-  const float* guidance = config.guidance ? &*config.guidance : nullptr;
-  cpu::FieldScratch scratch;
-  scratch.ws.precision = config.precision;
-  auto field = [&](float t, const float* x, float* v) {
-    cpu::evaluate_model(model.config(), model.params().data(), x, nullptr, t,
-                        labels.empty() ? nullptr : labels.data(), context.empty() ? nullptr : context.data(),
-                        config.count, guidance, v, scratch);
-  };
-  const bool keep = config.keep_trajectory;
-  OdeResult r = cpu::integrate(field, std::move(x0), config.solver, config.steps, config.atol, config.rtol,
-                               config.max_steps, config.t0, config.t1, keep ? &res.times : nullptr,
-                               keep ? &res.trajectory : nullptr);
-  res.x = std::move(r.x);
-  res.evaluations = r.evaluations;
-  res.accepted_steps = r.accepted_steps;
-  res.rejected_steps = r.rejected_steps;
-  return res;
+  return state_->backend->sample(model, config, x0_in);
 }
 
 }  // namespace cufm

@@ -12,8 +12,10 @@
 // so that the stage times, the tableaux and Dormand-Prince's controller are the same code on both.
 #pragma once
 
+#include <functional>
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 #include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
@@ -52,6 +54,12 @@ inline const hd::FixedTableau& fixed_tableau(Solver s) {
 // Stage buffers a solver needs: its tableau's stages, or Dormand-Prince's seven.
 inline int solver_stages(Solver s) {
   return s == Solver::Dopri5 ? hd::kMaxStages : fixed_tableau(s).stages;
+}
+inline int solver_order_of(Solver s) {
+  return s == Solver::Dopri5 ? hd::dopri5::kOrder : fixed_tableau(s).order;
+}
+inline int solver_evaluations_of(Solver s) {
+  return s == Solver::Dopri5 ? hd::dopri5::kEvaluationsPerStep : fixed_tableau(s).stages;
 }
 
 // One fixed step from x at time t to xn at time tn: k[i] for each stage, y a stage point's buffer.
@@ -153,5 +161,14 @@ float* dopri5(B& b, float t0, float t1, int max_steps, float* x, float* y, float
   }
   return x;
 }
+
+// The driver over host arrays (host/host_solver.cpp): integrates dx/dt = f(t, x) over the whole
+// batch x0 from t0 to t1 (t1 < t0: backwards) with `steps` fixed steps or Dopri5's controller; with
+// times and states set, records the time and the state at the start and after every (accepted)
+// step.
+using HostField = std::function<void(float t, const float* x, float* v)>;
+OdeResult integrate_field(const HostField& f, std::vector<float> x0, Solver solver, int steps, float atol,
+                          float rtol, int max_steps, float t0, float t1, std::vector<float>* times,
+                          std::vector<float>* states);
 
 }  // namespace cufm::detail

@@ -6,29 +6,10 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_coupling.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/field_checks.hpp"
 #include "host/memory.hpp"
 
 namespace cufm {
-
-const char* to_string(LrSchedule s) {
-  switch (s) {
-    case LrSchedule::Cosine:
-      return "cosine";
-    case LrSchedule::Linear:
-      return "linear";
-    default:
-      return "constant";
-  }
-}
-
-LrSchedule parse_lr_schedule(const std::string& s) {
-  if (s == "constant") return LrSchedule::Constant;
-  if (s == "cosine") return LrSchedule::Cosine;
-  if (s == "linear") return LrSchedule::Linear;
-  CUFM_FAIL("unknown learning-rate schedule '" << s << "': expected constant, cosine or linear");
-}
 
 void TrainConfig::validate() const {
   CUFM_REQUIRE(batch_size >= 1 && batch_size <= (1 << 26),
@@ -112,23 +93,21 @@ void check_data(const MlpConfig& model, const Dataset& data) {
                                              << data.context_dim << " dims");
 }
 
-// Host memory a trainer holds: on the CPU the dataset's copy and one batch's activations; on both
-// the parameters with their gradient, Adam moments, EMA and the copy state() hands out.
-uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dataset& data, Device device,
-                             Precision precision) {
+// Host memory a trainer holds: the parameters with their gradient, Adam moments, EMA and the copy
+// state() hands out; where the backend keeps the dataset in host memory, its copy, one batch's input,
+// noise and dL/dv, and the step's working memory (the MLP's activations or the fused step's buffers).
+uint64_t host_training_bytes(const MlpConfig& m, const TrainConfig& c, const Dataset& data,
+                             const detail::Backend& backend, Precision precision) {
   using detail::add_sat;
   using detail::mul_sat;
   const uint64_t params = ParamLayout(m).total();
   uint64_t bytes = mul_sat(params, 6 * sizeof(float));
-  if (device == Device::CPU) {
+  if (backend.copies_dataset_to_host()) {
     bytes = add_sat(bytes, mul_sat(static_cast<uint64_t>(data.n),
                                    (static_cast<uint64_t>(data.dim) + data.context_dim) * sizeof(float) +
                                        sizeof(int32_t)));
-    // A batch's input, noise and dL/dv, and the MLP's workspace (or the fused step's buffers).
     const uint64_t io = static_cast<uint64_t>(m.input_dim()) + 2 * static_cast<uint64_t>(m.data_dim);
-    const uint64_t work = cpu::fused_step_applies(m, precision)
-                              ? cpu::fused_step_floats(m, c.batch_size)
-                              : cpu::MlpWorkspace::floats_for(m, c.batch_size, precision);
+    const uint64_t work = backend.host_step_floats(m, c.batch_size, precision);
     bytes = add_sat(bytes,
                     mul_sat(add_sat(mul_sat(static_cast<uint64_t>(c.batch_size), io), work), sizeof(float)));
   }
@@ -154,10 +133,7 @@ std::unique_ptr<detail::TrainBackend> make_backend(Device device, const MlpConfi
                                                    const TrainConfig& config, const RunOptions& run,
                                                    const Dataset& data, TrainState state) {
   CUFM_REQUIRE(run.threads >= 0, "threads must be >= 0 (0: all cores), got " << run.threads);
-  if (device == Device::CUDA)
-    return detail::make_cuda_trainer(model, config, data, std::move(state), run.precision);
-  cpu::check_cpu_precision(run.precision, "training");
-  return detail::make_cpu_trainer(model, config, data, std::move(state), run.threads, run.precision);
+  return detail::backend(device).make_trainer(model, config, data, std::move(state), run);
 }
 
 }  // namespace
@@ -180,7 +156,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const D
   }
   device_ = resolve_device(run_.device);
   detail::require_memory(
-      host_training_bytes(model_config_, config_, data, device_, run_.precision),
+      host_training_bytes(model_config_, config_, data, detail::backend(device_), run_.precision),
       "training (model, optimiser" +
           std::string(device_ == Device::CPU ? ", dataset copy and a batch's activations)" : ")"),
       "use a smaller batch, smaller widths or a subset of the data");
@@ -208,7 +184,7 @@ Trainer::Trainer(const MlpConfig& model_config, const TrainState& state, const T
   none.dim = model_config_.data_dim;
   none.num_classes = model_config_.num_classes;
   none.context_dim = model_config_.context_dim;
-  detail::require_memory(host_training_bytes(model_config_, config_, none, device_, run_.precision),
+  detail::require_memory(host_training_bytes(model_config_, config_, none, detail::backend(device_), run_.precision),
                          "training (model, optimiser)", "use a smaller batch or smaller widths");
   backend_ = make_backend(device_, model_config_, config_, run_, none, state);
 }
@@ -233,7 +209,7 @@ float Trainer::step(const DataBatch& batch) {
                "step(batch): labels given, but the model is unconditional");
   CUFM_REQUIRE(m.context_dim == 0 || batch.context,
                "step(batch): the model takes a context of " << m.context_dim << " dims: context is required");
-  cpu::check_field_context(m, batch.context, batch.size, "step(batch)");
+  detail::check_field_context(m, batch.context, batch.size, "step(batch)");
   for (int64_t i = 0; i < batch.size; ++i) {
     for (int d = 0; d < D; ++d) {
       CUFM_REQUIRE(std::isfinite(batch.x1[i * D + d]),
@@ -243,22 +219,7 @@ float Trainer::step(const DataBatch& batch) {
                  "step(batch): label " << batch.labels[i] << " at row " << i << " is outside [0, "
                                        << m.num_classes << ")");
   }
-  cpu::draw_given(m, config_, backend_->step_count(), batch.size, batch.labels, given_t_, given_eps_,
-                  given_labels_, given_context_drop_);
-  if (config_.coupling != Coupling::Independent) {
-    cpu::set_threads(run_.threads);
-    cpu::couple_rows(cpu::coupling_config(config_, backend_->step_count()), batch.size, D, batch.x1,
-                     given_labels_.empty() ? nullptr : given_labels_.data(), given_eps_);
-  }
-  FlowBatch fb;
-  fb.size = batch.size;
-  fb.x1 = batch.x1;
-  fb.t = given_t_.data();
-  fb.eps = given_eps_.data();
-  fb.labels = given_labels_.empty() ? nullptr : given_labels_.data();
-  fb.context = batch.context;
-  fb.context_null = given_context_drop_.empty() ? nullptr : given_context_drop_.data();
-  return backend_->step_given(fb);
+  return backend_->step_batch(batch);
 }
 
 Trainer::~Trainer() = default;

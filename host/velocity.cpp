@@ -1,5 +1,5 @@
-// VelocityField: the model's field on a batch of points, through the CPU's evaluate_model or the
-// GPU's CudaField (host/cuda/cuda_field.cpp), which the backends' samplers also run on.
+// VelocityField: the model's field on a batch of points, checked here and computed by the device's
+// backend (host/backend.hpp: the CPU's evaluate_model, the GPU's CudaField).
 #include "cufm/velocity.hpp"
 
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "cufm/error.hpp"
 #include "host/backend.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/field_checks.hpp"
 
 namespace cufm {
 
@@ -15,9 +15,7 @@ struct VelocityField::Impl {
   MlpConfig config;
   FieldOptions options;
   Device device = Device::CPU;
-  std::vector<float> params;  // CPU
-  cpu::FieldScratch scratch;  // CPU
-  detail::CudaFieldPtr cuda;  // GPU
+  std::unique_ptr<detail::FieldBackend> field;
 };
 
 VelocityField::VelocityField(const Model& model, const FieldOptions& options)
@@ -32,13 +30,7 @@ VelocityField::VelocityField(const Model& model, const FieldOptions& options)
   impl_->config = m;
   impl_->options = options;
   impl_->device = resolve_device(options.device);
-  if (impl_->device == Device::CUDA) {
-    impl_->cuda = detail::make_cuda_field(model, options);
-    return;
-  }
-  cpu::check_cpu_precision(options.precision, "VelocityField");
-  impl_->params = model.params();
-  impl_->scratch.ws.precision = options.precision;
+  impl_->field = detail::backend(impl_->device).make_field(model, options);
 }
 
 VelocityField::~VelocityField() = default;
@@ -69,16 +61,9 @@ void VelocityField::evaluate(float t, const float* x, const int32_t* labels, con
   check_call(impl_->config, impl_->options, t, x, labels, context, n, v);
   if (n == 0) return;
   // Checked here, once, on both devices (the device cannot say which value was bad).
-  cpu::check_field_labels(impl_->config, labels, n);
-  cpu::check_field_context(impl_->config, context, n, "VelocityField");
-  if (impl_->cuda) {
-    detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, context, n, v, nullptr, /*host_pointers=*/true);
-    return;
-  }
-  cpu::set_threads(impl_->options.threads);
-  const float* w = impl_->options.guidance ? &*impl_->options.guidance : nullptr;
-  cpu::evaluate_model(impl_->config, impl_->params.data(), x, nullptr, t, labels, context, n, w, v,
-                      impl_->scratch);
+  detail::check_field_labels(impl_->config, labels, n);
+  detail::check_field_context(impl_->config, context, n, "VelocityField");
+  impl_->field->evaluate(t, x, labels, context, n, v);
 }
 
 void VelocityField::evaluate_device(float t, const float* x, const int32_t* labels, int64_t n, float* v,
@@ -90,9 +75,7 @@ void VelocityField::evaluate_device(float t, const float* x, const int32_t* labe
                                     int64_t n, float* v, void* stream) {
   CUFM_REQUIRE(impl_, "VelocityField: used after being moved from");
   check_call(impl_->config, impl_->options, t, x, labels, context, n, v);
-  CUFM_REQUIRE(impl_->cuda, "VelocityField::evaluate_device: this field runs on the CPU; use evaluate()");
-  if (n == 0) return;
-  detail::cuda_field_evaluate(*impl_->cuda, t, x, labels, context, n, v, stream, /*host_pointers=*/false);
+  impl_->field->evaluate_device(t, x, labels, context, n, v, stream);  // a CPU field refuses
 }
 
 void VelocityField::set_weights(const Model& model) {
@@ -100,11 +83,7 @@ void VelocityField::set_weights(const Model& model) {
   CUFM_REQUIRE(model.config() == impl_->config,
                "VelocityField::set_weights: the model's configuration differs "
                "from the field's; build a new field for it");
-  if (impl_->cuda) {
-    detail::cuda_field_set_weights(*impl_->cuda, model);
-    return;
-  }
-  impl_->params = model.params();
+  impl_->field->set_weights(model);
 }
 
 Device VelocityField::device() const {

@@ -28,10 +28,8 @@ void check_train(TrainArgs& a, bool data_given) {
   CUFM_REQUIRE(!(a.resume && a.overwrite), "--resume and --overwrite contradict each other: choose one");
   if (!a.resume || a.was_given("--hidden")) a.hidden_widths = parse_widths(a.hidden);
   (void)parse_activation(a.activation);
-  CUFM_REQUIRE(a.optimizer == "adam" || a.optimizer == "adamw",
-               "--optimizer must be adam or adamw, got '" << a.optimizer << "'");
-  CUFM_REQUIRE(a.time_sampling == "uniform" || a.time_sampling == "logit-normal",
-               "--time-sampling must be uniform or logit-normal, got '" << a.time_sampling << "'");
+  (void)parse_optimizer(a.optimizer);
+  (void)parse_time_sampling(a.time_sampling);
   (void)parse_device(a.device);
   (void)parse_precision(a.precision);
   CUFM_REQUIRE(a.threads >= 0, "--threads must be >= 0 (0: all cores), got " << a.threads);
@@ -52,14 +50,16 @@ void check_train(TrainArgs& a, bool data_given) {
   if (a.resume) return;  // the recipe is the checkpoint's; run_train compares the flags given with it
 
   // The recipe, checked whole before any data is loaded.
-  CUFM_REQUIRE(a.lr_schedule != "constant" || (!a.was_given("--decay-steps") && !a.was_given("--min-lr")),
+  CUFM_REQUIRE(parse_lr_schedule(a.lr_schedule) != LrSchedule::Constant ||
+                   (!a.was_given("--decay-steps") && !a.was_given("--min-lr")),
                "--decay-steps and --min-lr apply to --lr-schedule cosine or linear");
   CUFM_REQUIRE(a.conditional || !a.was_given("--label-dropout"),
                "--label-dropout applies to conditional models: add --conditional or drop it");
   CUFM_REQUIRE(!a.data.context.empty() || !a.was_given("--context-dropout"),
                "--context-dropout applies to models with a context: add --context or drop it");
   CUFM_REQUIRE(
-      a.time_sampling == "logit-normal" || (!a.was_given("--logit-mean") && !a.was_given("--logit-std")),
+      parse_time_sampling(a.time_sampling) == TimeSampling::LogitNormal ||
+          (!a.was_given("--logit-mean") && !a.was_given("--logit-std")),
       "--logit-mean and --logit-std apply to --time-sampling logit-normal");
   MlpConfig model = model_from(a);
   model.data_dim = 1;  // known once the data is loaded
@@ -229,7 +229,7 @@ TrainConfig recipe_from(const TrainArgs& a) {
   TrainConfig tc;
   tc.batch_size = a.batch;
   tc.seed = a.seed;
-  tc.optim.kind = a.optimizer == "adamw" ? Optimizer::AdamW : Optimizer::Adam;
+  tc.optim.kind = parse_optimizer(a.optimizer);
   tc.optim.lr = a.lr;
   tc.optim.weight_decay = a.weight_decay;
   tc.optim.grad_clip = a.grad_clip;
@@ -239,8 +239,7 @@ TrainConfig recipe_from(const TrainArgs& a) {
   tc.coupling = parse_coupling(a.coupling);
   tc.ot_reg = a.ot_reg;
   tc.path.sigma_min = a.sigma_min;
-  tc.path.time_sampling =
-      a.time_sampling == "logit-normal" ? TimeSampling::LogitNormal : TimeSampling::Uniform;
+  tc.path.time_sampling = parse_time_sampling(a.time_sampling);
   tc.path.logit_mean = a.logit_mean;
   tc.path.logit_std = a.logit_std;
   tc.optim.lr_schedule = parse_lr_schedule(a.lr_schedule);
@@ -321,7 +320,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   unsigned_option(
       train->add_option("--data-seed", ta.data.seed, "Seed of the toy dataset")->capture_default_str());
   train->add_option("--hidden", ta.hidden, "Hidden widths, comma-separated")->capture_default_str();
-  train->add_option("--activation", ta.activation, "silu, relu or gelu")->capture_default_str();
+  train->add_option("--activation", ta.activation, enum_help<Activation>())->capture_default_str();
   int_option(
       train->add_option("--time-features", ta.time_features, "0: raw t; K (even): K sinusoidal features")
           ->capture_default_str());
@@ -335,7 +334,7 @@ Command parse_command_line(int argc, const char* const* argv) {
       ->capture_default_str();
   train
       ->add_option("--coupling", ta.coupling,
-                   "Noise-data pairing in a batch: independent, exact (optimal transport) or sinkhorn")
+                   "Noise-data pairing in a batch: " + enum_help<Coupling>())
       ->capture_default_str();
   train
       ->add_option("--ot-reg", ta.ot_reg, "Sinkhorn's regularisation, relative to the batch's mean pair cost")
@@ -345,8 +344,8 @@ Command parse_command_line(int argc, const char* const* argv) {
           ->capture_default_str());
   int_option(train->add_option("--batch", ta.batch, "Batch size")->capture_default_str());
   train->add_option("--lr", ta.lr, "Learning rate")->capture_default_str();
-  train->add_option("--optimizer", ta.optimizer, "adam or adamw")->capture_default_str();
-  train->add_option("--lr-schedule", ta.lr_schedule, "constant, cosine or linear (decay to --min-lr)")
+  train->add_option("--optimizer", ta.optimizer, enum_help<Optimizer>())->capture_default_str();
+  train->add_option("--lr-schedule", ta.lr_schedule, enum_help<LrSchedule>())
       ->capture_default_str();
   unsigned_option(train->add_option("--warmup-steps", ta.warmup_steps, "Linear learning-rate warm-up steps")
                       ->capture_default_str());
@@ -357,13 +356,13 @@ Command parse_command_line(int argc, const char* const* argv) {
   train->add_option("--grad-clip", ta.grad_clip, "Clip the gradient norm (0: off)")->capture_default_str();
   train->add_option("--ema", ta.ema, "EMA decay of the weights (0: off)")->capture_default_str();
   train->add_option("--sigma-min", ta.sigma_min, "sigma_min of the path")->capture_default_str();
-  train->add_option("--time-sampling", ta.time_sampling, "uniform or logit-normal")->capture_default_str();
+  train->add_option("--time-sampling", ta.time_sampling, enum_help<TimeSampling>())->capture_default_str();
   train->add_option("--logit-mean", ta.logit_mean, "Logit-normal mean")->capture_default_str();
   train->add_option("--logit-std", ta.logit_std, "Logit-normal std")->capture_default_str();
   unsigned_option(train->add_option("--seed", ta.seed, "Seed of the initialisation and of every draw")
                       ->capture_default_str());
-  train->add_option("--device", ta.device, "auto, cpu or cuda")->capture_default_str();
-  train->add_option("--precision", ta.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
+  train->add_option("--device", ta.device, enum_help<Device>())->capture_default_str();
+  train->add_option("--precision", ta.precision, enum_help<Precision>())->capture_default_str();
   int_option(train->add_option("--threads", ta.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   train->add_option("--out", ta.out, "Output folder")->capture_default_str();
@@ -382,7 +381,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   auto* samp = app.add_subcommand("sample", "Sample from a checkpoint; writes .npy and a PNG");
   samp->add_option("checkpoint", sa.checkpoint, "Checkpoint (.safetensors)")->required();
   int_option(samp->add_option("--count", sa.count, "Number of samples")->capture_default_str());
-  samp->add_option("--solver", sa.solver, "euler, midpoint, heun, rk4 or dopri5")->capture_default_str();
+  samp->add_option("--solver", sa.solver, enum_help<Solver>())->capture_default_str();
   int_option(samp->add_option("--steps", sa.steps, "Steps of a fixed-step solver")->capture_default_str());
   samp->add_option("--atol", sa.atol, "dopri5 absolute tolerance")->capture_default_str();
   samp->add_option("--rtol", sa.rtol, "dopri5 relative tolerance")->capture_default_str();
@@ -398,15 +397,15 @@ Command parse_command_line(int argc, const char* const* argv) {
   samp->add_option("--t0", sa.t0, "Start time, in [0, 1]")->capture_default_str();
   samp->add_option("--t1", sa.t1, "End time, in [0, 1] (below --t0: backwards, data to noise)")
       ->capture_default_str();
-  samp->add_option("--device", sa.device, "auto, cpu or cuda")->capture_default_str();
-  samp->add_option("--precision", sa.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
+  samp->add_option("--device", sa.device, enum_help<Device>())->capture_default_str();
+  samp->add_option("--precision", sa.precision, enum_help<Precision>())->capture_default_str();
   int_option(samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
   samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
   samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
   samp->add_option("--log-prob", sa.log_prob, "Also each sample's log-density, into this .npy [N] (fp32)");
-  samp->add_option("--divergence", sa.divergence, "With --log-prob: auto, exact or hutchinson")
+  samp->add_option("--divergence", sa.divergence, "With --log-prob: " + enum_help<Divergence>())
       ->capture_default_str();
   int_option(samp->add_option("--probes", sa.probes, "With --log-prob and hutchinson: probes per sample")
                  ->capture_default_str());
@@ -416,11 +415,11 @@ Command parse_command_line(int argc, const char* const* argv) {
       app.add_subcommand("logprob", "Log-likelihoods of points under a checkpoint's model; writes .npy [N]");
   lp->add_option("checkpoint", la.checkpoint, "Checkpoint (.safetensors)")->required();
   lp->add_option("points", la.points, "The points (.npy [N, D])")->required();
-  lp->add_option("--solver", la.solver, "euler, midpoint, heun, rk4 or dopri5")->capture_default_str();
+  lp->add_option("--solver", la.solver, enum_help<Solver>())->capture_default_str();
   int_option(lp->add_option("--steps", la.steps, "Steps of a fixed-step solver")->capture_default_str());
   lp->add_option("--atol", la.atol, "dopri5 absolute tolerance")->capture_default_str();
   lp->add_option("--rtol", la.rtol, "dopri5 relative tolerance")->capture_default_str();
-  lp->add_option("--divergence", la.divergence, "auto (exact up to D = 32), exact or hutchinson")
+  lp->add_option("--divergence", la.divergence, enum_help<Divergence>())
       ->capture_default_str();
   int_option(lp->add_option("--probes", la.probes, "Hutchinson probes per point")->capture_default_str());
   unsigned_option(lp->add_option("--seed", la.seed, "Seed of Hutchinson's probes")->capture_default_str());
@@ -431,7 +430,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   lp->add_option("--guidance", la.guidance,
                  "The guided field's likelihood, scale w (with --class or --context)");
   lp->add_flag("--ema", la.ema, "Use the EMA weights");
-  lp->add_option("--device", la.device, "auto, cpu or cuda")->capture_default_str();
+  lp->add_option("--device", la.device, enum_help<Device>())->capture_default_str();
   int_option(lp->add_option("--threads", la.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   lp->add_option("--out", la.out, "Output .npy [N]: log p(x), natural log")->capture_default_str();
@@ -448,8 +447,8 @@ Command parse_command_line(int argc, const char* const* argv) {
                   "Context .npy: one row [K] or [1, K] for all points, or [N, K] (a model with a context)");
   vel->add_option("--guidance", va.guidance, "Classifier-free guidance scale w (with --class or --context)");
   vel->add_flag("--ema", va.ema, "Use the EMA weights");
-  vel->add_option("--device", va.device, "auto, cpu or cuda")->capture_default_str();
-  vel->add_option("--precision", va.precision, "fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with AVX512_BF16)")->capture_default_str();
+  vel->add_option("--device", va.device, enum_help<Device>())->capture_default_str();
+  vel->add_option("--precision", va.precision, enum_help<Precision>())->capture_default_str();
   int_option(vel->add_option("--threads", va.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   vel->add_option("--out", va.out, "Output .npy [N, D]")->capture_default_str();

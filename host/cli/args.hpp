@@ -8,25 +8,30 @@
 #include <string>
 #include <vector>
 
+#include "cufm/likelihood.hpp"
 #include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "cufm/velocity.hpp"
 #include "host/cli/data_spec.hpp"
 
 namespace cufm::cli {
 
 struct TrainArgs {
   DataSpec data;
-  std::string hidden = "512,512,512,512", activation = "silu", optimizer = "adam", time_sampling = "uniform";
-  std::string device = "auto", precision = "fp32", out = "cufm-run";
+  std::string hidden = "512,512,512,512", activation = to_string(MlpConfig{}.activation),
+              optimizer = to_string(OptimConfig{}.kind), time_sampling = to_string(PathConfig{}.time_sampling);
+  std::string device = to_string(RunOptions{}.device), precision = to_string(RunOptions{}.precision),
+              out = "cufm-run";
   int time_features = 0, batch = 4096, threads = 0;
   bool conditional = false, resume = false, overwrite = false, quiet = false;
   uint64_t steps = 20000, checkpoint_every = 5000, log_every = 100, seed = 0;
   float lr = 1e-3f, weight_decay = 0.0f, grad_clip = 0.0f, ema = 0.0f, label_dropout = 0.1f, sigma_min = 0.0f;
   float logit_mean = 0.0f, logit_std = 1.0f;
   float context_dropout = 0.0f;
-  std::string coupling = "independent";
+  std::string coupling = to_string(TrainConfig{}.coupling);
   float ot_reg = 0.05f;
-  std::string lr_schedule = "constant";
+  std::string lr_schedule = to_string(OptimConfig{}.lr_schedule);
   uint64_t warmup_steps = 0, decay_steps = 0;  // decay_steps 0: the rest of the run (--steps - warm-up)
   float min_lr = 0.0f;
   std::vector<int> hidden_widths;  // --hidden, parsed
@@ -35,7 +40,8 @@ struct TrainArgs {
 };
 
 struct SampleArgs {
-  std::string checkpoint, solver = "midpoint", device = "auto", precision = "fp32", out = "samples.npy", png;
+  std::string checkpoint, solver = to_string(SampleConfig{}.solver), device = to_string(SampleConfig{}.device),
+              precision = to_string(SampleConfig{}.precision), out = "samples.npy", png;
   std::string x0;  // the points to integrate from (.npy [N, D]) instead of the seed's noise
   float t0 = 0.0f, t1 = 1.0f;
   int64_t count = 50000;
@@ -48,14 +54,15 @@ struct SampleArgs {
   uint64_t seed = 0;
   double range = 4.5;
   std::string log_prob;  // also each sample's log-density, into this .npy [N]
-  std::string divergence = "auto";
+  std::string divergence = to_string(SampleConfig{}.divergence);
   int probes = 1;
   std::set<std::string> given;
 };
 
 struct LogProbArgs {
-  std::string checkpoint, points, out = "logprob.npy", solver = "dopri5", divergence = "auto",
-                                  device = "auto";
+  std::string checkpoint, points, out = "logprob.npy", solver = to_string(LogProbConfig{}.solver),
+                                  divergence = to_string(LogProbConfig{}.divergence),
+                                  device = to_string(LogProbConfig{}.device);
   std::string noise;  // also the points carried back to t = 0, into this .npy
   int steps = 20, probes = 1, threads = 0;
   float atol = 1e-5f, rtol = 1e-5f;
@@ -67,7 +74,8 @@ struct LogProbArgs {
 };
 
 struct VelocityArgs {
-  std::string checkpoint, x, out = "velocity.npy", device = "auto", precision = "fp32";
+  std::string checkpoint, x, out = "velocity.npy", device = to_string(FieldOptions{}.device),
+                                  precision = to_string(FieldOptions{}.precision);
   float t = 0.0f;
   std::optional<int> label;
   std::string context;  // .npy: one context row for all points, or one per point

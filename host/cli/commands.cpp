@@ -16,7 +16,6 @@
 #include "host/atomic_file.hpp"
 #include "host/cli/plot.hpp"
 #include "host/cli/run_lock.hpp"
-#include "host/cpu/cpu_ops.hpp"
 #include "host/divergence_flow.hpp"
 
 namespace cufm::cli {
@@ -101,7 +100,7 @@ class ProgressBar {
 };
 
 int clamp_threads(int threads, const char* what) {
-  const int cap = cpu::max_threads();
+  const int cap = max_threads();
   if (threads <= cap) return threads;
   std::fprintf(stderr, "cufm: %s: --threads %d is more than 4x this machine's cores; using %d\n", what,
                threads, cap);
@@ -159,13 +158,13 @@ void check_resume_flags(const TrainArgs& a, const Checkpoint& c) {
   require_same(a, "--batch", a.batch, t.batch_size);
   require_same(a, "--lr", a.lr, t.optim.lr);
   require_same(a, "--optimizer", a.optimizer,
-               std::string(t.optim.kind == Optimizer::AdamW ? "adamw" : "adam"));
+               std::string(to_string(t.optim.kind)));
   require_same(a, "--weight-decay", a.weight_decay, t.optim.weight_decay);
   require_same(a, "--grad-clip", a.grad_clip, t.optim.grad_clip);
   require_same(a, "--ema", a.ema, t.optim.ema_decay);
   require_same(a, "--sigma-min", a.sigma_min, t.path.sigma_min);
   require_same(a, "--time-sampling", a.time_sampling,
-               std::string(t.path.time_sampling == TimeSampling::LogitNormal ? "logit-normal" : "uniform"));
+               std::string(to_string(t.path.time_sampling)));
   require_same(a, "--logit-mean", a.logit_mean, t.path.logit_mean);
   require_same(a, "--logit-std", a.logit_std, t.path.logit_std);
   require_same(a, "--seed", a.seed, t.seed);

@@ -24,31 +24,6 @@
 
 namespace cufm {
 
-const char* to_string(Coupling c) {
-  switch (c) {
-    case Coupling::Independent:
-      return "independent";
-    case Coupling::Exact:
-      return "exact";
-    case Coupling::Sinkhorn:
-      return "sinkhorn";
-  }
-  return "unknown";
-}
-
-Coupling parse_coupling(const std::string& s) {
-  if (s == "independent") return Coupling::Independent;
-  if (s == "exact") return Coupling::Exact;
-  if (s == "sinkhorn") return Coupling::Sinkhorn;
-  throw Error("unknown coupling '" + s + "' (expected independent, exact or sinkhorn)");
-}
-
-void CouplingConfig::validate() const {
-  CUFM_REQUIRE(kind == Coupling::Independent || kind == Coupling::Exact || kind == Coupling::Sinkhorn,
-               "unknown coupling " << static_cast<int>(kind));
-  CUFM_REQUIRE(std::isfinite(reg) && reg >= 1e-4f && reg <= 100.0f,
-               "the Sinkhorn regularisation (ot_reg) must be in [1e-4, 100], got " << reg);
-}
 
 namespace cpu {
 
@@ -488,43 +463,4 @@ void couple_rows(const CouplingConfig& config, int64_t B, int D, const float* x1
 }
 
 }  // namespace cpu
-
-std::vector<uint32_t> couple(const CouplingConfig& config, int64_t B, int D, const float* x1,
-                             const float* eps, const int32_t* groups, int threads) {
-  config.validate();
-  CUFM_REQUIRE(B >= 1 && B <= (int64_t{1} << 31) - 1, "couple: B must be in [1, 2^31 - 1], got " << B);
-  CUFM_REQUIRE(D >= 1 && D <= 65536, "couple: D must be in [1, 65536], got " << D);
-  CUFM_REQUIRE(x1 && eps, "couple: x1 and eps must be non-null [B, D] arrays");
-  for (int64_t i = 0; i < B * D; ++i) {
-    CUFM_REQUIRE(std::isfinite(x1[i]) && std::isfinite(eps[i]),
-                 "couple: " << (std::isfinite(x1[i]) ? "eps" : "x1") << " has a non-finite value at row "
-                            << i / D << ", dim " << i % D);
-  }
-  CUFM_REQUIRE(threads >= 0, "couple: threads must be >= 0 (0: all cores), got " << threads);
-  std::vector<uint32_t> noise_row(static_cast<size_t>(B));
-  if (config.kind == Coupling::Independent) {
-    std::iota(noise_row.begin(), noise_row.end(), 0u);
-    return noise_row;
-  }
-  cpu::set_threads(threads);
-  cpu::CouplingScratch scratch;
-  cpu::couple(config, B, D, x1, eps, groups, noise_row.data(), scratch);
-  return noise_row;
-}
-
-double coupling_cost(int64_t B, int D, const float* x1, const float* eps, const uint32_t* noise_row) {
-  CUFM_REQUIRE(B >= 1 && D >= 1 && x1 && eps && noise_row, "coupling_cost: needs B, D >= 1 and three arrays");
-  double total = 0.0;
-  for (int64_t i = 0; i < B; ++i) {
-    CUFM_REQUIRE(noise_row[i] < B,
-                 "coupling_cost: noise_row[" << i << "] = " << noise_row[i] << " is not a row");
-    for (int d = 0; d < D; ++d) {
-      const double diff =
-          static_cast<double>(x1[i * D + d]) - eps[static_cast<int64_t>(noise_row[i]) * D + d];
-      total += diff * diff;
-    }
-  }
-  return total / static_cast<double>(B);
-}
-
 }  // namespace cufm

@@ -16,22 +16,6 @@
 
 namespace cufm::cpu {
 
-void rademacher_probes(uint64_t seed, int64_t first, int64_t n, int P, int D, float* out) {
-  const int64_t signs = static_cast<int64_t>(P) * D;
-#pragma omp parallel for schedule(static) if (n * signs >= (1 << 16))
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t point = static_cast<uint32_t>(first + i);
-    float* o = out + i * signs;
-    for (int64_t blk = 0; blk * 128 < signs; ++blk) {
-      const Philox4x32 r = rng::draw(seed, rng::kProbeStream, point, static_cast<uint32_t>(blk));
-      for (int64_t k = blk * 128; k < std::min(signs, (blk + 1) * 128); ++k) {
-        const uint32_t word = r.v[(k / 32) % 4];
-        o[k] = ((word >> (k % 32)) & 1u) ? 1.0f : -1.0f;
-      }
-    }
-  }
-}
-
 namespace {
 
 // Tangent rows [r0, r1) of P per point, width wide: each row of point r times act'(z[r, :]). The
@@ -139,32 +123,23 @@ void divergence_of_pass(const MlpConfig& m, const float* params, const MlpWorksp
 void evaluate_divergence(const MlpConfig& m, const float* params, const float* x, float t,
                          const int32_t* labels, const float* context, int64_t n, const float* guidance,
                          const float* probes, int P, float* v, float* div, DivergenceScratch& s) {
-  const int D = m.data_dim, in = m.input_dim();
+  const int D = m.data_dim;
   const bool guided = guidance != nullptr;
-  const int64_t passes = guided ? 2 : 1;
-  const int64_t chunk = chunk_rows(m, P, guided);
   std::vector<float> div2;
-  for (int64_t first = 0; first < n; first += chunk) {
-    const int64_t rows = std::min(chunk, n - first);
-    // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
-    s.input.resize(static_cast<size_t>(passes * rows) * in);
-    float* input = s.input.data();
-    write_field_inputs(m, x, nullptr, t, labels, context, first, rows, guided, input);
-    mlp_forward(m, params, input, passes * rows, s.ws);
-    const float* out = s.ws.out.data();
+  // After each chunk's forward (its activations in s.ws): the divergence of each pass.
+  const ChunkDone divergence = [&](int64_t first, int64_t rows) {
     const float* dirs = probes ? probes + first * P * D : nullptr;
     if (!guided) {
-      std::memcpy(v + first * D, out, sizeof(float) * rows * D);
       divergence_of_pass(m, params, s.ws, 0, rows, dirs, P, div + first, s);
-      continue;
+      return;
     }
-    const float w = *guidance;
-    for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
     div2.resize(static_cast<size_t>(2 * rows));
     divergence_of_pass(m, params, s.ws, 0, rows, dirs, P, div2.data(), s);
     divergence_of_pass(m, params, s.ws, rows, rows, dirs, P, div2.data() + rows, s);
-    for (int64_t i = 0; i < rows; ++i) div[first + i] = hd::guided(div2[rows + i], div2[i], w);
-  }
+    for (int64_t i = 0; i < rows; ++i) div[first + i] = hd::guided(div2[rows + i], div2[i], *guidance);
+  };
+  forward_chunks(m, params, x, nullptr, t, labels, context, n, guidance, chunk_rows(m, P, guided), s.input, s.ws,
+                 v, divergence);
 }
 
 }  // namespace cufm::cpu

@@ -225,25 +225,6 @@ void MlpWorkspace::resize(const MlpConfig& model, int64_t b) {
   sized_for = precision;
 }
 
-void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n) {
-  if (model.num_classes == 0 || !labels) return;
-  for (int64_t i = 0; i < n; ++i) {
-    CUFM_REQUIRE(labels[i] >= 0 && labels[i] <= model.num_classes,
-                 "label " << labels[i] << " at row " << i << " is outside [0, " << model.num_classes
-                          << "] (the last is the null class)");
-  }
-}
-
-void check_field_context(const MlpConfig& model, const float* context, int64_t n, const char* who) {
-  if (!context) return;
-  CUFM_REQUIRE(model.context_dim > 0, who << ": a context given, but the model has none (context_dim = 0)");
-  const int64_t K = model.context_dim;
-  for (int64_t j = 0; j < n * K; ++j) {
-    CUFM_REQUIRE(std::isfinite(context[j]),
-                 who << ": the context at row " << j / K << ", column " << j % K << " is not finite");
-  }
-}
-
 void write_field_inputs(const MlpConfig& model, const float* x, const float* t_rows, float t,
                         const int32_t* labels, const float* context, int64_t first, int64_t rows, bool guided,
                         float* input) {
@@ -261,28 +242,35 @@ void write_field_inputs(const MlpConfig& model, const float* x, const float* t_r
   }
 }
 
-void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
-                    const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
-                    FieldScratch& scratch) {
+void forward_chunks(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
+                    const int32_t* labels, const float* context, int64_t n, const float* guidance, int64_t chunk,
+                    std::vector<float>& input, MlpWorkspace& ws, float* v, const ChunkDone& after) {
   const int D = model.data_dim, in = model.input_dim();
   const bool guided = guidance != nullptr;
   const int64_t passes = guided ? 2 : 1;
-  constexpr int64_t kChunk = 8192;
-  for (int64_t first = 0; first < n; first += kChunk) {
-    const int64_t rows = std::min(kChunk, n - first);
+  for (int64_t first = 0; first < n; first += chunk) {
+    const int64_t rows = std::min(chunk, n - first);
     // Guided: the conditional rows then the null rows, in one forward pass of 2 x rows.
-    scratch.input.resize(static_cast<size_t>(passes * rows) * in);
-    float* input = scratch.input.data();
-    write_field_inputs(model, x, t_rows, t, labels, context, first, rows, guided, input);
-    mlp_forward(model, params, input, passes * rows, scratch.ws);
-    const float* out = scratch.ws.out.data();
-    if (!guided) {
+    input.resize(static_cast<size_t>(passes * rows) * in);
+    write_field_inputs(model, x, t_rows, t, labels, context, first, rows, guided, input.data());
+    mlp_forward(model, params, input.data(), passes * rows, ws);
+    const float* out = ws.out.data();
+    if (guided) {
+      const float w = *guidance;
+      for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
+    } else {
       std::memcpy(v + first * D, out, sizeof(float) * rows * D);
-      continue;
     }
-    const float w = *guidance;
-    for (int64_t j = 0; j < rows * D; ++j) v[first * D + j] = hd::guided(out[rows * D + j], out[j], w);
+    if (after) after(first, rows);
   }
+}
+
+void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
+                    const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
+                    FieldScratch& scratch) {
+  constexpr int64_t kChunk = 8192;
+  forward_chunks(model, params, x, t_rows, t, labels, context, n, guidance, kChunk, scratch.input, scratch.ws, v,
+                 nullptr);
 }
 
 namespace {

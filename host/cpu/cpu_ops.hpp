@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cufm/dataset.hpp"
@@ -16,14 +17,24 @@
 #include "cufm/model.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "host/backend.hpp"
 #include "host/cpu/cpu_coupling.hpp"
+#include "host/draws.hpp"
+#include "host/field_checks.hpp"
+#include "host/solver_driver.hpp"
 
 namespace cufm::cpu {
 
-// Elementwise loops over fewer elements run on the calling thread: waking OpenMP's team costs more
-// than the work, and its spinning workers would take the cores from the caller's own threads
-// (PyTorch's, around cufm.torch). The loops' results do not depend on how they are split.
-constexpr int64_t kParallelMin = int64_t{1} << 15;
+// The shared host twins and checks (host/draws.hpp, host/field_checks.hpp), under the names the CPU
+// backend and its tests use.
+constexpr int64_t kParallelMin = detail::kHostParallelMin;
+using detail::check_field_context;
+using detail::check_field_labels;
+using detail::draw_given;
+using detail::mse_given;
+using detail::mse_rows;
+using detail::rademacher_probes;
+
 
 // Per-step inputs drawn from Philox: the first layer's input [B, input_dim] with x_t, the time
 // features, the context and the class one-hot, plus each row's t and data index (for the loss).
@@ -43,21 +54,6 @@ struct PreparedBatch {
 void fm_prepare(const MlpConfig& model, const TrainConfig& config, const Dataset& data, uint64_t step,
                 PreparedBatch& out);
 
-// The draws of training step `step` for the caller's batch of B rows (Trainer::step(batch)): row
-// i's t and label dropout from block 0 of its Philox counter and eps from blocks 1.., as
-// fm_prepare draws them; labels_out: the caller's labels, the null class where dropped
-// (conditional models; left empty otherwise); context_drop: 1 where the row's context is dropped
-// (models with a context; left empty otherwise).
-void draw_given(const MlpConfig& model, const TrainConfig& config, uint64_t step, int64_t B,
-                const int32_t* labels, std::vector<float>& t, std::vector<float>& eps,
-                std::vector<int32_t>& labels_out, std::vector<uint8_t>& context_drop);
-
-// A field evaluation's labels, checked: each in [0, num_classes] (the last is the null class).
-void check_field_labels(const MlpConfig& model, const int32_t* labels, int64_t n);
-// A context [n, context_dim], checked: finite, and only for a model with one; `who` begins the
-// message. The API's entry points check labels and contexts once (evaluate_model and
-// evaluate_divergence, which a solver calls at every step, take them as checked).
-void check_field_context(const MlpConfig& model, const float* context, int64_t n, const char* who);
 // The model input of points [first, first + rows) of x at per-row times t_rows (nullptr: t for all)
 // with their labels (nullptr: the null class) and context rows (nullptr: the null context); guided:
 // then the same rows with the null class and the null context.
@@ -92,6 +88,16 @@ struct FieldScratch;
 void evaluate_model(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
                     const int32_t* labels, const float* context, int64_t n, const float* guidance, float* v,
                     FieldScratch& scratch);
+
+// The chunked, guided forward behind evaluate_model and evaluate_divergence: over chunks of `chunk`
+// points, the model input into `input` (guided: the conditional rows, then the null rows, one pass
+// of 2 x rows), mlp_forward into ws, and v [n, D] (guided: hd::guided of the two passes); after each
+// chunk, after(first, rows) (when set) runs with ws holding that chunk's activations.
+struct MlpWorkspace;
+using ChunkDone = std::function<void(int64_t first, int64_t rows)>;
+void forward_chunks(const MlpConfig& model, const float* params, const float* x, const float* t_rows, float t,
+                    const int32_t* labels, const float* context, int64_t n, const float* guidance, int64_t chunk,
+                    std::vector<float>& input, MlpWorkspace& ws, float* v, const ChunkDone& after);
 
 // A forward/backward workspace for one batch size and precision. FP32 keeps fp32 activations; BF16
 // (the GPU's bf16 semantics: fp32 master weights, bf16 GEMM inputs, fp32 accumulation and outputs)
@@ -141,16 +147,6 @@ void mlp_forward(const MlpConfig& model, const float* params, const float* input
 void mlp_backward(const MlpConfig& model, const float* params, const float* input, int64_t batch,
                   const float* dout, MlpWorkspace& ws, float* grads);
 
-// The MSE of v [B, D] against u = x1 - (1 - sigma_min) eps, and grad = 2 (v - u) / (B D) when
-// non-null: summed in double per block of 256 rows, then the blocks in order.
-float mse_given(int64_t B, int D, const float* v, const float* x1, const float* eps, float sigma_min,
-                float* grad);
-
-// mse_given's rows [r0, r1) of a batch of B: v and grad hold those rows only; x1 and eps the whole
-// batch's. Returns their sum of squared differences, in double.
-double mse_rows(int64_t B, int D, int64_t r0, int64_t r1, const float* v, const float* x1, const float* eps,
-                float sigma_min, float* grad);
-
 // The fused training step (host/cpu/cpu_fused.cpp): forward, loss and backward over blocks of 256
 // rows, each block's activations kept in cache through all the layers, for narrow fp32 models on
 // CPUs with AVX-512 (fused_step_applies says when; CUFM_CPU_FUSED=off turns it off, =on takes any
@@ -190,9 +186,6 @@ void evaluate_divergence(const MlpConfig& model, const float* params, const floa
                          const int32_t* labels, const float* context, int64_t n, const float* guidance,
                          const float* probes, int P, float* v, float* div, DivergenceScratch& scratch);
 
-// Rademacher probes (+1 or -1) for points [first, first + n): out [n, P, D], from Philox's probe
-// stream: point i's sign k = p * D + d is bit k % 32 of word (k / 32) % 4 of block k / 128.
-void rademacher_probes(uint64_t seed, int64_t first, int64_t n, int P, int D, float* out);
 
 // What evaluate_model keeps between calls (one chunk's inputs and activations).
 struct FieldScratch {
@@ -200,12 +193,14 @@ struct FieldScratch {
   MlpWorkspace ws;
 };
 
-// The solvers (host/cpu/cpu_sampler.cpp): integrates dx/dt = f(t, x) over the whole batch x0 from
-// t0 to t1 (t1 < t0: backwards) with `steps` fixed steps or Dopri5's controller; with times and
-// states set, records the time and the state at the start and after every (accepted) step.
-using Field = std::function<void(float t, const float* x, float* v)>;
-OdeResult integrate(const Field& f, std::vector<float> x0, Solver solver, int steps, float atol, float rtol,
-                    int max_steps, float t0, float t1, std::vector<float>* times, std::vector<float>* states);
+// The solvers over host arrays (host/host_solver.cpp), under the names the CPU backend uses.
+using Field = detail::HostField;
+inline OdeResult integrate(const Field& f, std::vector<float> x0, Solver solver, int steps, float atol,
+                           float rtol, int max_steps, float t0, float t1, std::vector<float>* times,
+                           std::vector<float>* states) {
+  return detail::integrate_field(f, std::move(x0), solver, steps, atol, rtol, max_steps, t0, t1, times,
+                                 states);
+}
 
 // Adam coefficients for step t (1-based) and the clipping factor for a gradient norm.
 hd::AdamCoeffs adam_coeffs(const OptimConfig& o, uint64_t t, float grad_norm);
@@ -252,5 +247,10 @@ struct DivergenceScratch {
   std::vector<float> input, tan_a, tan_b, dirs, u;
   MlpWorkspace ws;
 };
+
+// The CPU backend's trainer (host/cpu/cpu_trainer.cpp); `state` as Backend::make_trainer takes it.
+std::unique_ptr<detail::TrainBackend> make_trainer(const MlpConfig& model, const TrainConfig& config,
+                                                   const Dataset& data, TrainState state, int threads,
+                                                   Precision precision);
 
 }  // namespace cufm::cpu

@@ -12,7 +12,7 @@ namespace cufm {
 
 namespace {
 // Measured on 2 cores with one kept busy by another process (200 steps of a 64x64 model; the
-// numbers in README.md's "CPU threads" note): the default spin count 1.15 s, 1000 spins 0.16 s,
+// numbers in docs/CPU.md's "CPU threads" section): the default spin count 1.15 s, 1000 spins 0.16 s,
 // against 0.115 s and 0.122 s on the quiet machine.
 constexpr const char* kSpinCount = "1000";
 constexpr const char* kMarker = "CUFM_SPIN_BOUNDED";  // set across the re-execution: never loop

@@ -8,7 +8,6 @@
 #include "host/cpu/cpu_ops.hpp"
 
 namespace cufm::detail {
-
 namespace {
 
 class CpuTrainer final : public TrainBackend {
@@ -36,6 +35,27 @@ class CpuTrainer final : public TrainBackend {
         cpu::loss_grad_given(model_, state_.params.data(), b, config_.path.sigma_min, given_, grads_.data());
     update();
     return loss_;
+  }
+
+  // The caller's rows with the step's draws (host/draws.hpp) and, with a coupling, its pairs.
+  float step_batch(const DataBatch& batch) override {
+    cpu::set_threads(threads_);
+    const int64_t B = batch.size;
+    cpu::draw_given(model_, config_, state_.step, B, batch.labels, given_t_, given_eps_, given_labels_,
+                    given_context_drop_);
+    if (config_.coupling != Coupling::Independent) {
+      cpu::couple_rows(cpu::coupling_config(config_, state_.step), B, model_.data_dim, batch.x1,
+                       given_labels_.empty() ? nullptr : given_labels_.data(), given_eps_);
+    }
+    FlowBatch fb;
+    fb.size = B;
+    fb.x1 = batch.x1;
+    fb.t = given_t_.data();
+    fb.eps = given_eps_.data();
+    fb.labels = given_labels_.empty() ? nullptr : given_labels_.data();
+    fb.context = batch.context;
+    fb.context_null = given_context_drop_.empty() ? nullptr : given_context_drop_.data();
+    return step_given(fb);
   }
 
   float loss() override { return loss_; }
@@ -86,15 +106,19 @@ class CpuTrainer final : public TrainBackend {
   cpu::FusedScratch fused_scratch_;
   cpu::GivenScratch given_;
   std::vector<float> grads_, dout_;
+  std::vector<float> given_t_, given_eps_;  // step_batch's draws
+  std::vector<int32_t> given_labels_;
+  std::vector<uint8_t> given_context_drop_;
   float loss_ = 0.0f;
 };
 
 }  // namespace
-
-std::unique_ptr<TrainBackend> make_cpu_trainer(const MlpConfig& model, const TrainConfig& config,
-                                               const Dataset& data, TrainState state, int threads,
-                                               Precision precision) {
-  return std::make_unique<CpuTrainer>(model, config, data, std::move(state), threads, precision);
-}
-
 }  // namespace cufm::detail
+
+namespace cufm::cpu {
+std::unique_ptr<detail::TrainBackend> make_trainer(const MlpConfig& model, const TrainConfig& config,
+                                                   const Dataset& data, TrainState state, int threads,
+                                                   Precision precision) {
+  return std::make_unique<detail::CpuTrainer>(model, config, data, std::move(state), threads, precision);
+}
+}  // namespace cufm::cpu

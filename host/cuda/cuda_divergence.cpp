@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/divergence.hpp"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"
 #include "kernels/convert.hpp"

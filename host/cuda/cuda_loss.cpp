@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cufm/error.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/fm_grad.hpp"
 #include "host/cuda/lt_mlp.hpp"

@@ -21,7 +21,7 @@
 #include "cufm/detail/math.hpp"
 #include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/lt_mlp.hpp"

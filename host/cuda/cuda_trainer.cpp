@@ -12,7 +12,7 @@
 
 #include "cufm/error.hpp"
 #include "cufm/kernels.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
 #include "host/cuda/fm_grad.hpp"
@@ -153,22 +153,7 @@ class CudaTrainer final : public TrainBackend {
     cudaStream_t s = stream_.get();
     const size_t rows = static_cast<size_t>(fb.size), elems = rows * model_.data_dim;
     const size_t context_elems = rows * model_.context_dim;
-    if (!given_t_.get()) {  // all at once: a failed allocation leaves none of them set
-      DeviceBuffer x1(elems * sizeof(float), "the batch", s),
-          eps(elems * sizeof(float), "the batch's noise", s), t(rows * sizeof(float), "the batch's times", s),
-          labels, context, context_null;
-      if (model_.num_classes > 0) labels = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
-      if (model_.context_dim > 0) {
-        context = DeviceBuffer(context_elems * sizeof(float), "the batch's context", s);
-        context_null = DeviceBuffer(rows, "the batch's null contexts", s);
-      }
-      given_x1_ = std::move(x1);
-      given_eps_ = std::move(eps);
-      given_labels_ = std::move(labels);
-      given_context_ = std::move(context);
-      given_context_null_ = std::move(context_null);
-      given_t_ = std::move(t);
-    }
+    ensure_staging(s);
     upload(given_x1_, fb.x1, elems * sizeof(float), s);
     upload(given_eps_, fb.eps, elems * sizeof(float), s);
     upload(given_t_, fb.t, rows * sizeof(float), s);
@@ -195,6 +180,43 @@ class CudaTrainer final : public TrainBackend {
     return loss();  // waits: the host arrays are free again when this returns
   }
 
+  // The caller's rows uploaded once; t, eps, label and context dropout drawn on the device by
+  // fm_prepare with rows_in_order (Philox's streams, as the CPU's draw_given draws them), the pairs by
+  // fm_couple; then the loss, gradient and update of every step. Eager (the graph is captured for
+  // cuFM's own batches).
+  float step_batch(const DataBatch& batch) override {
+    const cuda::DeviceScope on(device_);
+    CUFM_REQUIRE(batch.size == config_.batch_size,
+                 "trainer: the batch has " << batch.size << " rows, not batch_size " << config_.batch_size);
+    CUFM_REQUIRE(batch.x1, "trainer: the batch's x1 must not be null");
+    CUFM_REQUIRE(model_.num_classes == 0 || batch.labels,
+                 "trainer: a conditional model's batch needs its labels");
+    CUFM_REQUIRE(model_.context_dim == 0 || batch.context, "trainer: a model with a context needs the batch's");
+    cudaStream_t s = stream_.get();
+    const size_t rows = static_cast<size_t>(batch.size);
+    ensure_staging(s);
+    upload(given_x1_, batch.x1, rows * model_.data_dim * sizeof(float), s);
+    if (model_.num_classes > 0) upload(given_labels_, batch.labels, rows * sizeof(int32_t), s);
+    if (model_.context_dim > 0) {
+      upload(given_context_, batch.context, rows * model_.context_dim * sizeof(float), s);
+    }
+    kernels::FmBatch b = batch_desc();
+    b.data = given_x1_.as<float>();
+    b.labels = given_labels_.as<int32_t>();
+    b.context = given_context_.as<float>();
+    b.n_data = static_cast<uint32_t>(batch.size);
+    b.rows_in_order = true;
+    if (config_.coupling != Coupling::Independent) {
+      kernels::fm_couple(b, coupling_desc(), noise_row_.as<uint32_t>(), couple_ws_.get(), couple_ws_.bytes(),
+                         s);
+      b.noise_row = noise_row_.as<uint32_t>();
+    }
+    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), s);
+    enqueue_update(s);
+    ++step_;
+    return loss();  // waits: the host arrays are free again when this returns
+  }
+
   TrainState state() const override {
     const cuda::DeviceScope on(device_);
     TrainState s;
@@ -206,9 +228,28 @@ class CudaTrainer final : public TrainBackend {
     return s;
   }
 
-  std::string describe() const { return mlp_->describe(); }
+  std::string describe() const override { return mlp_->describe(); }
 
  private:
+  // step_given's and step_batch's staging buffers, allocated by the first of them, all at once: a
+  // failed allocation leaves none of them set.
+  void ensure_staging(cudaStream_t s) {
+    if (given_t_.get()) return;
+    const size_t rows = static_cast<size_t>(config_.batch_size), elems = rows * model_.data_dim;
+    DeviceBuffer x1(elems * sizeof(float), "the batch", s), eps(elems * sizeof(float), "the batch's noise", s),
+        t(rows * sizeof(float), "the batch's times", s), labels, context, context_null;
+    if (model_.num_classes > 0) labels = DeviceBuffer(rows * sizeof(int32_t), "the batch's labels", s);
+    if (model_.context_dim > 0) {
+      context = DeviceBuffer(rows * model_.context_dim * sizeof(float), "the batch's context", s);
+      context_null = DeviceBuffer(rows, "the batch's null contexts", s);
+    }
+    given_x1_ = std::move(x1);
+    given_eps_ = std::move(eps);
+    given_labels_ = std::move(labels);
+    given_context_ = std::move(context);
+    given_context_null_ = std::move(context_null);
+    given_t_ = std::move(t);
+  }
   // The device state and its uploads (the constructor's body, so that a failure can first wait for
   // the copies it queued).
   void setup(const MlpConfig& model, const TrainConfig& config, const Dataset& data, const TrainState& state,
@@ -336,7 +377,7 @@ class CudaTrainer final : public TrainBackend {
   int device_ = cuda::current_device();  // the GPU current at construction: every call runs there
   cuda::Stream stream_;
   DeviceBuffer given_x1_, given_eps_, given_t_, given_labels_, given_context_,
-      given_context_null_;  // step_given's staging
+      given_context_null_;  // step_given's and step_batch's staging
   DeviceBuffer data_x_, data_labels_, data_context_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_,
       loss_, loss_ws_, adam_ws_, noise_row_, couple_ws_;
   std::unique_ptr<cuda::LtMlp> mlp_;
@@ -356,11 +397,6 @@ std::unique_ptr<TrainBackend> make_cuda_trainer(const MlpConfig& model, const Tr
   CudaTrainerOptions options;
   options.precision = precision;
   return make_cuda_trainer_with(model, config, data, std::move(state), options);
-}
-
-std::string cuda_trainer_describe(const TrainBackend& backend) {
-  const auto* t = dynamic_cast<const CudaTrainer*>(&backend);
-  return t ? t->describe() : std::string();
 }
 
 }  // namespace cufm::detail

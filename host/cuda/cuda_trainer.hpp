@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 
 namespace cufm::detail {
 
@@ -22,8 +22,5 @@ struct CudaTrainerOptions {
 std::unique_ptr<TrainBackend> make_cuda_trainer_with(const MlpConfig& model, const TrainConfig& config,
                                                      const Dataset& data, TrainState state,
                                                      const CudaTrainerOptions& options);
-
-// The fused/unfused epilogue plan of a CUDA trainer's MLP (empty for other backends).
-std::string cuda_trainer_describe(const TrainBackend& backend);
 
 }  // namespace cufm::detail

@@ -12,6 +12,7 @@
 #include "cufm/math.hpp"
 #include "cufm/metrics.hpp"
 #include "cufm/model.hpp"
+#include "cufm/names.hpp"
 #include "cufm/path.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"

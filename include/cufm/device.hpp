@@ -48,6 +48,9 @@ Precision parse_precision(const std::string& s);
 // faster than fp32 ones (cufm_bench_gemm measures both; bench/results/*-gemm-providers.md).
 std::string cpu_bf16_unavailable_reason();
 
+// The most CPU threads a `threads` option takes (4x the cores): more are capped to it.
+int max_threads();
+
 // Version and build options, for `cufm info`.
 std::string version();
 std::string build_summary();

@@ -3,9 +3,14 @@
 // (uniform or logit-normal). The arithmetic is in cufm/detail/path.hpp.
 #pragma once
 
+#include <string>
+
 namespace cufm {
 
 enum class TimeSampling : int { Uniform = 0, LogitNormal = 1 };
+// "uniform", "logit-normal" (the names' table: cufm/names.hpp).
+const char* to_string(TimeSampling t);
+TimeSampling parse_time_sampling(const std::string& s);
 
 // The probability path and how training draws its times.
 struct PathConfig {

@@ -21,7 +21,10 @@ enum class Solver : int { Euler = 0, Midpoint = 1, Heun = 2, RK4 = 3, Dopri5 = 4
 
 const char* to_string(Solver s);
 Solver parse_solver(const std::string& s);
+// The method's order, and the field evaluations one (accepted) step costs (Dopri5: 6, its seventh
+// stage being the next step's first), from the solvers' tableaux (cufm/detail/math.hpp).
 int solver_order(Solver s);
+int solver_evaluations_per_step(Solver s);
 
 // How a log-likelihood gets the velocity's divergence (cufm/likelihood.hpp).
 enum class Divergence : int {

@@ -18,6 +18,9 @@
 namespace cufm {
 
 enum class Optimizer : int { Adam = 0, AdamW = 1 };
+// "adam", "adamw" (the names' table: cufm/names.hpp).
+const char* to_string(Optimizer o);
+Optimizer parse_optimizer(const std::string& s);
 
 struct OptimConfig {
   Optimizer kind = Optimizer::Adam;
@@ -144,9 +147,6 @@ class Trainer {
   Device device_ = Device::CPU;
   bool has_data_ = true;
   std::unique_ptr<detail::TrainBackend> backend_;
-  std::vector<float> given_t_, given_eps_;  // step(batch)'s draws
-  std::vector<int32_t> given_labels_;
-  std::vector<uint8_t> given_context_drop_;
   void require_data(const char* what) const;
 };
 

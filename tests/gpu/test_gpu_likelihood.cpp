@@ -12,7 +12,7 @@
 #include "cufm/likelihood.hpp"
 #include "cufm/sampler.hpp"
 #include "gpu/gpu_test_util.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cpu/cpu_ops.hpp"
 
 namespace cufm {

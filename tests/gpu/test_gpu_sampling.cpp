@@ -12,7 +12,7 @@
 #include "cufm/sampler.hpp"
 #include "cufm/velocity.hpp"
 #include "gpu/gpu_test_util.hpp"
-#include "host/backend.hpp"
+#include "host/cuda/cuda_backend.hpp"
 
 namespace cufm {
 namespace {

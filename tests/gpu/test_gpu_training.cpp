@@ -21,7 +21,8 @@
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 #include "gpu/gpu_test_util.hpp"
-#include "host/backend.hpp"
+#include "host/cpu/cpu_ops.hpp"
+#include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/cuda_trainer.hpp"
 
 namespace cufm {
@@ -343,6 +344,71 @@ TEST(GpuTrainBatch, MatchesCpu) {
     EXPECT_EQ(mixed.step_count(), 4u);
     EXPECT_NEAR(mixed.loss(), mixed_cpu.loss(), 1e-5 * mixed_cpu.loss());
     EXPECT_TRUE(test::close_to_scale(mixed.state().params, mixed_cpu.state().params, 1e-5, 1e-4));
+  }
+}
+
+// step(batch) draws on the device (fm_prepare with rows_in_order, fm_couple): bit for bit the
+// bits of the staged path it replaced (the host's draws of the same Philox streams, uploaded and run
+// by step_given); with exact coupling, the CPU's step(batch) to the GPU's tolerance (the GPU's
+// Jacobi auction may pick another pairing of equal cost where the CPU's bids Gauss-Seidel).
+TEST(GpuTrainBatch, DrawsOnTheDeviceEqualTheStagedDraws) {
+  CUFM_REQUIRE_GPU();
+  for (const auto& [classes, context] : {std::pair{0, 0}, std::pair{3, 0}, std::pair{0, 5}}) {
+    MlpConfig m;
+    m.data_dim = 3;
+    m.hidden = {40, 56};
+    m.num_classes = classes;
+    m.context_dim = context;
+    TrainConfig tc;
+    tc.batch_size = 129;
+    tc.seed = 17;
+    tc.label_dropout = 0.25f;
+    tc.context_dropout = context > 0 ? 0.3f : 0.0f;
+    const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
+    const Dataset none = data_for(3, classes, 0, context);
+    auto on_device = detail::make_cuda_trainer(m, tc, none, init, Precision::FP32);
+    auto staged = detail::make_cuda_trainer(m, tc, none, init, Precision::FP32);
+    const Dataset data = data_for(3, classes, 4 * 129, context);
+    for (int k = 0; k < 4; ++k) {
+      DataBatch b;
+      b.size = tc.batch_size;
+      b.x1 = data.x.data() + static_cast<size_t>(k) * 129 * 3;
+      b.labels = classes > 0 ? data.labels.data() + static_cast<size_t>(k) * 129 : nullptr;
+      b.context = context > 0 ? data.context.data() + static_cast<size_t>(k) * 129 * context : nullptr;
+      std::vector<float> t, eps;
+      std::vector<int32_t> labels;
+      std::vector<uint8_t> drop;
+      cpu::draw_given(m, tc, staged->step_count(), b.size, b.labels, t, eps, labels, drop);
+      FlowBatch fb;
+      fb.size = b.size;
+      fb.x1 = b.x1;
+      fb.t = t.data();
+      fb.eps = eps.data();
+      fb.labels = labels.empty() ? nullptr : labels.data();
+      fb.context = b.context;
+      fb.context_null = drop.empty() ? nullptr : drop.data();
+      const float l_staged = staged->step_given(fb), l_device = on_device->step_batch(b);
+      EXPECT_EQ(l_device, l_staged) << "step " << k << ", " << classes << " classes, context " << context;
+    }
+    EXPECT_EQ(on_device->state().params, staged->state().params) << classes << " classes, context " << context;
+  }
+  // Exact coupling: the GPU's step(batch) against the CPU's.
+  MlpConfig m;
+  m.data_dim = 2;
+  m.hidden = {32, 32};
+  TrainConfig tc;
+  tc.batch_size = 127;
+  tc.coupling = Coupling::Exact;
+  tc.optim.eps = 1e-3f;
+  const Model model(m, 5);
+  Trainer cpu(model, tc, on(Device::CPU)), gpu(model, tc, on(Device::CUDA));
+  const Dataset data = data_for(2, 0, 3 * 127);
+  for (int k = 0; k < 3; ++k) {
+    DataBatch b;
+    b.size = tc.batch_size;
+    b.x1 = data.x.data() + static_cast<size_t>(k) * 127 * 2;
+    const float lc = cpu.step(b), lg = gpu.step(b);
+    EXPECT_NEAR(lg, lc, 1e-4 * lc) << "step " << k;
   }
 }
 

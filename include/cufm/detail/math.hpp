@@ -241,16 +241,20 @@ struct FixedStage {
   float c, scale;
   float a[3];
 };
+// Each tableau carries the method's facts too: its order and its stages (the field evaluations a
+// step costs and the stage buffers it holds).
 struct FixedTableau {
+  int order;
   int stages;
   FixedStage stage[4];
   float b[4];
 };
 namespace tableau {
-constexpr FixedTableau euler{1, {{0.0f, 0.0f, {}}}, {1.0f}};
-constexpr FixedTableau midpoint{2, {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}}, {0.0f, 1.0f}};
-constexpr FixedTableau heun{2, {{0.0f, 0.0f, {}}, {1.0f, 1.0f, {1.0f}}}, {0.5f, 0.5f}};
+constexpr FixedTableau euler{1, 1, {{0.0f, 0.0f, {}}}, {1.0f}};
+constexpr FixedTableau midpoint{2, 2, {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}}, {0.0f, 1.0f}};
+constexpr FixedTableau heun{2, 2, {{0.0f, 0.0f, {}}, {1.0f, 1.0f, {1.0f}}}, {0.5f, 0.5f}};
 constexpr FixedTableau rk4{
+    4,
     4,
     {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}, {0.5f, 0.5f, {0.0f, 1.0f}}, {1.0f, 1.0f, {0.0f, 0.0f, 1.0f}}},
     {1.0f / 6, 1.0f / 3, 1.0f / 3, 1.0f / 6}};
@@ -260,6 +264,10 @@ constexpr FixedTableau rk4{
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b
 // (also the 7th stage's row: first same as last), and e = b - b_hat for the embedded error.
 namespace dopri5 {
+// Order 5 with an embedded 4th-order error; seven stages held, six evaluations per step (the
+// seventh stage's point is the next step's first: first same as last).
+constexpr int kOrder = 5;
+constexpr int kEvaluationsPerStep = 6;
 constexpr float c2 = 1.0f / 5, c3 = 3.0f / 10, c4 = 4.0f / 5, c5 = 8.0f / 9;
 constexpr float a21 = 1.0f / 5;
 constexpr float a31 = 3.0f / 40, a32 = 9.0f / 40;

@@ -1,16 +1,17 @@
-// The CPU backend's ODE solvers over a batch: the driver of host/solver_driver.hpp (the fixed-step
-// tableaux and Dormand-Prince 5(4) with its controller, in either direction) over host arrays. The
-// CUDA backend (host/cuda/cuda_sampler.cpp) runs the same driver over device arrays.
+// The ODE solvers over host arrays: the driver of host/solver_driver.hpp (the fixed-step tableaux
+// and Dormand-Prince 5(4) with its controller, in either direction) with a field the caller gives:
+// cufm::integrate's callback, the CPU backend's sampler, the flow with its divergence. The CUDA
+// backend (host/cuda/cuda_sampler.cpp) runs the same driver over device arrays.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "cufm/detail/math.hpp"
 #include "cufm/error.hpp"
-#include "host/cpu/cpu_ops.hpp"
+#include "host/draws.hpp"
 #include "host/solver_driver.hpp"
 
-namespace cufm::cpu {
+namespace cufm::detail {
 
 namespace {
 
@@ -18,7 +19,7 @@ namespace {
 // error norm summed in double in element order.
 class HostSteps {
  public:
-  HostSteps(const Field& f, size_t n, float atol, float rtol, std::vector<float>* times,
+  HostSteps(const HostField& f, size_t n, float atol, float rtol, std::vector<float>* times,
             std::vector<float>* states)
       : f_(f), n_(static_cast<int64_t>(n)), atol_(atol), rtol_(rtol), times_(times), states_(states) {}
 
@@ -38,7 +39,7 @@ class HostSteps {
   }
 
   void update(const hd::Combination& c, float* x_out) {
-#pragma omp parallel for schedule(static) if (n_ >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n_ >= kHostParallelMin)
     for (int64_t i = 0; i < n_; ++i) x_out[i] = hd::combine_at(c, i);
   }
 
@@ -68,7 +69,7 @@ class HostSteps {
     return std::sqrt(s / static_cast<double>(std::max<int64_t>(1, n_)));
   }
 
-  const Field& f_;
+  const HostField& f_;
   const int64_t n_;
   const float atol_, rtol_;
   std::vector<float>* times_;
@@ -78,28 +79,28 @@ class HostSteps {
 
 }  // namespace
 
-OdeResult integrate(const Field& f, std::vector<float> x, Solver solver, int steps, float atol, float rtol,
+OdeResult integrate_field(const HostField& f, std::vector<float> x, Solver solver, int steps, float atol, float rtol,
                     int max_steps, float t0, float t1, std::vector<float>* times,
                     std::vector<float>* states) {
   const size_t n = x.size();
   HostSteps b(f, n, atol, rtol, times, states);
-  std::vector<std::vector<float>> k(static_cast<size_t>(detail::solver_stages(solver)),
+  std::vector<std::vector<float>> k(static_cast<size_t>(solver_stages(solver)),
                                     std::vector<float>(n));
   std::vector<float*> kp;
   for (std::vector<float>& ki : k) kp.push_back(ki.data());
   std::vector<float> y(n);
   OdeResult r;
   if (solver == Solver::Dopri5) {
-    detail::StepCounts counts;
-    const float* final_x = detail::dopri5(b, t0, t1, max_steps, x.data(), y.data(), kp.data(), counts);
+    StepCounts counts;
+    const float* final_x = dopri5(b, t0, t1, max_steps, x.data(), y.data(), kp.data(), counts);
     if (final_x != x.data()) x.swap(y);
     r.accepted_steps = counts.accepted;
     r.rejected_steps = counts.rejected;
   } else {
-    const hd::FixedTableau& tab = detail::fixed_tableau(solver);
+    const hd::FixedTableau& tab = fixed_tableau(solver);
     b.record(t0, x.data());
     for (int s = 0; s < steps; ++s) {  // x in place: each element is read before it is written
-      detail::fixed_step(b, tab, hd::fixed_step_time(t0, t1, s, steps),
+      fixed_step(b, tab, hd::fixed_step_time(t0, t1, s, steps),
                          hd::fixed_step_time(t0, t1, s + 1, steps), x.data(), x.data(), kp.data(), y.data());
       ++r.accepted_steps;
       b.record(hd::fixed_step_time(t0, t1, s + 1, steps), x.data());
@@ -110,4 +111,4 @@ OdeResult integrate(const Field& f, std::vector<float> x, Solver solver, int ste
   return r;
 }
 
-}  // namespace cufm::cpu
+}  // namespace cufm::detail
