@@ -68,6 +68,36 @@ TEST(Training, TwoRunsGiveTheSameBits) {
   EXPECT_EQ(a.state().params, b.state().params);
 }
 
+// The layered step (widths above the fused step's 256) through the BLAS: its GEMMs run in fixed
+// tiles of C, one thread each, so the bits do not depend on the thread count (OpenBLAS and oneDNN,
+// left to split a product themselves, trained different bits on 1 and 2 threads on an AMD EPYC).
+// Sampling runs the same GEMMs.
+TEST(Training, LayeredStepBitsDoNotDependOnTheThreadCount) {
+  const Dataset data = make_toy("moons", 3000, 2);
+  MlpConfig m;
+  m.hidden = {288, 300};
+  m.num_classes = 0;
+  const Model init(m, 9);
+  TrainConfig tc = small_train();
+  tc.batch_size = 600;
+  std::vector<float> params[2];
+  std::vector<float> samples[2];
+  for (int threads = 1; threads <= 2; ++threads) {
+    Trainer trainer(init, data, tc, test::on_cpu(threads));
+    trainer.run(4);
+    params[threads - 1] = trainer.state().params;
+    SampleConfig sc;
+    sc.count = 700;
+    sc.steps = 2;
+    sc.device = Device::CPU;
+    sc.threads = threads;
+    samples[threads - 1] = sample(trainer.model(), sc).x;
+  }
+  EXPECT_EQ(params[0], params[1]);
+  EXPECT_EQ(samples[0], samples[1]);
+  EXPECT_NE(params[0], init.params());
+}
+
 TEST(Training, ResumeFromCheckpointIsBitExact) {
   const Dataset data = make_toy("checkerboard", 5000, 2);
   TrainConfig tc = small_train();
