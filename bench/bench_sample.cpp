@@ -26,9 +26,9 @@ namespace {
 
 const char* kUsage =
     "cufm_bench_sample: sampling time of R1 (midpoint 20 steps) and R4 (guided RK4 32 steps), 50,000 "
-    "points.\n"
+    "points, and R7 (R2's 2-128x5-2 model, midpoint 20 steps, 10^6 points).\n"
     "  --threads N          CPU threads (0: all cores)\n"
-    "  --workloads R1,R4    subset (default: both)\n"
+    "  --workloads R1,R4,R7 subset (default: all)\n"
     "  --backends LIST      subset of cpu,cpu-bf16,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
     "  --repeats N          timed calls per row (default: CPU 3, GPU 10)\n"
     "  --budget S           stop repeating a row after S seconds (default: CPU 60, GPU 10)\n"
@@ -42,6 +42,7 @@ struct SampleWorkload {
   Solver solver;
   int steps;
   std::optional<float> guidance;
+  int64_t count;  // points per call
 };
 
 std::vector<SampleWorkload> sample_workloads(const Options& opt) {
@@ -52,12 +53,18 @@ std::vector<SampleWorkload> sample_workloads(const Options& opt) {
   r1.time_features = 0;
   MlpConfig r4 = r1;
   r4.num_classes = 8;
+  MlpConfig r7 = r1;  // R2's w128 model: where the fused sampler applies
+  r7.hidden.assign(5, 128);
+  const int64_t count = opt.smoke ? 200 : 50000;
   std::vector<SampleWorkload> out;
-  if (selected(opt.workloads, "R1")) out.push_back({"R1", r1, Solver::Midpoint, 20, std::nullopt});
-  if (selected(opt.workloads, "R4")) out.push_back({"R4", r4, Solver::RK4, 32, 3.0f});
+  if (selected(opt.workloads, "R1")) out.push_back({"R1", r1, Solver::Midpoint, 20, std::nullopt, count});
+  if (selected(opt.workloads, "R4")) out.push_back({"R4", r4, Solver::RK4, 32, 3.0f, count});
+  if (selected(opt.workloads, "R7")) {
+    out.push_back({"R7", r7, Solver::Midpoint, 20, std::nullopt, opt.smoke ? 200 : 1000000});
+  }
   for (const std::string& id : opt.workloads) {
-    CUFM_REQUIRE(id == "R1" || id == "R4",
-                 "--workloads: cufm_bench_sample runs R1 and R4, got '" << id << "'");
+    CUFM_REQUIRE(id == "R1" || id == "R4" || id == "R7",
+                 "--workloads: cufm_bench_sample runs R1, R4 and R7, got '" << id << "'");
   }
   return out;
 }
@@ -83,13 +90,13 @@ SampleConfig sample_config(const SampleWorkload& w, const Backend& b, int64_t co
 void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, double>& ceilings,
                   Report& rep) {
   const Options& opt = rep.opt;
-  const int64_t count = opt.smoke ? 200 : 50000;
   Table t;
-  t.title = "Sampling " + std::to_string(count) + " points (seconds: median of timed calls after warm-up)";
-  t.header = {"Workload",  "Solver",  "Model evals",  "Backend",    "Repeats", "s median [min, max]",
+  t.title = "Sampling (seconds: median of timed calls after warm-up)";
+  t.header = {"Workload", "Points", "Solver",  "Model evals",  "Backend",    "MLP", "Repeats", "s median [min, max]",
               "samples/s", "TFLOP/s", "% of ceiling", "one-shot s", "vs CPU"};
   nlohmann::json rows = nlohmann::json::array();
   for (const SampleWorkload& w : sample_workloads(opt)) {
+    const int64_t count = w.count;
     const Model model(w.model, 0);
     const size_t params = model.num_params();
     // Model forwards per point: stages x steps, twice with guidance (conditional and null).
@@ -124,6 +131,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
         std::vector<double> times;
         double spent = 0.0;
         bool finite = true;
+        std::string mlp;
         const double budget = opt.budget_s > 0.0 ? opt.budget_s : (gpu ? 10.0 : 60.0);
         for (int i = 0; i < repeats && (i == 0 || spent < budget); ++i) {
           const double t0 = now_s();
@@ -131,6 +139,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
           times.push_back(now_s() - t0);
           spent += times.back();
           for (float x : res.x) finite = finite && std::isfinite(x);
+          mlp = res.mlp;
         }
         CUFM_REQUIRE(finite, "sampling " << w.id << " on " << b.name << " produced non-finite points");
         const Stats st = summarize(times);
@@ -151,11 +160,13 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
         if (b.name == "cpu") cpu_s = st.median;
         const double vs_cpu = cpu_s / st.median;
         std::cerr << " " << fmt(st.median, 4) << " s\n";
-        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, std::to_string(st.repeats),
+        t.rows.push_back({w.id, std::to_string(count), solver, std::to_string(evals), b.name, mlp,
+                          std::to_string(st.repeats),
                           fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]",
                           fmt_si(count / st.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
                           gpu ? fmt(one_shot, 4) : "(same)", b.name == "cpu" ? "1" : (std::isfinite(vs_cpu) ? fmt(vs_cpu, 3) + "x" : "-")});
         j.update({{"status", "ok"},
+                  {"mlp", mlp},
                   {"repeats", st.repeats},
                   {"warmup", warmup},
                   {"seconds", st.median},
@@ -168,7 +179,7 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
                   {"speedup_vs_cpu", std::isfinite(vs_cpu) ? nlohmann::json(vs_cpu) : nlohmann::json()}});
       } catch (const std::exception& e) {
         std::cerr << " failed\n";
-        t.rows.push_back({w.id, solver, std::to_string(evals), b.name, "-",
+        t.rows.push_back({w.id, std::to_string(count), solver, std::to_string(evals), b.name, "-", "-",
                           std::string("failed: ") + e.what(), "-", "-", "-", "-", "-"});
         j.update({{"status", "failed"}, {"reason", e.what()}});
       }

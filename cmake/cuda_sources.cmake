@@ -8,6 +8,7 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
   ${PROJECT_SOURCE_DIR}/kernels/divergence.cu
   ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fused_sampler.cu
   ${PROJECT_SOURCE_DIR}/host/cuda/device_cuda.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/lt_mlp.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
@@ -27,4 +28,5 @@ set_source_files_properties(
   ${PROJECT_SOURCE_DIR}/kernels/solver.cu
   ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu
   ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fused_sampler.cu
   PROPERTIES COMPILE_OPTIONS "-fmad=false")

@@ -37,18 +37,9 @@ inline hd::Combination combination(const float* x, float h,
 }
 
 inline const hd::FixedTableau& fixed_tableau(Solver s) {
-  switch (s) {
-    case Solver::Euler:
-      return hd::tableau::euler;
-    case Solver::Midpoint:
-      return hd::tableau::midpoint;
-    case Solver::Heun:
-      return hd::tableau::heun;
-    case Solver::RK4:
-      return hd::tableau::rk4;
-    default:
-      CUFM_FAIL("fixed_tableau: " << to_string(s) << " is not a fixed-step solver");
-  }
+  const hd::FixedTableau* tab = hd::fixed_tableau_of(s);
+  CUFM_REQUIRE(tab, "fixed_tableau: " << to_string(s) << " is not a fixed-step solver");
+  return *tab;
 }
 
 // Stage buffers a solver needs: its tableau's stages, or Dormand-Prince's seven.

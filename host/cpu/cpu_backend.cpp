@@ -24,6 +24,7 @@ class CpuSampler final : public SampleBackend {
     res.count = config.count;
     res.dim = D;
     res.device = Device::CPU;
+    res.mlp = "cpu";
     std::vector<float> x0;
     if (x0_in) {
       x0.assign(x0_in, x0_in + static_cast<size_t>(config.count) * D);

@@ -23,6 +23,10 @@
 #include "host/field_checks.hpp"
 #include "host/solver_driver.hpp"
 
+namespace cufm::cuda {
+struct FusedSample;
+}  // namespace cufm::cuda
+
 namespace cufm::cpu {
 
 // The shared host twins and checks (host/draws.hpp, host/field_checks.hpp), under the names the CPU
@@ -247,6 +251,10 @@ struct DivergenceScratch {
   std::vector<float> input, tan_a, tan_b, dirs, u;
   MlpWorkspace ws;
 };
+
+// The fused sampler's CPU twin (host/cpu/cpu_fused_sampler.cpp): p over HOST arrays, the block
+// program of kernels/fused_sampler.hpp run tile by tile, one thread a tile.
+void fused_sample(const cuda::FusedSample& p);
 
 // The CPU backend's trainer (host/cpu/cpu_trainer.cpp); `state` as Backend::make_trainer takes it.
 std::unique_ptr<detail::TrainBackend> make_trainer(const MlpConfig& model, const TrainConfig& config,

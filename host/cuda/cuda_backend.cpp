@@ -6,6 +6,7 @@
 #include "cufm/error.hpp"
 #include "cufm_build_info.hpp"
 #include "host/cuda/cuda_backend.hpp"
+#include "kernels/fused_sampler.hpp"
 
 namespace cufm::detail {
 namespace {
@@ -112,7 +113,9 @@ class CudaBackend final : public Backend {
   std::string describe() const override {
     std::ostringstream os;
     os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
-       << ")";
+       << "); sampling: the fused sampler (one kernel; fp32, fixed steps, widths up to "
+       << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
+       << ") where it applies, else cuBLASLt layer by layer (CUFM_GPU_MLP=fused|layered overrides)";
     return os.str();
   }
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -28,6 +29,7 @@
 #include "host/divergence_flow.hpp"
 #include "host/solver_driver.hpp"
 #include "kernels/convert.hpp"
+#include "kernels/fused_sampler_launch.hpp"
 #include "kernels/cuda_check.hpp"
 #include "kernels/solver.hpp"
 
@@ -95,8 +97,14 @@ class CudaSampler {
     cfg_ = &cfg;
     x0_ = x0;
     try {
-      prepare(model, cfg);
-      SampleResult res = run();
+      const bool fused = choose_fused(model, cfg);
+      SampleResult res;
+      if (fused) {
+        res = run_fused(model, cfg);
+      } else {
+        prepare(model, cfg);
+        res = run();
+      }
       cfg_ = nullptr;
       x0_ = nullptr;
       return res;
@@ -113,11 +121,91 @@ class CudaSampler {
   }
 
  private:
+  // The fused sampler where it applies (kernels/fused_sampler.hpp: fp32, fixed steps, widths up to
+  // 128, D up to 64, a tile that fits the device's shared memory), else the layered path;
+  // CUFM_GPU_MLP=fused or layered overrides, and a forced fused path that cannot run says why.
+  bool choose_fused(const Model& model, const SampleConfig& cfg) {
+    const MlpConfig& m = model.config();
+    const char* env = std::getenv("CUFM_GPU_MLP");
+    const std::string want = env ? env : "";
+    CUFM_REQUIRE(want.empty() || want == "auto" || want == "fused" || want == "layered",
+                 "CUFM_GPU_MLP='" << want << "': expected fused, layered or auto");
+    if (want == "layered") return false;
+    // The host weights stand in for the device's: only the shapes are read here.
+    std::string why = cuda::fused_sampler_refusal(cuda::fused_net(m, model.params().data()), m.data_dim,
+                                                  cfg.precision, cfg.solver);
+    if (why.empty()) {
+      const cuda::FusedSample probe =
+          cuda::fused_sample_of(m, cfg, model.params().data(), nullptr, nullptr, nullptr, nullptr);
+      if (cuda::fused_sampler_tile(probe) == 0) why = "a tile of 4 points does not fit the GPU's shared memory";
+    }
+    CUFM_REQUIRE(want != "fused" || why.empty(), "CUFM_GPU_MLP=fused, but " << why);
+    return why.empty();
+  }
+
+  // One launch integrates every point (cuda::fused_sample); the weights in ParamLayout order.
+  SampleResult run_fused(const Model& model, const SampleConfig& cfg) {
+    const MlpConfig& m = model.config();
+    cudaStream_t s = stream_.get();
+    n_ = cfg.count;
+    dim_ = m.data_dim;
+    elems_ = n_ * dim_;
+    const bool keep = cfg.keep_trajectory;
+    ensure(fused_params_, model.params().size() * sizeof(float), "the parameters");
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(fused_params_.get(), model.params().data(), fused_params_.bytes(),
+                                    cudaMemcpyHostToDevice, s));
+    ensure(x_, static_cast<size_t>(elems_) * sizeof(float), "the samples");
+    if (keep) {
+      ensure(y_, (static_cast<size_t>(cfg.steps) + 1) * elems_ * sizeof(float), "the trajectory");
+    }
+    const int32_t* labels = nullptr;
+    if (m.num_classes > 0 && cfg.labels.size() > 1) {
+      ensure(labels_, cfg.labels.size() * sizeof(int32_t), "the labels");
+      CUFM_CUDA_CHECK(
+          cudaMemcpyAsync(labels_.get(), cfg.labels.data(), labels_.bytes(), cudaMemcpyHostToDevice, s));
+      labels = labels_.as<int32_t>();
+    }
+    const float* context = nullptr;
+    if (m.context_dim > 0 && !cfg.context.empty()) {
+      context_host_ = detail::context_per_point(cfg.context, m.context_dim, n_);
+      ensure(context_, context_host_.size() * sizeof(float), "the context");
+      CUFM_CUDA_CHECK(cudaMemcpyAsync(context_.get(), context_host_.data(), context_.bytes(),
+                                      cudaMemcpyHostToDevice, s));
+      context = context_.as<float>();
+    }
+    start_points(x_.as<float>());
+    cuda::FusedSample p = cuda::fused_sample_of(m, cfg, fused_params_.as<float>(), labels, context,
+                                                x_.as<float>(), keep ? y_.as<float>() : nullptr);
+    p.tile = cuda::fused_sampler_tile(p);
+    ensure(fused_desc_, sizeof(cuda::FusedSample), "the fused sampler's parameters");
+    cuda::fused_sample(p, fused_desc_.as<cuda::FusedSample>(), s);
+    SampleResult res;
+    res.count = n_;
+    res.dim = dim_;
+    res.device = Device::CUDA;
+    res.mlp = "cuda fused";
+    res.x.resize(static_cast<size_t>(elems_));
+    CUFM_CUDA_CHECK(
+        cudaMemcpyAsync(res.x.data(), x_.get(), res.x.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
+    if (keep) {
+      for (int i = 0; i <= cfg.steps; ++i) res.times.push_back(hd::fixed_step_time(cfg.t0, cfg.t1, i, cfg.steps));
+      res.trajectory.resize((static_cast<size_t>(cfg.steps) + 1) * elems_);
+      CUFM_CUDA_CHECK(cudaMemcpyAsync(res.trajectory.data(), y_.get(), res.trajectory.size() * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s));
+    }
+    CUFM_CUDA_CHECK(cudaStreamSynchronize(s));  // also: the uploads' host sources may change now
+    context_host_ = std::vector<float>();
+    res.accepted_steps = cfg.steps;
+    res.evaluations = static_cast<int64_t>(cfg.steps) * p.tableau.stages;
+    return res;
+  }
+
   void reset() {
     graphs_.clear();
     mlp_.reset();
     shape_.reset();
-    for (DeviceBuffer* b : {&params_, &params_bf16_, &labels_, &context_, &workspace_, &err_sum_, &x_, &y_}) {
+    for (DeviceBuffer* b :
+         {&params_, &params_bf16_, &labels_, &context_, &workspace_, &err_sum_, &x_, &y_, &fused_params_, &fused_desc_}) {
       *b = DeviceBuffer();
     }
     for (DeviceBuffer& b : k_) b = DeviceBuffer();
@@ -200,6 +288,7 @@ class CudaSampler {
     res.count = n_;
     res.dim = dim_;
     res.device = Device::CUDA;
+    res.mlp = "cuda layered";
     evaluations_ = 0;
     cudaStream_t s = stream_.get();
     if (cfg_->solver == Solver::Dopri5) {
@@ -381,6 +470,8 @@ class CudaSampler {
   std::unique_ptr<cuda::PaddedLayout> layout_;
   std::vector<float> padded_;  // the weights in the device's layout, the upload's source
   DeviceBuffer params_, params_bf16_, labels_, context_, workspace_, err_sum_, x_, y_;
+  DeviceBuffer fused_params_;  // the fused path's weights, in ParamLayout order
+  DeviceBuffer fused_desc_;    // its kernel's parameters
   std::vector<float> context_host_;  // the per-sample contexts being uploaded
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;

@@ -73,6 +73,10 @@ struct SampleResult {
   int64_t evaluations = 0;        // velocity evaluations of the whole batch
   int accepted_steps = 0, rejected_steps = 0;
   Device device = Device::CPU;
+  // How the model ran: "cpu", "cuda layered" (cuBLASLt, a kernel per layer), "cuda fused" (one
+  // kernel for the whole integration; CUFM_GPU_MLP=fused|layered overrides the choice), or for
+  // with_log_prob the flow with its divergence ("cpu divergence", "cuda divergence").
+  std::string mlp;
 };
 
 // The initial noise of sample i, dims [0, D): a pure function of (seed, i).

@@ -19,6 +19,7 @@ nb::dict sample_dict(const cufm::SampleResult& r) {
   d["accepted_steps"] = r.accepted_steps;
   d["rejected_steps"] = r.rejected_steps;
   d["device"] = std::string(cufm::to_string(r.device));
+  d["mlp"] = r.mlp;
   if (!r.log_prob.empty()) d["log_prob"] = to_numpy(r.log_prob, {r.log_prob.size()});
   return d;
 }

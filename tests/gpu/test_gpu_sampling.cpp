@@ -4,6 +4,7 @@
 // fp32 atol 1e-4 + rtol 1e-4; tf32 2e-2; bf16 5e-2 (on samples of magnitude ~1).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/velocity.hpp"
+#include "fused_twin.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/cuda/cuda_backend.hpp"
 
@@ -419,6 +421,121 @@ TEST(GpuSamplingPrecision, Tf32AndBf16StayClose) {
           << to_string(act) << " " << to_string(p);
       EXPECT_GT(test::norm2(gpu.x), 0.0);
     }
+  }
+}
+
+// CUFM_GPU_MLP set for one scope (the sampler reads it at each call), then as it was.
+class GpuMlpEnv {
+ public:
+  explicit GpuMlpEnv(const char* value) {
+    const char* old = std::getenv("CUFM_GPU_MLP");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv("CUFM_GPU_MLP", value, 1);
+  }
+  ~GpuMlpEnv() {
+    if (had_) {
+      setenv("CUFM_GPU_MLP", old_.c_str(), 1);
+    } else {
+      unsetenv("CUFM_GPU_MLP");
+    }
+  }
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
+// The fused sampler (kernels/fused_sampler.cu) against its CPU twin (the same block program: only
+// the activations' exp differs) and against the layered path, for every fixed-step solver,
+// activation, classes and contexts with guidance, time features, ragged counts and trajectories.
+TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
+  CUFM_REQUIRE_GPU();
+  const GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
+  struct Case {
+    std::vector<int> hidden;
+    Activation activation;
+    int time_features, classes, context;
+    Solver solver;
+    bool guided;
+  };
+  const Case cases[] = {
+      {{128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, false},
+      {{64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, true},
+      {{40, 56}, Activation::GELU, 4, 0, 5, Solver::RK4, true},
+      {{96}, Activation::SiLU, 0, 2, 0, Solver::Heun, false},
+  };
+  for (const Case& k : cases) {
+    MlpConfig m;
+    m.data_dim = 3;
+    m.hidden = k.hidden;
+    m.activation = k.activation;
+    m.time_features = k.time_features;
+    m.num_classes = k.classes;
+    m.context_dim = k.context;
+    const Model model(m, 23);
+    for (const int64_t count : {int64_t{1}, int64_t{127}, int64_t{129}, int64_t{2000}}) {
+      SCOPED_TRACE(std::string(to_string(k.solver)) + ", count " + std::to_string(count));
+      SampleConfig c;
+      c.count = count;
+      c.solver = k.solver;
+      c.steps = 5;
+      c.seed = 8;
+      c.device = Device::CUDA;
+      c.keep_trajectory = count == 129;
+      if (k.classes > 0) {
+        c.labels.resize(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i) c.labels[i] = static_cast<int32_t>((i * 7) % k.classes);
+      }
+      if (k.context > 0) c.context = test::random_floats(static_cast<size_t>(count) * k.context, -1.0f, 1.0f, 3);
+      if (k.guided) c.guidance = 2.0f;
+      const SampleResult fused = detail::cuda_sample(model, c);
+      EXPECT_EQ(fused.mlp, "cuda fused");
+      const test::TwinRun twin = test::run_fused_twin(model, c, 32);
+      EXPECT_TRUE(test::close_to_scale(fused.x, twin.x, 1e-5, 1e-4));
+      EXPECT_TRUE(test::close_to_scale(fused.trajectory, twin.trajectory, 1e-5, 1e-4));
+      EXPECT_EQ(fused.evaluations, int64_t{5} * solver_evaluations_per_step(k.solver));
+      EXPECT_GT(test::norm2(fused.x), 0.0);
+      SampleResult layered;
+      {
+        const GpuMlpEnv env("layered");
+        layered = detail::cuda_sample(model, c);
+      }
+      EXPECT_EQ(layered.mlp, "cuda layered");
+      EXPECT_TRUE(test::close_to_scale(fused.x, layered.x, 1e-5, 1e-4));
+      EXPECT_TRUE(test::close_to_scale(fused.trajectory, layered.trajectory, 1e-5, 1e-4));
+    }
+  }
+}
+
+// Where the fused sampler does not apply the layered path runs and says so; forcing the fused one
+// there is an error naming why; a bad CUFM_GPU_MLP is refused.
+TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
+  CUFM_REQUIRE_GPU();
+  const GpuMlpEnv automatic("auto");
+  MlpConfig m;
+  m.hidden = {256, 256};
+  const Model wide(m, 2);
+  SampleConfig c;
+  c.count = 64;
+  c.steps = 2;
+  c.device = Device::CUDA;
+  EXPECT_EQ(detail::cuda_sample(wide, c).mlp, "cuda layered");
+  c.precision = Precision::TF32;
+  m.hidden = {64};
+  const Model narrow(m, 2);
+  EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda layered");
+  {
+    const GpuMlpEnv env("fused");
+    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("runs fp32"), std::string::npos);
+    c.precision = Precision::FP32;
+    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(wide, c); }).find("256 wide"), std::string::npos);
+    EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
+  }
+  {
+    const GpuMlpEnv env("fast");
+    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("CUFM_GPU_MLP='fast'"),
+              std::string::npos);
   }
 }
 

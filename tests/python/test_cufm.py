@@ -190,6 +190,8 @@ def test_log_prob_of_a_linear_field_is_analytic_and_matches_sampling():
     s = cufm.sample(model, count=300, solver="rk4", steps=40, with_log_prob=True, device="cpu")
     back = cufm.log_prob(model, s["x"], solver="rk4", steps=40, device="cpu")
     assert np.allclose(s["log_prob"], back["log_prob"], atol=1e-4)
+    assert s["mlp"] == "cpu divergence"
+    assert cufm.sample(model, count=10, steps=2, device="cpu")["mlp"] == "cpu"
     with pytest.raises(cufm.Error, match="with_log_prob needs t0 = 0"):
         cufm.integrate(model, x, t0=1.0, t1=0.0, with_log_prob=True, device="cpu")
     with pytest.raises(cufm.Error, match="unknown divergence"):

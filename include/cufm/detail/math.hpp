@@ -12,6 +12,7 @@
 #include "cufm/detail/path.hpp"
 #include "cufm/detail/philox.hpp"
 #include "cufm/math.hpp"
+#include "cufm/sampler.hpp"
 
 namespace cufm {
 namespace hd {
@@ -229,7 +230,7 @@ CUFM_HD float combine_at(const Combination& c, int64_t i) {
 // ---- fixed-step solvers -------------------------------------------------------------------
 // The time of fixed step i of `steps` over [t0, t1] (either direction): t0 + span * i / steps,
 // exactly t1 at the end. Both backends' loops and trajectories use it.
-inline float fixed_step_time(float t0, float t1, int i, int steps) {
+CUFM_HD float fixed_step_time(float t0, float t1, int i, int steps) {
   return i == steps ? t1 : t0 + (t1 - t0) * static_cast<float>(i) / static_cast<float>(steps);
 }
 
@@ -259,6 +260,22 @@ constexpr FixedTableau rk4{
     {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}, {0.5f, 0.5f, {0.0f, 1.0f}}, {1.0f, 1.0f, {0.0f, 0.0f, 1.0f}}},
     {1.0f / 6, 1.0f / 3, 1.0f / 3, 1.0f / 6}};
 }  // namespace tableau
+
+// A fixed-step solver's tableau; nullptr for Dopri5 (its own controller, below).
+inline const FixedTableau* fixed_tableau_of(Solver s) {
+  switch (s) {
+    case Solver::Euler:
+      return &tableau::euler;
+    case Solver::Midpoint:
+      return &tableau::midpoint;
+    case Solver::Heun:
+      return &tableau::heun;
+    case Solver::RK4:
+      return &tableau::rk4;
+    default:
+      return nullptr;
+  }
+}
 
 // ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b

@@ -1,0 +1,77 @@
+// The fused sampler: one block per tile of points runs fused_sample_tile (kernels/fused_sampler.hpp)
+// through every stage and step, 256 threads, the tile's state, stages, activations and one layer's
+// weights in dynamic shared memory (the tile sized to the device's opt-in limit: 32 points of a
+// 128-wide guided model take ~150 KB). One launch for the whole integration. Built with
+// -fmad=false: the stage points round as the CPU's combine(), and the layers' sums take one
+// explicit fmaf a term.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cufm/error.hpp"
+#include "kernels/cuda_check.hpp"
+#include "kernels/fused_sampler.hpp"
+#include "kernels/fused_sampler_launch.hpp"
+
+namespace cufm::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+struct DeviceSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+
+// The parameters come through global memory and are copied to shared memory first: the layer loop
+// indexes them by the layer, which in the kernel's parameter space would put a copy of them in
+// local memory.
+__global__ void __launch_bounds__(kThreads, 1) fused_sample_kernel(const FusedSample* __restrict__ params) {
+  extern __shared__ float smem[];
+  __shared__ alignas(alignof(FusedSample)) unsigned int raw[sizeof(FusedSample) / sizeof(unsigned int)];
+  static_assert(sizeof(FusedSample) % sizeof(unsigned int) == 0, "FusedSample is copied word by word");
+  const unsigned int* words = reinterpret_cast<const unsigned int*>(params);
+  for (unsigned i = threadIdx.x; i < sizeof(FusedSample) / sizeof(unsigned int); i += kThreads) raw[i] = words[i];
+  __syncthreads();
+  const FusedSample& p = *reinterpret_cast<const FusedSample*>(raw);
+  const FusedSmem s = fused_smem_carve(p, smem);
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * p.tile;
+  const int rows = static_cast<int>(p.n - first < p.tile ? p.n - first : p.tile);
+  fused_sample_tile(p, first, rows, s, static_cast<int>(threadIdx.x), kThreads, hd::FastExp{}, DeviceSync{});
+}
+
+}  // namespace
+
+int fused_sampler_tile(const FusedSample& p) {
+  int device = 0, optin = 0;
+  CUFM_CUDA_CHECK(cudaGetDevice(&device));
+  CUFM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FusedSample q = p;
+  for (int tile = 64; tile >= 4; tile /= 2) {
+    q.tile = tile;
+    if (fused_smem_floats(q) * static_cast<int64_t>(sizeof(float)) <= optin) return tile;
+  }
+  return 0;
+}
+
+void fused_sample(const FusedSample& p, FusedSample* device_params, cudaStream_t stream) {
+  CUFM_REQUIRE(device_params, "fused_sample: device_params must point to device memory for one FusedSample");
+  CUFM_REQUIRE(p.n >= 1 && p.dim >= 1 && p.steps >= 1 && p.x, "fused_sample: needs points, a dimension and steps");
+  CUFM_REQUIRE(p.copies == 1 || p.copies == 2, "fused_sample: copies must be 1 or 2, got " << p.copies);
+  CUFM_REQUIRE(p.tableau.stages >= 1 && p.tableau.stages <= kFusedMaxStages,
+               "fused_sample: a tableau of 1 to " << kFusedMaxStages << " stages");
+  const std::string why = fused_sampler_refusal(p.net, p.dim, Precision::FP32, Solver::Euler);
+  CUFM_REQUIRE(why.empty(), "fused_sample: " << why);
+  CUFM_REQUIRE(p.tile >= 1, "fused_sample: the tile must hold at least one point");
+  const size_t bytes = static_cast<size_t>(fused_smem_floats(p)) * sizeof(float);
+  CUFM_CUDA_CHECK(cudaFuncSetAttribute(fused_sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(bytes)));
+  const int64_t blocks = (p.n + p.tile - 1) / p.tile;
+  CUFM_REQUIRE(blocks <= 0x7FFFFFFF, "fused_sample: " << p.n << " points make too many tiles");
+  // Pageable memory: cudaMemcpyAsync has read p by the time it returns.
+  CUFM_CUDA_CHECK(cudaMemcpyAsync(device_params, &p, sizeof(FusedSample), cudaMemcpyHostToDevice, stream));
+  fused_sample_kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(device_params);
+  CUFM_CUDA_CHECK_LAUNCH("fused_sample_kernel");
+}
+
+}  // namespace cufm::cuda

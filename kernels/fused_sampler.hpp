@@ -1,0 +1,354 @@
+// The fused sampler's block program (issue 23, step 1): one block integrates a tile of points
+// through every stage and step of a fixed-step solver, the model evaluated layer by layer with its
+// activations in shared memory and each layer's weights staged there, so that between the initial
+// points and the final ones nothing touches global memory but the weights (read from L2) and an
+// asked-for trajectory. Written once as __host__ __device__ phases over (tid, nthreads): the kernel
+// (kernels/fused_sampler.cu) runs them with its threads and __syncthreads() between phases; the
+// CPU twin (cpu::fused_sample) runs each phase with tid 0 of 1 thread. Every output element is
+// computed whole by one thread, in an order fixed by the element alone (a layer's dot product: k
+// from 0 up, one fmaf each; the stage points with hd::combine_at), so the twin computes what each
+// block computes, apart from the activations' exp (the device's __expf, the host's polynomial).
+//
+// Napkin math at the R7 shape (width 128, 4 hidden layers, D = 2, 10^6 points, midpoint 20 steps,
+// fp32): the layered path writes and reads every layer's activations, 2 x 4 x 128 x 4 B = 4 KB a
+// point per evaluation, 160 GB over the run, and launches ~5 kernels per evaluation; the fused path
+// reads the weights (~200 KB) from L2 once per tile and evaluation (32 points: ~6 KB a point) and
+// launches once. Its cost is the FMAs: 10^6 x 40 x 131k x 2 = 1e13 FLOP.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cufm/detail/math.hpp"
+#include "cufm/device.hpp"
+#include "cufm/math.hpp"
+#include "cufm/model.hpp"
+#include "cufm/sampler.hpp"
+
+namespace cufm::cuda {
+
+// What the fused path takes: hidden and input widths up to 128, up to 8 layers, D up to 64, fp32,
+// a fixed-step solver (fused_sampler_refusal says why not, naming the layered path).
+constexpr int kFusedMaxWidth = 128;
+constexpr int kFusedMaxLayers = 8;
+constexpr int kFusedMaxDim = 64;
+constexpr int kFusedMaxStages = 4;
+// A thread's register tile of a layer's outputs: 4 rows x 4 columns.
+constexpr int kFusedTileRows = 4, kFusedTileCols = 4;
+
+// The model, in ParamLayout order (layer l's weights [out, in] row-major, then its bias [out]).
+struct FusedNet {
+  int layers = 0;
+  int in[kFusedMaxLayers] = {};
+  int out[kFusedMaxLayers] = {};
+  const float* weight[kFusedMaxLayers] = {};
+  const float* bias[kFusedMaxLayers] = {};
+  Activation activation = Activation::SiLU;
+};
+
+struct FusedSample {
+  FusedNet net;
+  int64_t n = 0;  // points
+  int dim = 0;    // D
+  int time_features = 0, num_classes = 0, context_dim = 0;
+  const int32_t* labels = nullptr;  // [n] per-point labels, or nullptr: label_all
+  int32_t label_all = -1;           // -1: the null class (conditional) / none (unconditional)
+  const float* context = nullptr;   // [n, context_dim] per-point contexts, or nullptr: the null context
+  int copies = 1;                   // 2 with guidance: the conditional rows, then the null rows
+  float guidance = 0.0f;
+  hd::FixedTableau tableau{};
+  int steps = 0;
+  float t0 = 0.0f, t1 = 1.0f;
+  float* x = nullptr;           // [n, D]: the initial points in, the final points out
+  float* trajectory = nullptr;  // [steps + 1, n, D] or nullptr
+  int tile = 32;                // points per block
+};
+
+// The model's layers over its parameters in ParamLayout order at `params` (host or device memory).
+inline FusedNet fused_net(const MlpConfig& model, const float* params) {
+  const ParamLayout layout(model);
+  FusedNet net;
+  net.layers = model.num_layers() < kFusedMaxLayers ? model.num_layers() : kFusedMaxLayers;
+  net.activation = model.activation;
+  for (int l = 0; l < net.layers; ++l) {
+    net.in[l] = model.layer_in(l);
+    net.out[l] = model.layer_out(l);
+    net.weight[l] = params + layout.weight_offset(l);
+    net.bias[l] = params + layout.bias_offset(l);
+  }
+  if (model.num_layers() > kFusedMaxLayers) net.layers = model.num_layers();  // refused: too many
+  return net;
+}
+
+// A sampling call as the fused sampler takes it: params, labels (per point, or nullptr with one
+// label or none in the config), context (per point, or nullptr), x and trajectory in the memory the
+// caller runs it on. The tile is left to the caller.
+inline FusedSample fused_sample_of(const MlpConfig& model, const SampleConfig& c, const float* params,
+                                   const int32_t* labels, const float* context, float* x, float* trajectory) {
+  FusedSample p;
+  p.net = fused_net(model, params);
+  p.n = c.count;
+  p.dim = model.data_dim;
+  p.time_features = model.time_features;
+  p.num_classes = model.num_classes;
+  p.context_dim = model.context_dim;
+  p.labels = labels;
+  p.label_all = model.num_classes > 0 && c.labels.size() == 1 ? c.labels[0] : -1;
+  p.context = context;
+  p.copies = c.guidance ? 2 : 1;
+  p.guidance = c.guidance.value_or(0.0f);
+  const hd::FixedTableau* tab = hd::fixed_tableau_of(c.solver);
+  if (tab) p.tableau = *tab;  // Dopri5 is refused (fused_sampler_refusal)
+  p.steps = c.steps;
+  p.t0 = c.t0;
+  p.t1 = c.t1;
+  p.x = x;
+  p.trajectory = trajectory;
+  return p;
+}
+
+// The widest activation row (the input or a hidden layer).
+CUFM_HD int fused_max_width(const FusedNet& net) {
+  int w = net.in[0];
+  for (int l = 0; l + 1 < net.layers; ++l) w = w > net.out[l] ? w : net.out[l];
+  return w;
+}
+// The largest layer's weights and bias.
+CUFM_HD int fused_max_layer(const FusedNet& net) {
+  int m = 0;
+  for (int l = 0; l < net.layers; ++l) {
+    const int f = net.in[l] * net.out[l] + net.out[l];
+    m = m > f ? m : f;
+  }
+  return m;
+}
+
+// A block's shared memory, in floats: x [tile, D], the stages k [stages, tile, D], two activation
+// buffers [copies x tile, max width] and one layer's weights (transposed: [in, out]) and bias.
+struct FusedSmem {
+  float* x;
+  float* k;
+  float* act[2];
+  float* w;
+};
+CUFM_HD int64_t fused_smem_floats(const FusedSample& p) {
+  const int64_t rows = static_cast<int64_t>(p.copies) * p.tile;
+  return static_cast<int64_t>(p.tile) * p.dim * (1 + p.tableau.stages) + 2 * rows * fused_max_width(p.net) +
+         fused_max_layer(p.net);
+}
+CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
+  const int64_t rows = static_cast<int64_t>(p.copies) * p.tile;
+  FusedSmem s;
+  s.x = base;
+  s.k = s.x + static_cast<int64_t>(p.tile) * p.dim;
+  s.act[0] = s.k + static_cast<int64_t>(p.tile) * p.dim * p.tableau.stages;
+  s.act[1] = s.act[0] + rows * fused_max_width(p.net);
+  s.w = s.act[1] + rows * fused_max_width(p.net);
+  return s;
+}
+
+// Empty where the fused sampler runs this model, precision and solver; else why not.
+inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision precision, Solver solver) {
+  if (precision != Precision::FP32) {
+    return std::string("the fused sampler runs fp32 (the layered path runs ") + to_string(precision) + ")";
+  }
+  if (solver == Solver::Dopri5) return "dopri5's step control runs on the layered path";
+  if (net.layers > kFusedMaxLayers) {
+    return "the model has " + std::to_string(net.layers) + " layers; the fused sampler takes up to " +
+           std::to_string(kFusedMaxLayers) + ": use the layered path";
+  }
+  if (dim > kFusedMaxDim) {
+    return "D = " + std::to_string(dim) + " is above the fused sampler's " + std::to_string(kFusedMaxDim) +
+           ": use the layered path";
+  }
+  for (int l = 0; l < net.layers; ++l) {
+    if (net.in[l] > kFusedMaxWidth) {
+      return "layer " + std::to_string(l) + " is " + std::to_string(net.in[l]) +
+             " wide; the fused sampler takes widths up to " + std::to_string(kFusedMaxWidth) +
+             ": use the layered path";
+    }
+  }
+  return {};
+}
+
+// ---- the phases: each loops over its elements from tid by nthreads ---------------------------
+
+#if defined(__CUDA_ARCH__)
+#define CUFM_FUSED_UNROLL _Pragma("unroll")
+#else
+#define CUFM_FUSED_UNROLL
+#endif
+
+// hd::combine_at over the tile's x and stages in shared memory, to the bit: x[i] + h sum_j a_j
+// k_j[i] over the stages j < terms with a nonzero weight, in order. (A Combination built on the
+// device would be indexed by its term count, and so live in local memory.)
+CUFM_HD float fused_combine(const float* x, const float* k, int tile_elems, const float (&a)[kFusedMaxStages],
+                            int terms, float h, int i) {
+  float acc = 0.0f;
+  CUFM_FUSED_UNROLL
+  for (int j = 0; j < kFusedMaxStages; ++j) {
+    if (j < terms && a[j] != 0.0f) acc = hd::rn_add(acc, hd::rn_mul(a[j], k[j * tile_elems + i]));
+  }
+  return hd::rn_add(x[i], hd::rn_mul(h, acc));
+}
+
+// x of the tile's points [first, first + rows) into shared memory (and into the trajectory's first
+// slot).
+CUFM_HD void fused_load_x(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid, int nt) {
+  const int e_end = rows * p.dim;
+  for (int e = tid; e < e_end; e += nt) {
+    const float v = p.x[first * p.dim + e];
+    s.x[e] = v;
+    if (p.trajectory) p.trajectory[first * p.dim + e] = v;
+  }
+}
+
+// The model input at time t of the stage point c (over the tile's x and k in shared memory) into
+// act[0]: row r = [y (D) | time features | context | one-hot], then with guidance the same points
+// with the null class and the null context.
+CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const float (&a)[kFusedMaxStages],
+                         int terms, float h, float t, const FusedSmem& s, int tid, int nt) {
+  const int in = p.net.in[0], D = p.dim, tile_elems = p.tile * D;
+  const int e_end = p.copies * rows * in;
+  for (int e = tid; e < e_end; e += nt) {
+    const int r = e / in, col = e - r * in;
+    const int copy = r / rows, row = r - copy * rows;
+    float v;
+    if (col < D) {
+      v = fused_combine(s.x, s.k, tile_elems, a, terms, h, row * D + col);
+    } else {
+      const int64_t point = first + row;
+      int32_t label = -1;
+      if (p.num_classes > 0) {
+        label = copy == 1 ? p.num_classes
+                          : (p.labels ? p.labels[point] : (p.label_all >= 0 ? p.label_all : p.num_classes));
+      }
+      const float* context = copy == 0 && p.context ? p.context + point * p.context_dim : nullptr;
+      v = hd::input_tail_value(t, p.time_features, p.context_dim, context, p.num_classes, label, col - D);
+    }
+    s.act[0][static_cast<int64_t>(r) * in + col] = v;
+  }
+}
+
+// Layer l's weights, transposed to [in, out], and its bias, into shared memory.
+CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s, int tid, int nt) {
+  const int in = p.net.in[l], out = p.net.out[l];
+  const float* w = p.net.weight[l];
+  for (int e = tid; e < in * out; e += nt) {
+    const int o = e / in, k = e - o * in;  // reads along the global rows
+    s.w[k * out + o] = w[e];
+  }
+  for (int o = tid; o < out; o += nt) s.w[in * out + o] = p.net.bias[l][o];
+}
+
+// Layer l over R rows: dst[r, o] = act(bias[o] + sum_k src[r, k] w[o, k]) (no activation on the last
+// layer). A work item is a 4 x 4 tile of (rows, outputs); each output sums k from 0 up, one fmaf a
+// term, then adds the bias.
+template <class Exp>
+CUFM_HD void fused_layer(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
+                         int tid, int nt, Exp exp) {
+  const int in = p.net.in[l], out = p.net.out[l];
+  const bool last = l == p.net.layers - 1;
+  const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
+  const int col_tiles = (out + kFusedTileCols - 1) / kFusedTileCols;
+  const float* w = s.w;
+  const float* bias = s.w + in * out;
+  for (int item = tid; item < row_tiles * col_tiles; item += nt) {
+    const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
+    float acc[kFusedTileRows][kFusedTileCols] = {};
+    for (int k = 0; k < in; ++k) {
+      float a[kFusedTileRows], b[kFusedTileCols];
+      CUFM_FUSED_UNROLL
+      for (int i = 0; i < kFusedTileRows; ++i) a[i] = r0 + i < R ? src[(r0 + i) * in + k] : 0.0f;
+      CUFM_FUSED_UNROLL
+      for (int j = 0; j < kFusedTileCols; ++j) b[j] = c0 + j < out ? w[k * out + c0 + j] : 0.0f;
+      CUFM_FUSED_UNROLL
+      for (int i = 0; i < kFusedTileRows; ++i) {
+        CUFM_FUSED_UNROLL
+        for (int j = 0; j < kFusedTileCols; ++j) acc[i][j] = hd::rn_fma(a[i], b[j], acc[i][j]);
+      }
+    }
+    CUFM_FUSED_UNROLL
+    for (int i = 0; i < kFusedTileRows; ++i) {
+      CUFM_FUSED_UNROLL
+      for (int j = 0; j < kFusedTileCols; ++j) {
+        if (r0 + i >= R || c0 + j >= out) continue;
+        const float z = hd::rn_add(acc[i][j], bias[c0 + j]);
+        dst[(r0 + i) * out + c0 + j] = last ? z : hd::activate(p.net.activation, z, exp);
+      }
+    }
+  }
+}
+
+// The velocity from the last layer's output [copies x rows, D] into k: itself, or with guidance
+// hd::guided(null, conditional, w).
+CUFM_HD void fused_collect(const FusedSample& p, int rows, const float* v, float* k, int tid, int nt) {
+  const int e_end = rows * p.dim;
+  for (int e = tid; e < e_end; e += nt) {
+    k[e] = p.copies == 2 ? hd::guided(v[rows * p.dim + e], v[e], p.guidance) : v[e];
+  }
+}
+
+// x = the combination c (each element read before it is written), and the trajectory's slot.
+CUFM_HD void fused_update(const FusedSample& p, int64_t first, int rows, const float (&b)[kFusedMaxStages],
+                          float h, int slot, const FusedSmem& s, int tid, int nt) {
+  const int e_end = rows * p.dim, tile_elems = p.tile * p.dim;
+  for (int e = tid; e < e_end; e += nt) {
+    const float v = fused_combine(s.x, s.k, tile_elems, b, p.tableau.stages, h, e);
+    s.x[e] = v;
+    if (p.trajectory) p.trajectory[(static_cast<int64_t>(slot) * p.n + first) * p.dim + e] = v;
+  }
+}
+
+CUFM_HD void fused_store_x(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid, int nt) {
+  const int e_end = rows * p.dim;
+  for (int e = tid; e < e_end; e += nt) p.x[first * p.dim + e] = s.x[e];
+}
+
+// ---- the tile's whole integration -----------------------------------------------------------
+// The steps of host/solver_driver.hpp's fixed_step, stage by stage, for the tile's points
+// [first, first + rows); sync() separates the phases (the kernel's __syncthreads(), the twin's
+// nothing).
+template <class Exp, class Sync>
+CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid,
+                               int nt, Exp exp, Sync sync) {
+  const hd::FixedTableau& tab = p.tableau;
+  const int tile_elems = p.tile * p.dim;
+  fused_load_x(p, first, rows, s, tid, nt);
+  sync();
+  for (int step = 0; step < p.steps; ++step) {
+    const float t = hd::fixed_step_time(p.t0, p.t1, step, p.steps);
+    const float tn = hd::fixed_step_time(p.t0, p.t1, step + 1, p.steps);
+    const float h = tn - t;
+    CUFM_FUSED_UNROLL
+    for (int i = 0; i < kFusedMaxStages; ++i) {
+      if (i >= tab.stages) break;
+      const hd::FixedStage& st = tab.stage[i];
+      const float a[kFusedMaxStages] = {st.a[0], st.a[1], st.a[2], 0.0f};
+      const float ts = st.c == 0.0f ? t : st.c == 1.0f ? tn : t + st.c * h;
+      fused_input(p, first, rows, a, i, i == 0 ? 0.0f : st.scale * h, ts, s, tid, nt);
+      const int R = p.copies * rows;
+      int from = 0;
+      for (int l = 0; l < p.net.layers; ++l) {
+        fused_stage_weights(p, l, s, tid, nt);
+        sync();  // the input (or the previous layer) and the weights are in place
+        // Selected, not indexed: an index into s.act would put s in local memory on the device.
+        float* const src = from == 0 ? s.act[0] : s.act[1];
+        float* const dst = from == 0 ? s.act[1] : s.act[0];
+        fused_layer(p, l, R, src, dst, s, tid, nt, exp);
+        sync();  // the layer is written; the weights may be replaced
+        from = 1 - from;
+      }
+      fused_collect(p, rows, from == 0 ? s.act[0] : s.act[1], s.k + i * tile_elems, tid, nt);
+      sync();
+    }
+    const float b[kFusedMaxStages] = {tab.b[0], tab.b[1], tab.b[2], tab.b[3]};
+    fused_update(p, first, rows, b, h, step + 1, s, tid, nt);
+    sync();
+  }
+  fused_store_x(p, first, rows, s, tid, nt);
+}
+
+#undef CUFM_FUSED_UNROLL
+
+}  // namespace cufm::cuda

@@ -1,0 +1,127 @@
+// The fused sampler's block program (kernels/fused_sampler.hpp) through its CPU twin
+// (cpu::fused_sample): against the CPU backend's sampler at fp32's tolerance for every solver,
+// activation, classes, contexts, time features and guidance; bit for bit the same whatever the tile
+// (each element is computed whole, in an order of its own); ragged counts; the refusals. The GPU
+// runs the same program (tests/gpu/test_gpu_sampling.cpp holds it to this twin).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cufm/cufm.hpp"
+#include "fused_twin.hpp"
+#include "kernels/fused_sampler.hpp"
+#include "test_util.hpp"
+
+namespace cufm {
+namespace {
+
+struct Case {
+  const char* name;
+  std::vector<int> hidden;
+  Activation activation;
+  int time_features, classes, context;
+  Solver solver;
+  int steps;
+  bool guided;
+};
+
+using test::run_fused_twin;
+using test::TwinRun;
+
+TEST(FusedSamplerTwin, MatchesTheCpuSampler) {
+  const Case cases[] = {
+      {"silu euler", {32, 48}, Activation::SiLU, 0, 0, 0, Solver::Euler, 5, false},
+      {"relu midpoint, time features", {64, 64, 64}, Activation::ReLU, 8, 0, 0, Solver::Midpoint, 4, false},
+      {"gelu heun, classes, guided", {40, 40}, Activation::GELU, 0, 3, 0, Solver::Heun, 3, true},
+      {"silu rk4, context, guided", {128, 96}, Activation::SiLU, 4, 0, 5, Solver::RK4, 3, true},
+      {"silu midpoint, classes, unguided", {16}, Activation::SiLU, 0, 4, 0, Solver::Midpoint, 2, false},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    MlpConfig m;
+    m.data_dim = 3;
+    m.hidden = k.hidden;
+    m.activation = k.activation;
+    m.time_features = k.time_features;
+    m.num_classes = k.classes;
+    m.context_dim = k.context;
+    const Model model(m, 17);
+    for (const int64_t count : {int64_t{1}, int64_t{127}, int64_t{129}}) {
+      SampleConfig c;
+      c.count = count;
+      c.solver = k.solver;
+      c.steps = k.steps;
+      c.device = Device::CPU;
+      c.seed = 3;
+      c.keep_trajectory = true;
+      if (k.classes > 0) {
+        c.labels.resize(static_cast<size_t>(count));
+        for (int64_t i = 0; i < count; ++i) c.labels[i] = static_cast<int32_t>(i % k.classes);
+      }
+      if (k.context > 0) c.context = test::random_floats(static_cast<size_t>(count) * k.context, -1.0f, 1.0f, 5);
+      if (k.guided) c.guidance = 1.7f;
+      const SampleResult want = sample(model, c);
+      const TwinRun got = run_fused_twin(model, c, 32);
+      EXPECT_TRUE(test::close_to_scale(got.x, want.x, 1e-5, 1e-4)) << "count " << count;
+      EXPECT_TRUE(test::close_to_scale(got.trajectory, want.trajectory, 1e-5, 1e-4)) << "count " << count;
+      EXPECT_GT(test::relative_l2(got.x, std::vector<float>(got.x.size(), 0.0f)), 0.0);
+      // The tiles change nothing: each element is computed whole, in its own order.
+      const TwinRun other = run_fused_twin(model, c, 5);
+      EXPECT_EQ(other.x, got.x) << "count " << count;
+      EXPECT_EQ(other.trajectory, got.trajectory) << "count " << count;
+    }
+  }
+}
+
+TEST(FusedSamplerTwin, OneLabelForAllAndTheNullContextAndABackwardSpan) {
+  MlpConfig m;
+  m.data_dim = 2;
+  m.hidden = {24, 24};
+  m.num_classes = 2;
+  m.context_dim = 3;
+  const Model model(m, 4);
+  SampleConfig c;
+  c.count = 70;
+  c.steps = 6;
+  c.device = Device::CPU;
+  c.labels = {1};
+  c.context = {0.5f, -0.25f, 2.0f};  // one row for all
+  c.guidance = 2.5f;
+  c.t0 = 0.9f;
+  c.t1 = 0.1f;
+  EXPECT_TRUE(test::close_to_scale(run_fused_twin(model, c, 16).x, sample(model, c).x, 1e-5, 1e-4));
+  EXPECT_EQ(sample(model, c).mlp, "cpu");
+  c.context.clear();
+  c.guidance.reset();
+  EXPECT_TRUE(test::close_to_scale(run_fused_twin(model, c, 16).x, sample(model, c).x, 1e-5, 1e-4));
+}
+
+TEST(FusedSamplerTwin, RefusesWhatItDoesNotRunNamingTheLayeredPath) {
+  MlpConfig m;
+  m.hidden = {256, 256};
+  const Model wide(m, 1);
+  const std::string why =
+      cuda::fused_sampler_refusal(cuda::fused_net(m, wide.params().data()), 2, Precision::FP32, Solver::Euler);
+  EXPECT_NE(why.find("256 wide"), std::string::npos) << why;
+  EXPECT_NE(why.find("layered path"), std::string::npos) << why;
+  m.hidden = {64};
+  const Model narrow(m, 1);
+  const cuda::FusedNet net = cuda::fused_net(m, narrow.params().data());
+  EXPECT_EQ(cuda::fused_sampler_refusal(net, 2, Precision::FP32, Solver::RK4), "");
+  EXPECT_NE(cuda::fused_sampler_refusal(net, 2, Precision::BF16, Solver::RK4).find("fp32"), std::string::npos);
+  EXPECT_NE(cuda::fused_sampler_refusal(net, 2, Precision::FP32, Solver::Dopri5).find("dopri5"),
+            std::string::npos);
+  EXPECT_NE(cuda::fused_sampler_refusal(net, 65, Precision::FP32, Solver::Euler).find("D = 65"),
+            std::string::npos);
+  m.hidden = std::vector<int>(8, 16);  // 9 layers
+  const Model deep(m, 1);
+  EXPECT_NE(cuda::fused_sampler_refusal(cuda::fused_net(m, deep.params().data()), 2, Precision::FP32,
+                                        Solver::Euler)
+                .find("9 layers"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace cufm
