@@ -77,9 +77,12 @@ struct Point {
 // facebookresearch/flow_matching's checkerboard (its 2D examples' inf_train_gen): x1 ~ U[-2, 2);
 // x2 ~ U[0, 1) or U[-2, -1), shifted up by one in odd columns; both divided by 0.45, so the points
 // fill 8 of the 16 squares of side 1/0.45 in [-4.44, 4.44)^2. Label: column (0..3) * 2 + (upper square
-// of the column ? 1 : 0). Every operation before the division is exact (24-bit uniforms, integer
-// shifts), and the division is one correctly rounded IEEE operation, which keeps the order of the
-// values: a point lies in the square its unscaled coordinates name. (Before 2026-11-29 cuFM
+// of the column ? 1 : 0). The uniforms are multiples of 2^-24 in [0, 1): x1 = 4u - 2 is exact, and
+// so is adding the column's shift to x2, but x2 = u - 2 (the lower square) rounds to a multiple of
+// 2^-23 when u is an odd multiple of 2^-24 (half those draws), and u = 1 - 2^-24 rounds to -1, the
+// upper square's edge (one lower draw in 2^24). The division is one correctly rounded IEEE
+// operation, which keeps the order of the values: a point lies in the square its unscaled
+// coordinates name. (Before 2026-11-29 cuFM
 // multiplied by 2, a square of side 2 in [-4, 4)^2: see docs/CHANGELOG.md.)
 Point checkerboard(const Philox4x32& r) {
   const float x1 = rn_sub(rn_mul(hd::uniform01(r.v[0]), 4.0f), 2.0f);

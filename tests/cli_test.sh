@@ -37,10 +37,14 @@ run_fails() {  # run_fails <needle> <cufm args...>: non-zero exit, one line on s
 
 # A .npy of float32 [n, 1] from bytes (printf escapes), for a 1-D model.
 write_npy_1d() {  # write_npy_1d <path> <repeats> <float32 values' bytes as \xNN escapes>
-  local path="$1" reps="$2" bytes="$3"
+  write_npy_cols "$1" 1 "$2" "$3"
+}
+# A .npy of float32 [n, cols] from bytes (printf escapes) repeated.
+write_npy_cols() {  # write_npy_cols <path> <cols> <repeats> <float32 values' bytes as \xNN escapes>
+  local path="$1" cols="$2" reps="$3" bytes="$4"
   local escapes="${bytes//[^x]/}"
-  local rows=$((reps * ${#escapes} / 4))
-  local dict="{'descr': '<f4', 'fortran_order': False, 'shape': ($rows, 1), }"
+  local rows=$((reps * ${#escapes} / 4 / cols))
+  local dict="{'descr': '<f4', 'fortran_order': False, 'shape': ($rows, $cols), }"
   local total=$(((10 + ${#dict} + 1 + 63) / 64 * 64))
   local hlen=$((total - 10))
   {
@@ -51,7 +55,7 @@ write_npy_1d() {  # write_npy_1d <path> <repeats> <float32 values' bytes as \xNN
   } >"$path"
 }
 
-TRAIN=(train --data 8gaussians --n-data 2000 --hidden 16,16 --batch 64 --device cpu --quiet)
+TRAIN=(train --data 8gaussians --n-data 2000 --hidden 16,16 --batch 64 --device cpu)
 run_ok "${TRAIN[@]}" --out run --steps 20 --checkpoint-every 10
 CKPT=run/checkpoint.safetensors
 [ -f "$CKPT" ] || fail "no checkpoint written"
@@ -129,7 +133,7 @@ run_fails "--data toy 'moons' (100000 points, seed 0) differs from the checkpoin
   train --out run --resume --data moons --steps 30
 run_fails "--seed 5 differs" train --out run --resume --seed 5 --steps 30
 [ "$(sha256sum "$CKPT")" = "$BEFORE" ] || fail "a refused resume changed the checkpoint"
-run_ok train --out run --resume --steps 30 --quiet --threads 1 --device cpu --activation SiLU
+run_ok train --out run --resume --steps 30 --threads 1 --device cpu --activation SiLU
 [[ "$OUT_TEXT" == *"step 30"* ]] || fail "resume did not reach step 30: $OUT_TEXT"
 
 # ---- learning-rate schedules: recorded, and kept on resume -------------------------------------
@@ -231,7 +235,7 @@ run_fails "--log-prob 'lps2.npy' is also" sample "$CKPT" --out lps2.npy --log-pr
 run_ok sample "$CKPT" --count 500 --seed 9 --device cpu --out ctx.npy
 run_ok sample "$CKPT" --count 1 --seed 10 --device cpu --out ctx1.npy
 run_ok train --data s.npy --context ctx.npy --context-dropout 0.2 --hidden 16,16 --batch 64 --steps 10 \
-  --device cpu --quiet --out crun
+  --device cpu --out crun
 CCKPT=crun/checkpoint.safetensors
 [[ "$OUT_TEXT" == *"step 10"* ]] || fail "train --context: $OUT_TEXT"
 run_ok train --data s.npy --context ctx.npy --steps 12 --device cpu --quiet --out crun --resume
@@ -262,6 +266,27 @@ OUT_TEXT=$(GOMP_SPINCOUNT=7000 "$CUFM" info 2>&1)
 run_ok --help
 run_ok --version
 ls -a run | grep -q 'cufm-tmp' && fail "a temporary was left in run/"
+
+# ---- --quiet is quiet; a PNG where it shows the samples, or where asked; --labels needs a
+# conditional model -------------------------------------------------------------------------------
+run_ok "${TRAIN[@]}" --out quiet --steps 3 --quiet
+[ -z "$OUT_TEXT" ] || fail "train --quiet printed: $OUT_TEXT"
+run_ok sample quiet/checkpoint.safetensors --count 20 --steps 2 --device cpu --out quiet.npy --quiet
+[ -z "$OUT_TEXT" ] || fail "sample --quiet printed: $OUT_TEXT"
+[ -f quiet.png ] || fail "2-D samples got no PNG"
+run_ok sample quiet/checkpoint.safetensors --count 20 --steps 2 --device cpu --out nopng.npy --no-png
+[ -e nopng.png ] && fail "--no-png wrote nopng.png"
+[[ "$OUT_TEXT" == *"nopng.npy"* && "$OUT_TEXT" != *".png"* ]] || fail "sample --no-png named a PNG: $OUT_TEXT"
+run_fails "--png and --no-png contradict" sample quiet/checkpoint.safetensors --out both.npy --png both.png --no-png
+write_npy_cols three.npy 3 16 '\x00\x00\x80\x3f\x00\x00\x80\xbf\x00\x00\x00\x40\x00\x00\x00\x00\x00\x00\x40\x40\x00\x00\x00\xbf'
+run_ok train --data three.npy --hidden 8 --batch 16 --steps 3 --device cpu --quiet --out three
+run_ok sample three/checkpoint.safetensors --count 20 --steps 2 --device cpu --out three_s.npy
+[ -f three_s.npy ] || fail "3-D sampling wrote no samples"
+[ -e three_s.png ] && fail "3-D samples got a PNG without --png"
+run_ok sample three/checkpoint.safetensors --count 20 --steps 2 --device cpu --out three_t.npy --png three_t.png
+[ -s three_t.png ] || fail "--png did not write three_t.png"
+run_fails "add --conditional" train --data three.npy --labels three.npy --out labelled --quiet
+[ -e labelled ] && fail "a refused train made its folder"
 
 if [ $FAILS -ne 0 ]; then
   echo "cli_test: $FAILS check(s) failed" >&2

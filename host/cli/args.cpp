@@ -53,6 +53,9 @@ void check_train(TrainArgs& a, bool data_given) {
   CUFM_REQUIRE(parse_lr_schedule(a.lr_schedule) != LrSchedule::Constant ||
                    (!a.was_given("--decay-steps") && !a.was_given("--min-lr")),
                "--decay-steps and --min-lr apply to --lr-schedule cosine or linear");
+  CUFM_REQUIRE(a.conditional || !a.was_given("--labels"),
+               "--labels gives the data's classes, and the model is unconditional: add --conditional to "
+               "train on them (with guidance), or drop --labels");
   CUFM_REQUIRE(a.conditional || !a.was_given("--label-dropout"),
                "--label-dropout applies to conditional models: add --conditional or drop it");
   CUFM_REQUIRE(!a.data.context.empty() || !a.was_given("--context-dropout"),
@@ -163,6 +166,8 @@ void check_sample(SampleArgs& a) {
                "--range must be a positive finite half-width, got " << a.range);
   CUFM_REQUIRE(fs::path(a.out).extension() != ".png",
                "--out '" << a.out << "' is where the samples go (.npy); the picture goes to --png");
+  CUFM_REQUIRE(!a.no_png || a.png.empty(), "--png and --no-png contradict each other: choose one");
+  a.png_given = !a.png.empty();
   if (a.png.empty()) a.png = fs::path(a.out).replace_extension(".png").string();
   std::error_code ec_out, ec_png;
   const fs::path out_c = fs::weakly_canonical(a.out, ec_out), png_c = fs::weakly_canonical(a.png, ec_png);
@@ -375,10 +380,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   train->add_flag("--resume", ta.resume, "Continue from <out>/checkpoint.safetensors");
   train->add_flag("--overwrite", ta.overwrite,
                   "Start afresh even if <out> holds a checkpoint (replaced at the first save)");
-  train->add_flag("--quiet", ta.quiet, "No progress bar");
+  train->add_flag("--quiet", ta.quiet, "Print nothing but warnings and errors (no progress bar)");
 
   SampleArgs& sa = cmd.sample;
-  auto* samp = app.add_subcommand("sample", "Sample from a checkpoint; writes .npy and a PNG");
+  auto* samp = app.add_subcommand("sample", "Sample from a checkpoint; writes .npy (and a PNG of 1-D and 2-D samples)");
   samp->add_option("checkpoint", sa.checkpoint, "Checkpoint (.safetensors)")->required();
   int_option(samp->add_option("--count", sa.count, "Number of samples")->capture_default_str());
   samp->add_option("--solver", sa.solver, enum_help<Solver>())->capture_default_str();
@@ -402,7 +407,10 @@ Command parse_command_line(int argc, const char* const* argv) {
   int_option(samp->add_option("--threads", sa.threads, "CPU threads (0: all cores; at most 4x the cores)")
                  ->capture_default_str());
   samp->add_option("--out", sa.out, "Output .npy")->capture_default_str();
-  samp->add_option("--png", sa.png, "Output PNG (default: the .npy's name with .png)");
+  samp->add_option("--png", sa.png,
+                   "Output PNG (default: the .npy's name with .png, written for 1-D and 2-D models only)");
+  samp->add_flag("--no-png", sa.no_png, "Write no PNG");
+  samp->add_flag("--quiet", sa.quiet, "Print nothing but warnings and errors");
   samp->add_option("--range", sa.range, "The PNG shows [-range, range] on each axis")->capture_default_str();
   samp->add_option("--log-prob", sa.log_prob, "Also each sample's log-density, into this .npy [N] (fp32)");
   samp->add_option("--divergence", sa.divergence, "With --log-prob: " + enum_help<Divergence>())

@@ -56,6 +56,8 @@ struct SampleArgs {
   std::string log_prob;  // also each sample's log-density, into this .npy [N]
   std::string divergence = to_string(SampleConfig{}.divergence);
   int probes = 1;
+  bool no_png = false, quiet = false;
+  bool png_given = false;  // --png named the picture: written whatever the dimension
   std::set<std::string> given;
 };
 

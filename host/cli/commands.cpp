@@ -268,8 +268,10 @@ int run_train(const TrainArgs& a) {
     model = c.model;
     tc = c.train;
     state = std::move(c.state);
-    std::fprintf(stderr, "resuming %s at step %llu\n", ckpt_path.c_str(),
-                 static_cast<unsigned long long>(state.step));
+    if (!a.quiet) {
+      std::fprintf(stderr, "resuming %s at step %llu\n", ckpt_path.c_str(),
+                   static_cast<unsigned long long>(state.step));
+    }
   } else {
     model = model_from(a);
     tc = recipe_from(a);
@@ -297,13 +299,15 @@ int run_train(const TrainArgs& a) {
   }
   Trainer trainer =
       a.resume ? Trainer(model, state, data, tc, run) : Trainer(Model(model, tc.seed), data, tc, run);
-  std::fprintf(
-      stderr, "training %s on %s%s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
-      run.precision == Precision::FP32 ? "" : (std::string(" (") + to_string(run.precision) + ")").c_str(),
-      model.input_dim());
-  for (int w : model.hidden) std::fprintf(stderr, "%d-", w);
-  std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
-               tc.batch_size, static_cast<unsigned long long>(a.steps));
+  if (!a.quiet) {
+    std::fprintf(
+        stderr, "training %s on %s%s: MLP %d-", spec_text(spec).c_str(), to_string(trainer.device()),
+        run.precision == Precision::FP32 ? "" : (std::string(" (") + to_string(run.precision) + ")").c_str(),
+        model.input_dim());
+    for (int w : model.hidden) std::fprintf(stderr, "%d-", w);
+    std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
+                 tc.batch_size, static_cast<unsigned long long>(a.steps));
+  }
 
   auto save = [&]() {
     save_checkpoint(ckpt_path.string(), Checkpoint{model, tc, trainer.state(), descriptor});
@@ -311,7 +315,7 @@ int run_train(const TrainArgs& a) {
   };
   if (a.steps == 0) {  // the initial weights, as a checkpoint
     save();
-    std::printf("checkpoint: %s (step 0: the initial weights)\n", ckpt_path.c_str());
+    if (!a.quiet) std::printf("checkpoint: %s (step 0: the initial weights)\n", ckpt_path.c_str());
     return 0;
   }
   ProgressBar bar(trainer.step_count(), a.steps, tc.batch_size, !a.quiet && isatty(fileno(stderr)));
@@ -332,8 +336,10 @@ int run_train(const TrainArgs& a) {
         every);
     save();
   }
-  std::printf("checkpoint: %s (step %llu, loss %.5f)\n", ckpt_path.c_str(),
-              static_cast<unsigned long long>(trainer.step_count()), trainer.loss());
+  if (!a.quiet) {
+    std::printf("checkpoint: %s (step %llu, loss %.5f)\n", ckpt_path.c_str(),
+                static_cast<unsigned long long>(trainer.step_count()), trainer.loss());
+  }
   return 0;
 }
 
@@ -369,17 +375,31 @@ int run_sample(const SampleArgs& a) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_npy(a.out, r.x.data(), {r.count, r.dim});
   if (sc.with_log_prob) write_npy(a.log_prob, r.log_prob.data(), {r.count});
-  PlotOptions opt;
-  const float half = static_cast<float>(a.range);
-  opt.range = PlotRange{-half, half, -half, half};
-  const PlotStats ps = r.dim == 1 ? write_histogram_png(a.png, r.x.data(), r.count, opt)
-                                  : write_density_png(a.png, r.x.data(), r.count, r.dim, opt);
-  if (ps.non_finite > 0) {
-    std::fprintf(stderr, "warning: %lld samples are not finite\n", static_cast<long long>(ps.non_finite));
+  // A picture where it shows the samples (1-D: a histogram, 2-D: their density), or where --png asks
+  // for one (the first two coordinates).
+  const bool picture = !a.no_png && (a.png_given || r.dim <= 2);
+  int64_t non_finite = 0;  // points with a NaN or Inf coordinate
+  for (int64_t i = 0; i < r.count; ++i) {
+    bool finite = true;
+    for (int d = 0; d < r.dim; ++d) finite = finite && std::isfinite(r.x[static_cast<size_t>(i) * r.dim + d]);
+    non_finite += finite ? 0 : 1;
   }
-  std::printf("%lld samples (%s, %lld evaluations, %.3f s on %s): %s, %s\n", static_cast<long long>(r.count),
-              a.solver.c_str(), static_cast<long long>(r.evaluations), secs, to_string(r.device),
-              a.out.c_str(), a.png.c_str());
+  if (picture) {
+    PlotOptions opt;
+    const float half = static_cast<float>(a.range);
+    opt.range = PlotRange{-half, half, -half, half};
+    (void)(r.dim == 1 ? write_histogram_png(a.png, r.x.data(), r.count, opt)
+                      : write_density_png(a.png, r.x.data(), r.count, r.dim, opt));
+  }
+  if (non_finite > 0) {
+    std::fprintf(stderr, "warning: %lld samples are not finite\n", static_cast<long long>(non_finite));
+  }
+  if (!a.quiet) {
+    std::printf("%lld samples (%s, %lld evaluations, %.3f s on %s, %s): %s%s%s\n",
+                static_cast<long long>(r.count), a.solver.c_str(), static_cast<long long>(r.evaluations), secs,
+                to_string(r.device), r.mlp.c_str(), a.out.c_str(), picture ? ", " : "",
+                picture ? a.png.c_str() : "");
+  }
   return 0;
 }
 

@@ -13,7 +13,9 @@ void bind_loss(nb::module_& m) {
       "loss_and_grad",
       [](const cufm::Model& model, FloatIn x1, FloatIn t, FloatIn eps, std::optional<LabelsIn> labels,
          float sigma_min, const std::string& device, const std::string& precision, int threads,
-         std::optional<FloatIn> context) {
+         std::optional<FloatIn> context,
+         std::optional<nb::ndarray<const bool, nb::numpy, nb::c_contig, nb::device::cpu, nb::ndim<1>>>
+             context_null) {
         const int dim = model.config().data_dim;
         const int64_t n = rows_of(x1, dim, "loss_and_grad: x1");
         if (rows_of(eps, dim, "loss_and_grad: eps") != n)
@@ -28,6 +30,15 @@ void bind_loss(nb::module_& m) {
         b.eps = eps.data();
         b.labels = labels_of(labels, n, "loss_and_grad");
         b.context = context_rows(context, n, model.config().context_dim, "loss_and_grad");
+        std::vector<uint8_t> null_rows;  // the C++ API's per-row null context, from a bool mask
+        if (context_null) {
+          if (!context) throw cufm::Error("loss_and_grad: context_null given without a context");
+          if (static_cast<int64_t>(context_null->shape(0)) != n) {
+            throw cufm::Error("loss_and_grad: context_null must be a bool array of shape [N]");
+          }
+          null_rows.assign(context_null->data(), context_null->data() + n);
+          b.context_null = null_rows.data();
+        }
         cufm::PathConfig path;
         path.sigma_min = sigma_min;
         cufm::LossGrad r;
@@ -40,8 +51,9 @@ void bind_loss(nb::module_& m) {
       },
       "model"_a, "x1"_a, "t"_a, "eps"_a, "labels"_a = nb::none(), "sigma_min"_a = draws.path.sigma_min,
       "device"_a = cufm::to_string(run.device), "precision"_a = cufm::to_string(run.precision),
-      "threads"_a = run.threads, "context"_a = nb::none(),
-      "(loss, flat gradient) of the flow-matching MSE on the caller's batch and draws, updating nothing.");
+      "threads"_a = run.threads, "context"_a = nb::none(), "context_null"_a = nb::none(),
+      "(loss, flat gradient) of the flow-matching MSE on the caller's batch and draws, updating nothing. "
+      "context_null: a bool [N] mask of the rows that take the null context (as context dropout gives).");
 
   m.def(
       "prepare_flow",

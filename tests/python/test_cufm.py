@@ -92,6 +92,24 @@ def test_loss_and_grad_matches_a_float64_finite_difference():
     assert np.allclose(grad, fd, rtol=1e-3, atol=1e-5 * np.abs(fd).max())
 
 
+def test_loss_and_grad_takes_a_per_row_null_context():
+    model = cufm.Model(cufm.MlpConfig(data_dim=2, hidden=[8], context_dim=3), 5)
+    rng = np.random.default_rng(4)
+    x1 = rng.normal(size=(12, 2)).astype(np.float32)
+    eps = rng.normal(size=(12, 2)).astype(np.float32)
+    t = rng.uniform(size=12).astype(np.float32)
+    ctx = rng.normal(size=(12, 3)).astype(np.float32)
+    with_ctx, _ = cufm.loss_and_grad(model, x1, t, eps, device="cpu", context=ctx)
+    none, _ = cufm.loss_and_grad(model, x1, t, eps, device="cpu")
+    all_null, _ = cufm.loss_and_grad(model, x1, t, eps, device="cpu", context=ctx,
+                                     context_null=np.ones(12, dtype=bool))
+    no_null, _ = cufm.loss_and_grad(model, x1, t, eps, device="cpu", context=ctx,
+                                    context_null=np.zeros(12, dtype=bool))
+    assert all_null == none and no_null == with_ctx and with_ctx != none
+    with pytest.raises(cufm.Error, match="context_null given without a context"):
+        cufm.loss_and_grad(model, x1, t, eps, device="cpu", context_null=np.ones(12, dtype=bool))
+
+
 def test_arrays_converted_or_refused():
     model = cufm.Model(small_config(), 1)
     x64 = np.random.default_rng(1).normal(size=(10, 2))  # float64: converted once
