@@ -23,14 +23,14 @@ struct DeviceSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
-// The parameters come through global memory and are copied to shared memory first: the layer loop
-// indexes them by the layer, which in the kernel's parameter space would put a copy of them in
-// local memory.
-__global__ void __launch_bounds__(kThreads, 1) fused_sample_kernel(const FusedSample* __restrict__ params) {
+// The parameters are copied to shared memory first: the layer loop indexes them by the layer, which
+// in the kernel's parameter space would put a copy of them in local memory (__grid_constant__ lets
+// the copy read them where they are).
+__global__ void __launch_bounds__(kThreads, 1) fused_sample_kernel(const __grid_constant__ FusedSample params) {
   extern __shared__ float smem[];
   __shared__ alignas(alignof(FusedSample)) unsigned int raw[sizeof(FusedSample) / sizeof(unsigned int)];
   static_assert(sizeof(FusedSample) % sizeof(unsigned int) == 0, "FusedSample is copied word by word");
-  const unsigned int* words = reinterpret_cast<const unsigned int*>(params);
+  const unsigned int* words = reinterpret_cast<const unsigned int*>(&params);
   for (unsigned i = threadIdx.x; i < sizeof(FusedSample) / sizeof(unsigned int); i += kThreads) raw[i] = words[i];
   __syncthreads();
   const FusedSample& p = *reinterpret_cast<const FusedSample*>(raw);
@@ -46,16 +46,19 @@ int fused_sampler_tile(const FusedSample& p) {
   int device = 0, optin = 0;
   CUFM_CUDA_CHECK(cudaGetDevice(&device));
   CUFM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  // The limit holds the kernel's static shared memory (its copy of the parameters) too.
+  cudaFuncAttributes attributes{};
+  CUFM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, fused_sample_kernel));
+  const int64_t dynamic_limit = static_cast<int64_t>(optin) - static_cast<int64_t>(attributes.sharedSizeBytes);
   FusedSample q = p;
   for (int tile = 64; tile >= 4; tile /= 2) {
     q.tile = tile;
-    if (fused_smem_floats(q) * static_cast<int64_t>(sizeof(float)) <= optin) return tile;
+    if (fused_smem_floats(q) * static_cast<int64_t>(sizeof(float)) <= dynamic_limit) return tile;
   }
   return 0;
 }
 
-void fused_sample(const FusedSample& p, FusedSample* device_params, cudaStream_t stream) {
-  CUFM_REQUIRE(device_params, "fused_sample: device_params must point to device memory for one FusedSample");
+void fused_sample(const FusedSample& p, cudaStream_t stream) {
   CUFM_REQUIRE(p.n >= 1 && p.dim >= 1 && p.steps >= 1 && p.x, "fused_sample: needs points, a dimension and steps");
   CUFM_REQUIRE(p.copies == 1 || p.copies == 2, "fused_sample: copies must be 1 or 2, got " << p.copies);
   CUFM_REQUIRE(p.tableau.stages >= 1 && p.tableau.stages <= kFusedMaxStages,
@@ -68,9 +71,7 @@ void fused_sample(const FusedSample& p, FusedSample* device_params, cudaStream_t
                                        static_cast<int>(bytes)));
   const int64_t blocks = (p.n + p.tile - 1) / p.tile;
   CUFM_REQUIRE(blocks <= 0x7FFFFFFF, "fused_sample: " << p.n << " points make too many tiles");
-  // Pageable memory: cudaMemcpyAsync has read p by the time it returns.
-  CUFM_CUDA_CHECK(cudaMemcpyAsync(device_params, &p, sizeof(FusedSample), cudaMemcpyHostToDevice, stream));
-  fused_sample_kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(device_params);
+  fused_sample_kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(p);
   CUFM_CUDA_CHECK_LAUNCH("fused_sample_kernel");
 }
 

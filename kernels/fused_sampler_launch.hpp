@@ -8,13 +8,12 @@
 
 namespace cufm::cuda {
 
-// The most points per block whose shared memory fits this device's opt-in limit (64, 32, ... 4),
-// or 0 when not even 4 fit.
+// The most points per block whose shared memory, with the kernel's static shared memory, fits this
+// device's opt-in limit (64, 32, ... 4), or 0 when not even 4 fit.
 int fused_sampler_tile(const FusedSample& p);
 
 // The whole integration of p (p.tile points per block, 256 threads), enqueued on stream: p.x's
-// points in, the final points out, the trajectory when set. Every pointer is DEVICE memory, and
-// device_params holds a copy of p for the kernel (sizeof(FusedSample) bytes, 8-byte aligned).
-void fused_sample(const FusedSample& p, FusedSample* device_params, cudaStream_t stream);
+// points in, the final points out, the trajectory when set. Every pointer is DEVICE memory.
+void fused_sample(const FusedSample& p, cudaStream_t stream);
 
 }  // namespace cufm::cuda

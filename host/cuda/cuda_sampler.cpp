@@ -177,8 +177,7 @@ class CudaSampler {
     cuda::FusedSample p = cuda::fused_sample_of(m, cfg, fused_params_.as<float>(), labels, context,
                                                 x_.as<float>(), keep ? y_.as<float>() : nullptr);
     p.tile = cuda::fused_sampler_tile(p);
-    ensure(fused_desc_, sizeof(cuda::FusedSample), "the fused sampler's parameters");
-    cuda::fused_sample(p, fused_desc_.as<cuda::FusedSample>(), s);
+    cuda::fused_sample(p, s);
     SampleResult res;
     res.count = n_;
     res.dim = dim_;
@@ -205,7 +204,7 @@ class CudaSampler {
     mlp_.reset();
     shape_.reset();
     for (DeviceBuffer* b :
-         {&params_, &params_bf16_, &labels_, &context_, &workspace_, &err_sum_, &x_, &y_, &fused_params_, &fused_desc_}) {
+         {&params_, &params_bf16_, &labels_, &context_, &workspace_, &err_sum_, &x_, &y_, &fused_params_}) {
       *b = DeviceBuffer();
     }
     for (DeviceBuffer& b : k_) b = DeviceBuffer();
@@ -471,7 +470,6 @@ class CudaSampler {
   std::vector<float> padded_;  // the weights in the device's layout, the upload's source
   DeviceBuffer params_, params_bf16_, labels_, context_, workspace_, err_sum_, x_, y_;
   DeviceBuffer fused_params_;  // the fused path's weights, in ParamLayout order
-  DeviceBuffer fused_desc_;    // its kernel's parameters
   std::vector<float> context_host_;  // the per-sample contexts being uploaded
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;
