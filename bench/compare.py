@@ -188,11 +188,12 @@ def main():
             if t and t.get("status") == "ok" and t.get("count") != r["count"]:
                 sys.exit(f"compare: {key}: cuFM sampled {r['count']} points but PyTorch {t.get('count')}")
         solver = f"{r['solver']} {r['steps']}" + (f", w={r['guidance']:g}" if r.get("guidance") else "")
-        rows.append([r["workload"], solver, r["count"], r["backend"], s if ok else f"failed: {r.get('reason', '')}",
+        rows.append([r["workload"], solver, r["count"], r["backend"], r.get("mlp", "-"),
+                     s if ok else f"failed: {r.get('reason', '')}",
                      r.get("repeats"), te_s if te else "not run", tc_cell, ratio(te_s, s), ratio(tc_s, s),
                      r.get("tflops"), r.get("speedup_vs_cpu")])
     L += ["## Sampling: seconds (median)", "",
-          table(["Workload", "Solver", "Points", "Backend", "cuFM s", "cuFM repeats", "PyTorch eager s",
+          table(["Workload", "Solver", "Points", "Backend", "cuFM MLP", "cuFM s", "cuFM repeats", "PyTorch eager s",
                  "PyTorch compile s", "speedup vs eager", "speedup vs compile", "cuFM TFLOP/s", "cuFM vs own CPU"],
                 rows), ""]
 

@@ -8,8 +8,50 @@
 #include "cufm/sampler.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "kernels/fused_sampler.hpp"
+#include "test_util.hpp"
 
 namespace cufm::test {
+
+// A sampling case for the fused sampler's tests: the model's shape and the config's conditions.
+struct FusedCase {
+  const char* name;
+  std::vector<int> hidden;
+  Activation activation;
+  int time_features, classes, context;
+  Solver solver;
+  int steps;
+  bool guided;
+};
+
+inline MlpConfig fused_case_model(const FusedCase& k) {
+  MlpConfig m;
+  m.data_dim = 3;
+  m.hidden = k.hidden;
+  m.activation = k.activation;
+  m.time_features = k.time_features;
+  m.num_classes = k.classes;
+  m.context_dim = k.context;
+  return m;
+}
+
+// count points on `device`: per-point labels (i * stride mod classes), per-point random contexts,
+// guidance w when guided.
+inline SampleConfig fused_case_config(const FusedCase& k, int64_t count, Device device, uint64_t seed,
+                                      int label_stride, float w) {
+  SampleConfig c;
+  c.count = count;
+  c.solver = k.solver;
+  c.steps = k.steps;
+  c.device = device;
+  c.seed = seed;
+  if (k.classes > 0) {
+    c.labels.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) c.labels[i] = static_cast<int32_t>((i * label_stride) % k.classes);
+  }
+  if (k.context > 0) c.context = random_floats(static_cast<size_t>(count) * k.context, -1.0f, 1.0f, 5);
+  if (k.guided) c.guidance = w;
+  return c;
+}
 
 struct TwinRun {
   std::vector<float> x, trajectory;

@@ -17,51 +17,24 @@
 namespace cufm {
 namespace {
 
-struct Case {
-  const char* name;
-  std::vector<int> hidden;
-  Activation activation;
-  int time_features, classes, context;
-  Solver solver;
-  int steps;
-  bool guided;
-};
-
+using test::FusedCase;
 using test::run_fused_twin;
 using test::TwinRun;
 
 TEST(FusedSamplerTwin, MatchesTheCpuSampler) {
-  const Case cases[] = {
+  const FusedCase cases[] = {
       {"silu euler", {32, 48}, Activation::SiLU, 0, 0, 0, Solver::Euler, 5, false},
       {"relu midpoint, time features", {64, 64, 64}, Activation::ReLU, 8, 0, 0, Solver::Midpoint, 4, false},
       {"gelu heun, classes, guided", {40, 40}, Activation::GELU, 0, 3, 0, Solver::Heun, 3, true},
       {"silu rk4, context, guided", {128, 96}, Activation::SiLU, 4, 0, 5, Solver::RK4, 3, true},
       {"silu midpoint, classes, unguided", {16}, Activation::SiLU, 0, 4, 0, Solver::Midpoint, 2, false},
   };
-  for (const Case& k : cases) {
+  for (const FusedCase& k : cases) {
     SCOPED_TRACE(k.name);
-    MlpConfig m;
-    m.data_dim = 3;
-    m.hidden = k.hidden;
-    m.activation = k.activation;
-    m.time_features = k.time_features;
-    m.num_classes = k.classes;
-    m.context_dim = k.context;
-    const Model model(m, 17);
+    const Model model(test::fused_case_model(k), 17);
     for (const int64_t count : {int64_t{1}, int64_t{127}, int64_t{129}}) {
-      SampleConfig c;
-      c.count = count;
-      c.solver = k.solver;
-      c.steps = k.steps;
-      c.device = Device::CPU;
-      c.seed = 3;
+      SampleConfig c = test::fused_case_config(k, count, Device::CPU, 3, 1, 1.7f);
       c.keep_trajectory = true;
-      if (k.classes > 0) {
-        c.labels.resize(static_cast<size_t>(count));
-        for (int64_t i = 0; i < count; ++i) c.labels[i] = static_cast<int32_t>(i % k.classes);
-      }
-      if (k.context > 0) c.context = test::random_floats(static_cast<size_t>(count) * k.context, -1.0f, 1.0f, 5);
-      if (k.guided) c.guidance = 1.7f;
       const SampleResult want = sample(model, c);
       const TwinRun got = run_fused_twin(model, c, 32);
       EXPECT_TRUE(test::close_to_scale(got.x, want.x, 1e-5, 1e-4)) << "count " << count;

@@ -452,43 +452,18 @@ class GpuMlpEnv {
 TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
   CUFM_REQUIRE_GPU();
   const GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
-  struct Case {
-    std::vector<int> hidden;
-    Activation activation;
-    int time_features, classes, context;
-    Solver solver;
-    bool guided;
+  const test::FusedCase cases[] = {
+      {"R7's shape", {128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 5, false},
+      {"relu, classes, guided", {64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, 5, true},
+      {"gelu, context, guided", {40, 56}, Activation::GELU, 4, 0, 5, Solver::RK4, 5, true},
+      {"one layer, classes", {96}, Activation::SiLU, 0, 2, 0, Solver::Heun, 5, false},
   };
-  const Case cases[] = {
-      {{128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, false},
-      {{64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, true},
-      {{40, 56}, Activation::GELU, 4, 0, 5, Solver::RK4, true},
-      {{96}, Activation::SiLU, 0, 2, 0, Solver::Heun, false},
-  };
-  for (const Case& k : cases) {
-    MlpConfig m;
-    m.data_dim = 3;
-    m.hidden = k.hidden;
-    m.activation = k.activation;
-    m.time_features = k.time_features;
-    m.num_classes = k.classes;
-    m.context_dim = k.context;
-    const Model model(m, 23);
+  for (const test::FusedCase& k : cases) {
+    const Model model(test::fused_case_model(k), 23);
     for (const int64_t count : {int64_t{1}, int64_t{127}, int64_t{129}, int64_t{2000}}) {
-      SCOPED_TRACE(std::string(to_string(k.solver)) + ", count " + std::to_string(count));
-      SampleConfig c;
-      c.count = count;
-      c.solver = k.solver;
-      c.steps = 5;
-      c.seed = 8;
-      c.device = Device::CUDA;
+      SCOPED_TRACE(std::string(k.name) + ", count " + std::to_string(count));
+      SampleConfig c = test::fused_case_config(k, count, Device::CUDA, 8, 7, 2.0f);
       c.keep_trajectory = count == 129;
-      if (k.classes > 0) {
-        c.labels.resize(static_cast<size_t>(count));
-        for (int64_t i = 0; i < count; ++i) c.labels[i] = static_cast<int32_t>((i * 7) % k.classes);
-      }
-      if (k.context > 0) c.context = test::random_floats(static_cast<size_t>(count) * k.context, -1.0f, 1.0f, 3);
-      if (k.guided) c.guidance = 2.0f;
       const SampleResult fused = detail::cuda_sample(model, c);
       EXPECT_EQ(fused.mlp, "cuda fused");
       const test::TwinRun twin = test::run_fused_twin(model, c, 32);
