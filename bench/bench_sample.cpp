@@ -11,6 +11,12 @@
 // one call; the median wall time is reported. On the GPU, a column also gives the median of three
 // one-shot sample() calls, which pay the setup (allocation, cuBLASLt plans, graph capture) each
 // time; on the CPU a Sampler holds nothing, so the two are the same.
+//
+// Log-likelihoods (cufm::log_prob, fp32 backends only: log-densities run fp32 on both devices),
+// exact divergence, midpoint 20 steps, from t = 1 back to 0: R5's shape (D 10, context 20, 5 x 256
+// SiLU, a context row per point), and R7's model (where the fused kernel takes the flow on the GPU).
+// Points per call: 10^5 on the GPU, 2,000 on the CPU (points/s compares them); the median of the
+// timed calls after one warm-up call.
 #include <cmath>
 #include <iostream>
 #include <map>
@@ -19,6 +25,7 @@
 
 #include "bench/bench_common.hpp"
 #include "cufm/error.hpp"
+#include "cufm/likelihood.hpp"
 #include "cufm/sampler.hpp"
 
 namespace cufm::bench {
@@ -26,11 +33,12 @@ namespace {
 
 const char* kUsage =
     "cufm_bench_sample: sampling time of R1 (midpoint 20 steps) and R4 (guided RK4 32 steps), 50,000 "
-    "points, and R7 (R2's 2-128x5-2 model, midpoint 20 steps, 10^6 points).\n"
+    "points, and R7 (R2's 2-128x5-2 model, midpoint 20 steps, 10^6 points); log-likelihoods (exact,\n"
+    "midpoint 20 steps) of R5's shape and R7's model.\n"
     "  --threads N          CPU threads (0: all cores)\n"
-    "  --workloads R1,R4,R7 subset (default: all)\n"
+    "  --workloads R1,R4,R5,R7 subset (default: all)\n"
     "  --backends LIST      subset of cpu,cpu-bf16,cuda-fp32,cuda-tf32,cuda-bf16 (default: all built)\n"
-    "  --repeats N          timed calls per row (default: CPU 3, GPU 10)\n"
+    "  --repeats N          timed calls per row (default: CPU 3, GPU 10; log-likelihoods 3)\n"
     "  --budget S           stop repeating a row after S seconds (default: CPU 60, GPU 10)\n"
     "  --warmup N           warm-up calls (default 1)\n"
     "  --smoke              200 points, one repeat: checks every row runs (timings meaningless)\n"
@@ -63,8 +71,8 @@ std::vector<SampleWorkload> sample_workloads(const Options& opt) {
     out.push_back({"R7", r7, Solver::Midpoint, 20, std::nullopt, opt.smoke ? 200 : 1000000});
   }
   for (const std::string& id : opt.workloads) {
-    CUFM_REQUIRE(id == "R1" || id == "R4" || id == "R7",
-                 "--workloads: cufm_bench_sample runs R1, R4 and R7, got '" << id << "'");
+    CUFM_REQUIRE(id == "R1" || id == "R4" || id == "R5" || id == "R7",
+                 "--workloads: cufm_bench_sample runs R1, R4, R5 and R7, got '" << id << "'");
   }
   return out;
 }
@@ -200,6 +208,89 @@ void run_sampling(const std::vector<Backend>& bs, const std::map<std::string, do
   rep.tables.push_back(t);
 }
 
+void run_log_prob(const std::vector<Backend>& bs, Report& rep) {
+  const Options& opt = rep.opt;
+  MlpConfig r5;
+  r5.data_dim = 10;
+  r5.context_dim = 20;
+  r5.hidden.assign(5, 256);
+  r5.activation = Activation::SiLU;
+  r5.time_features = 0;
+  MlpConfig r7 = r5;
+  r7.data_dim = 2;
+  r7.context_dim = 0;
+  r7.hidden.assign(5, 128);
+  std::vector<std::pair<std::string, MlpConfig>> workloads;
+  if (selected(opt.workloads, "R5")) workloads.push_back({"R5", r5});
+  if (selected(opt.workloads, "R7")) workloads.push_back({"R7", r7});
+  Table t;
+  t.title = "Log-likelihoods (exact divergence, midpoint 20 steps; points/s: median of timed calls)";
+  t.header = {"Workload", "Points", "Backend", "MLP", "Repeats", "s median [min, max]", "points/s", "vs CPU"};
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& [id, m] : workloads) {
+    const Model model(m, 0);
+    double cpu_rate = NAN;
+    for (const Backend& b : bs) {
+      if (!b.available || b.precision != Precision::FP32) continue;
+      const bool gpu = b.device == Device::CUDA;
+      const int64_t count = opt.smoke ? 200 : (gpu ? 100000 : 2000);
+      std::vector<float> x(static_cast<size_t>(count) * m.data_dim);
+      sampler_noise(3, 0, count, m.data_dim, x.data());
+      LogProbConfig lc;
+      lc.solver = Solver::Midpoint;
+      lc.steps = 20;
+      lc.divergence = Divergence::Exact;
+      lc.device = b.device;
+      lc.threads = opt.threads;
+      if (m.context_dim > 0) {
+        lc.context.resize(static_cast<size_t>(count) * m.context_dim);
+        for (size_t j = 0; j < lc.context.size(); ++j) lc.context[j] = std::sin(0.1f * static_cast<float>(j));
+      }
+      nlohmann::json j = {{"workload", id}, {"backend", b.name}, {"count", count}, {"solver", "midpoint"},
+                          {"steps", 20}, {"divergence", "exact"}};
+      std::cerr << "[log_prob] " << id << " on " << b.name << " ..." << std::flush;
+      try {
+        for (int i = 0; i < (opt.warmup >= 0 ? opt.warmup : 1); ++i) (void)log_prob(model, x, lc);
+        const int repeats = opt.steps > 0 ? opt.steps : (opt.smoke ? 1 : 3);
+        const double budget = opt.budget_s > 0.0 ? opt.budget_s : (gpu ? 10.0 : 60.0);
+        std::vector<double> times;
+        double spent = 0.0;
+        std::string mlp;
+        bool finite = true;
+        for (int i = 0; i < repeats && (i == 0 || spent < budget); ++i) {
+          const double t0 = now_s();
+          const LogProbResult r = log_prob(model, x, lc);
+          times.push_back(now_s() - t0);
+          spent += times.back();
+          mlp = r.mlp;
+          for (float v : r.log_prob) finite = finite && std::isfinite(v);
+        }
+        CUFM_REQUIRE(finite, "log_prob " << id << " on " << b.name << " produced non-finite log-densities");
+        const Stats st = summarize(times);
+        const double rate = static_cast<double>(count) / st.median;
+        if (b.name == "cpu") cpu_rate = rate;
+        std::cerr << " " << fmt(st.median, 4) << " s\n";
+        t.rows.push_back({id, std::to_string(count), b.name, mlp, std::to_string(st.repeats),
+                          fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]", fmt_si(rate),
+                          b.name == "cpu" ? "1" : (std::isfinite(cpu_rate) ? fmt(rate / cpu_rate, 3) + "x" : "-")});
+        j.update({{"status", "ok"}, {"mlp", mlp}, {"repeats", st.repeats}, {"seconds", st.median},
+                  {"seconds_min", st.min}, {"seconds_max", st.max}, {"points_per_s", rate}});
+      } catch (const std::exception& e) {
+        std::cerr << " failed\n";
+        t.rows.push_back({id, std::to_string(count), b.name, "-", "-", std::string("failed: ") + e.what(), "-", "-"});
+        j.update({{"status", "failed"}, {"reason", e.what()}});
+      }
+      rows.push_back(j);
+    }
+  }
+  t.notes.push_back(
+      "Each call integrates the points and their divergence from t = 1 to 0 (40 evaluations of the "
+      "velocity and its D tangents); vs CPU compares points/s.");
+  note_skipped(bs, rep, t);
+  rep.json["log_prob"] = rows;
+  rep.tables.push_back(t);
+}
+
 }  // namespace
 }  // namespace cufm::bench
 
@@ -210,6 +301,7 @@ int main(int argc, char** argv) {
     const std::vector<Backend> bs = backends(opt);
     const std::map<std::string, double> ceilings = measure_ceilings(bs, rep);
     run_sampling(bs, ceilings, rep);
+    run_log_prob(bs, rep);
     return 0;
   });
 }

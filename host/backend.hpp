@@ -23,6 +23,7 @@
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
 #include "cufm/velocity.hpp"
+#include "host/divergence_flow.hpp"
 
 namespace cufm::detail {
 
@@ -74,14 +75,21 @@ class FieldBackend {
   virtual void set_weights(const Model& model) = 0;
 };
 
-// The velocity and its divergence, for log-likelihoods, on HOST arrays: v [n, D] and div [n] =
-// (1/P) sum_p e_p . J e_p (probes [n, P, D]; nullptr: exact, P = D, the trace), guided where
-// guidance is set. Labels and contexts come checked.
+// The velocity and its divergence, for log-likelihoods: v [n, D] and div [n] = (1/P) sum_p
+// e_p . J e_p (probes [n, P, D]; nullptr: exact, P = D, the trace), guided where guidance is set.
+// Labels and contexts come checked.
 class DivergenceBackend {
  public:
   virtual ~DivergenceBackend() = default;
+  // On HOST arrays; the call waits.
   virtual void evaluate(float t, const float* x, const int32_t* labels, const float* context, int64_t n,
                         const float* guidance, const float* probes, int P, float* v, float* div) = 0;
+  // The flow with its divergence (host/divergence_flow.hpp) from the HOST points x0 [n, D], with
+  // flow's per-point labels and contexts and the HOST probes [n, P, D] (nullptr: exact). The
+  // default runs the host solver (host/host_solver.cpp) over evaluate(); the CUDA backend keeps the
+  // state, the solver's stages and the divergence on the device for the whole integration.
+  virtual DivergenceFlowResult integrate(const float* x0, int64_t n, const DivergenceFlow& flow,
+                                         const float* probes, bool keep_trajectory);
 };
 
 class Backend {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cufm/model.hpp"
@@ -27,6 +28,7 @@ struct DivergenceFlow {
   uint64_t seed = 0;
   Device device = Device::CPU;  // resolved
   int threads = 0;
+  int dim = 0;  // the model's data_dim (integrate_with_divergence sets it)
 };
 
 struct DivergenceFlowResult {
@@ -35,6 +37,7 @@ struct DivergenceFlowResult {
   std::vector<float> times;     // with a trajectory
   std::vector<float> trajectory;
   OdeResult counts;  // evaluations and steps (its x is empty)
+  std::string mlp;   // how it ran ("cuda fused divergence", ...); empty: "<device> divergence"
 };
 
 // What Divergence::Auto means for D = data_dim: the exact trace up to D = 32, Hutchinson above.

@@ -1,7 +1,8 @@
 // Log-likelihoods: cufm::log_prob and the flow with its divergence that it and sample(...,
-// with_log_prob) run. The ODE state is [x | a] with da/dt = div v; the solvers run over host arrays
-// (host/host_solver.cpp), and the velocity and divergence come from the device's backend
-// (host/backend.hpp: DivergenceBackend) on the solver's host state.
+// with_log_prob) run. The ODE state is [x | a] with da/dt = div v. The device's backend
+// (host/backend.hpp: DivergenceBackend) integrates it: by default the solvers over host arrays
+// (host/host_solver.cpp) with the backend's velocity and divergence, and on the GPU with the state
+// kept in device memory from the first step to the last.
 #include "cufm/likelihood.hpp"
 
 #include <cmath>
@@ -111,44 +112,49 @@ void check_guidance_arg(const MlpConfig& m, const std::optional<float>& guidance
   CUFM_REQUIRE(std::isfinite(*guidance), "guidance scale must be finite");
 }
 
-DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
-                                               const DivergenceFlow& f, bool keep) {
-  const MlpConfig& m = model.config();
-  const int D = m.data_dim;
-  const size_t xn = static_cast<size_t>(n) * D;
-  const bool exact = f.divergence == Divergence::Exact;
-  const int P = exact ? D : f.probes;
-  std::vector<float> probes;
-  if (!exact) {
-    probes.resize(static_cast<size_t>(n) * P * D);
-    rademacher_probes(f.seed, 0, n, P, D, probes.data());
-  }
+DivergenceFlowResult DivergenceBackend::integrate(const float* x0, int64_t n, const DivergenceFlow& f,
+                                                 const float* probes, bool keep) {
+  const int64_t xn = f.dim * n;
+  const int P = probes ? f.probes : f.dim;
   const int32_t* labels = f.labels.empty() ? nullptr : f.labels.data();
   const float* context = f.context.empty() ? nullptr : f.context.data();
   const float* guidance = f.guidance ? &*f.guidance : nullptr;
-  std::vector<float> y(xn + static_cast<size_t>(n), 0.0f);  // [x | a], a(t0) = 0
-  std::memcpy(y.data(), x0, xn * sizeof(float));
-  const std::unique_ptr<DivergenceBackend> divergence = backend(f.device).make_divergence(model, f.threads);
+  std::vector<float> y(static_cast<size_t>(xn + n), 0.0f);  // [x | a], a(t0) = 0
+  std::memcpy(y.data(), x0, static_cast<size_t>(xn) * sizeof(float));
   auto field = [&](float t, const float* state, float* dstate) {
-    divergence->evaluate(t, state, labels, context, n, guidance, exact ? nullptr : probes.data(), P, dstate,
-                         dstate + xn);
+    evaluate(t, state, labels, context, n, guidance, probes, P, dstate, dstate + xn);
   };
   DivergenceFlowResult r;
   std::vector<float> times, states;
   r.counts = integrate_field(field, std::move(y), f.solver, f.steps, f.atol, f.rtol, f.max_steps, f.t0, f.t1,
-                            keep ? &times : nullptr, keep ? &states : nullptr);
+                             keep ? &times : nullptr, keep ? &states : nullptr);
   std::vector<float>& end = r.counts.x;
   r.x.assign(end.begin(), end.begin() + static_cast<ptrdiff_t>(xn));
   r.integral.assign(end.begin() + static_cast<ptrdiff_t>(xn), end.end());
   end.clear();
   if (keep) {  // the trajectory's x parts
     r.times = std::move(times);
-    r.trajectory.resize(r.times.size() * xn);
+    const size_t xs = static_cast<size_t>(xn), ys = static_cast<size_t>(xn + n);
+    r.trajectory.resize(r.times.size() * xs);
     for (size_t k = 0; k < r.times.size(); ++k) {
-      std::memcpy(r.trajectory.data() + k * xn, states.data() + k * (xn + n), xn * sizeof(float));
+      std::memcpy(r.trajectory.data() + k * xs, states.data() + k * ys, xs * sizeof(float));
     }
   }
   return r;
+}
+
+DivergenceFlowResult integrate_with_divergence(const Model& model, const float* x0, int64_t n,
+                                               const DivergenceFlow& flow, bool keep) {
+  const MlpConfig& m = model.config();
+  DivergenceFlow f = flow;
+  f.dim = m.data_dim;
+  std::vector<float> probes;
+  if (f.divergence != Divergence::Exact) {
+    probes.resize(static_cast<size_t>(n) * f.probes * f.dim);
+    rademacher_probes(f.seed, 0, n, f.probes, f.dim, probes.data());
+  }
+  const std::unique_ptr<DivergenceBackend> divergence = backend(f.device).make_divergence(model, f.threads);
+  return divergence->integrate(x0, n, f, probes.empty() ? nullptr : probes.data(), keep);
 }
 
 }  // namespace detail
@@ -203,6 +209,7 @@ LogProbResult log_prob(const Model& model, const std::vector<float>& x, const Lo
   res.accepted_steps = r.counts.accepted_steps;
   res.rejected_steps = r.counts.rejected_steps;
   res.device = f.device;
+  res.mlp = r.mlp.empty() ? std::string(to_string(f.device)) + " divergence" : r.mlp;
   return res;
 }
 

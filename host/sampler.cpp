@@ -186,7 +186,7 @@ SampleResult sample_with_log_prob(const Model& model, const float* x0_in, const 
   res.count = config.count;
   res.dim = D;
   res.device = device;
-  res.mlp = std::string(to_string(device)) + " divergence";
+  res.mlp = r.mlp.empty() ? std::string(to_string(device)) + " divergence" : r.mlp;
   // log p_t1(x(t1)) = log N(x(0)) - integral from 0 to t1 of div.
   res.log_prob = standard_normal_log_density(x0.data(), config.count, D);
   for (int64_t i = 0; i < config.count; ++i) res.log_prob[i] -= r.integral[i];

@@ -1,7 +1,8 @@
 // The fused sampler: one block per tile of points runs fused_sample_tile (kernels/fused_sampler.hpp)
 // through every stage and step, 256 threads, the tile's state, stages, activations and one layer's
 // weights in dynamic shared memory (the tile sized to the device's opt-in limit: 32 points of a
-// 128-wide guided model take ~150 KB). One launch for the whole integration. Built with
+// 128-wide guided model take ~150 KB; with the divergence's tangents riding along, 64, 32, ... or 4).
+// One launch for the whole integration, of samples or of log-likelihoods. Built with
 // -fmad=false: the stage points round as the CPU's combine(), and the layers' sums take one
 // explicit fmaf a term.
 #include <cuda_runtime.h>
@@ -66,6 +67,8 @@ void fused_sample(const FusedSample& p, cudaStream_t stream) {
   const std::string why = fused_sampler_refusal(p.net, p.dim, Precision::FP32, Solver::Euler);
   CUFM_REQUIRE(why.empty(), "fused_sample: " << why);
   CUFM_REQUIRE(p.tile >= 1, "fused_sample: the tile must hold at least one point");
+  const std::string bad = fused_tangents_error(p);
+  CUFM_REQUIRE(bad.empty(), "fused_sample: " << bad);
   const size_t bytes = static_cast<size_t>(fused_smem_floats(p)) * sizeof(float);
   CUFM_CUDA_CHECK(cudaFuncSetAttribute(fused_sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(bytes)));

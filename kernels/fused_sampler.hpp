@@ -62,6 +62,12 @@ struct FusedSample {
   float* x = nullptr;           // [n, D]: the initial points in, the final points out
   float* trajectory = nullptr;  // [steps + 1, n, D] or nullptr
   int tile = 32;                // points per block
+  // Log-likelihoods: the divergence's integral a rides along as one more state component per point
+  // (da/dt = div v, a = 0 at t0), from `tangents` forward-mode tangent rows per point carried
+  // through the same layers (the exact trace: D unit vectors; Hutchinson: P probes).
+  int tangents = 0;               // 0: sampling alone
+  const float* probes = nullptr;  // [n, tangents, D] Hutchinson's probes, or nullptr: exact (tangents = D)
+  float* integral = nullptr;      // [n]: a at t1, when tangents > 0
 };
 
 // The model's layers over its parameters in ParamLayout order at `params` (host or device memory).
@@ -107,6 +113,37 @@ inline FusedSample fused_sample_of(const MlpConfig& model, const SampleConfig& c
   return p;
 }
 
+// A flow with its divergence as the fused sampler takes it (log-likelihoods, fixed steps): labels
+// and contexts per point or nullptr (the null class, the null context), guidance nullptr or its
+// scale, P tangents per point (probes nullptr: exact, P = D), in the memory the caller runs it on.
+inline FusedSample fused_flow_of(const MlpConfig& model, const float* params, Solver solver, int steps, float t0,
+                                 float t1, int64_t n, const int32_t* labels, const float* context,
+                                 const float* guidance, int P, const float* probes, float* x, float* integral,
+                                 float* trajectory) {
+  SampleConfig c;
+  c.count = n;
+  c.solver = solver;
+  c.steps = steps;
+  c.t0 = t0;
+  c.t1 = t1;
+  if (guidance) c.guidance = *guidance;
+  FusedSample p = fused_sample_of(model, c, params, labels, context, x, trajectory);
+  p.tangents = P;
+  p.probes = probes;
+  p.integral = integral;
+  return p;
+}
+
+// Floats a point's state holds: x, and a when the divergence rides along.
+CUFM_HD int fused_state_width(const FusedSample& p) {
+  return p.dim + (p.tangents > 0 ? 1 : 0);
+}
+// Rows through each layer for `rows` points: each copy's points, then their tangents
+// (row copies x rows + (copy x rows + point) x tangents + q holds tangent q of that point-copy).
+CUFM_HD int fused_layer_rows(const FusedSample& p, int rows) {
+  return p.copies * rows * (1 + p.tangents);
+}
+
 // The widest activation row (the input or a hidden layer).
 CUFM_HD int fused_max_width(const FusedNet& net) {
   int w = net.in[0];
@@ -123,8 +160,9 @@ CUFM_HD int fused_max_layer(const FusedNet& net) {
   return m;
 }
 
-// A block's shared memory, in floats: x [tile, D], the stages k [stages, tile, D], two activation
-// buffers [copies x tile, max width] and one layer's weights (transposed: [in, out]) and bias.
+// A block's shared memory, in floats: the state x [tile, W] and the stages k [stages, tile, W]
+// (W = fused_state_width), two activation buffers [fused_layer_rows(tile), max width] and one
+// layer's weights (transposed: [in, out]) and bias.
 struct FusedSmem {
   float* x;
   float* k;
@@ -132,16 +170,17 @@ struct FusedSmem {
   float* w;
 };
 CUFM_HD int64_t fused_smem_floats(const FusedSample& p) {
-  const int64_t rows = static_cast<int64_t>(p.copies) * p.tile;
-  return static_cast<int64_t>(p.tile) * p.dim * (1 + p.tableau.stages) + 2 * rows * fused_max_width(p.net) +
-         fused_max_layer(p.net);
+  const int64_t rows = fused_layer_rows(p, p.tile);
+  return static_cast<int64_t>(p.tile) * fused_state_width(p) * (1 + p.tableau.stages) +
+         2 * rows * fused_max_width(p.net) + fused_max_layer(p.net);
 }
 CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
-  const int64_t rows = static_cast<int64_t>(p.copies) * p.tile;
+  const int64_t rows = fused_layer_rows(p, p.tile);
+  const int64_t tile_elems = static_cast<int64_t>(p.tile) * fused_state_width(p);
   FusedSmem s;
   s.x = base;
-  s.k = s.x + static_cast<int64_t>(p.tile) * p.dim;
-  s.act[0] = s.k + static_cast<int64_t>(p.tile) * p.dim * p.tableau.stages;
+  s.k = s.x + tile_elems;
+  s.act[0] = s.k + tile_elems * p.tableau.stages;
   s.act[1] = s.act[0] + rows * fused_max_width(p.net);
   s.w = s.act[1] + rows * fused_max_width(p.net);
   return s;
@@ -171,6 +210,17 @@ inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision
   return {};
 }
 
+// Empty where p's tangents are well formed (none, or an integral's array and D of them for the
+// exact trace), else what is wrong.
+inline std::string fused_tangents_error(const FusedSample& p) {
+  if (p.tangents < 0) return "tangents must be >= 0, got " + std::to_string(p.tangents);
+  if (p.tangents > 0 && !p.integral) return "tangents need the integral's array";
+  if (p.tangents > 0 && !p.probes && p.tangents != p.dim) {
+    return "the exact trace takes D = " + std::to_string(p.dim) + " tangents, got " + std::to_string(p.tangents);
+  }
+  return {};
+}
+
 // ---- the phases: each loops over its elements from tid by nthreads ---------------------------
 
 #if defined(__CUDA_ARCH__)
@@ -193,29 +243,44 @@ CUFM_HD float fused_combine(const float* x, const float* k, int tile_elems, cons
 }
 
 // x of the tile's points [first, first + rows) into shared memory (and into the trajectory's first
-// slot).
+// slot), and a = 0.
 CUFM_HD void fused_load_x(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid, int nt) {
-  const int e_end = rows * p.dim;
+  const int W = fused_state_width(p), D = p.dim;
+  const int e_end = rows * W;
   for (int e = tid; e < e_end; e += nt) {
-    const float v = p.x[first * p.dim + e];
+    const int row = e / W, col = e - row * W;
+    float v = 0.0f;
+    if (col < D) {
+      v = p.x[(first + row) * D + col];
+      if (p.trajectory) p.trajectory[(first + row) * D + col] = v;
+    }
     s.x[e] = v;
-    if (p.trajectory) p.trajectory[first * p.dim + e] = v;
   }
 }
 
 // The model input at time t of the stage point c (over the tile's x and k in shared memory) into
 // act[0]: row r = [y (D) | time features | context | one-hot], then with guidance the same points
-// with the null class and the null context.
+// with the null class and the null context; then each point-copy's tangent rows: [e (D) | zeros],
+// e the q-th unit vector (exact) or the point's q-th probe.
 CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const float (&a)[kFusedMaxStages],
                          int terms, float h, float t, const FusedSmem& s, int tid, int nt) {
-  const int in = p.net.in[0], D = p.dim, tile_elems = p.tile * D;
-  const int e_end = p.copies * rows * in;
+  const int in = p.net.in[0], D = p.dim, W = fused_state_width(p), tile_elems = p.tile * W;
+  const int primal = p.copies * rows, P = p.tangents;
+  const int e_end = fused_layer_rows(p, rows) * in;
   for (int e = tid; e < e_end; e += nt) {
     const int r = e / in, col = e - r * in;
-    const int copy = r / rows, row = r - copy * rows;
     float v;
+    if (r >= primal) {  // a tangent row
+      const int tr = r - primal;
+      const int pc = tr / P, q = tr - pc * P;
+      const int row = pc % rows;
+      v = col >= D ? 0.0f : p.probes ? p.probes[((first + row) * P + q) * D + col] : (col == q ? 1.0f : 0.0f);
+      s.act[0][static_cast<int64_t>(r) * in + col] = v;
+      continue;
+    }
+    const int copy = r / rows, row = r - copy * rows;
     if (col < D) {
-      v = fused_combine(s.x, s.k, tile_elems, a, terms, h, row * D + col);
+      v = fused_combine(s.x, s.k, tile_elems, a, terms, h, row * W + col);
     } else {
       const int64_t point = first + row;
       int32_t label = -1;
@@ -241,14 +306,13 @@ CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s
   for (int o = tid; o < out; o += nt) s.w[in * out + o] = p.net.bias[l][o];
 }
 
-// Layer l over R rows: dst[r, o] = act(bias[o] + sum_k src[r, k] w[o, k]) (no activation on the last
-// layer). A work item is a 4 x 4 tile of (rows, outputs); each output sums k from 0 up, one fmaf a
-// term, then adds the bias.
+// Layer l over R rows: dst[r, o] = sum_k src[r, k] w[o, k], plus bias[o] on the rows r < R_bias,
+// then act() when `activate`. A work item is a 4 x 4 tile of (rows, outputs); each output sums k
+// from 0 up, one fmaf a term, then adds the bias.
 template <class Exp>
-CUFM_HD void fused_layer(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
-                         int tid, int nt, Exp exp) {
+CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool activate, const float* src,
+                         float* dst, const FusedSmem& s, int tid, int nt, Exp exp) {
   const int in = p.net.in[l], out = p.net.out[l];
-  const bool last = l == p.net.layers - 1;
   const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
   const int col_tiles = (out + kFusedTileCols - 1) / kFusedTileCols;
   const float* w = s.w;
@@ -273,36 +337,95 @@ CUFM_HD void fused_layer(const FusedSample& p, int l, int R, const float* src, f
       CUFM_FUSED_UNROLL
       for (int j = 0; j < kFusedTileCols; ++j) {
         if (r0 + i >= R || c0 + j >= out) continue;
-        const float z = hd::rn_add(acc[i][j], bias[c0 + j]);
-        dst[(r0 + i) * out + c0 + j] = last ? z : hd::activate(p.net.activation, z, exp);
+        const float z = r0 + i < R_bias ? hd::rn_add(acc[i][j], bias[c0 + j]) : acc[i][j];
+        dst[(r0 + i) * out + c0 + j] = activate ? hd::activate(p.net.activation, z, exp) : z;
       }
     }
   }
 }
 
-// The velocity from the last layer's output [copies x rows, D] into k: itself, or with guidance
-// hd::guided(null, conditional, w).
-CUFM_HD void fused_collect(const FusedSample& p, int rows, const float* v, float* k, int tid, int nt) {
-  const int e_end = rows * p.dim;
+// A hidden layer's activation with tangents (after fused_layer without it): each point-copy's
+// pre-activation z [primal rows, out] scales its tangents by act'(z), then becomes act(z).
+template <class Exp>
+CUFM_HD void fused_tangent_activation(const FusedSample& p, int l, int rows, float* dst, int tid, int nt, Exp exp) {
+  const int out = p.net.out[l], primal = p.copies * rows, P = p.tangents;
+  const int e_end = primal * out;
   for (int e = tid; e < e_end; e += nt) {
-    k[e] = p.copies == 2 ? hd::guided(v[rows * p.dim + e], v[e], p.guidance) : v[e];
+    const int pc = e / out, col = e - pc * out;
+    const float z = dst[e];
+    const float g = hd::activate_grad(p.net.activation, z, exp);
+    for (int q = 0; q < P; ++q) {
+      float* u = dst + static_cast<int64_t>(primal + pc * P + q) * out + col;
+      *u = hd::rn_mul(*u, g);
+    }
+    dst[e] = hd::activate(p.net.activation, z, exp);
   }
 }
 
-// x = the combination c (each element read before it is written), and the trajectory's slot.
+// The divergence of point-copy pc from its output tangents u [P, D] (rows of the last layer's
+// output): sum_q u_q[q] (exact) or (1 / P) sum_q e_q . u_q (Hutchinson), in double.
+CUFM_HD float fused_trace(const FusedSample& p, int64_t point, const float* u) {
+  const int D = p.dim, P = p.tangents;
+  double sum = 0.0;
+  for (int q = 0; q < P; ++q) {
+    if (!p.probes) {
+      sum += u[q * D + q];
+    } else {
+      const float* e = p.probes + (point * P + q) * D;
+      for (int d = 0; d < D; ++d) sum += static_cast<double>(e[d]) * u[q * D + d];
+    }
+  }
+  return static_cast<float>(sum) * (p.probes ? 1.0f / static_cast<float>(P) : 1.0f);
+}
+
+// The state's derivative from the last layer's output into k: the velocity [copies x rows, D]
+// itself, or with guidance hd::guided(null, conditional, w); with tangents, the divergence (of the
+// guided field: the same blend of the two copies' divergences).
+CUFM_HD void fused_collect(const FusedSample& p, int64_t first, int rows, const float* v, float* k, int tid,
+                           int nt) {
+  const int D = p.dim, W = fused_state_width(p), primal = p.copies * rows, P = p.tangents;
+  const int e_end = rows * W;
+  for (int e = tid; e < e_end; e += nt) {
+    const int row = e / W, col = e - row * W;
+    if (col < D) {
+      const int i = row * D + col;
+      k[e] = p.copies == 2 ? hd::guided(v[rows * D + i], v[i], p.guidance) : v[i];
+    } else {
+      const float* u = v + static_cast<int64_t>(primal + row * P) * D;
+      const float cond = fused_trace(p, first + row, u);
+      k[e] = p.copies == 2 ? hd::guided(fused_trace(p, first + row, u + static_cast<int64_t>(rows) * P * D),
+                                        cond, p.guidance)
+                           : cond;
+    }
+  }
+}
+
+// The state = the combination c (each element read before it is written), and x into the
+// trajectory's slot.
 CUFM_HD void fused_update(const FusedSample& p, int64_t first, int rows, const float (&b)[kFusedMaxStages],
                           float h, int slot, const FusedSmem& s, int tid, int nt) {
-  const int e_end = rows * p.dim, tile_elems = p.tile * p.dim;
+  const int D = p.dim, W = fused_state_width(p), tile_elems = p.tile * W;
+  const int e_end = rows * W;
   for (int e = tid; e < e_end; e += nt) {
     const float v = fused_combine(s.x, s.k, tile_elems, b, p.tableau.stages, h, e);
     s.x[e] = v;
-    if (p.trajectory) p.trajectory[(static_cast<int64_t>(slot) * p.n + first) * p.dim + e] = v;
+    const int row = e / W, col = e - row * W;
+    if (p.trajectory && col < D) p.trajectory[(static_cast<int64_t>(slot) * p.n + first + row) * D + col] = v;
   }
 }
 
+// x into p.x, and a into p.integral.
 CUFM_HD void fused_store_x(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid, int nt) {
-  const int e_end = rows * p.dim;
-  for (int e = tid; e < e_end; e += nt) p.x[first * p.dim + e] = s.x[e];
+  const int D = p.dim, W = fused_state_width(p);
+  const int e_end = rows * W;
+  for (int e = tid; e < e_end; e += nt) {
+    const int row = e / W, col = e - row * W;
+    if (col < D) {
+      p.x[(first + row) * D + col] = s.x[e];
+    } else {
+      p.integral[first + row] = s.x[e];
+    }
+  }
 }
 
 // ---- the tile's whole integration -----------------------------------------------------------
@@ -313,7 +436,8 @@ template <class Exp, class Sync>
 CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid,
                                int nt, Exp exp, Sync sync) {
   const hd::FixedTableau& tab = p.tableau;
-  const int tile_elems = p.tile * p.dim;
+  const int tile_elems = p.tile * fused_state_width(p);
+  const bool tangents = p.tangents > 0;
   fused_load_x(p, first, rows, s, tid, nt);
   sync();
   for (int step = 0; step < p.steps; ++step) {
@@ -327,19 +451,25 @@ CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, co
       const float a[kFusedMaxStages] = {st.a[0], st.a[1], st.a[2], 0.0f};
       const float ts = st.c == 0.0f ? t : st.c == 1.0f ? tn : t + st.c * h;
       fused_input(p, first, rows, a, i, i == 0 ? 0.0f : st.scale * h, ts, s, tid, nt);
-      const int R = p.copies * rows;
+      const int R = fused_layer_rows(p, rows), primal = p.copies * rows;
       int from = 0;
       for (int l = 0; l < p.net.layers; ++l) {
+        const bool hidden = l + 1 < p.net.layers;
         fused_stage_weights(p, l, s, tid, nt);
         sync();  // the input (or the previous layer) and the weights are in place
         // Selected, not indexed: an index into s.act would put s in local memory on the device.
         float* const src = from == 0 ? s.act[0] : s.act[1];
         float* const dst = from == 0 ? s.act[1] : s.act[0];
-        fused_layer(p, l, R, src, dst, s, tid, nt, exp);
+        // The tangents take no bias, and their activation needs the pre-activations: a phase of its own.
+        fused_layer(p, l, R, primal, hidden && !tangents, src, dst, s, tid, nt, exp);
         sync();  // the layer is written; the weights may be replaced
+        if (hidden && tangents) {
+          fused_tangent_activation(p, l, rows, dst, tid, nt, exp);
+          sync();
+        }
         from = 1 - from;
       }
-      fused_collect(p, rows, from == 0 ? s.act[0] : s.act[1], s.k + i * tile_elems, tid, nt);
+      fused_collect(p, first, rows, from == 0 ? s.act[0] : s.act[1], s.k + i * tile_elems, tid, nt);
       sync();
     }
     const float b[kFusedMaxStages] = {tab.b[0], tab.b[1], tab.b[2], tab.b[3]};

@@ -1,7 +1,8 @@
 // The fused sampler's block program (kernels/fused_sampler.hpp) through its CPU twin
 // (cpu::fused_sample): against the CPU backend's sampler at fp32's tolerance for every solver,
 // activation, classes, contexts, time features and guidance; bit for bit the same whatever the tile
-// (each element is computed whole, in an order of its own); ragged counts; the refusals. The GPU
+// (each element is computed whole, in an order of its own); ragged counts; the divergence riding
+// along for log-likelihoods, against the CPU's flow; the refusals. The GPU
 // runs the same program (tests/gpu/test_gpu_sampling.cpp holds it to this twin).
 #include <gtest/gtest.h>
 
@@ -44,6 +45,48 @@ TEST(FusedSamplerTwin, MatchesTheCpuSampler) {
       const TwinRun other = run_fused_twin(model, c, 5);
       EXPECT_EQ(other.x, got.x) << "count " << count;
       EXPECT_EQ(other.trajectory, got.trajectory) << "count " << count;
+    }
+  }
+}
+
+// Log-likelihoods' flow: the divergence's integral riding along as one more state component, from
+// tangent rows through the same layers. The twin's final points, integral and trajectory against
+// the CPU backend's flow (the host solver over cpu::evaluate_divergence) from t = 1 back to 0, exact
+// and Hutchinson, for the cases above; bit for bit whatever the tile.
+TEST(FusedSamplerTwin, CarriesTheDivergenceAsTheCpuFlowDoes) {
+  const FusedCase cases[] = {
+      {"silu euler", {32, 48}, Activation::SiLU, 0, 0, 0, Solver::Euler, 5, false},
+      {"relu midpoint, time features", {64, 64, 64}, Activation::ReLU, 8, 0, 0, Solver::Midpoint, 4, false},
+      {"gelu heun, classes, guided", {40, 40}, Activation::GELU, 0, 3, 0, Solver::Heun, 3, true},
+      {"silu rk4, context, guided", {128, 96}, Activation::SiLU, 4, 0, 5, Solver::RK4, 3, true},
+  };
+  for (const FusedCase& k : cases) {
+    const Model model(test::fused_case_model(k), 19);
+    const int D = model.config().data_dim;
+    for (const bool hutchinson : {false, true}) {
+      for (const int64_t n : {int64_t{1}, int64_t{37}}) {
+        SCOPED_TRACE(std::string(k.name) + (hutchinson ? ", hutchinson" : ", exact") + ", n " + std::to_string(n));
+        const SampleConfig c = test::fused_case_config(k, n, Device::CPU, 3, 1, 1.7f);
+        std::vector<float> x(static_cast<size_t>(n) * D);
+        sampler_noise(11, 0, n, D, x.data());
+        const detail::DivergenceFlow f = test::fused_case_flow(k, c, D, hutchinson, Device::CPU);
+        const detail::DivergenceFlowResult want = detail::integrate_with_divergence(model, x.data(), n, f, true);
+        const int P = hutchinson ? f.probes : D;
+        const std::vector<float> probes = test::flow_probes(f, n);
+        const float* w = c.guidance ? &*c.guidance : nullptr;
+        const test::FlowTwinRun got =
+            test::run_fused_flow_twin(model, x, k.solver, k.steps, 1.0f, 0.0f, c.labels, c.context, w, P, probes,
+                                      true, 32);
+        EXPECT_TRUE(test::close_to_scale(got.x, want.x, 1e-5, 1e-4));
+        EXPECT_TRUE(test::close_to_scale(got.trajectory, want.trajectory, 1e-5, 1e-4));
+        EXPECT_TRUE(test::close_to_scale(got.integral, want.integral, 1e-5, 1e-4));
+        EXPECT_GT(test::relative_l2(got.integral, std::vector<float>(got.integral.size(), 0.0f)), 0.0);
+        const test::FlowTwinRun other =
+            test::run_fused_flow_twin(model, x, k.solver, k.steps, 1.0f, 0.0f, c.labels, c.context, w, P, probes,
+                                      false, 5);
+        EXPECT_EQ(other.x, got.x);
+        EXPECT_EQ(other.integral, got.integral);
+      }
     }
   }
 }

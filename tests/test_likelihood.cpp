@@ -310,6 +310,8 @@ TEST(LogProb, AgreesWithIntegrateAndSampling) {
   lc.device = Device::CPU;
   const LogProbResult lp = log_prob(model, with.x, lc);
   EXPECT_TRUE(test::all_close(lp.log_prob.data(), with.log_prob.data(), 64, 2e-3, 1e-4));
+  EXPECT_EQ(lp.mlp, "cpu divergence");
+  EXPECT_EQ(with.mlp, "cpu divergence");
   std::vector<float> noise(static_cast<size_t>(64) * 3);
   sampler_noise(sc.seed, 0, 64, 3, noise.data());
   EXPECT_TRUE(test::all_close(lp.noise.data(), noise.data(), noise.size(), 2e-4, 1e-4));  // back to the start

@@ -1,7 +1,8 @@
 // The CPU twin of the fused sampler (kernels/fused_sampler.cu): the same block program over the
 // same tiles, each phase run by one thread (tid 0 of 1) over all of its elements, the tiles on the
 // OpenMP team. It computes what each GPU block computes, apart from the activations' exp, and so
-// tests the kernel's tiling, stage points, inputs and guidance here, without a GPU.
+// tests the kernel's tiling, stage points, inputs, guidance and divergence tangents here, without a
+// GPU.
 #include <algorithm>
 #include <vector>
 
@@ -15,6 +16,8 @@ void fused_sample(const cuda::FusedSample& p) {
   CUFM_REQUIRE(p.n >= 1 && p.tile >= 1 && p.x, "fused_sample: needs points, a tile and x");
   const std::string why = cuda::fused_sampler_refusal(p.net, p.dim, Precision::FP32, Solver::Euler);
   CUFM_REQUIRE(why.empty(), "fused_sample: " << why);
+  const std::string bad = cuda::fused_tangents_error(p);
+  CUFM_REQUIRE(bad.empty(), "fused_sample: " << bad);
   const int64_t tiles = (p.n + p.tile - 1) / p.tile;
   const int64_t floats = cuda::fused_smem_floats(p);
 #pragma omp parallel

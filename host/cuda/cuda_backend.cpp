@@ -52,6 +52,11 @@ class GpuDivergence final : public DivergenceBackend {
     cuda_divergence_evaluate(*divergence_, t, x, labels, context, n, guidance, probes, P, v, div);
   }
 
+  DivergenceFlowResult integrate(const float* x0, int64_t n, const DivergenceFlow& flow, const float* probes,
+                                 bool keep_trajectory) override {
+    return cuda_integrate_with_divergence(*divergence_, x0, n, flow, probes, keep_trajectory);
+  }
+
  private:
   CudaDivergencePtr divergence_;
 };
@@ -115,7 +120,9 @@ class CudaBackend final : public Backend {
     os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
        << "); sampling: the fused sampler (one kernel; fp32, fixed steps, widths up to "
        << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
-       << ") where it applies, else cuBLASLt layer by layer (CUFM_GPU_MLP=fused|layered overrides)";
+       << ") where it applies, else cuBLASLt layer by layer (CUFM_GPU_MLP=fused|layered overrides); "
+          "log-likelihoods: on the device from the first step to the last, the fused kernel with the divergence's "
+          "tangents where it applies, else a device-resident solver over cuBLAS (fp32)";
     return os.str();
   }
 

@@ -25,6 +25,7 @@
 #include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/cuda_graph.hpp"
 #include "host/cuda/device_buffer.hpp"
+#include "host/cuda/gpu_mlp.hpp"
 #include "host/cuda/lt_mlp.hpp"
 #include "host/divergence_flow.hpp"
 #include "host/solver_driver.hpp"
@@ -126,11 +127,8 @@ class CudaSampler {
   // CUFM_GPU_MLP=fused or layered overrides, and a forced fused path that cannot run says why.
   bool choose_fused(const Model& model, const SampleConfig& cfg) {
     const MlpConfig& m = model.config();
-    const char* env = std::getenv("CUFM_GPU_MLP");
-    const std::string want = env ? env : "";
-    CUFM_REQUIRE(want.empty() || want == "auto" || want == "fused" || want == "layered",
-                 "CUFM_GPU_MLP='" << want << "': expected fused, layered or auto");
-    if (want == "layered") return false;
+    const cuda::GpuMlp want = cuda::gpu_mlp_from_env();
+    if (want == cuda::GpuMlp::Layered) return false;
     // The host weights stand in for the device's: only the shapes are read here.
     std::string why = cuda::fused_sampler_refusal(cuda::fused_net(m, model.params().data()), m.data_dim,
                                                   cfg.precision, cfg.solver);
@@ -139,8 +137,7 @@ class CudaSampler {
           cuda::fused_sample_of(m, cfg, model.params().data(), nullptr, nullptr, nullptr, nullptr);
       if (cuda::fused_sampler_tile(probe) == 0) why = "a tile of 4 points does not fit the GPU's shared memory";
     }
-    CUFM_REQUIRE(want != "fused" || why.empty(), "CUFM_GPU_MLP=fused, but " << why);
-    return why.empty();
+    return cuda::take_fused(want, why);
   }
 
   // One launch integrates every point (cuda::fused_sample); the weights in ParamLayout order.

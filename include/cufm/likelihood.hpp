@@ -51,6 +51,10 @@ struct LogProbResult {
   int64_t evaluations = 0;                    // velocity-and-divergence evaluations of the batch
   int accepted_steps = 0, rejected_steps = 0;
   Device device = Device::CPU;
+  // How the model and its divergence ran: "cpu divergence", "cuda layered divergence" (cuBLAS
+  // layer by layer, the solver's state on the device) or "cuda fused divergence" (one kernel for
+  // the whole integration: fixed steps, narrow models; CUFM_GPU_MLP=fused|layered overrides).
+  std::string mlp;
 };
 
 // log p_1 of the model at the points x [n, data_dim] (row-major). Throws cufm::Error naming a bad

@@ -75,7 +75,8 @@ struct SampleResult {
   Device device = Device::CPU;
   // How the model ran: "cpu", "cuda layered" (cuBLASLt, a kernel per layer), "cuda fused" (one
   // kernel for the whole integration; CUFM_GPU_MLP=fused|layered overrides the choice), or for
-  // with_log_prob the flow with its divergence ("cpu divergence", "cuda divergence").
+  // with_log_prob the flow with its divergence ("cpu divergence", "cuda layered divergence", "cuda
+  // fused divergence").
   std::string mlp;
 };
 

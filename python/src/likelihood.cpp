@@ -39,6 +39,7 @@ nb::dict log_prob_dict(const cufm::Model& model, FloatIn x, const std::string& s
   d["accepted_steps"] = r.accepted_steps;
   d["rejected_steps"] = r.rejected_steps;
   d["device"] = std::string(cufm::to_string(r.device));
+  d["mlp"] = r.mlp;
   return d;
 }
 

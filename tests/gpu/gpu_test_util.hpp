@@ -98,4 +98,26 @@ inline ::testing::AssertionResult bits_equal(const float* got, const float* want
   return ::testing::AssertionSuccess();
 }
 
+// CUFM_GPU_MLP set for one scope (the sampler and the log-likelihoods read it at each call), then as it was.
+class GpuMlpEnv {
+ public:
+  explicit GpuMlpEnv(const char* value) {
+    const char* old = std::getenv("CUFM_GPU_MLP");
+    had_ = old != nullptr;
+    if (had_) old_ = old;
+    setenv("CUFM_GPU_MLP", value, 1);
+  }
+  ~GpuMlpEnv() {
+    if (had_) {
+      setenv("CUFM_GPU_MLP", old_.c_str(), 1);
+    } else {
+      unsetenv("CUFM_GPU_MLP");
+    }
+  }
+
+ private:
+  bool had_ = false;
+  std::string old_;
+};
+
 }  // namespace cufm::test

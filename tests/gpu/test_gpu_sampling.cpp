@@ -424,34 +424,12 @@ TEST(GpuSamplingPrecision, Tf32AndBf16StayClose) {
   }
 }
 
-// CUFM_GPU_MLP set for one scope (the sampler reads it at each call), then as it was.
-class GpuMlpEnv {
- public:
-  explicit GpuMlpEnv(const char* value) {
-    const char* old = std::getenv("CUFM_GPU_MLP");
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv("CUFM_GPU_MLP", value, 1);
-  }
-  ~GpuMlpEnv() {
-    if (had_) {
-      setenv("CUFM_GPU_MLP", old_.c_str(), 1);
-    } else {
-      unsetenv("CUFM_GPU_MLP");
-    }
-  }
-
- private:
-  bool had_ = false;
-  std::string old_;
-};
-
 // The fused sampler (kernels/fused_sampler.cu) against its CPU twin (the same block program: only
 // the activations' exp differs) and against the layered path, for every fixed-step solver,
 // activation, classes and contexts with guidance, time features, ragged counts and trajectories.
 TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
   CUFM_REQUIRE_GPU();
-  const GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
+  const test::GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
   const test::FusedCase cases[] = {
       {"R7's shape", {128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 5, false},
       {"relu, classes, guided", {64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, 5, true},
@@ -473,7 +451,7 @@ TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
       EXPECT_GT(test::norm2(fused.x), 0.0);
       SampleResult layered;
       {
-        const GpuMlpEnv env("layered");
+        const test::GpuMlpEnv env("layered");
         layered = detail::cuda_sample(model, c);
       }
       EXPECT_EQ(layered.mlp, "cuda layered");
@@ -487,7 +465,7 @@ TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
 // there is an error naming why; a bad CUFM_GPU_MLP is refused.
 TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
   CUFM_REQUIRE_GPU();
-  const GpuMlpEnv automatic("auto");
+  const test::GpuMlpEnv automatic("auto");
   MlpConfig m;
   m.hidden = {256, 256};
   const Model wide(m, 2);
@@ -501,14 +479,14 @@ TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
   const Model narrow(m, 2);
   EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda layered");
   {
-    const GpuMlpEnv env("fused");
+    const test::GpuMlpEnv env("fused");
     EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("runs fp32"), std::string::npos);
     c.precision = Precision::FP32;
     EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(wide, c); }).find("256 wide"), std::string::npos);
     EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
   }
   {
-    const GpuMlpEnv env("fast");
+    const test::GpuMlpEnv env("fast");
     EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("CUFM_GPU_MLP='fast'"),
               std::string::npos);
   }

@@ -200,7 +200,7 @@ def test_log_prob_of_a_linear_field_is_analytic_and_matches_sampling():
     want = (-0.5 * np.einsum("ni,ij,nj->n", x, np.linalg.inv(S), x) - math.log(2 * math.pi)
             - 0.5 * math.log(np.linalg.det(S)))
     got = cufm.log_prob(model, x, atol=1e-7, rtol=1e-7, device="cpu")
-    assert got["divergence"] == "exact" and got["log_prob"].shape == (100,)
+    assert got["divergence"] == "exact" and got["log_prob"].shape == (100,) and got["mlp"] == "cpu divergence"
     assert np.allclose(got["log_prob"], want, atol=1e-4)
     assert np.allclose(got["div_integral"], np.trace(A), atol=1e-5)
     hutch = cufm.log_prob(model, x, solver="rk4", steps=40, divergence="hutchinson", probes=2, device="cpu")
