@@ -19,6 +19,7 @@
 
 #include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
+#include "cufm/detail/solver_tableau.hpp"
 #include "cufm/sampler.hpp"
 
 namespace cufm::detail {

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "cufm/detail/math.hpp"
+#include "cufm/detail/solver_tableau.hpp"
 #include "cufm/device.hpp"
 #include "cufm/math.hpp"
 #include "cufm/model.hpp"
@@ -38,7 +39,8 @@ constexpr int kFusedTileRows = 4, kFusedTileCols = 4;
 
 // The model, in ParamLayout order (layer l's weights [out, in] row-major, then its bias [out]).
 struct FusedNet {
-  int layers = 0;
+  int layers = 0;        // the layers held below (at most kFusedMaxLayers)
+  int model_layers = 0;  // the model's (more than kFusedMaxLayers: refused)
   int in[kFusedMaxLayers] = {};
   int out[kFusedMaxLayers] = {};
   const float* weight[kFusedMaxLayers] = {};
@@ -74,6 +76,7 @@ struct FusedSample {
 inline FusedNet fused_net(const MlpConfig& model, const float* params) {
   const ParamLayout layout(model);
   FusedNet net;
+  net.model_layers = model.num_layers();
   net.layers = model.num_layers() < kFusedMaxLayers ? model.num_layers() : kFusedMaxLayers;
   net.activation = model.activation;
   for (int l = 0; l < net.layers; ++l) {
@@ -82,7 +85,6 @@ inline FusedNet fused_net(const MlpConfig& model, const float* params) {
     net.weight[l] = params + layout.weight_offset(l);
     net.bias[l] = params + layout.bias_offset(l);
   }
-  if (model.num_layers() > kFusedMaxLayers) net.layers = model.num_layers();  // refused: too many
   return net;
 }
 
@@ -150,11 +152,16 @@ CUFM_HD int fused_max_width(const FusedNet& net) {
   for (int l = 0; l + 1 < net.layers; ++l) w = w > net.out[l] ? w : net.out[l];
   return w;
 }
-// The largest layer's weights and bias.
+// A staged layer's row stride: out + 1 floats, so that the staging's transposed writes (consecutive
+// threads, consecutive rows of the stage) fall in 32 different banks rather than one.
+CUFM_HD int fused_weight_ld(int out) {
+  return out + 1;
+}
+// The largest layer's staged weights and bias.
 CUFM_HD int fused_max_layer(const FusedNet& net) {
   int m = 0;
   for (int l = 0; l < net.layers; ++l) {
-    const int f = net.in[l] * net.out[l] + net.out[l];
+    const int f = net.in[l] * fused_weight_ld(net.out[l]) + net.out[l];
     m = m > f ? m : f;
   }
   return m;
@@ -192,8 +199,8 @@ inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision
     return std::string("the fused sampler runs fp32 (the layered path runs ") + to_string(precision) + ")";
   }
   if (solver == Solver::Dopri5) return "dopri5's step control runs on the layered path";
-  if (net.layers > kFusedMaxLayers) {
-    return "the model has " + std::to_string(net.layers) + " layers; the fused sampler takes up to " +
+  if (net.model_layers > kFusedMaxLayers) {
+    return "the model has " + std::to_string(net.model_layers) + " layers; the fused sampler takes up to " +
            std::to_string(kFusedMaxLayers) + ": use the layered path";
   }
   if (dim > kFusedMaxDim) {
@@ -295,15 +302,16 @@ CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const fl
   }
 }
 
-// Layer l's weights, transposed to [in, out], and its bias, into shared memory.
+// Layer l's weights, transposed to [in, out] (row stride fused_weight_ld(out)), and its bias, into
+// shared memory.
 CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s, int tid, int nt) {
-  const int in = p.net.in[l], out = p.net.out[l];
+  const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(out);
   const float* w = p.net.weight[l];
   for (int e = tid; e < in * out; e += nt) {
     const int o = e / in, k = e - o * in;  // reads along the global rows
-    s.w[k * out + o] = w[e];
+    s.w[k * ld + o] = w[e];
   }
-  for (int o = tid; o < out; o += nt) s.w[in * out + o] = p.net.bias[l][o];
+  for (int o = tid; o < out; o += nt) s.w[in * ld + o] = p.net.bias[l][o];
 }
 
 // Layer l over R rows: dst[r, o] = sum_k src[r, k] w[o, k], plus bias[o] on the rows r < R_bias,
@@ -312,11 +320,11 @@ CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s
 template <class Exp>
 CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool activate, const float* src,
                          float* dst, const FusedSmem& s, int tid, int nt, Exp exp) {
-  const int in = p.net.in[l], out = p.net.out[l];
+  const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(out);
   const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
   const int col_tiles = (out + kFusedTileCols - 1) / kFusedTileCols;
   const float* w = s.w;
-  const float* bias = s.w + in * out;
+  const float* bias = s.w + in * ld;
   for (int item = tid; item < row_tiles * col_tiles; item += nt) {
     const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
     float acc[kFusedTileRows][kFusedTileCols] = {};
@@ -325,7 +333,7 @@ CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool ac
       CUFM_FUSED_UNROLL
       for (int i = 0; i < kFusedTileRows; ++i) a[i] = r0 + i < R ? src[(r0 + i) * in + k] : 0.0f;
       CUFM_FUSED_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) b[j] = c0 + j < out ? w[k * out + c0 + j] : 0.0f;
+      for (int j = 0; j < kFusedTileCols; ++j) b[j] = c0 + j < out ? w[k * ld + c0 + j] : 0.0f;
       CUFM_FUSED_UNROLL
       for (int i = 0; i < kFusedTileRows; ++i) {
         CUFM_FUSED_UNROLL

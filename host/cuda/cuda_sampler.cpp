@@ -132,10 +132,12 @@ class CudaSampler {
     // The host weights stand in for the device's: only the shapes are read here.
     std::string why = cuda::fused_sampler_refusal(cuda::fused_net(m, model.params().data()), m.data_dim,
                                                   cfg.precision, cfg.solver);
+    fused_tile_ = 0;
     if (why.empty()) {
       const cuda::FusedSample probe =
           cuda::fused_sample_of(m, cfg, model.params().data(), nullptr, nullptr, nullptr, nullptr);
-      if (cuda::fused_sampler_tile(probe) == 0) why = "a tile of 4 points does not fit the GPU's shared memory";
+      fused_tile_ = cuda::fused_sampler_tile(probe);
+      if (fused_tile_ == 0) why = "a tile of 4 points does not fit the GPU's shared memory";
     }
     return cuda::take_fused(want, why);
   }
@@ -155,25 +157,11 @@ class CudaSampler {
     if (keep) {
       ensure(y_, (static_cast<size_t>(cfg.steps) + 1) * elems_ * sizeof(float), "the trajectory");
     }
-    const int32_t* labels = nullptr;
-    if (m.num_classes > 0 && cfg.labels.size() > 1) {
-      ensure(labels_, cfg.labels.size() * sizeof(int32_t), "the labels");
-      CUFM_CUDA_CHECK(
-          cudaMemcpyAsync(labels_.get(), cfg.labels.data(), labels_.bytes(), cudaMemcpyHostToDevice, s));
-      labels = labels_.as<int32_t>();
-    }
-    const float* context = nullptr;
-    if (m.context_dim > 0 && !cfg.context.empty()) {
-      context_host_ = detail::context_per_point(cfg.context, m.context_dim, n_);
-      ensure(context_, context_host_.size() * sizeof(float), "the context");
-      CUFM_CUDA_CHECK(cudaMemcpyAsync(context_.get(), context_host_.data(), context_.bytes(),
-                                      cudaMemcpyHostToDevice, s));
-      context = context_.as<float>();
-    }
+    const Conditions on = upload_conditions(m, cfg);
     start_points(x_.as<float>());
-    cuda::FusedSample p = cuda::fused_sample_of(m, cfg, fused_params_.as<float>(), labels, context,
+    cuda::FusedSample p = cuda::fused_sample_of(m, cfg, fused_params_.as<float>(), on.labels, on.context,
                                                 x_.as<float>(), keep ? y_.as<float>() : nullptr);
-    p.tile = cuda::fused_sampler_tile(p);
+    p.tile = fused_tile_;
     cuda::fused_sample(p, s);
     SampleResult res;
     res.count = n_;
@@ -213,6 +201,32 @@ class CudaSampler {
     graphs_.clear();
     b = DeviceBuffer();
     b = DeviceBuffer(bytes, what, stream_.get());
+  }
+
+  // The call's per-point labels and contexts, uploaded on the stream (nullptr: none per point; one
+  // label for all travels in the kernels' arguments). The contexts' host copy (context_host_) must
+  // outlive the upload: the caller waits before dropping it.
+  struct Conditions {
+    const int32_t* labels = nullptr;
+    const float* context = nullptr;
+  };
+  Conditions upload_conditions(const MlpConfig& m, const SampleConfig& cfg) {
+    cudaStream_t s = stream_.get();
+    Conditions c;
+    if (m.num_classes > 0 && cfg.labels.size() > 1) {
+      ensure(labels_, cfg.labels.size() * sizeof(int32_t), "the labels");
+      CUFM_CUDA_CHECK(
+          cudaMemcpyAsync(labels_.get(), cfg.labels.data(), labels_.bytes(), cudaMemcpyHostToDevice, s));
+      c.labels = labels_.as<int32_t>();
+    }
+    if (m.context_dim > 0 && !cfg.context.empty()) {
+      context_host_ = detail::context_per_point(cfg.context, m.context_dim, n_);
+      ensure(context_, context_host_.size() * sizeof(float), "the context");
+      CUFM_CUDA_CHECK(
+          cudaMemcpyAsync(context_.get(), context_host_.data(), context_.bytes(), cudaMemcpyHostToDevice, s));
+      c.context = context_.as<float>();
+    }
+    return c;
   }
 
   // Builds what this call's shape needs (or keeps it), then uploads the weights and labels.
@@ -255,22 +269,11 @@ class CudaSampler {
     input_.type = mlp_->act_type();
     input_.input = mlp_->input();
     input_.ld = mlp_->input_ld();
-    if (m.num_classes > 0 && cfg.labels.size() > 1) {
-      ensure(labels_, cfg.labels.size() * sizeof(int32_t), "the labels");
-      CUFM_CUDA_CHECK(
-          cudaMemcpyAsync(labels_.get(), cfg.labels.data(), labels_.bytes(), cudaMemcpyHostToDevice, s));
-      input_.labels = labels_.as<int32_t>();
-    } else if (m.num_classes > 0 && cfg.labels.size() == 1) {
-      input_.label_all = cfg.labels[0];
-    }
+    const Conditions on = upload_conditions(m, cfg);
+    input_.labels = on.labels;
+    if (m.num_classes > 0 && cfg.labels.size() == 1) input_.label_all = cfg.labels[0];
     input_.context_dim = m.context_dim;
-    if (m.context_dim > 0 && !cfg.context.empty()) {
-      context_host_ = detail::context_per_point(cfg.context, m.context_dim, n_);
-      ensure(context_, context_host_.size() * sizeof(float), "the context");
-      CUFM_CUDA_CHECK(
-          cudaMemcpyAsync(context_.get(), context_host_.data(), context_.bytes(), cudaMemcpyHostToDevice, s));
-      input_.context = context_.as<float>();
-    }
+    input_.context = on.context;
     for (int i = 0; i < solver_stages(cfg.solver); ++i)
       ensure(k_[i], elems_ * sizeof(float), "solver stages");
     // The host copies above read padded_, cfg.labels and context_host_: let them finish before any
@@ -467,6 +470,7 @@ class CudaSampler {
   std::vector<float> padded_;  // the weights in the device's layout, the upload's source
   DeviceBuffer params_, params_bf16_, labels_, context_, workspace_, err_sum_, x_, y_;
   DeviceBuffer fused_params_;  // the fused path's weights, in ParamLayout order
+  int fused_tile_ = 0;         // the fused path's points per block, from choose_fused
   std::vector<float> context_host_;  // the per-sample contexts being uploaded
   DeviceBuffer k_[cuda::kMaxStages];
   std::unique_ptr<cuda::LtMlp> mlp_;

@@ -12,7 +12,6 @@
 #include "cufm/detail/path.hpp"
 #include "cufm/detail/philox.hpp"
 #include "cufm/math.hpp"
-#include "cufm/sampler.hpp"
 
 namespace cufm {
 namespace hd {
@@ -260,22 +259,6 @@ constexpr FixedTableau rk4{
     {{0.0f, 0.0f, {}}, {0.5f, 0.5f, {1.0f}}, {0.5f, 0.5f, {0.0f, 1.0f}}, {1.0f, 1.0f, {0.0f, 0.0f, 1.0f}}},
     {1.0f / 6, 1.0f / 3, 1.0f / 3, 1.0f / 6}};
 }  // namespace tableau
-
-// A fixed-step solver's tableau; nullptr for Dopri5 (its own controller, below).
-inline const FixedTableau* fixed_tableau_of(Solver s) {
-  switch (s) {
-    case Solver::Euler:
-      return &tableau::euler;
-    case Solver::Midpoint:
-      return &tableau::midpoint;
-    case Solver::Heun:
-      return &tableau::heun;
-    case Solver::RK4:
-      return &tableau::rk4;
-    default:
-      return nullptr;
-  }
-}
 
 // ---- Dormand-Prince 5(4) ---------------------------------------------------------------------
 // The tableau (Dormand & Prince, 1980): stage times c, stage weights a, the 5th-order weights b
