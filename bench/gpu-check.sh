@@ -265,7 +265,7 @@ filter_for() {
   case "$(basename "$1")" in
     test_gpu_mlp) echo 'Cases/LtMlpTest.ForwardBackwardMatchCpu/fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/unfused_fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/bf16_silu_64_40' ;;
     test_gpu_training) echo 'Cases/GpuVsCpu.LossesAndWeightsAgree/fp32_silu_*:Precisions/Determinism.GraphEqualsEagerAndRunsRepeat/fp32:GpuTraining.OversizeDatasetThrowsCufmError' ;;
-    test_gpu_sampling) echo 'Solvers/GpuSampling.MatchesCpu/rk4_guided:Solvers/GpuSampling.MatchesCpu/dopri5_guided' ;;
+    test_gpu_sampling) echo 'Solvers/GpuSampling.MatchesCpu/rk4_guided:Solvers/GpuSampling.MatchesCpu/dopri5_guided:GpuFusedSampler.ChoiceIsAutomaticVisibleAndOverridable' ;;
     test_gpu_likelihood) echo 'Cases/GpuDivergence.MatchesTheCpu/*:GpuDivergenceFlow.*:GpuFusedDivergence.ChoiceIsAutomaticVisibleAndOverridable' ;;
     *) echo '*' ;;
   esac
@@ -283,8 +283,12 @@ fi
 # ... and the fused sampler's block program, whose phases share their tile's memory (sampling, and
 # log-likelihoods with the divergence's tangents).
 if [ -n "${LOAD_OK[$BUILD/tests/gpu/test_gpu_likelihood]:-}" ]; then
-  run_step "racecheck the fused sampler" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
+  run_step "racecheck the fused flow" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
     "$BUILD/tests/gpu/test_gpu_likelihood" --gtest_filter='GpuFusedDivergence.ChoiceIsAutomaticVisibleAndOverridable'
+fi
+if [ -n "${LOAD_OK[$BUILD/tests/gpu/test_gpu_sampling]:-}" ]; then  # fp32 and tf32 (the tensor cores)
+  run_step "racecheck the fused sampler" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/gpu/test_gpu_sampling" --gtest_filter='GpuFusedSampler.ChoiceIsAutomaticVisibleAndOverridable'
 fi
 
 # ---- benchmarks, briefly: GPU rows only (the CPU rows belong to bench/run-cpu.sh) -----------

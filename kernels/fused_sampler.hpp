@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "cufm/detail/math.hpp"
@@ -70,6 +71,9 @@ struct FusedSample {
   int tangents = 0;               // 0: sampling alone
   const float* probes = nullptr;  // [n, tangents, D] Hutchinson's probes, or nullptr: exact (tangents = D)
   float* integral = nullptr;      // [n]: a at t1, when tangents > 0
+  // FP32: each layer's sums on the CUDA cores, one fmaf a term; TF32: on the tensor cores
+  // (nvcuda::wmma 16 x 16 x 8 tiles, fp32 accumulation), the activation rows padded to 16.
+  Precision precision = Precision::FP32;
 };
 
 // The model's layers over its parameters in ParamLayout order at `params` (host or device memory).
@@ -112,6 +116,7 @@ inline FusedSample fused_sample_of(const MlpConfig& model, const SampleConfig& c
   p.t1 = c.t1;
   p.x = x;
   p.trajectory = trajectory;
+  p.precision = c.precision;
   return p;
 }
 
@@ -146,57 +151,91 @@ CUFM_HD int fused_layer_rows(const FusedSample& p, int rows) {
   return p.copies * rows * (1 + p.tangents);
 }
 
-// The widest activation row (the input or a hidden layer).
-CUFM_HD int fused_max_width(const FusedNet& net) {
-  int w = net.in[0];
-  for (int l = 0; l + 1 < net.layers; ++l) w = w > net.out[l] ? w : net.out[l];
-  return w;
+// The tensor cores' tile: 16 x 16 outputs (k steps of 8 at tf32).
+constexpr int kFusedMma = 16;
+CUFM_HD bool fused_tensor_cores(const FusedSample& p) {
+  return p.precision == Precision::TF32;
 }
-// A staged layer's row stride: out + 1 floats, so that the staging's transposed writes (consecutive
-// threads, consecutive rows of the stage) fall in 32 different banks rather than one.
-CUFM_HD int fused_weight_ld(int out) {
-  return out + 1;
+CUFM_HD int fused_round_up(int v, int m) {
+  return (v + m - 1) / m * m;
+}
+// An activation row's stride for a layer `width` wide: the width itself on the CUDA cores, padded to
+// the tensor cores' tile (with zeros) on them.
+CUFM_HD int fused_ld(const FusedSample& p, int width) {
+  return fused_tensor_cores(p) ? fused_round_up(width, kFusedMma) : width;
+}
+// Rows an activation buffer holds for `rows` points: fused_layer_rows, padded to the tile on the
+// tensor cores (the padding rows are zeros at the input and never read back).
+CUFM_HD int fused_held_rows(const FusedSample& p, int rows) {
+  const int r = fused_layer_rows(p, rows);
+  return fused_tensor_cores(p) ? fused_round_up(r, kFusedMma) : r;
+}
+
+// The widest activation row (the input or a hidden layer), as held.
+CUFM_HD int fused_max_width(const FusedSample& p) {
+  int w = p.net.in[0];
+  for (int l = 0; l + 1 < p.net.layers; ++l) w = w > p.net.out[l] ? w : p.net.out[l];
+  return fused_ld(p, w);
+}
+// A staged layer's weights. CUDA cores: transposed, [in, out + 1] (the odd stride puts the staging's
+// transposed writes, consecutive threads on consecutive rows, in 32 banks rather than one). Tensor
+// cores: as in global memory, [out padded to 16, in padded to 16, + 4] (the B operand read
+// column-major; ldm a multiple of 4; zeros in the padding).
+CUFM_HD int fused_weight_ld(const FusedSample& p, int in, int out) {
+  return fused_tensor_cores(p) ? fused_ld(p, in) + 4 : out + 1;
+}
+CUFM_HD int fused_weight_index(const FusedSample& p, int in, int out, int o, int k) {
+  return fused_tensor_cores(p) ? o * fused_weight_ld(p, in, out) + k : k * fused_weight_ld(p, in, out) + o;
+}
+// Floats of layer l's staged weights; its bias [out] follows them.
+CUFM_HD int fused_weight_floats(const FusedSample& p, int in, int out) {
+  return fused_tensor_cores(p) ? fused_ld(p, out) * fused_weight_ld(p, in, out) : in * fused_weight_ld(p, in, out);
 }
 // The largest layer's staged weights and bias.
-CUFM_HD int fused_max_layer(const FusedNet& net) {
+CUFM_HD int fused_max_layer(const FusedSample& p) {
   int m = 0;
-  for (int l = 0; l < net.layers; ++l) {
-    const int f = net.in[l] * fused_weight_ld(net.out[l]) + net.out[l];
+  for (int l = 0; l < p.net.layers; ++l) {
+    const int f = fused_weight_floats(p, p.net.in[l], p.net.out[l]) + fused_ld(p, p.net.out[l]);
     m = m > f ? m : f;
   }
   return m;
 }
 
 // A block's shared memory, in floats: the state x [tile, W] and the stages k [stages, tile, W]
-// (W = fused_state_width), two activation buffers [fused_layer_rows(tile), max width] and one
-// layer's weights (transposed: [in, out]) and bias.
+// (W = fused_state_width), two activation buffers [fused_held_rows(tile), max width] and one
+// layer's weights and bias; each region starts on 32 bytes (the tensor cores' loads need it).
 struct FusedSmem {
   float* x;
   float* k;
   float* act[2];
   float* w;
 };
+CUFM_HD int64_t fused_align8(int64_t floats) {
+  return (floats + 7) / 8 * 8;
+}
 CUFM_HD int64_t fused_smem_floats(const FusedSample& p) {
-  const int64_t rows = fused_layer_rows(p, p.tile);
-  return static_cast<int64_t>(p.tile) * fused_state_width(p) * (1 + p.tableau.stages) +
-         2 * rows * fused_max_width(p.net) + fused_max_layer(p.net);
+  const int64_t tile_elems = static_cast<int64_t>(p.tile) * fused_state_width(p);
+  const int64_t act = static_cast<int64_t>(fused_held_rows(p, p.tile)) * fused_max_width(p);
+  return fused_align8(tile_elems) + fused_align8(tile_elems * p.tableau.stages) + 2 * fused_align8(act) +
+         fused_max_layer(p);
 }
 CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
-  const int64_t rows = fused_layer_rows(p, p.tile);
   const int64_t tile_elems = static_cast<int64_t>(p.tile) * fused_state_width(p);
+  const int64_t act = static_cast<int64_t>(fused_held_rows(p, p.tile)) * fused_max_width(p);
   FusedSmem s;
   s.x = base;
-  s.k = s.x + tile_elems;
-  s.act[0] = s.k + tile_elems * p.tableau.stages;
-  s.act[1] = s.act[0] + rows * fused_max_width(p.net);
-  s.w = s.act[1] + rows * fused_max_width(p.net);
+  s.k = s.x + fused_align8(tile_elems);
+  s.act[0] = s.k + fused_align8(tile_elems * p.tableau.stages);
+  s.act[1] = s.act[0] + fused_align8(act);
+  s.w = s.act[1] + fused_align8(act);
   return s;
 }
 
 // Empty where the fused sampler runs this model, precision and solver; else why not.
 inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision precision, Solver solver) {
-  if (precision != Precision::FP32) {
-    return std::string("the fused sampler runs fp32 (the layered path runs ") + to_string(precision) + ")";
+  if (precision != Precision::FP32 && precision != Precision::TF32) {
+    return std::string("the fused sampler runs fp32 and tf32 (the layered path runs ") + to_string(precision) +
+           ")";
   }
   if (solver == Solver::Dopri5) return "dopri5's step control runs on the layered path";
   if (net.model_layers > kFusedMaxLayers) {
@@ -222,6 +261,7 @@ inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision
 inline std::string fused_tangents_error(const FusedSample& p) {
   if (p.tangents < 0) return "tangents must be >= 0, got " + std::to_string(p.tangents);
   if (p.tangents > 0 && !p.integral) return "tangents need the integral's array";
+  if (p.tangents > 0 && p.precision != Precision::FP32) return "the divergence's tangents run fp32";
   if (p.tangents > 0 && !p.probes && p.tangents != p.dim) {
     return "the exact trace takes D = " + std::to_string(p.dim) + " tangents, got " + std::to_string(p.tangents);
   }
@@ -271,18 +311,22 @@ CUFM_HD void fused_load_x(const FusedSample& p, int64_t first, int rows, const F
 // e the q-th unit vector (exact) or the point's q-th probe.
 CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const float (&a)[kFusedMaxStages],
                          int terms, float h, float t, const FusedSmem& s, int tid, int nt) {
-  const int in = p.net.in[0], D = p.dim, W = fused_state_width(p), tile_elems = p.tile * W;
-  const int primal = p.copies * rows, P = p.tangents;
-  const int e_end = fused_layer_rows(p, rows) * in;
+  const int in = p.net.in[0], ld = fused_ld(p, in), D = p.dim, W = fused_state_width(p), tile_elems = p.tile * W;
+  const int primal = p.copies * rows, P = p.tangents, layer_rows = fused_layer_rows(p, rows);
+  const int e_end = fused_held_rows(p, rows) * ld;
   for (int e = tid; e < e_end; e += nt) {
-    const int r = e / in, col = e - r * in;
+    const int r = e / ld, col = e - r * ld;
     float v;
+    if (r >= layer_rows || col >= in) {  // the tensor cores' padding
+      s.act[0][e] = 0.0f;
+      continue;
+    }
     if (r >= primal) {  // a tangent row
       const int tr = r - primal;
       const int pc = tr / P, q = tr - pc * P;
       const int row = pc % rows;
       v = col >= D ? 0.0f : p.probes ? p.probes[((first + row) * P + q) * D + col] : (col == q ? 1.0f : 0.0f);
-      s.act[0][static_cast<int64_t>(r) * in + col] = v;
+      s.act[0][e] = v;
       continue;
     }
     const int copy = r / rows, row = r - copy * rows;
@@ -298,42 +342,82 @@ CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const fl
       const float* context = copy == 0 && p.context ? p.context + point * p.context_dim : nullptr;
       v = hd::input_tail_value(t, p.time_features, p.context_dim, context, p.num_classes, label, col - D);
     }
-    s.act[0][static_cast<int64_t>(r) * in + col] = v;
+    s.act[0][e] = v;
   }
 }
 
-// Layer l's weights, transposed to [in, out] (row stride fused_weight_ld(out)), and its bias, into
-// shared memory.
+// Layer l's weights (fused_weight_index's layout) and its bias into shared memory; the global reads
+// run along the weights' rows.
 CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s, int tid, int nt) {
-  const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(out);
+  const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(p, in, out);
   const float* w = p.net.weight[l];
-  for (int e = tid; e < in * out; e += nt) {
-    const int o = e / in, k = e - o * in;  // reads along the global rows
-    s.w[k * ld + o] = w[e];
+  float* bias = s.w + fused_weight_floats(p, in, out);
+  if (fused_tensor_cores(p)) {  // [out padded, ld], zeros in the padding
+    const int e_end = fused_ld(p, out) * ld;
+    for (int e = tid; e < e_end; e += nt) {
+      const int o = e / ld, k = e - o * ld;
+      s.w[e] = o < out && k < in ? w[o * in + k] : 0.0f;
+    }
+  } else {
+    for (int e = tid; e < in * out; e += nt) {
+      const int o = e / in, k = e - o * in;
+      s.w[k * ld + o] = w[e];
+    }
   }
-  for (int o = tid; o < out; o += nt) s.w[in * ld + o] = p.net.bias[l][o];
+  for (int o = tid; o < out; o += nt) bias[o] = p.net.bias[l][o];
+}
+
+// An operand rounded as the tensor cores round it at tf32 (cvt.rna.tf32.f32: 10 mantissa bits, to
+// nearest, ties away from zero), for the CPU twin's emulation.
+CUFM_HD float fused_tf32(float x) {
+  uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(x);
+#else
+  std::memcpy(&u, &x, sizeof u);
+#endif
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float y;
+  std::memcpy(&y, &u, sizeof y);
+  return y;
+#endif
 }
 
 // Layer l over R rows: dst[r, o] = sum_k src[r, k] w[o, k], plus bias[o] on the rows r < R_bias,
 // then act() when `activate`. A work item is a 4 x 4 tile of (rows, outputs); each output sums k
-// from 0 up, one fmaf a term, then adds the bias.
+// from 0 up, one fmaf a term, then adds the bias. With tensor cores (only the CPU twin runs this for
+// them) the operands are rounded to tf32 first.
 template <class Exp>
 CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool activate, const float* src,
                          float* dst, const FusedSmem& s, int tid, int nt, Exp exp) {
-  const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(out);
+  const int in = p.net.in[l], out = p.net.out[l], ld_in = fused_ld(p, in), ld_out = fused_ld(p, out);
+  const bool tf32 = fused_tensor_cores(p);
+  // The tensor cores' products run over the padding too (zeros), as DeviceMma's do.
+  const int n_in = tf32 ? ld_in : in, n_out = tf32 ? ld_out : out;
   const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
-  const int col_tiles = (out + kFusedTileCols - 1) / kFusedTileCols;
+  const int col_tiles = (n_out + kFusedTileCols - 1) / kFusedTileCols;
   const float* w = s.w;
-  const float* bias = s.w + in * ld;
+  const float* bias = s.w + fused_weight_floats(p, in, out);
   for (int item = tid; item < row_tiles * col_tiles; item += nt) {
     const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
     float acc[kFusedTileRows][kFusedTileCols] = {};
-    for (int k = 0; k < in; ++k) {
+    for (int k = 0; k < n_in; ++k) {
       float a[kFusedTileRows], b[kFusedTileCols];
       CUFM_FUSED_UNROLL
-      for (int i = 0; i < kFusedTileRows; ++i) a[i] = r0 + i < R ? src[(r0 + i) * in + k] : 0.0f;
+      for (int i = 0; i < kFusedTileRows; ++i) a[i] = r0 + i < R ? src[(r0 + i) * ld_in + k] : 0.0f;
       CUFM_FUSED_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) b[j] = c0 + j < out ? w[k * ld + c0 + j] : 0.0f;
+      for (int j = 0; j < kFusedTileCols; ++j) {
+        b[j] = c0 + j < n_out ? w[fused_weight_index(p, in, out, c0 + j, k)] : 0.0f;
+      }
+      if (tf32) {
+        CUFM_FUSED_UNROLL
+        for (int i = 0; i < kFusedTileRows; ++i) a[i] = fused_tf32(a[i]);
+        CUFM_FUSED_UNROLL
+        for (int j = 0; j < kFusedTileCols; ++j) b[j] = fused_tf32(b[j]);
+      }
       CUFM_FUSED_UNROLL
       for (int i = 0; i < kFusedTileRows; ++i) {
         CUFM_FUSED_UNROLL
@@ -344,13 +428,39 @@ CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool ac
     for (int i = 0; i < kFusedTileRows; ++i) {
       CUFM_FUSED_UNROLL
       for (int j = 0; j < kFusedTileCols; ++j) {
-        if (r0 + i >= R || c0 + j >= out) continue;
+        if (r0 + i >= R || c0 + j >= n_out) continue;
         const float z = r0 + i < R_bias ? hd::rn_add(acc[i][j], bias[c0 + j]) : acc[i][j];
-        dst[(r0 + i) * out + c0 + j] = activate ? hd::activate(p.net.activation, z, exp) : z;
+        dst[(r0 + i) * ld_out + c0 + j] = activate ? hd::activate(p.net.activation, z, exp) : z;
       }
     }
   }
 }
+
+// After the tensor cores' products (dst [R, out], row stride fused_ld(out)): the bias on the rows
+// r < R_bias, then act() when `activate`.
+template <class Exp>
+CUFM_HD void fused_bias_act(const FusedSample& p, int l, int R, int R_bias, bool activate, float* dst,
+                            const FusedSmem& s, int tid, int nt, Exp exp) {
+  const int in = p.net.in[l], out = p.net.out[l], ld = fused_ld(p, out);
+  const float* bias = s.w + fused_weight_floats(p, in, out);
+  const int e_end = R * out;
+  for (int e = tid; e < e_end; e += nt) {
+    const int r = e / out, o = e - r * out;
+    float* d = dst + r * ld + o;
+    const float z = r < R_bias ? hd::rn_add(*d, bias[o]) : *d;
+    *d = activate ? hd::activate(p.net.activation, z, exp) : z;
+  }
+}
+
+// The tensor cores' products as the CPU twin computes them: fused_layer's sums of tf32-rounded
+// operands, in fp32, one term at a time (the hardware sums each 8-wide k step in an order of its
+// own: the twin matches it to a tolerance, not to the bit).
+struct FusedTwinMma {
+  CUFM_HD void operator()(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
+                          int tid, int nt) const {
+    fused_layer(p, l, R, 0, false, src, dst, s, tid, nt, hd::FastExp{});
+  }
+};
 
 // A hidden layer's activation with tangents (after fused_layer without it): each point-copy's
 // pre-activation z [primal rows, out] scales its tangents by act'(z), then becomes act(z).
@@ -391,14 +501,15 @@ CUFM_HD float fused_trace(const FusedSample& p, int64_t point, const float* u) {
 // guided field: the same blend of the two copies' divergences).
 CUFM_HD void fused_collect(const FusedSample& p, int64_t first, int rows, const float* v, float* k, int tid,
                            int nt) {
-  const int D = p.dim, W = fused_state_width(p), primal = p.copies * rows, P = p.tangents;
+  const int D = p.dim, ld = fused_ld(p, D), W = fused_state_width(p), primal = p.copies * rows;
+  const int P = p.tangents;
   const int e_end = rows * W;
   for (int e = tid; e < e_end; e += nt) {
     const int row = e / W, col = e - row * W;
     if (col < D) {
-      const int i = row * D + col;
-      k[e] = p.copies == 2 ? hd::guided(v[rows * D + i], v[i], p.guidance) : v[i];
-    } else {
+      const int i = row * ld + col;
+      k[e] = p.copies == 2 ? hd::guided(v[rows * ld + i], v[i], p.guidance) : v[i];
+    } else {  // tangents run fp32: their rows are D wide
       const float* u = v + static_cast<int64_t>(primal + row * P) * D;
       const float cond = fused_trace(p, first + row, u);
       k[e] = p.copies == 2 ? hd::guided(fused_trace(p, first + row, u + static_cast<int64_t>(rows) * P * D),
@@ -440,9 +551,9 @@ CUFM_HD void fused_store_x(const FusedSample& p, int64_t first, int rows, const 
 // The steps of host/solver_driver.hpp's fixed_step, stage by stage, for the tile's points
 // [first, first + rows); sync() separates the phases (the kernel's __syncthreads(), the twin's
 // nothing).
-template <class Exp, class Sync>
+template <class Exp, class Sync, class Mma>
 CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, const FusedSmem& s, int tid,
-                               int nt, Exp exp, Sync sync) {
+                               int nt, Exp exp, Sync sync, Mma mma) {
   const hd::FixedTableau& tab = p.tableau;
   const int tile_elems = p.tile * fused_state_width(p);
   const bool tangents = p.tangents > 0;
@@ -468,8 +579,14 @@ CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, co
         // Selected, not indexed: an index into s.act would put s in local memory on the device.
         float* const src = from == 0 ? s.act[0] : s.act[1];
         float* const dst = from == 0 ? s.act[1] : s.act[0];
-        // The tangents take no bias, and their activation needs the pre-activations: a phase of its own.
-        fused_layer(p, l, R, primal, hidden && !tangents, src, dst, s, tid, nt, exp);
+        if (fused_tensor_cores(p)) {  // the products over every held row, then the bias and activation
+          mma(p, l, fused_held_rows(p, rows), src, dst, s, tid, nt);
+          sync();
+          fused_bias_act(p, l, R, primal, hidden, dst, s, tid, nt, exp);
+        } else {
+          // The tangents take no bias, and their activation needs the pre-activations: a phase of its own.
+          fused_layer(p, l, R, primal, hidden && !tangents, src, dst, s, tid, nt, exp);
+        }
         sync();  // the layer is written; the weights may be replaced
         if (hidden && tangents) {
           fused_tangent_activation(p, l, rows, dst, tid, nt, exp);

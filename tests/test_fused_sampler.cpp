@@ -91,6 +91,34 @@ TEST(FusedSamplerTwin, CarriesTheDivergenceAsTheCpuFlowDoes) {
   }
 }
 
+// TF32 (the tensor cores' program: rows and widths padded to 16, operands rounded to tf32): the twin
+// against the CPU's fp32 sampler at tf32's tolerance (the GPU sampling tests' 2e-2), bit for bit
+// whatever the tile, and visibly rounded (not fp32's result).
+TEST(FusedSamplerTwin, Tf32PadsAndRoundsAsTheTensorCoresDo) {
+  const FusedCase cases[] = {
+      {"silu midpoint, D 3 in 16-wide tiles", {40, 24}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 4, false},
+      {"gelu rk4, context, guided", {128, 96}, Activation::GELU, 4, 0, 5, Solver::RK4, 3, true},
+      {"relu heun, classes, guided", {64, 64, 64}, Activation::ReLU, 8, 3, 0, Solver::Heun, 3, true},
+  };
+  for (const FusedCase& k : cases) {
+    SCOPED_TRACE(k.name);
+    const Model model(test::fused_case_model(k), 29);
+    for (const int64_t count : {int64_t{1}, int64_t{37}}) {
+      SampleConfig c = test::fused_case_config(k, count, Device::CPU, 4, 1, 1.5f);
+      c.keep_trajectory = true;
+      const SampleResult want = sample(model, c);
+      const TwinRun fp32 = run_fused_twin(model, c, 32);
+      c.precision = Precision::TF32;
+      const TwinRun got = run_fused_twin(model, c, 32);
+      EXPECT_TRUE(test::all_close(got.x.data(), want.x.data(), want.x.size(), 2e-2, 2e-2)) << "count " << count;
+      EXPECT_TRUE(test::all_close(got.trajectory.data(), want.trajectory.data(), want.trajectory.size(), 2e-2, 2e-2));
+      EXPECT_NE(got.x, fp32.x) << "tf32 rounds: it cannot equal fp32 to the bit";
+      const TwinRun other = run_fused_twin(model, c, 5);
+      EXPECT_EQ(other.x, got.x) << "count " << count;
+    }
+  }
+}
+
 TEST(FusedSamplerTwin, OneLabelForAllAndTheNullContextAndABackwardSpan) {
   MlpConfig m;
   m.data_dim = 2;
@@ -126,7 +154,20 @@ TEST(FusedSamplerTwin, RefusesWhatItDoesNotRunNamingTheLayeredPath) {
   const Model narrow(m, 1);
   const cuda::FusedNet net = cuda::fused_net(m, narrow.params().data());
   EXPECT_EQ(cuda::fused_sampler_refusal(net, 2, Precision::FP32, Solver::RK4), "");
-  EXPECT_NE(cuda::fused_sampler_refusal(net, 2, Precision::BF16, Solver::RK4).find("fp32"), std::string::npos);
+  EXPECT_EQ(cuda::fused_sampler_refusal(net, 2, Precision::TF32, Solver::RK4), "");
+  cuda::FusedSample flow;  // log-likelihoods' tangents: fp32 only
+  flow.dim = 2;
+  flow.tangents = 2;
+  float integral = 0.0f;
+  flow.integral = &integral;
+  EXPECT_EQ(cuda::fused_tangents_error(flow), "");
+  flow.precision = Precision::TF32;
+  EXPECT_NE(cuda::fused_tangents_error(flow).find("run fp32"), std::string::npos);
+  flow.precision = Precision::FP32;
+  flow.tangents = 3;  // the exact trace takes D
+  EXPECT_NE(cuda::fused_tangents_error(flow).find("D = 2"), std::string::npos);
+  EXPECT_NE(cuda::fused_sampler_refusal(net, 2, Precision::BF16, Solver::RK4).find("runs fp32 and tf32"),
+            std::string::npos);
   EXPECT_NE(cuda::fused_sampler_refusal(net, 2, Precision::FP32, Solver::Dopri5).find("dopri5"),
             std::string::npos);
   EXPECT_NE(cuda::fused_sampler_refusal(net, 65, Precision::FP32, Solver::Euler).find("D = 65"),

@@ -461,6 +461,46 @@ TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
   }
 }
 
+// TF32 on the tensor cores (wmma tiles over rows and widths padded to 16) against its CPU twin (the
+// same program with the operands rounded to tf32 and summed one term at a time: the hardware's order
+// within a k step differs), the layered TF32 path and the CPU's fp32 sampler (tf32's 2e-2, as
+// GpuSamplingPrecision), ragged counts and a trajectory.
+TEST(GpuFusedSampler, Tf32OnTheTensorCoresMatchesItsTwinAndTheLayeredPath) {
+  CUFM_REQUIRE_GPU();
+  const test::GpuMlpEnv automatic("auto");
+  const test::FusedCase cases[] = {
+      {"R7's shape", {128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 5, false},
+      {"gelu, context, guided", {40, 56}, Activation::GELU, 4, 0, 5, Solver::RK4, 5, true},
+      {"relu, classes, guided", {64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, 5, true},
+  };
+  for (const test::FusedCase& k : cases) {
+    const Model model(test::fused_case_model(k), 41);
+    for (const int64_t count : {int64_t{1}, int64_t{129}, int64_t{2000}}) {
+      SCOPED_TRACE(std::string(k.name) + ", count " + std::to_string(count));
+      SampleConfig c = test::fused_case_config(k, count, Device::CUDA, 8, 7, 2.0f);
+      c.precision = Precision::TF32;
+      c.keep_trajectory = count == 129;
+      const SampleResult fused = detail::cuda_sample(model, c);
+      EXPECT_EQ(fused.mlp, "cuda fused");
+      const test::TwinRun twin = test::run_fused_twin(model, c, 32);
+      EXPECT_TRUE(test::all_close(fused.x.data(), twin.x.data(), twin.x.size(), 2e-3, 2e-3));
+      EXPECT_TRUE(test::all_close(fused.trajectory.data(), twin.trajectory.data(), twin.trajectory.size(), 2e-3,
+                                  2e-3));
+      SampleResult layered;
+      {
+        const test::GpuMlpEnv env("layered");
+        layered = detail::cuda_sample(model, c);
+      }
+      EXPECT_EQ(layered.mlp, "cuda layered");
+      EXPECT_TRUE(test::all_close(fused.x.data(), layered.x.data(), layered.x.size(), 2e-2, 2e-2));
+      c.precision = Precision::FP32;
+      c.device = Device::CPU;
+      const SampleResult cpu = sample(model, c);
+      EXPECT_TRUE(test::all_close(fused.x.data(), cpu.x.data(), cpu.x.size(), 2e-2, 2e-2));
+    }
+  }
+}
+
 // Where the fused sampler does not apply the layered path runs and says so; forcing the fused one
 // there is an error naming why; a bad CUFM_GPU_MLP is refused.
 TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
@@ -474,13 +514,16 @@ TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
   c.steps = 2;
   c.device = Device::CUDA;
   EXPECT_EQ(detail::cuda_sample(wide, c).mlp, "cuda layered");
-  c.precision = Precision::TF32;
   m.hidden = {64};
   const Model narrow(m, 2);
+  c.precision = Precision::TF32;
+  EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
+  c.precision = Precision::BF16;
   EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda layered");
   {
     const test::GpuMlpEnv env("fused");
-    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("runs fp32"), std::string::npos);
+    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("runs fp32 and tf32"),
+              std::string::npos);
     c.precision = Precision::FP32;
     EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(wide, c); }).find("256 wide"), std::string::npos);
     EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
