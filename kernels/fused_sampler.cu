@@ -3,8 +3,9 @@
 // weights in dynamic shared memory (the tile sized to the device's opt-in limit: 32 points of a
 // 128-wide guided model take ~150 KB; with the divergence's tangents riding along, 64, 32, ... or 4).
 // One launch for the whole integration, of samples or of log-likelihoods. FP32 sums each layer on
-// the CUDA cores; TF32 on the tensor cores (DeviceMma, below). Built with -fmad=false: the stage
+// the CUDA cores; TF32 and BF16 on the tensor cores (DeviceMma, below). Built with -fmad=false: the stage
 // points round as the CPU's combine(), and the CUDA cores' sums take one explicit fmaf a term.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -25,9 +26,10 @@ struct DeviceSync {
   __device__ void operator()() const { __syncthreads(); }
 };
 
-// A layer's products on the tensor cores (TF32): dst [R, ld(out)] = src [R, ld(in)] times the staged
-// weights [ld(out), ld(in) + 4] read as the column-major B operand, every 16 x 16 tile of the
-// output, padding included, by one warp (k steps of 8, fp32 accumulation). R and both strides are
+// A layer's products on the tensor cores: dst [R, ld(out)] = the input [R, ld(in)] times the staged
+// weights [ld(out), fused_weight_ld] read as the column-major B operand, every 16 x 16 tile of the
+// output, padding included, by one warp, fp32 accumulation. TF32: the input from src, k steps of 8;
+// BF16: the input's and the weights' bf16 bits (s.a16, s.w16), k steps of 16. R and the strides are
 // multiples of 16 and every operand starts on 32 bytes (fused_smem_carve), as wmma's loads need.
 struct DeviceMma {
   __device__ void operator()(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
@@ -36,6 +38,24 @@ struct DeviceMma {
     const int in = p.net.in[l], out = p.net.out[l];
     const int ld_in = fused_ld(p, in), ld_out = fused_ld(p, out), ld_w = fused_weight_ld(p, in, out);
     const int tiles_c = ld_out / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
+    if (fused_bf16(p)) {
+      const __nv_bfloat16* a16 = reinterpret_cast<const __nv_bfloat16*>(s.a16);
+      const __nv_bfloat16* w16 = reinterpret_cast<const __nv_bfloat16*>(s.w16);
+      for (int t = tid / 32; t < tiles; t += nt / 32) {
+        const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        for (int k0 = 0; k0 < ld_in; k0 += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+          wmma::load_matrix_sync(a, a16 + r0 * ld_in + k0, ld_in);
+          wmma::load_matrix_sync(b, w16 + c0 * ld_w + k0, ld_w);
+          wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(dst + r0 * ld_out + c0, acc, ld_out, wmma::mem_row_major);
+      }
+      return;
+    }
     for (int t = tid / 32; t < tiles; t += nt / 32) {
       const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
       wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;

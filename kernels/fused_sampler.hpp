@@ -1,4 +1,4 @@
-// The fused sampler's block program (issue 23, step 1): one block integrates a tile of points
+// The fused sampler's block program (issue 23): one block integrates a tile of points
 // through every stage and step of a fixed-step solver, the model evaluated layer by layer with its
 // activations in shared memory and each layer's weights staged there, so that between the initial
 // points and the final ones nothing touches global memory but the weights (read from L2) and an
@@ -8,6 +8,9 @@
 // computed whole by one thread, in an order fixed by the element alone (a layer's dot product: k
 // from 0 up, one fmaf each; the stage points with hd::combine_at), so the twin computes what each
 // block computes, apart from the activations' exp (the device's __expf, the host's polynomial).
+// At TF32 and BF16 a layer's products run on the tensor cores (the kernel's DeviceMma; the twin's
+// FusedTwinMma emulates their rounding, not their order), over rows and widths padded to 16.
+// Log-likelihoods carry each point's divergence tangents through the same layers (fp32 only).
 //
 // Napkin math at the R7 shape (width 128, 4 hidden layers, D = 2, 10^6 points, midpoint 20 steps,
 // fp32): the layered path writes and reads every layer's activations, 2 x 4 x 128 x 4 B = 4 KB a
@@ -71,8 +74,9 @@ struct FusedSample {
   int tangents = 0;               // 0: sampling alone
   const float* probes = nullptr;  // [n, tangents, D] Hutchinson's probes, or nullptr: exact (tangents = D)
   float* integral = nullptr;      // [n]: a at t1, when tangents > 0
-  // FP32: each layer's sums on the CUDA cores, one fmaf a term; TF32: on the tensor cores
-  // (nvcuda::wmma 16 x 16 x 8 tiles, fp32 accumulation), the activation rows padded to 16.
+  // FP32: each layer's sums on the CUDA cores, one fmaf a term; TF32 and BF16: on the tensor cores
+  // (nvcuda::wmma 16 x 16 tiles, k steps of 8 or 16, fp32 accumulation), the activation rows and
+  // widths padded to 16.
   Precision precision = Precision::FP32;
 };
 
@@ -154,7 +158,10 @@ CUFM_HD int fused_layer_rows(const FusedSample& p, int rows) {
 // The tensor cores' tile: 16 x 16 outputs (k steps of 8 at tf32).
 constexpr int kFusedMma = 16;
 CUFM_HD bool fused_tensor_cores(const FusedSample& p) {
-  return p.precision == Precision::TF32;
+  return p.precision == Precision::TF32 || p.precision == Precision::BF16;
+}
+CUFM_HD bool fused_bf16(const FusedSample& p) {
+  return p.precision == Precision::BF16;
 }
 CUFM_HD int fused_round_up(int v, int m) {
   return (v + m - 1) / m * m;
@@ -179,16 +186,18 @@ CUFM_HD int fused_max_width(const FusedSample& p) {
 }
 // A staged layer's weights. CUDA cores: transposed, [in, out + 1] (the odd stride puts the staging's
 // transposed writes, consecutive threads on consecutive rows, in 32 banks rather than one). Tensor
-// cores: as in global memory, [out padded to 16, in padded to 16, + 4] (the B operand read
-// column-major; ldm a multiple of 4; zeros in the padding).
+// cores: as in global memory, [out padded to 16, in padded to 16, + 4 floats or + 8 bf16] (the B
+// operand read column-major; ldm a multiple of 16 bytes; zeros in the padding), bf16 as raw bits.
 CUFM_HD int fused_weight_ld(const FusedSample& p, int in, int out) {
-  return fused_tensor_cores(p) ? fused_ld(p, in) + 4 : out + 1;
+  return fused_bf16(p) ? fused_ld(p, in) + 8 : fused_tensor_cores(p) ? fused_ld(p, in) + 4 : out + 1;
 }
 CUFM_HD int fused_weight_index(const FusedSample& p, int in, int out, int o, int k) {
   return fused_tensor_cores(p) ? o * fused_weight_ld(p, in, out) + k : k * fused_weight_ld(p, in, out) + o;
 }
-// Floats of layer l's staged weights; its bias [out] follows them.
+// Floats of layer l's staged weights (bf16: two a float, rounded up to 8 floats); its bias [out]
+// follows them.
 CUFM_HD int fused_weight_floats(const FusedSample& p, int in, int out) {
+  if (fused_bf16(p)) return (fused_ld(p, out) * fused_weight_ld(p, in, out) / 2 + 7) / 8 * 8;
   return fused_tensor_cores(p) ? fused_ld(p, out) * fused_weight_ld(p, in, out) : in * fused_weight_ld(p, in, out);
 }
 // The largest layer's staged weights and bias.
@@ -202,13 +211,16 @@ CUFM_HD int fused_max_layer(const FusedSample& p) {
 }
 
 // A block's shared memory, in floats: the state x [tile, W] and the stages k [stages, tile, W]
-// (W = fused_state_width), two activation buffers [fused_held_rows(tile), max width] and one
-// layer's weights and bias; each region starts on 32 bytes (the tensor cores' loads need it).
+// (W = fused_state_width), two activation buffers [fused_held_rows(tile), max width], one layer's
+// weights and bias, and at BF16 the layer's input as bf16 bits [held rows, max width]; each region
+// starts on 32 bytes (the tensor cores' loads need it).
 struct FusedSmem {
   float* x;
   float* k;
   float* act[2];
   float* w;
+  uint16_t* w16;  // BF16: the staged weights' bits (at w)
+  uint16_t* a16;  // BF16: the layer's input as bf16 bits
 };
 CUFM_HD int64_t fused_align8(int64_t floats) {
   return (floats + 7) / 8 * 8;
@@ -217,7 +229,7 @@ CUFM_HD int64_t fused_smem_floats(const FusedSample& p) {
   const int64_t tile_elems = static_cast<int64_t>(p.tile) * fused_state_width(p);
   const int64_t act = static_cast<int64_t>(fused_held_rows(p, p.tile)) * fused_max_width(p);
   return fused_align8(tile_elems) + fused_align8(tile_elems * p.tableau.stages) + 2 * fused_align8(act) +
-         fused_max_layer(p);
+         fused_align8(fused_max_layer(p)) + (fused_bf16(p) ? fused_align8((act + 1) / 2) : 0);
 }
 CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
   const int64_t tile_elems = static_cast<int64_t>(p.tile) * fused_state_width(p);
@@ -228,14 +240,15 @@ CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
   s.act[0] = s.k + fused_align8(tile_elems * p.tableau.stages);
   s.act[1] = s.act[0] + fused_align8(act);
   s.w = s.act[1] + fused_align8(act);
+  s.w16 = reinterpret_cast<uint16_t*>(s.w);
+  s.a16 = fused_bf16(p) ? reinterpret_cast<uint16_t*>(s.w + fused_align8(fused_max_layer(p))) : nullptr;
   return s;
 }
 
 // Empty where the fused sampler runs this model, precision and solver; else why not.
 inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision precision, Solver solver) {
-  if (precision != Precision::FP32 && precision != Precision::TF32) {
-    return std::string("the fused sampler runs fp32 and tf32 (the layered path runs ") + to_string(precision) +
-           ")";
+  if (precision != Precision::FP32 && precision != Precision::TF32 && precision != Precision::BF16) {
+    return "the fused sampler runs fp32, tf32 and bf16, not precision " + std::to_string(static_cast<int>(precision));
   }
   if (solver == Solver::Dopri5) return "dopri5's step control runs on the layered path";
   if (net.model_layers > kFusedMaxLayers) {
@@ -348,11 +361,39 @@ CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const fl
 
 // Layer l's weights (fused_weight_index's layout) and its bias into shared memory; the global reads
 // run along the weights' rows.
+// bf16's bits of x, rounded to nearest even (as __float2bfloat16_rn), and back.
+CUFM_HD uint16_t fused_bf16_bits(float x) {
+  uint32_t u;
+#if defined(__CUDA_ARCH__)
+  u = __float_as_uint(x);
+#else
+  std::memcpy(&u, &x, sizeof u);
+#endif
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // a quiet NaN
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+CUFM_HD float fused_bf16_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float y;
+  std::memcpy(&y, &u, sizeof y);
+  return y;
+#endif
+}
+
 CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s, int tid, int nt) {
   const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(p, in, out);
   const float* w = p.net.weight[l];
   float* bias = s.w + fused_weight_floats(p, in, out);
-  if (fused_tensor_cores(p)) {  // [out padded, ld], zeros in the padding
+  if (fused_bf16(p)) {  // [out padded, ld] bf16 bits, zeros in the padding
+    const int e_end = fused_ld(p, out) * ld;
+    for (int e = tid; e < e_end; e += nt) {
+      const int o = e / ld, k = e - o * ld;
+      s.w16[e] = o < out && k < in ? fused_bf16_bits(w[o * in + k]) : uint16_t{0};
+    }
+  } else if (fused_tensor_cores(p)) {  // [out padded, ld], zeros in the padding
     const int e_end = fused_ld(p, out) * ld;
     for (int e = tid; e < e_end; e += nt) {
       const int o = e / ld, k = e - o * ld;
@@ -365,6 +406,14 @@ CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s
     }
   }
   for (int o = tid; o < out; o += nt) bias[o] = p.net.bias[l][o];
+}
+
+// BF16: layer l's input rows (`rows` held, padding included) as bf16 bits, the tensor cores' A
+// operand (in the weights' staging phase: both read only what the last phase finished).
+CUFM_HD void fused_input_bf16(const FusedSample& p, int l, int rows, const float* src, const FusedSmem& s, int tid,
+                              int nt) {
+  const int e_end = rows * fused_ld(p, p.net.in[l]);
+  for (int e = tid; e < e_end; e += nt) s.a16[e] = fused_bf16_bits(src[e]);
 }
 
 // An operand rounded as the tensor cores round it at tf32 (cvt.rna.tf32.f32: 10 mantissa bits, to
@@ -455,10 +504,25 @@ CUFM_HD void fused_bias_act(const FusedSample& p, int l, int R, int R_bias, bool
 // The tensor cores' products as the CPU twin computes them: fused_layer's sums of tf32-rounded
 // operands, in fp32, one term at a time (the hardware sums each 8-wide k step in an order of its
 // own: the twin matches it to a tolerance, not to the bit).
+// At BF16 the products read the bf16 bits (the input's and the staged weights') as the tensor cores
+// do; products of bf16 values are exact in fp32.
 struct FusedTwinMma {
   CUFM_HD void operator()(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
                           int tid, int nt) const {
-    fused_layer(p, l, R, 0, false, src, dst, s, tid, nt, hd::FastExp{});
+    if (!fused_bf16(p)) {
+      fused_layer(p, l, R, 0, false, src, dst, s, tid, nt, hd::FastExp{});
+      return;
+    }
+    const int in = p.net.in[l], out = p.net.out[l];
+    const int ld_in = fused_ld(p, in), ld_out = fused_ld(p, out), ld_w = fused_weight_ld(p, in, out);
+    for (int e = tid; e < R * ld_out; e += nt) {
+      const int r = e / ld_out, o = e - r * ld_out;
+      float acc = 0.0f;
+      for (int k = 0; k < ld_in; ++k) {
+        acc = hd::rn_fma(fused_bf16_float(s.a16[r * ld_in + k]), fused_bf16_float(s.w16[o * ld_w + k]), acc);
+      }
+      dst[e] = acc;
+    }
   }
 };
 
@@ -574,11 +638,12 @@ CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, co
       int from = 0;
       for (int l = 0; l < p.net.layers; ++l) {
         const bool hidden = l + 1 < p.net.layers;
-        fused_stage_weights(p, l, s, tid, nt);
-        sync();  // the input (or the previous layer) and the weights are in place
         // Selected, not indexed: an index into s.act would put s in local memory on the device.
         float* const src = from == 0 ? s.act[0] : s.act[1];
         float* const dst = from == 0 ? s.act[1] : s.act[0];
+        fused_stage_weights(p, l, s, tid, nt);
+        if (fused_bf16(p)) fused_input_bf16(p, l, fused_held_rows(p, rows), src, s, tid, nt);
+        sync();  // the input (or the previous layer) and the weights are in place
         if (fused_tensor_cores(p)) {  // the products over every held row, then the bias and activation
           mma(p, l, fused_held_rows(p, rows), src, dst, s, tid, nt);
           sync();

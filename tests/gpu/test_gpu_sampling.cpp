@@ -461,11 +461,11 @@ TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
   }
 }
 
-// TF32 on the tensor cores (wmma tiles over rows and widths padded to 16) against its CPU twin (the
-// same program with the operands rounded to tf32 and summed one term at a time: the hardware's order
-// within a k step differs), the layered TF32 path and the CPU's fp32 sampler (tf32's 2e-2, as
-// GpuSamplingPrecision), ragged counts and a trajectory.
-TEST(GpuFusedSampler, Tf32OnTheTensorCoresMatchesItsTwinAndTheLayeredPath) {
+// TF32 and BF16 on the tensor cores (wmma tiles over rows and widths padded to 16) against the CPU
+// twin (the same program with the operands rounded as the hardware rounds them and summed one term at
+// a time: the hardware's order within a k step differs), the layered path at the same precision and
+// the CPU's fp32 sampler (GpuSamplingPrecision's tolerances), ragged counts and a trajectory.
+TEST(GpuFusedSampler, TensorCoresMatchTheirTwinAndTheLayeredPath) {
   CUFM_REQUIRE_GPU();
   const test::GpuMlpEnv automatic("auto");
   const test::FusedCase cases[] = {
@@ -475,10 +475,13 @@ TEST(GpuFusedSampler, Tf32OnTheTensorCoresMatchesItsTwinAndTheLayeredPath) {
   };
   for (const test::FusedCase& k : cases) {
     const Model model(test::fused_case_model(k), 41);
+    for (const Precision precision : {Precision::TF32, Precision::BF16})
     for (const int64_t count : {int64_t{1}, int64_t{129}, int64_t{2000}}) {
-      SCOPED_TRACE(std::string(k.name) + ", count " + std::to_string(count));
+      SCOPED_TRACE(std::string(k.name) + ", " + to_string(precision) + ", count " + std::to_string(count));
+      // bf16's rounding (8 bits) against fp32: GpuSamplingPrecision's 5e-2; tf32's 2e-2.
+      const double tol = precision == Precision::BF16 ? 5e-2 : 2e-2;
       SampleConfig c = test::fused_case_config(k, count, Device::CUDA, 8, 7, 2.0f);
-      c.precision = Precision::TF32;
+      c.precision = precision;
       c.keep_trajectory = count == 129;
       const SampleResult fused = detail::cuda_sample(model, c);
       EXPECT_EQ(fused.mlp, "cuda fused");
@@ -492,11 +495,11 @@ TEST(GpuFusedSampler, Tf32OnTheTensorCoresMatchesItsTwinAndTheLayeredPath) {
         layered = detail::cuda_sample(model, c);
       }
       EXPECT_EQ(layered.mlp, "cuda layered");
-      EXPECT_TRUE(test::all_close(fused.x.data(), layered.x.data(), layered.x.size(), 2e-2, 2e-2));
+      EXPECT_TRUE(test::all_close(fused.x.data(), layered.x.data(), layered.x.size(), tol, tol));
       c.precision = Precision::FP32;
       c.device = Device::CPU;
       const SampleResult cpu = sample(model, c);
-      EXPECT_TRUE(test::all_close(fused.x.data(), cpu.x.data(), cpu.x.size(), 2e-2, 2e-2));
+      EXPECT_TRUE(test::all_close(fused.x.data(), cpu.x.data(), cpu.x.size(), tol, tol));
     }
   }
 }
@@ -516,14 +519,16 @@ TEST(GpuFusedSampler, ChoiceIsAutomaticVisibleAndOverridable) {
   EXPECT_EQ(detail::cuda_sample(wide, c).mlp, "cuda layered");
   m.hidden = {64};
   const Model narrow(m, 2);
-  c.precision = Precision::TF32;
-  EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
-  c.precision = Precision::BF16;
+  for (Precision p : {Precision::TF32, Precision::BF16}) {  // on the tensor cores
+    c.precision = p;
+    EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused") << to_string(p);
+  }
+  c.solver = Solver::Dopri5;
   EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda layered");
   {
     const test::GpuMlpEnv env("fused");
-    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("runs fp32 and tf32"),
-              std::string::npos);
+    EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(narrow, c); }).find("dopri5"), std::string::npos);
+    c.solver = Solver::Euler;
     c.precision = Precision::FP32;
     EXPECT_NE(test::error_of([&] { (void)detail::cuda_sample(wide, c); }).find("256 wide"), std::string::npos);
     EXPECT_EQ(detail::cuda_sample(narrow, c).mlp, "cuda fused");
