@@ -232,6 +232,16 @@ if [ $PREFLIGHT -eq 1 ]; then
   exit 0
 fi
 
+# Every gpu test in the source must have its binary here: a pack or build without one would
+# otherwise pass without running it.
+for src in "$ROOT"/tests/gpu/test_gpu_*.cpp; do
+  name=$(basename "$src" .cpp)
+  if [ ! -e "$BUILD/tests/gpu/$name" ]; then
+    row "gpu tests $name" "FAIL (no binary in $SOURCE)"
+    FAILED=1
+  fi
+done
+
 DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
 DEVICE=${DEVICE:-unknown-gpu}
 DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1)

@@ -4,7 +4,8 @@
 #  2. the same library in a Python wheel's nvidia/<name>/lib folder is found and the binary loads;
 #  3. a packed gpu-pack.tar.xz is unpacked and checked the same way;
 #  4. a whole run where a project binary exits 127 (the loader's code for a missing library) is a
-#     FAIL with exit 1, never "not run"; and a binary that cannot load is not run at all.
+#     FAIL with exit 1, never "not run"; a binary that cannot load is not run at all; and a gpu test
+#     of the source (tests/gpu/test_gpu_*.cpp) with no binary in the pack is a FAIL.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d)
@@ -77,4 +78,6 @@ grep -q "| load test_gpu_fake | FAIL (cannot load" "$report" || { cat "$report";
 if grep -q "| gpu tests test_gpu_fake |" "$report"; then cat "$report"; fail "a binary that cannot load was run"; fi
 grep -q "result: FAIL" "$report" || { cat "$report"; fail "the report's result is not FAIL"; }
 grep -q "| bench cufm_bench_fake | pass" "$report" || { cat "$report"; fail "the bench row is missing"; }
+grep -q "| gpu tests test_gpu_likelihood | FAIL (no binary" "$report" ||
+  { cat "$report"; fail "a gpu test of the source missing from the pack is not a FAIL"; }
 echo "gpu_check_test: all four cases behave"
