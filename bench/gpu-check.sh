@@ -312,6 +312,8 @@ for b in "${BENCHES[@]}"; do
   case "$name" in
     cufm_bench_kernels) args=(--repeats 20) ;;
     cufm_bench_train) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16" --quality-steps 0) ;;
+    # Three precisions of sampling (R1, R4, R7) and fp32 log-likelihoods (R5, R7): 4 s a row at most.
+    cufm_bench_sample) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16" --budget 4) ;;
     *) args=(--backends "cuda-fp32,cuda-tf32,cuda-bf16") ;;
   esac
   run_step "bench $name" 45 "$b" "${args[@]}" --json "$LOGS/$name.json" --out "$LOGS/$name.md"

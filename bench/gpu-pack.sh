@@ -4,6 +4,7 @@
 # libgomp, libpng), into gpu-pack.tar.xz at the repository root: what bench/gpu-check.sh runs on a
 # GPU machine that has the CUDA toolkit (or PyTorch's nvidia-* wheels) but none of Debian's -dev
 # packages. Carry gpu-pack.tar.xz (ignored by git) to the GPU machine; gpu-check.sh unpacks it.
+# pydeps/ inside it is what bench/gpu-python-check.sh's build of the Python package needs there.
 #
 # What can travel to a GPU machine is 64 MiB in all, the checkout included, so the pack is refused
 # above 48 MiB. cuBLAS/cuBLASLt are not packed (hundreds of MB): gpu-check.sh finds them there.
@@ -41,6 +42,18 @@ done | sort -u | while read -r soname path; do
     *) cp -L "$path" "$STAGE/lib/$soname" && strip --strip-unneeded "$STAGE/lib/$soname" ;;
   esac
 done
+# What bench/gpu-python-check.sh's build of the Python package needs there beside the image's
+# python3, nanobind, scikit-build-core, CMake and nvcc: the CBLAS headers and OpenBLAS this build
+# found, and nlohmann/json with its CMake package (pydeps/ is a CMake prefix).
+cache() { sed -n "s/^$1:[A-Z]*=//p" "$BUILD/CMakeCache.txt"; }
+mkdir -p "$STAGE/pydeps/include" "$STAGE/pydeps/lib" "$STAGE/pydeps/share/cmake"
+cp "$(cache CUFM_CBLAS_INCLUDE_DIR)"/*.h "$STAGE/pydeps/include/"
+ln -s ../../lib/libopenblas.so.0 "$STAGE/pydeps/lib/libopenblas.so"  # the packed runtime library
+json_dir=$(cache nlohmann_json_DIR)
+json_inc=$(dirname "$(find /usr/include /usr/local/include -maxdepth 2 -name json.hpp -path '*nlohmann*' | head -n1)")
+cp -r "$json_inc" "$STAGE/pydeps/include/nlohmann"
+cp -r "$json_dir" "$STAGE/pydeps/share/cmake/nlohmann_json"
+
 git -C "$ROOT" rev-parse HEAD >"$STAGE/.prebuilt"
 echo "$ARCH" >"$STAGE/.arch"
 

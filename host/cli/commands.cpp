@@ -468,10 +468,10 @@ int run_logprob(const LogProbArgs& a) {
   if (!a.noise.empty()) write_npy(a.noise, r.noise.data(), {r.count, r.dim});
   double mean = 0.0;
   for (float v : r.log_prob) mean += v;
-  std::printf("log p at %lld points: mean %.5f (%s, %s divergence, %lld evaluations, %.3f s on %s): %s\n",
+  std::printf("log p at %lld points: mean %.5f (%s, %s divergence, %lld evaluations, %.3f s on %s, %s): %s\n",
               static_cast<long long>(r.count), mean / static_cast<double>(r.count), a.solver.c_str(),
               to_string(r.divergence), static_cast<long long>(r.evaluations), secs, to_string(r.device),
-              a.out.c_str());
+              r.mlp.c_str(), a.out.c_str());
   return 0;
 }
 
