@@ -246,8 +246,8 @@ void run_log_prob(const std::vector<Backend>& bs, Report& rep) {
         lc.context.resize(static_cast<size_t>(count) * m.context_dim);
         for (size_t j = 0; j < lc.context.size(); ++j) lc.context[j] = std::sin(0.1f * static_cast<float>(j));
       }
-      nlohmann::json j = {{"workload", id}, {"backend", b.name}, {"count", count}, {"solver", "midpoint"},
-                          {"steps", 20}, {"divergence", "exact"}};
+      nlohmann::json j = {{"workload", id},       {"backend", b.name}, {"count", count},
+                          {"solver", "midpoint"}, {"steps", 20},       {"divergence", "exact"}};
       std::cerr << "[log_prob] " << id << " on " << b.name << " ..." << std::flush;
       try {
         for (int i = 0; i < (opt.warmup >= 0 ? opt.warmup : 1); ++i) (void)log_prob(model, x, lc);
@@ -270,14 +270,21 @@ void run_log_prob(const std::vector<Backend>& bs, Report& rep) {
         const double rate = static_cast<double>(count) / st.median;
         if (b.name == "cpu") cpu_rate = rate;
         std::cerr << " " << fmt(st.median, 4) << " s\n";
-        t.rows.push_back({id, std::to_string(count), b.name, mlp, std::to_string(st.repeats),
-                          fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]", fmt_si(rate),
-                          b.name == "cpu" ? "1" : (std::isfinite(cpu_rate) ? fmt(rate / cpu_rate, 3) + "x" : "-")});
-        j.update({{"status", "ok"}, {"mlp", mlp}, {"repeats", st.repeats}, {"seconds", st.median},
-                  {"seconds_min", st.min}, {"seconds_max", st.max}, {"points_per_s", rate}});
+        t.rows.push_back(
+            {id, std::to_string(count), b.name, mlp, std::to_string(st.repeats),
+             fmt(st.median, 4) + " [" + fmt(st.min, 4) + ", " + fmt(st.max, 4) + "]", fmt_si(rate),
+             b.name == "cpu" ? "1" : (std::isfinite(cpu_rate) ? fmt(rate / cpu_rate, 3) + "x" : "-")});
+        j.update({{"status", "ok"},
+                  {"mlp", mlp},
+                  {"repeats", st.repeats},
+                  {"seconds", st.median},
+                  {"seconds_min", st.min},
+                  {"seconds_max", st.max},
+                  {"points_per_s", rate}});
       } catch (const std::exception& e) {
         std::cerr << " failed\n";
-        t.rows.push_back({id, std::to_string(count), b.name, "-", "-", std::string("failed: ") + e.what(), "-", "-"});
+        t.rows.push_back(
+            {id, std::to_string(count), b.name, "-", "-", std::string("failed: ") + e.what(), "-", "-"});
         j.update({{"status", "failed"}, {"reason", e.what()}});
       }
       rows.push_back(j);

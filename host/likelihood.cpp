@@ -113,7 +113,7 @@ void check_guidance_arg(const MlpConfig& m, const std::optional<float>& guidance
 }
 
 DivergenceFlowResult DivergenceBackend::integrate(const float* x0, int64_t n, const DivergenceFlow& f,
-                                                 const float* probes, bool keep) {
+                                                  const float* probes, bool keep) {
   const int64_t xn = f.dim * n;
   const int P = probes ? f.probes : f.dim;
   const int32_t* labels = f.labels.empty() ? nullptr : f.labels.data();

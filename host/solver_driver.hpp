@@ -17,9 +17,9 @@
 #include <utility>
 #include <vector>
 
-#include "cufm/error.hpp"
 #include "cufm/detail/math.hpp"
 #include "cufm/detail/solver_tableau.hpp"
+#include "cufm/error.hpp"
 #include "cufm/sampler.hpp"
 
 namespace cufm::detail {

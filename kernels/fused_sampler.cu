@@ -32,8 +32,8 @@ struct DeviceSync {
 // BF16: the input's and the weights' bf16 bits (s.a16, s.w16), k steps of 16. R and the strides are
 // multiples of 16 and every operand starts on 32 bytes (fused_smem_carve), as wmma's loads need.
 struct DeviceMma {
-  __device__ void operator()(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
-                             int tid, int nt) const {
+  __device__ void operator()(const FusedSample& p, int l, int R, const float* src, float* dst,
+                             const FusedSmem& s, int tid, int nt) const {
     namespace wmma = nvcuda::wmma;
     const int in = p.net.in[l], out = p.net.out[l];
     const int ld_in = fused_ld(p, in), ld_out = fused_ld(p, out), ld_w = fused_weight_ld(p, in, out);

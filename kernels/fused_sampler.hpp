@@ -127,8 +127,8 @@ inline FusedSample fused_sample_of(const MlpConfig& model, const SampleConfig& c
 // A flow with its divergence as the fused sampler takes it (log-likelihoods, fixed steps): labels
 // and contexts per point or nullptr (the null class, the null context), guidance nullptr or its
 // scale, P tangents per point (probes nullptr: exact, P = D), in the memory the caller runs it on.
-inline FusedSample fused_flow_of(const MlpConfig& model, const float* params, Solver solver, int steps, float t0,
-                                 float t1, int64_t n, const int32_t* labels, const float* context,
+inline FusedSample fused_flow_of(const MlpConfig& model, const float* params, Solver solver, int steps,
+                                 float t0, float t1, int64_t n, const int32_t* labels, const float* context,
                                  const float* guidance, int P, const float* probes, float* x, float* integral,
                                  float* trajectory) {
   SampleConfig c;
@@ -198,7 +198,8 @@ CUFM_HD int fused_weight_index(const FusedSample& p, int in, int out, int o, int
 // follows them.
 CUFM_HD int fused_weight_floats(const FusedSample& p, int in, int out) {
   if (fused_bf16(p)) return (fused_ld(p, out) * fused_weight_ld(p, in, out) / 2 + 7) / 8 * 8;
-  return fused_tensor_cores(p) ? fused_ld(p, out) * fused_weight_ld(p, in, out) : in * fused_weight_ld(p, in, out);
+  return fused_tensor_cores(p) ? fused_ld(p, out) * fused_weight_ld(p, in, out)
+                               : in * fused_weight_ld(p, in, out);
 }
 // The largest layer's staged weights and bias.
 CUFM_HD int fused_max_layer(const FusedSample& p) {
@@ -248,7 +249,8 @@ CUFM_HD FusedSmem fused_smem_carve(const FusedSample& p, float* base) {
 // Empty where the fused sampler runs this model, precision and solver; else why not.
 inline std::string fused_sampler_refusal(const FusedNet& net, int dim, Precision precision, Solver solver) {
   if (precision != Precision::FP32 && precision != Precision::TF32 && precision != Precision::BF16) {
-    return "the fused sampler runs fp32, tf32 and bf16, not precision " + std::to_string(static_cast<int>(precision));
+    return "the fused sampler runs fp32, tf32 and bf16, not precision " +
+           std::to_string(static_cast<int>(precision));
   }
   if (solver == Solver::Dopri5) return "dopri5's step control runs on the layered path";
   if (net.model_layers > kFusedMaxLayers) {
@@ -276,7 +278,8 @@ inline std::string fused_tangents_error(const FusedSample& p) {
   if (p.tangents > 0 && !p.integral) return "tangents need the integral's array";
   if (p.tangents > 0 && p.precision != Precision::FP32) return "the divergence's tangents run fp32";
   if (p.tangents > 0 && !p.probes && p.tangents != p.dim) {
-    return "the exact trace takes D = " + std::to_string(p.dim) + " tangents, got " + std::to_string(p.tangents);
+    return "the exact trace takes D = " + std::to_string(p.dim) + " tangents, got " +
+           std::to_string(p.tangents);
   }
   return {};
 }
@@ -324,7 +327,8 @@ CUFM_HD void fused_load_x(const FusedSample& p, int64_t first, int rows, const F
 // e the q-th unit vector (exact) or the point's q-th probe.
 CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const float (&a)[kFusedMaxStages],
                          int terms, float h, float t, const FusedSmem& s, int tid, int nt) {
-  const int in = p.net.in[0], ld = fused_ld(p, in), D = p.dim, W = fused_state_width(p), tile_elems = p.tile * W;
+  const int in = p.net.in[0], ld = fused_ld(p, in), D = p.dim, W = fused_state_width(p),
+            tile_elems = p.tile * W;
   const int primal = p.copies * rows, P = p.tangents, layer_rows = fused_layer_rows(p, rows);
   const int e_end = fused_held_rows(p, rows) * ld;
   for (int e = tid; e < e_end; e += nt) {
@@ -410,8 +414,8 @@ CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s
 
 // BF16: layer l's input rows (`rows` held, padding included) as bf16 bits, the tensor cores' A
 // operand (in the weights' staging phase: both read only what the last phase finished).
-CUFM_HD void fused_input_bf16(const FusedSample& p, int l, int rows, const float* src, const FusedSmem& s, int tid,
-                              int nt) {
+CUFM_HD void fused_input_bf16(const FusedSample& p, int l, int rows, const float* src, const FusedSmem& s,
+                              int tid, int nt) {
   const int e_end = rows * fused_ld(p, p.net.in[l]);
   for (int e = tid; e < e_end; e += nt) s.a16[e] = fused_bf16_bits(src[e]);
 }
@@ -507,8 +511,8 @@ CUFM_HD void fused_bias_act(const FusedSample& p, int l, int R, int R_bias, bool
 // At BF16 the products read the bf16 bits (the input's and the staged weights') as the tensor cores
 // do; products of bf16 values are exact in fp32.
 struct FusedTwinMma {
-  CUFM_HD void operator()(const FusedSample& p, int l, int R, const float* src, float* dst, const FusedSmem& s,
-                          int tid, int nt) const {
+  CUFM_HD void operator()(const FusedSample& p, int l, int R, const float* src, float* dst,
+                          const FusedSmem& s, int tid, int nt) const {
     if (!fused_bf16(p)) {
       fused_layer(p, l, R, 0, false, src, dst, s, tid, nt, hd::FastExp{});
       return;
@@ -529,7 +533,8 @@ struct FusedTwinMma {
 // A hidden layer's activation with tangents (after fused_layer without it): each point-copy's
 // pre-activation z [primal rows, out] scales its tangents by act'(z), then becomes act(z).
 template <class Exp>
-CUFM_HD void fused_tangent_activation(const FusedSample& p, int l, int rows, float* dst, int tid, int nt, Exp exp) {
+CUFM_HD void fused_tangent_activation(const FusedSample& p, int l, int rows, float* dst, int tid, int nt,
+                                      Exp exp) {
   const int out = p.net.out[l], primal = p.copies * rows, P = p.tangents;
   const int e_end = primal * out;
   for (int e = tid; e < e_end; e += nt) {
@@ -643,7 +648,7 @@ CUFM_HD void fused_sample_tile(const FusedSample& p, int64_t first, int rows, co
         float* const dst = from == 0 ? s.act[1] : s.act[0];
         fused_stage_weights(p, l, s, tid, nt);
         if (fused_bf16(p)) fused_input_bf16(p, l, fused_held_rows(p, rows), src, s, tid, nt);
-        sync();  // the input (or the previous layer) and the weights are in place
+        sync();                       // the input (or the previous layer) and the weights are in place
         if (fused_tensor_cores(p)) {  // the products over every held row, then the bias and activation
           mma(p, l, fused_held_rows(p, rows), src, dst, s, tid, nt);
           sync();

@@ -86,8 +86,8 @@ inline TwinRun run_fused_twin(const Model& model, const SampleConfig& c, int til
 
 // A case's log-likelihood flow from t = 1 back to 0: the config's per-point labels, contexts and
 // guidance; exact, or Hutchinson with 2 probes keyed by seed 6; f.dim set.
-inline detail::DivergenceFlow fused_case_flow(const FusedCase& k, const SampleConfig& c, int dim, bool hutchinson,
-                                              Device device) {
+inline detail::DivergenceFlow fused_case_flow(const FusedCase& k, const SampleConfig& c, int dim,
+                                              bool hutchinson, Device device) {
   detail::DivergenceFlow f;
   f.solver = k.solver;
   f.steps = k.steps;
@@ -120,8 +120,8 @@ struct FlowTwinRun {
   std::vector<float> x, integral, trajectory;
 };
 
-inline FlowTwinRun run_fused_flow_twin(const Model& model, std::vector<float> x, Solver solver, int steps, float t0,
-                                       float t1, const std::vector<int32_t>& labels,
+inline FlowTwinRun run_fused_flow_twin(const Model& model, std::vector<float> x, Solver solver, int steps,
+                                       float t0, float t1, const std::vector<int32_t>& labels,
                                        const std::vector<float>& context, const float* guidance, int P,
                                        const std::vector<float>& probes, bool keep_trajectory, int tile) {
   const MlpConfig& m = model.config();
@@ -130,7 +130,8 @@ inline FlowTwinRun run_fused_flow_twin(const Model& model, std::vector<float> x,
   r.x = std::move(x);
   r.integral.assign(static_cast<size_t>(n), std::numeric_limits<float>::quiet_NaN());
   if (keep_trajectory) {
-    r.trajectory.assign((static_cast<size_t>(steps) + 1) * r.x.size(), std::numeric_limits<float>::quiet_NaN());
+    r.trajectory.assign((static_cast<size_t>(steps) + 1) * r.x.size(),
+                        std::numeric_limits<float>::quiet_NaN());
   }
   cuda::FusedSample p = cuda::fused_flow_of(
       m, model.params().data(), solver, steps, t0, t1, n, labels.empty() ? nullptr : labels.data(),

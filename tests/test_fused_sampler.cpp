@@ -65,25 +65,25 @@ TEST(FusedSamplerTwin, CarriesTheDivergenceAsTheCpuFlowDoes) {
     const int D = model.config().data_dim;
     for (const bool hutchinson : {false, true}) {
       for (const int64_t n : {int64_t{1}, int64_t{37}}) {
-        SCOPED_TRACE(std::string(k.name) + (hutchinson ? ", hutchinson" : ", exact") + ", n " + std::to_string(n));
+        SCOPED_TRACE(std::string(k.name) + (hutchinson ? ", hutchinson" : ", exact") + ", n " +
+                     std::to_string(n));
         const SampleConfig c = test::fused_case_config(k, n, Device::CPU, 3, 1, 1.7f);
         std::vector<float> x(static_cast<size_t>(n) * D);
         sampler_noise(11, 0, n, D, x.data());
         const detail::DivergenceFlow f = test::fused_case_flow(k, c, D, hutchinson, Device::CPU);
-        const detail::DivergenceFlowResult want = detail::integrate_with_divergence(model, x.data(), n, f, true);
+        const detail::DivergenceFlowResult want =
+            detail::integrate_with_divergence(model, x.data(), n, f, true);
         const int P = hutchinson ? f.probes : D;
         const std::vector<float> probes = test::flow_probes(f, n);
         const float* w = c.guidance ? &*c.guidance : nullptr;
-        const test::FlowTwinRun got =
-            test::run_fused_flow_twin(model, x, k.solver, k.steps, 1.0f, 0.0f, c.labels, c.context, w, P, probes,
-                                      true, 32);
+        const test::FlowTwinRun got = test::run_fused_flow_twin(model, x, k.solver, k.steps, 1.0f, 0.0f,
+                                                                c.labels, c.context, w, P, probes, true, 32);
         EXPECT_TRUE(test::close_to_scale(got.x, want.x, 1e-5, 1e-4));
         EXPECT_TRUE(test::close_to_scale(got.trajectory, want.trajectory, 1e-5, 1e-4));
         EXPECT_TRUE(test::close_to_scale(got.integral, want.integral, 1e-5, 1e-4));
         EXPECT_GT(test::relative_l2(got.integral, std::vector<float>(got.integral.size(), 0.0f)), 0.0);
-        const test::FlowTwinRun other =
-            test::run_fused_flow_twin(model, x, k.solver, k.steps, 1.0f, 0.0f, c.labels, c.context, w, P, probes,
-                                      false, 5);
+        const test::FlowTwinRun other = test::run_fused_flow_twin(
+            model, x, k.solver, k.steps, 1.0f, 0.0f, c.labels, c.context, w, P, probes, false, 5);
         EXPECT_EQ(other.x, got.x);
         EXPECT_EQ(other.integral, got.integral);
       }
@@ -96,28 +96,30 @@ TEST(FusedSamplerTwin, CarriesTheDivergenceAsTheCpuFlowDoes) {
 // tolerances (2e-2, 5e-2), bit for bit whatever the tile, and visibly rounded (not fp32's result).
 TEST(FusedSamplerTwin, TensorCoresPadAndRoundAsTheHardwareDoes) {
   const FusedCase cases[] = {
-      {"silu midpoint, D 3 in 16-wide tiles", {40, 24}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 4, false},
+      {"silu midpoint, D 3 padded", {40, 24}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 4, false},
       {"gelu rk4, context, guided", {128, 96}, Activation::GELU, 4, 0, 5, Solver::RK4, 3, true},
       {"relu heun, classes, guided", {64, 64, 64}, Activation::ReLU, 8, 3, 0, Solver::Heun, 3, true},
   };
   for (const FusedCase& k : cases) {
     SCOPED_TRACE(k.name);
     const Model model(test::fused_case_model(k), 29);
-    for (const Precision precision : {Precision::TF32, Precision::BF16})
-    for (const int64_t count : {int64_t{1}, int64_t{37}}) {
-      SCOPED_TRACE(std::string(to_string(precision)) + ", count " + std::to_string(count));
-      const double tol = precision == Precision::BF16 ? 5e-2 : 2e-2;
-      SampleConfig c = test::fused_case_config(k, count, Device::CPU, 4, 1, 1.5f);
-      c.keep_trajectory = true;
-      const SampleResult want = sample(model, c);
-      const TwinRun fp32 = run_fused_twin(model, c, 32);
-      c.precision = precision;
-      const TwinRun got = run_fused_twin(model, c, 32);
-      EXPECT_TRUE(test::all_close(got.x.data(), want.x.data(), want.x.size(), tol, tol));
-      EXPECT_TRUE(test::all_close(got.trajectory.data(), want.trajectory.data(), want.trajectory.size(), tol, tol));
-      EXPECT_NE(got.x, fp32.x) << "tf32 rounds: it cannot equal fp32 to the bit";
-      const TwinRun other = run_fused_twin(model, c, 5);
-      EXPECT_EQ(other.x, got.x) << "count " << count;
+    for (const Precision precision : {Precision::TF32, Precision::BF16}) {
+      for (const int64_t count : {int64_t{1}, int64_t{37}}) {
+        SCOPED_TRACE(std::string(to_string(precision)) + ", count " + std::to_string(count));
+        const double tol = precision == Precision::BF16 ? 5e-2 : 2e-2;
+        SampleConfig c = test::fused_case_config(k, count, Device::CPU, 4, 1, 1.5f);
+        c.keep_trajectory = true;
+        const SampleResult want = sample(model, c);
+        const TwinRun fp32 = run_fused_twin(model, c, 32);
+        c.precision = precision;
+        const TwinRun got = run_fused_twin(model, c, 32);
+        EXPECT_TRUE(test::all_close(got.x.data(), want.x.data(), want.x.size(), tol, tol));
+        EXPECT_TRUE(
+            test::all_close(got.trajectory.data(), want.trajectory.data(), want.trajectory.size(), tol, tol));
+        EXPECT_NE(got.x, fp32.x) << "the tensor cores' rounding cannot equal fp32 to the bit";
+        const TwinRun other = run_fused_twin(model, c, 5);
+        EXPECT_EQ(other.x, got.x) << "count " << count;
+      }
     }
   }
 }

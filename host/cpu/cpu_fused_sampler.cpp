@@ -31,7 +31,8 @@ void fused_sample(const cuda::FusedSample& p) {
     for (int64_t b = 0; b < tiles; ++b) {
       const int64_t first = b * p.tile;
       const int rows = static_cast<int>(std::min<int64_t>(p.tile, p.n - first));
-      cuda::fused_sample_tile(p, first, rows, s, 0, 1, hd::FastExp{}, [] {}, cuda::FusedTwinMma{});
+      cuda::fused_sample_tile(
+          p, first, rows, s, 0, 1, hd::FastExp{}, [] {}, cuda::FusedTwinMma{});
     }
   }
 }

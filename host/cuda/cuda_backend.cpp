@@ -118,12 +118,12 @@ class CudaBackend final : public Backend {
   std::string describe() const override {
     std::ostringstream os;
     os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
-       << "); sampling: the fused sampler (one kernel; fp32 on the CUDA cores, tf32 and bf16 on the tensor cores, "
-          "fixed steps, widths up to "
+       << "); sampling: the fused sampler (one kernel; fp32 on the CUDA cores, tf32 and bf16 on the "
+          "tensor cores, fixed steps, widths up to "
        << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
        << ") where it applies, else cuBLASLt layer by layer (CUFM_GPU_MLP=fused|layered overrides); "
-          "log-likelihoods: on the device from the first step to the last, the fused kernel with the divergence's "
-          "tangents where it applies, else a device-resident solver over cuBLAS (fp32)";
+          "log-likelihoods: on the device from the first step to the last, the fused kernel with the "
+          "divergence's tangents where it applies, else a device-resident solver over cuBLAS (fp32)";
     return os.str();
   }
 

@@ -46,7 +46,8 @@ class CudaDivergence {
         layout_(model.config()),
         params_(model.params().size() * sizeof(float), "the model's weights for the divergence"),
         max_chunk_(max_chunk_rows) {
-    CUFM_REQUIRE(max_chunk_rows >= 0, "make_cuda_divergence: max_chunk_rows must be >= 0, got " << max_chunk_rows);
+    CUFM_REQUIRE(max_chunk_rows >= 0,
+                 "make_cuda_divergence: max_chunk_rows must be >= 0, got " << max_chunk_rows);
     CUFM_CUDA_CHECK(
         cudaMemcpy(params_.get(), model.params().data(), params_.bytes(), cudaMemcpyHostToDevice));
     CUFM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -77,8 +78,8 @@ class CudaDivergence {
   // The next evaluations' n points and their conditions, from HOST arrays (uploaded here, once):
   // labels [n] (nullptr: the null class), context [n, K] (nullptr: the null context), guidance
   // (nullptr: none), probes [n, P, D] (nullptr: exact, P = D). Waits for the uploads.
-  void bind(int64_t n, const int32_t* labels, const float* context, const float* guidance, const float* probes,
-            int P) {
+  void bind(int64_t n, const int32_t* labels, const float* context, const float* guidance,
+            const float* probes, int P) {
     const int D = m_.data_dim, K = m_.context_dim;
     CUFM_REQUIRE(n >= 1, "divergence: no points");
     CUFM_REQUIRE(probes || P == D, "divergence: the exact trace takes P = " << D << " tangents, got " << P);
@@ -311,8 +312,8 @@ class DeviceFlowSteps {
     keep_->times.push_back(t);
     const size_t at = keep_->trajectory.size();
     keep_->trajectory.resize(at + static_cast<size_t>(xn_));
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(keep_->trajectory.data() + at, x, static_cast<size_t>(xn_) * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s_));
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(keep_->trajectory.data() + at, x,
+                                    static_cast<size_t>(xn_) * sizeof(float), cudaMemcpyDeviceToHost, s_));
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s_));
   }
 
@@ -337,8 +338,9 @@ class DeviceFlowSteps {
 
 // The fused sampler's program for the flow of the bound call (x, integral and trajectory unset).
 cuda::FusedSample fused_flow(const CudaDivergence& d, const DivergenceFlow& f, int64_t n, int P) {
-  return cuda::fused_flow_of(d.config(), d.params(), f.solver, f.steps, f.t0, f.t1, n, d.labels(), d.context(),
-                             f.guidance ? &*f.guidance : nullptr, P, d.probes(), nullptr, nullptr, nullptr);
+  return cuda::fused_flow_of(d.config(), d.params(), f.solver, f.steps, f.t0, f.t1, n, d.labels(),
+                             d.context(), f.guidance ? &*f.guidance : nullptr, P, d.probes(), nullptr,
+                             nullptr, nullptr);
 }
 
 // Empty where the fused kernel runs the bound call's flow, else why not.
@@ -346,7 +348,8 @@ std::string fused_flow_refusal(const CudaDivergence& d, const DivergenceFlow& f,
   const cuda::FusedSample p = fused_flow(d, f, n, P);
   std::string why = cuda::fused_sampler_refusal(p.net, p.dim, Precision::FP32, f.solver);
   if (why.empty() && cuda::fused_sampler_tile(p) == 0) {
-    why = "a tile of 4 points with their " + std::to_string(P) + " tangents each does not fit the GPU's shared memory";
+    why = "a tile of 4 points with their " + std::to_string(P) +
+          " tangents each does not fit the GPU's shared memory";
   }
   return why;
 }
@@ -360,9 +363,10 @@ DivergenceFlowResult integrate_fused(CudaDivergence& d, const float* x0, int64_t
   DeviceBuffer x(xn * sizeof(float), "the flow's points", s);
   DeviceBuffer integral(static_cast<size_t>(n) * sizeof(float), "the divergence's integrals", s);
   DeviceBuffer trajectory;
-  if (keep) trajectory = DeviceBuffer((static_cast<size_t>(f.steps) + 1) * xn * sizeof(float), "the trajectory", s);
+  if (keep)
+    trajectory = DeviceBuffer((static_cast<size_t>(f.steps) + 1) * xn * sizeof(float), "the trajectory", s);
   DivergenceFlowResult r;  // the downloads' destination: declared before the wait below
-  struct WaitOnExit {  // destroyed before the buffers: queued work finishes before they are freed
+  struct WaitOnExit {      // destroyed before the buffers: queued work finishes before they are freed
     cudaStream_t s;
     ~WaitOnExit() {
       if (cudaStreamSynchronize(s) != cudaSuccess) (void)cudaGetLastError();
@@ -383,8 +387,8 @@ DivergenceFlowResult integrate_fused(CudaDivergence& d, const float* x0, int64_t
   if (keep) {
     for (int i = 0; i <= f.steps; ++i) r.times.push_back(hd::fixed_step_time(f.t0, f.t1, i, f.steps));
     r.trajectory.resize((static_cast<size_t>(f.steps) + 1) * xn);
-    CUFM_CUDA_CHECK(cudaMemcpyAsync(r.trajectory.data(), trajectory.get(), r.trajectory.size() * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s));
+    CUFM_CUDA_CHECK(cudaMemcpyAsync(r.trajectory.data(), trajectory.get(),
+                                    r.trajectory.size() * sizeof(float), cudaMemcpyDeviceToHost, s));
   }
   CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   r.counts.accepted_steps = f.steps;
@@ -396,7 +400,8 @@ DivergenceFlowResult integrate_fused(CudaDivergence& d, const float* x0, int64_t
 DivergenceFlowResult integrate_on_device(CudaDivergence& d, const float* x0, int64_t n,
                                          const DivergenceFlow& f, const float* probes, bool keep) {
   const int D = d.config().data_dim;
-  CUFM_REQUIRE(f.dim == D, "integrate_with_divergence: the flow's dim " << f.dim << " is not the model's " << D);
+  CUFM_REQUIRE(f.dim == D,
+               "integrate_with_divergence: the flow's dim " << f.dim << " is not the model's " << D);
   const int P = probes ? f.probes : D;
   d.bind(n, f.labels.empty() ? nullptr : f.labels.data(), f.context.empty() ? nullptr : f.context.data(),
          f.guidance ? &*f.guidance : nullptr, probes, P);
@@ -474,7 +479,8 @@ void cuda_divergence_evaluate(CudaDivergence& d, float t, const float* x, const 
 }
 
 DivergenceFlowResult cuda_integrate_with_divergence(CudaDivergence& d, const float* x0, int64_t n,
-                                                    const DivergenceFlow& flow, const float* probes, bool keep) {
+                                                    const DivergenceFlow& flow, const float* probes,
+                                                    bool keep) {
   return integrate_on_device(d, x0, n, flow, probes, keep);
 }
 

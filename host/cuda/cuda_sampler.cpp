@@ -30,8 +30,8 @@
 #include "host/divergence_flow.hpp"
 #include "host/solver_driver.hpp"
 #include "kernels/convert.hpp"
-#include "kernels/fused_sampler_launch.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/fused_sampler_launch.hpp"
 #include "kernels/solver.hpp"
 
 namespace cufm::detail {
