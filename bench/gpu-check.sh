@@ -259,8 +259,9 @@ for t in "${TESTS[@]}"; do
     test_gpu_training | test_gpu_sampling)
       # The unfused path (plain GEMMs, cuFM's bias_add, activation kernels and column_sum);
       # test_gpu_mlp runs both plans in its own cases. The fused sampler's tests set their own path.
-      run_step "gpu tests $name, CUFM_LT_EPILOGUES=unfused" 150 env CUFM_LT_EPILOGUES=unfused "$t" \
-        --gtest_filter='-GpuFusedSampler.*' ;;
+      # Sampling on the layered path there: the fused sampler would take the fixed-step cases.
+      run_step "gpu tests $name, CUFM_LT_EPILOGUES=unfused" 150 env CUFM_LT_EPILOGUES=unfused CUFM_GPU_MLP=layered \
+        "$t" --gtest_filter='-GpuFusedSampler.*' ;;
     test_gpu_likelihood)
       # log_prob end to end on the layered path too (the fused flow takes the fixed steps by default).
       run_step "gpu tests $name, CUFM_GPU_MLP=layered" 90 env CUFM_GPU_MLP=layered "$t" \

@@ -65,7 +65,11 @@ TEST_P(GpuDivergence, MatchesTheCpu) {
                                    v_gpu.data(), div_gpu.data());
   // fp32 GEMMs summed in other orders, and the device's fast exp in SiLU/GELU: a few ulps per layer.
   EXPECT_TRUE(test::close_to_scale(v_gpu, v_cpu, 1e-5, 1e-4));
-  EXPECT_TRUE(test::close_to_scale(div_gpu, div_cpu, 1e-5, 1e-4));
+  if (c.act == Activation::ReLU) {  // act' jumps at 0: a rare point may flip (close_to_scale_but)
+    EXPECT_TRUE(test::close_to_scale_but(div_gpu, div_cpu, 1e-5, 1e-4, div_cpu.size() / 100));
+  } else {
+    EXPECT_TRUE(test::close_to_scale(div_gpu, div_cpu, 1e-5, 1e-4));
+  }
   EXPECT_GT(test::norm2(div_gpu), 0.0);
 }
 
@@ -150,7 +154,7 @@ TEST(GpuDivergenceFlow, MatchesTheHostSolverOverTheCpu) {
 // device: exact and Hutchinson, classes, contexts and guidance, ragged counts, a trajectory.
 TEST(GpuFusedDivergence, MatchesItsCpuTwinAndTheLayeredFlow) {
   CUFM_REQUIRE_GPU();
-  const test::GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
+  const test::GpuMlpEnv automatic("auto");  // the fused path here, whatever the ctest variant sets
   const test::FusedCase cases[] = {
       {"silu midpoint, 4 x 128", {128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 4, false},
       {"relu euler, classes, guided", {64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, 5, true},
@@ -196,7 +200,12 @@ TEST(GpuFusedDivergence, MatchesItsCpuTwinAndTheLayeredFlow) {
         EXPECT_EQ(layered.mlp, "cuda layered divergence");
         // cuBLAS's summation orders against the fused program's, compounded along the path.
         EXPECT_TRUE(test::close_to_scale(fused.x, layered.x, 1e-4, 1e-4));
-        EXPECT_TRUE(test::close_to_scale(fused.integral, layered.integral, 1e-4, 1e-4));
+        if (k.activation == Activation::ReLU) {  // act' jumps at 0: a rare point may flip
+          EXPECT_TRUE(test::close_to_scale_but(fused.integral, layered.integral, 1e-4, 1e-4,
+                                               static_cast<size_t>(n / 100)));
+        } else {
+          EXPECT_TRUE(test::close_to_scale(fused.integral, layered.integral, 1e-4, 1e-4));
+        }
         EXPECT_EQ(fused.times, layered.times);
       }
     }

@@ -429,7 +429,7 @@ TEST(GpuSamplingPrecision, Tf32AndBf16StayClose) {
 // activation, classes and contexts with guidance, time features, ragged counts and trajectories.
 TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
   CUFM_REQUIRE_GPU();
-  const test::GpuMlpEnv automatic("auto");  // whatever the ctest variant sets
+  const test::GpuMlpEnv automatic("auto");  // the fused path here, whatever the ctest variant sets
   const test::FusedCase cases[] = {
       {"R7's shape", {128, 128, 128, 128}, Activation::SiLU, 0, 0, 0, Solver::Midpoint, 5, false},
       {"relu, classes, guided", {64, 64}, Activation::ReLU, 8, 3, 0, Solver::Euler, 5, true},
@@ -459,9 +459,10 @@ TEST(GpuFusedSampler, MatchesItsCpuTwinAndTheLayeredPath) {
         layered = detail::cuda_sample(model, c);
       }
       EXPECT_EQ(layered.mlp, "cuda layered");
-      EXPECT_TRUE(test::close_to_scale(fused.x, layered.x, 1e-5, 1e-4));
+      // cuBLASLt's summation orders against the fused program's, over 4 x 128 layers and 5 steps.
+      EXPECT_TRUE(test::close_to_scale(fused.x, layered.x, 1e-4, 1e-4));
       if (c.keep_trajectory) {
-        EXPECT_TRUE(test::close_to_scale(fused.trajectory, layered.trajectory, 1e-5, 1e-4));
+        EXPECT_TRUE(test::close_to_scale(fused.trajectory, layered.trajectory, 1e-4, 1e-4));
       }
     }
   }
