@@ -20,7 +20,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <string>
 
 #include "cufm/detail/math.hpp"
@@ -363,30 +362,18 @@ CUFM_HD void fused_input(const FusedSample& p, int64_t first, int rows, const fl
   }
 }
 
-// Layer l's weights (fused_weight_index's layout) and its bias into shared memory; the global reads
-// run along the weights' rows.
 // bf16's bits of x, rounded to nearest even (as __float2bfloat16_rn), and back.
 CUFM_HD uint16_t fused_bf16_bits(float x) {
-  uint32_t u;
-#if defined(__CUDA_ARCH__)
-  u = __float_as_uint(x);
-#else
-  std::memcpy(&u, &x, sizeof u);
-#endif
+  const uint32_t u = hd::float_to_bits(x);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // a quiet NaN
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 CUFM_HD float fused_bf16_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float y;
-  std::memcpy(&y, &u, sizeof y);
-  return y;
-#endif
+  return hd::bits_to_float(static_cast<uint32_t>(b) << 16);
 }
 
+// Layer l's weights (fused_weight_index's layout) and its bias into shared memory; the global reads
+// run along the weights' rows.
 CUFM_HD void fused_stage_weights(const FusedSample& p, int l, const FusedSmem& s, int tid, int nt) {
   const int in = p.net.in[l], out = p.net.out[l], ld = fused_weight_ld(p, in, out);
   const float* w = p.net.weight[l];
@@ -423,20 +410,9 @@ CUFM_HD void fused_input_bf16(const FusedSample& p, int l, int rows, const float
 // An operand rounded as the tensor cores round it at tf32 (cvt.rna.tf32.f32: 10 mantissa bits, to
 // nearest, ties away from zero), for the CPU twin's emulation.
 CUFM_HD float fused_tf32(float x) {
-  uint32_t u;
-#if defined(__CUDA_ARCH__)
-  u = __float_as_uint(x);
-#else
-  std::memcpy(&u, &x, sizeof u);
-#endif
+  uint32_t u = hd::float_to_bits(x);
   if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float y;
-  std::memcpy(&y, &u, sizeof y);
-  return y;
-#endif
+  return hd::bits_to_float(u);
 }
 
 // Layer l over R rows: dst[r, o] = sum_k src[r, k] w[o, k], plus bias[o] on the rows r < R_bias,
