@@ -6,6 +6,7 @@
 // GPU rows: Trainer::run(k) + loss() (which waits for the device) timed over chunks of k = 10 steps
 // after warm-up; the median chunk time / k is reported (the wait costs ~10 us per chunk).
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <string>
@@ -39,6 +40,35 @@ constexpr int64_t kSampleCount = 50000;
 struct TrainRow {
   Stats per_step;
   float loss = 0.0f;
+  std::string mlp;  // Trainer::mlp(): which path ran
+};
+
+// CUFM_GPU_MLP for one row (nullptr: unset, the automatic choice), then as it was.
+class GpuMlpSetting {
+ public:
+  explicit GpuMlpSetting(const char* value) {
+    const char* old = std::getenv("CUFM_GPU_MLP");
+    if (old) old_ = old;
+    had_ = old != nullptr;
+    if (value) {
+      setenv("CUFM_GPU_MLP", value, 1);
+    } else {
+      unsetenv("CUFM_GPU_MLP");
+    }
+  }
+  ~GpuMlpSetting() {
+    if (had_) {
+      setenv("CUFM_GPU_MLP", old_.c_str(), 1);
+    } else {
+      unsetenv("CUFM_GPU_MLP");
+    }
+  }
+  GpuMlpSetting(const GpuMlpSetting&) = delete;
+  GpuMlpSetting& operator=(const GpuMlpSetting&) = delete;
+
+ private:
+  std::string old_;
+  bool had_ = false;
 };
 
 TrainConfig train_config(int batch) {
@@ -87,6 +117,7 @@ TrainRow measure_training(const TrainWorkload& w, const Backend& b, const Datase
   TrainRow r;
   r.per_step = summarize(per_step);
   r.loss = trainer.loss();
+  r.mlp = trainer.mlp();
   CUFM_REQUIRE(std::isfinite(r.loss),
                "training " << w.id << " on " << b.name << " diverged (loss " << r.loss << ")");
   return r;
@@ -106,17 +137,9 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
   const Options& opt = rep.opt;
   Table t;
   t.title = "Training (ms/step: median of individually timed steps after warm-up)";
-  t.header = {"Workload",
-              "Model",
-              "Params",
-              "Batch",
-              "Backend",
-              "Steps (warm-up)",
-              "ms/step median [min, max]",
-              "samples/s",
-              "TFLOP/s",
-              "% of ceiling",
-              "vs CPU",
+  t.header = {"Workload",  "Model",   "Params",          "Batch",
+              "Backend",   "MLP",     "Steps (warm-up)", "ms/step median [min, max]",
+              "samples/s", "TFLOP/s", "% of ceiling",    "vs CPU",
               "Final loss"};
   nlohmann::json rows = nlohmann::json::array();
   std::map<std::string, Dataset> data_cache;
@@ -127,56 +150,66 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
     double cpu_ms = NAN;
     for (const Backend& b : bs) {
       if (!b.available) continue;
-      nlohmann::json j = {{"workload", w.id},
-                          {"variant", w.variant},
-                          {"model", describe(w.model)},
-                          {"dim", w.model.data_dim},
-                          {"width", w.model.hidden[0]},
-                          {"hidden_layers", w.model.hidden.size()},
-                          {"num_classes", w.model.num_classes},
-                          {"params", params},
-                          {"batch", w.batch},
-                          {"backend", b.name},
-                          {"mode", "native"},
-                          {"flop_per_step", flop}};
-      std::cerr << "[train] " << name << " on " << b.name << " ..." << std::flush;
-      try {
-        const Dataset& data = data_for(w, opt, data_cache);
-        const TrainRow r = measure_training(w, b, data, opt);
-        const double ms = r.per_step.median * 1e3;
-        const double tflops = flop / r.per_step.median * 1e-12;
-        const auto ceil = ceilings.find(b.name);
-        const double frac = ceil != ceilings.end() ? tflops / ceil->second : NAN;
-        if (b.name == "cpu") cpu_ms = ms;
-        if (w.id == "R1") r1_ms[b.name] = ms;
-        const double vs_cpu = cpu_ms / ms;
-        std::cerr << " " << fmt(ms, 4) << " ms/step\n";
-        const int warm = opt.warmup >= 0 ? opt.warmup : (opt.smoke ? 1 : (b.device == Device::CUDA ? 20 : 2));
-        t.rows.push_back(
-            {name, describe(w.model), fmt_si(static_cast<double>(params)), std::to_string(w.batch), b.name,
-             std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
-             fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
-             fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
-             b.name == "cpu" ? "1" : (std::isfinite(vs_cpu) ? fmt(vs_cpu, 3) + "x" : "-"), fmt(r.loss, 4)});
-        j.update({{"status", "ok"},
-                  {"steps", r.per_step.repeats},
-                  {"warmup", warm},
-                  {"ms_per_step", ms},
-                  {"ms_per_step_min", r.per_step.min * 1e3},
-                  {"ms_per_step_max", r.per_step.max * 1e3},
-                  {"samples_per_s", w.batch / r.per_step.median},
-                  {"tflops", tflops},
-                  {"ceiling_fraction", std::isfinite(frac) ? nlohmann::json(frac) : nlohmann::json()},
-                  {"speedup_vs_cpu", std::isfinite(vs_cpu) ? nlohmann::json(vs_cpu) : nlohmann::json()},
-                  {"final_loss", r.loss}});
-      } catch (const std::exception& e) {
-        std::cerr << " failed\n";
-        t.rows.push_back({name, describe(w.model), fmt_si(static_cast<double>(params)),
-                          std::to_string(w.batch), b.name, "-", std::string("failed: ") + e.what(), "-", "-",
-                          "-", "-", "-"});
-        j.update({{"status", "failed"}, {"reason", e.what()}});
+      // fp32 on the GPU: the automatic choice, then, where that was the fused step, the layered one
+      // in the same run.
+      std::string auto_mlp;
+      for (const char* setting : {static_cast<const char*>(nullptr), "layered"}) {
+        if (setting && !(b.device == Device::CUDA && auto_mlp == "cuda fused")) continue;
+        const GpuMlpSetting mlp_setting(setting);
+        nlohmann::json j = {{"workload", w.id},
+                            {"variant", w.variant},
+                            {"model", describe(w.model)},
+                            {"dim", w.model.data_dim},
+                            {"width", w.model.hidden[0]},
+                            {"hidden_layers", w.model.hidden.size()},
+                            {"num_classes", w.model.num_classes},
+                            {"params", params},
+                            {"batch", w.batch},
+                            {"backend", b.name},
+                            {"mode", "native"},
+                            {"flop_per_step", flop}};
+        std::cerr << "[train] " << name << " on " << b.name << " ..." << std::flush;
+        try {
+          const Dataset& data = data_for(w, opt, data_cache);
+          const TrainRow r = measure_training(w, b, data, opt);
+          if (!setting) auto_mlp = r.mlp;
+          const double ms = r.per_step.median * 1e3;
+          const double tflops = flop / r.per_step.median * 1e-12;
+          const auto ceil = ceilings.find(b.name);
+          const double frac = ceil != ceilings.end() ? tflops / ceil->second : NAN;
+          if (b.name == "cpu") cpu_ms = ms;
+          if (w.id == "R1" && !setting) r1_ms[b.name] = ms;
+          const double vs_cpu = cpu_ms / ms;
+          std::cerr << " " << fmt(ms, 4) << " ms/step\n";
+          const int warm =
+              opt.warmup >= 0 ? opt.warmup : (opt.smoke ? 1 : (b.device == Device::CUDA ? 20 : 2));
+          t.rows.push_back(
+              {name, describe(w.model), fmt_si(static_cast<double>(params)), std::to_string(w.batch), b.name,
+               r.mlp, std::to_string(r.per_step.repeats) + " (" + std::to_string(warm) + ")",
+               fmt(ms, 4) + " [" + fmt(r.per_step.min * 1e3, 4) + ", " + fmt(r.per_step.max * 1e3, 4) + "]",
+               fmt_si(w.batch / r.per_step.median), fmt(tflops, 3), fmt(frac * 100.0, 3) + "%",
+               b.name == "cpu" ? "1" : (std::isfinite(vs_cpu) ? fmt(vs_cpu, 3) + "x" : "-"), fmt(r.loss, 4)});
+          j.update({{"status", "ok"},
+                    {"mlp", r.mlp},
+                    {"steps", r.per_step.repeats},
+                    {"warmup", warm},
+                    {"ms_per_step", ms},
+                    {"ms_per_step_min", r.per_step.min * 1e3},
+                    {"ms_per_step_max", r.per_step.max * 1e3},
+                    {"samples_per_s", w.batch / r.per_step.median},
+                    {"tflops", tflops},
+                    {"ceiling_fraction", std::isfinite(frac) ? nlohmann::json(frac) : nlohmann::json()},
+                    {"speedup_vs_cpu", std::isfinite(vs_cpu) ? nlohmann::json(vs_cpu) : nlohmann::json()},
+                    {"final_loss", r.loss}});
+        } catch (const std::exception& e) {
+          std::cerr << " failed\n";
+          t.rows.push_back({name, describe(w.model), fmt_si(static_cast<double>(params)),
+                            std::to_string(w.batch), b.name, setting ? setting : "-", "-",
+                            std::string("failed: ") + e.what(), "-", "-", "-", "-", "-"});
+          j.update({{"status", "failed"}, {"reason", e.what()}});
+        }
+        rows.push_back(j);
       }
-      rows.push_back(j);
     }
   }
   t.notes.push_back(
@@ -188,6 +221,10 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
   t.notes.push_back(
       "GPU rows: wall time of Trainer::run(10) + loss() (a device sync) per chunk of 10 steps, "
       "median over chunks, divided by 10.");
+  t.notes.push_back(
+      "MLP: how the step ran the model (Trainer::mlp()): \"cuda fused\" is one kernel for the forward, "
+      "the loss and the backward of each tile of rows (fp32, widths up to 128); where it ran, the "
+      "\"cuda layered\" row below it is the same workload with CUFM_GPU_MLP=layered, in this run.");
   note_skipped(bs, rep, t);
   rep.json["train"] = rows;
   rep.tables.push_back(t);

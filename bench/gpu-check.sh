@@ -260,8 +260,14 @@ for t in "${TESTS[@]}"; do
       # The unfused path (plain GEMMs, cuFM's bias_add, activation kernels and column_sum);
       # test_gpu_mlp runs both plans in its own cases. The fused sampler's tests set their own path.
       # Sampling on the layered path there: the fused sampler would take the fixed-step cases.
+      # Training likewise: fp32 models up to 128 wide take the fused step by default, so the layered
+      # one runs here, and once more with the epilogues on.
       run_step "gpu tests $name, CUFM_LT_EPILOGUES=unfused" 150 env CUFM_LT_EPILOGUES=unfused CUFM_GPU_MLP=layered \
-        "$t" --gtest_filter='-GpuFusedSampler.*' ;;
+        "$t" --gtest_filter='-GpuFusedSampler.*:GpuFusedTrain.*'
+      if [ "$name" = test_gpu_training ]; then
+        run_step "gpu tests $name, CUFM_GPU_MLP=layered" 90 env CUFM_GPU_MLP=layered "$t" \
+          --gtest_filter='Cases/GpuVsCpu.*:Precisions/Determinism.*:GpuTrainBatch.*'
+      fi ;;
     test_gpu_likelihood)
       # log_prob end to end on the layered path too (the fused flow takes the fixed steps by default).
       run_step "gpu tests $name, CUFM_GPU_MLP=layered" 90 env CUFM_GPU_MLP=layered "$t" \
@@ -275,7 +281,7 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
 filter_for() {
   case "$(basename "$1")" in
     test_gpu_mlp) echo 'Cases/LtMlpTest.ForwardBackwardMatchCpu/fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/unfused_fp32_*_64_40:Cases/LtMlpTest.ForwardBackwardMatchCpu/bf16_silu_64_40' ;;
-    test_gpu_training) echo 'Cases/GpuVsCpu.LossesAndWeightsAgree/fp32_silu_*:Precisions/Determinism.GraphEqualsEagerAndRunsRepeat/fp32:GpuTraining.OversizeDatasetThrowsCufmError' ;;
+    test_gpu_training) echo 'Cases/GpuVsCpu.LossesAndWeightsAgree/fp32_silu_*:Precisions/Determinism.GraphEqualsEagerAndRunsRepeat/fp32:GpuTraining.OversizeDatasetThrowsCufmError:GpuFusedTrain.KernelMatchesItsTwin' ;;
     test_gpu_sampling) echo 'Solvers/GpuSampling.MatchesCpu/rk4_guided:Solvers/GpuSampling.MatchesCpu/dopri5_guided:GpuFusedSampler.ChoiceIsAutomaticVisibleAndOverridable' ;;
     test_gpu_likelihood) echo 'Cases/GpuDivergence.MatchesTheCpu/*:GpuDivergenceFlow.*:GpuFusedDivergence.ChoiceIsAutomaticVisibleAndOverridable' ;;
     *) echo '*' ;;
@@ -296,6 +302,11 @@ fi
 if [ -n "${LOAD_OK[$BUILD/tests/gpu/test_gpu_likelihood]:-}" ]; then
   run_step "racecheck the fused flow" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
     "$BUILD/tests/gpu/test_gpu_likelihood" --gtest_filter='GpuFusedDivergence.ChoiceIsAutomaticVisibleAndOverridable'
+fi
+# ... and the fused training step's (forward, loss, backward; 1 to 8 layers, ragged tiles).
+if [ -n "${LOAD_OK[$BUILD/tests/gpu/test_gpu_training]:-}" ]; then
+  run_step "racecheck the fused training step" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \
+    "$BUILD/tests/gpu/test_gpu_training" --gtest_filter='GpuFusedTrain.KernelMatchesItsTwin'
 fi
 if [ -n "${LOAD_OK[$BUILD/tests/gpu/test_gpu_sampling]:-}" ]; then  # fp32 and tf32 (the tensor cores)
   run_step "racecheck the fused sampler" 60 env CUFM_TEST_SMALL=1 "$SAN" --tool racecheck --error-exitcode 1 \

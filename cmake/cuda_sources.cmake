@@ -9,6 +9,7 @@ set(CUFM_CUDA_SOURCES
   ${PROJECT_SOURCE_DIR}/kernels/divergence.cu
   ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
   ${PROJECT_SOURCE_DIR}/kernels/fused_sampler.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fused_train.cu
   ${PROJECT_SOURCE_DIR}/host/cuda/device_cuda.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/lt_mlp.cpp
   ${PROJECT_SOURCE_DIR}/host/cuda/cuda_trainer.cpp
@@ -29,4 +30,5 @@ set_source_files_properties(
   ${PROJECT_SOURCE_DIR}/kernels/fm_loss_grad.cu
   ${PROJECT_SOURCE_DIR}/kernels/ot_coupling.cu
   ${PROJECT_SOURCE_DIR}/kernels/fused_sampler.cu
+  ${PROJECT_SOURCE_DIR}/kernels/fused_train.cu
   PROPERTIES COMPILE_OPTIONS "-fmad=false")

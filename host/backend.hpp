@@ -49,6 +49,8 @@ class TrainBackend {
   virtual float step_batch(const DataBatch& batch) = 0;
   // How the step runs, for describe(): "" where there is nothing to say.
   virtual std::string describe() const { return {}; }
+  // Which path runs the model: "cpu", "cpu fused", "cuda fused" or "cuda layered" (Trainer::mlp).
+  virtual std::string mlp() const = 0;
 };
 
 // The sampler behind cufm::Sampler: keeps what it can reuse between calls of the same shape.

@@ -301,6 +301,10 @@ void Trainer::fit(DataSource& source, uint64_t steps, const std::function<void(c
 uint64_t Trainer::step_count() const {
   return backend_->step_count();
 }
+
+std::string Trainer::mlp() const {
+  return backend_->mlp();
+}
 TrainState Trainer::state() const {
   return backend_->state();
 }

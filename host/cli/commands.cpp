@@ -305,8 +305,8 @@ int run_train(const TrainArgs& a) {
         run.precision == Precision::FP32 ? "" : (std::string(" (") + to_string(run.precision) + ")").c_str(),
         model.input_dim());
     for (int w : model.hidden) std::fprintf(stderr, "%d-", w);
-    std::fprintf(stderr, "%d (%s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
-                 tc.batch_size, static_cast<unsigned long long>(a.steps));
+    std::fprintf(stderr, "%d (%s, %s), batch %d, %llu steps\n", model.data_dim, to_string(model.activation),
+                 trainer.mlp().c_str(), tc.batch_size, static_cast<unsigned long long>(a.steps));
   }
 
   auto save = [&]() {

@@ -25,6 +25,7 @@
 
 namespace cufm::cuda {
 struct FusedSample;
+struct FusedTrain;
 }  // namespace cufm::cuda
 
 namespace cufm::cpu {
@@ -255,6 +256,12 @@ struct DivergenceScratch {
 // The fused sampler's CPU twin (host/cpu/cpu_fused_sampler.cpp): p over HOST arrays, the block
 // program of kernels/fused_sampler.hpp run tile by tile, one thread a tile.
 void fused_sample(const cuda::FusedSample& p);
+
+// The fused training step's CPU twin (host/cpu/cpu_fused_train.cpp): p over HOST arrays, the block
+// program of kernels/fused_train.hpp run block by block, with the rows' targets u [B, D]; grads
+// [p.total] and *loss as the kernel and its second pass write them (p.partial must be zero where
+// no layer lies, as on the GPU).
+void fused_train(const cuda::FusedTrain& p, const float* targets, float* grads, float* loss);
 
 // The CPU backend's trainer (host/cpu/cpu_trainer.cpp); `state` as Backend::make_trainer takes it.
 std::unique_ptr<detail::TrainBackend> make_trainer(const MlpConfig& model, const TrainConfig& config,

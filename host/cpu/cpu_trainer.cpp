@@ -62,6 +62,8 @@ class CpuTrainer final : public TrainBackend {
   uint64_t step_count() const override { return state_.step; }
   TrainState state() const override { return state_; }
 
+  std::string mlp() const override { return fused_ ? "cpu fused" : "cpu"; }
+
  private:
   void one_step() {
     const uint64_t step = state_.step;

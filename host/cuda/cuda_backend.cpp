@@ -118,7 +118,11 @@ class CudaBackend final : public Backend {
   std::string describe() const override {
     std::ostringstream os;
     os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
-       << "); sampling: the fused sampler (one kernel; fp32 on the CUDA cores, tf32 and bf16 on the "
+       << "); training: the fused step (one kernel for the forward, the loss and the backward; fp32, widths "
+          "up to "
+       << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
+       << ") where it applies, else cuBLASLt layer by layer; "
+          "sampling: the fused sampler (one kernel; fp32 on the CUDA cores, tf32 and bf16 on the "
           "tensor cores, fixed steps, widths up to "
        << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
        << ") where it applies, else cuBLASLt layer by layer (CUFM_GPU_MLP=fused|layered overrides); "

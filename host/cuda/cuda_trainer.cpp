@@ -1,6 +1,9 @@
-// The CUDA training backend: the whole step (fm_prepare, forward, fm_loss_grad, backward, Adam)
-// is captured once as a CUDA graph and replayed, with the step index in device memory, so run(n)
-// enqueues n graph launches and never waits for the device. The loss is read back only when asked.
+// The CUDA training backend: the whole step is captured once as a CUDA graph and replayed, with the
+// step index in device memory, so run(n) enqueues n graph launches and never waits for the device.
+// The loss is read back only when asked. The step: fm_prepare into the model input, then either the
+// fused step (kernels/fused_train.cu: forward, loss, backward and the gradient's partial sums in
+// one kernel, the partials added by a second; fp32 models up to 128 wide) or the layered one
+// (LtMlp's forward, fm_loss_grad, LtMlp's backward); then clipping, Adam and the EMA.
 #include "host/cuda/cuda_trainer.hpp"
 
 #include <cuda_runtime.h>
@@ -20,6 +23,7 @@
 #include "kernels/adam.hpp"
 #include "kernels/convert.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/fused_train_launch.hpp"
 
 namespace cufm::detail {
 
@@ -60,6 +64,7 @@ class CudaTrainer final : public TrainBackend {
         "trainer: a model with a context of " << model.context_dim << " needs n x " << model.context_dim
                                               << " context values");
 
+    choose_step(model, config, options);
     // The dataset lives on the device beside the model, the optimiser and the batch's activations;
     // refuse early, with numbers, when they cannot all fit.
     const size_t data_bytes = static_cast<size_t>(data.n) * (data.dim + data.context_dim) * sizeof(float) +
@@ -73,7 +78,9 @@ class CudaTrainer final : public TrainBackend {
         static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
         (size_t{32} << 20) +  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
         static_cast<size_t>(config.batch_size) * (2 * model.data_dim + model.context_dim + 3) *
-            4;  // step(batch)'s staging
+            4 +  // step(batch)'s staging
+        (fused_ ? static_cast<size_t>(fused_step_.blocks) * layout_.total * sizeof(float)
+                : 0);  // the partials
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
@@ -108,6 +115,9 @@ class CudaTrainer final : public TrainBackend {
     }
     graph_.reset();
     mlp_.reset();
+    input_ = DeviceBuffer();
+    partial_ = DeviceBuffer();
+    loss_partial_ = DeviceBuffer();
     for (DeviceBuffer* b :
          {&given_x1_, &given_eps_,   &given_t_,      &given_labels_, &given_context_, &given_context_null_,
           &data_x_,   &data_labels_, &data_context_, &params_,       &grads_,         &m_,
@@ -174,7 +184,7 @@ class CudaTrainer final : public TrainBackend {
     b.n_data = static_cast<uint32_t>(fb.size);
     b.given_t = given_t_.as<float>();
     b.given_eps = given_eps_.as<float>();
-    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), s);
+    enqueue_loss_grad(b, s);
     enqueue_update(s);
     ++step_;
     return loss();  // waits: the host arrays are free again when this returns
@@ -211,7 +221,7 @@ class CudaTrainer final : public TrainBackend {
                          s);
       b.noise_row = noise_row_.as<uint32_t>();
     }
-    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), s);
+    enqueue_loss_grad(b, s);
     enqueue_update(s);
     ++step_;
     return loss();  // waits: the host arrays are free again when this returns
@@ -228,7 +238,13 @@ class CudaTrainer final : public TrainBackend {
     return s;
   }
 
-  std::string describe() const override { return mlp_->describe(); }
+  std::string describe() const override {
+    if (!fused_) return mlp_->describe();
+    return "fused training step, fp32 on the CUDA cores: tiles of " + std::to_string(fused_step_.tile) +
+           " rows, " + std::to_string(fused_step_.blocks) +
+           " blocks, the gradient's partials added in block order\n";
+  }
+  std::string mlp() const override { return fused_ ? "cuda fused" : "cuda layered"; }
 
  private:
   // step_given's and step_batch's staging buffers, allocated by the first of them, all at once: a
@@ -250,6 +266,46 @@ class CudaTrainer final : public TrainBackend {
     given_context_null_ = std::move(context_null);
     given_t_ = std::move(t);
   }
+  // The fused step where it applies and options.mlp allows, its tile the largest whose shared
+  // memory fits this GPU (a function of the model and the GPU), its blocks a function of the batch.
+  void choose_step(const MlpConfig& model, const TrainConfig& config, const CudaTrainerOptions& options) {
+    std::string why = cuda::fused_train_refusal(model, options.precision);
+    cuda::FusedTrain p;
+    if (why.empty()) {
+      p = cuda::fused_train_of(model, nullptr, static_cast<int64_t>(layout_.total), [&](int l) {
+        return cuda::FusedTrainLayer{layout_.in_pad[l], static_cast<int64_t>(layout_.w_off[l]),
+                                     static_cast<int64_t>(layout_.b_off[l])};
+      });
+      p.tile = cuda::fused_train_tile(p);
+      if (p.tile == 0) why = "a tile of 8 rows of this model does not fit the GPU's shared memory";
+    }
+    if (!cuda::take_fused(options.mlp, why)) return;
+    p.batch = config.batch_size;
+    p.input_ld = layout_.in_pad[0];
+    p.scale = 2.0f / (static_cast<float>(config.batch_size) * static_cast<float>(model.data_dim));
+    p.blocks = cuda::fused_train_blocks(p.batch, p.tile);
+    fused_step_ = p;
+    fused_ = true;
+  }
+
+  // One batch's loss into loss_ and gradient into grads_, on `stream`, nothing read back: fm_prepare
+  // into the model input, then the fused step or the layered one.
+  void enqueue_loss_grad(const kernels::FmBatch& b, cudaStream_t stream) {
+    if (!fused_) {
+      cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), stream);
+      return;
+    }
+    kernels::FmInputLayout in;
+    in.time_features = model_.time_features;
+    in.num_classes = model_.num_classes;
+    in.context_dim = model_.context_dim;
+    in.ld = layout_.in_pad[0];
+    kernels::FmPrepareOutputs prep;
+    prep.input = input_.as<float>();
+    kernels::fm_prepare(b, in, prep, stream);
+    cuda::fused_train(fused_step_, b, grads_.as<float>(), loss_.as<float>(), stream);
+  }
+
   // The device state and its uploads (the constructor's body, so that a failure can first wait for
   // the copies it queued).
   void setup(const MlpConfig& model, const TrainConfig& config, const Dataset& data, const TrainState& state,
@@ -303,9 +359,24 @@ class CudaTrainer final : public TrainBackend {
           DeviceBuffer(kernels::fm_couple_workspace_bytes(config.batch_size, model.data_dim, coupling_desc()),
                        "the coupling's workspace", s);
     }
-    mlp_ = std::make_unique<cuda::LtMlp>(model, options_.precision, config.batch_size,
-                                         cuda::MlpMode::Training, params_.as<float>(),
-                                         params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
+    if (fused_) {
+      // The partials' padding is never written: zeros once, here.
+      const size_t rows = static_cast<size_t>(config.batch_size);
+      input_ = DeviceBuffer(rows * layout_.in_pad[0] * sizeof(float), "the model input", s);
+      partial_ = DeviceBuffer(static_cast<size_t>(fused_step_.blocks) * np * sizeof(float),
+                              "the gradient's partial sums", s);
+      CUFM_CUDA_CHECK(cudaMemsetAsync(partial_.get(), 0, partial_.bytes(), s));
+      loss_partial_ = DeviceBuffer(static_cast<size_t>(fused_step_.blocks) * sizeof(double),
+                                   "the loss's partial sums", s);
+      fused_step_.params = params_.as<float>();
+      fused_step_.input = input_.as<float>();
+      fused_step_.partial = partial_.as<float>();
+      fused_step_.loss_partial = loss_partial_.as<double>();
+    } else {
+      mlp_ = std::make_unique<cuda::LtMlp>(model, options_.precision, config.batch_size,
+                                           cuda::MlpMode::Training, params_.as<float>(),
+                                           params_bf16_.as<__nv_bfloat16>(), grads_.as<float>(), s);
+    }
     CUFM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
@@ -344,7 +415,7 @@ class CudaTrainer final : public TrainBackend {
                          stream);
       b.noise_row = noise_row_.as<uint32_t>();
     }
-    cuda::enqueue_loss_grad(*mlp_, model_, b, loss_.as<float>(), loss_ws_.get(), loss_ws_.bytes(), stream);
+    enqueue_loss_grad(b, stream);
     enqueue_update(stream);
   }
 
@@ -380,8 +451,13 @@ class CudaTrainer final : public TrainBackend {
       given_context_null_;  // step_given's and step_batch's staging
   DeviceBuffer data_x_, data_labels_, data_context_, params_, grads_, m_, v_, ema_, params_bf16_, adam_state_,
       loss_, loss_ws_, adam_ws_, noise_row_, couple_ws_;
-  std::unique_ptr<cuda::LtMlp> mlp_;
-  cuda::CudaGraph graph_;  // the whole step (StepLaunch::Graph)
+  // The fused step (when fused_) and its buffers: the model input, the blocks' partial sums of the
+  // gradient and of the loss.
+  bool fused_ = false;
+  cuda::FusedTrain fused_step_;
+  DeviceBuffer input_, partial_, loss_partial_;
+  std::unique_ptr<cuda::LtMlp> mlp_;  // the layered step
+  cuda::CudaGraph graph_;             // the whole step (StepLaunch::Graph)
 };
 
 }  // namespace

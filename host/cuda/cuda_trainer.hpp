@@ -5,6 +5,7 @@
 #include <string>
 
 #include "host/cuda/cuda_backend.hpp"
+#include "host/cuda/gpu_mlp.hpp"
 
 namespace cufm::detail {
 
@@ -17,6 +18,9 @@ struct CudaTrainerOptions {
   Precision precision = Precision::FP32;  // the layers' (RunOptions::precision)
   StepLaunch launch = StepLaunch::Graph;
   size_t memory_limit = 0;  // bytes the dataset may take on the device; 0: the GPU's free memory
+  // The fused step (kernels/fused_train.cu) where it applies, else the layered one (LtMlp);
+  // CUFM_GPU_MLP's setting unless a test asks for one.
+  cuda::GpuMlp mlp = cuda::gpu_mlp_from_env();
 };
 
 std::unique_ptr<TrainBackend> make_cuda_trainer_with(const MlpConfig& model, const TrainConfig& config,

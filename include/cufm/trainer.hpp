@@ -133,6 +133,11 @@ class Trainer {
 
   uint64_t step_count() const;
   Device device() const { return device_; }
+  // How the step runs the model: "cpu" (layer by layer), "cpu fused" (the narrow models' fused step
+  // on CPUs with AVX-512), "cuda fused" (one kernel runs the forward, the loss and the backward of a
+  // tile of rows: fp32 models up to 128 wide) or "cuda layered" (cuBLASLt, a GEMM per layer and
+  // direction). CUFM_GPU_MLP=fused|layered overrides the GPU's choice.
+  std::string mlp() const;
   const TrainConfig& config() const { return config_; }
   const RunOptions& run_options() const { return run_; }
   const MlpConfig& model_config() const { return model_config_; }

@@ -20,10 +20,12 @@
 #include "cufm/loss.hpp"
 #include "cufm/sampler.hpp"
 #include "cufm/trainer.hpp"
+#include "fused_train_twin.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "host/cpu/cpu_ops.hpp"
 #include "host/cuda/cuda_backend.hpp"
 #include "host/cuda/cuda_trainer.hpp"
+#include "kernels/fused_train_launch.hpp"
 
 namespace cufm {
 namespace {
@@ -540,6 +542,174 @@ TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
                                               TrainState{0, std::vector<float>(5, 0.1f), {}, {}, {}},
                                               detail::CudaTrainerOptions{}),
                Error);
+}
+
+// ---- the fused training step (kernels/fused_train.cu) ------------------------------------------
+// The kernel against its CPU twin (tests/test_fused_train.cpp holds the twin to the CPU backend) on
+// the caller's draws, the same tile and blocks: the same sums in the same order, apart from the
+// activations' exp (with ReLU, none: bit for bit); then the trainer's fused step against its layered one, and
+// its bits from run to run. These tests choose the path themselves (the layered variants of this file skip
+// them).
+
+struct FusedTrainCase {
+  const char* name;
+  std::vector<int> hidden;
+  Activation activation;
+  int dim, time_features, classes, context;
+};
+
+MlpConfig fused_train_model(const FusedTrainCase& k) {
+  MlpConfig m;
+  m.data_dim = k.dim;
+  m.hidden = k.hidden;
+  m.activation = k.activation;
+  m.time_features = k.time_features;
+  m.num_classes = k.classes;
+  m.context_dim = k.context;
+  return m;
+}
+
+TEST(GpuFusedTrain, KernelMatchesItsTwin) {
+  CUFM_REQUIRE_GPU();
+  const FusedTrainCase cases[] = {
+      {"silu", {32, 48}, Activation::SiLU, 2, 0, 0, 0},
+      {"relu, time features", {64, 64, 64}, Activation::ReLU, 3, 8, 0, 0},
+      {"gelu, classes, context", {128, 96}, Activation::GELU, 5, 4, 4, 5},
+      {"silu, 8 layers of 128, D 64", {128, 128, 128, 128, 128, 128, 128}, Activation::SiLU, 64, 2, 0, 0},
+  };
+  const float sigma_min = 0.001f;
+  for (const FusedTrainCase& k : cases) {
+    const MlpConfig m = fused_train_model(k);
+    const Model model(m, 13);
+    for (const int64_t B : {int64_t{1}, int64_t{127}, int64_t{129}, int64_t{5000}}) {
+      if (test::small_run() && B != 1 && B != 129) continue;  // under the sanitizers
+      SCOPED_TRACE(std::string(k.name) + ", B " + std::to_string(B));
+      const test::FlowRows rows = test::random_flow_rows(m, B, 41);
+      const std::vector<float> input = test::flow_rows_input(m, rows, sigma_min);
+      test::DeviceArray<float> params(model.params()), x1(rows.x1), t(rows.t), eps(rows.eps), in(input);
+      cuda::FusedTrain probe = test::fused_train_over(m, params.get(), B, 8, 1);
+      const int tile = std::min(32, cuda::fused_train_tile(probe));
+      ASSERT_GE(tile, 8);
+      for (const int blocks : {cuda::fused_train_blocks(B, tile), 3}) {
+        if (blocks > (B + tile - 1) / tile) continue;
+        cuda::FusedTrain p = test::fused_train_over(m, params.get(), B, tile, blocks);
+        test::DeviceArray<float> partial(static_cast<size_t>(blocks) * p.total), grad(p.total), loss(1);
+        test::DeviceArray<double> loss_partial(static_cast<size_t>(blocks));
+        partial.zero();
+        p.input = in.get();
+        p.partial = partial.get();
+        p.loss_partial = loss_partial.get();
+        kernels::FmBatch b;
+        b.batch = static_cast<int>(B);
+        b.dim = m.data_dim;
+        b.data = x1.get();
+        b.n_data = static_cast<uint32_t>(B);
+        b.sigma_min = sigma_min;
+        b.given_t = t.get();
+        b.given_eps = eps.get();
+        cuda::fused_train(p, b, grad.get(), loss.get(), nullptr);
+        const std::vector<float> got = grad.download();
+        const float got_loss = loss.download()[0];
+        const test::TwinStep want = test::run_train_twin(model, rows, sigma_min, tile, blocks);
+        EXPECT_NEAR(got_loss, want.loss, 1e-5 * want.loss) << "blocks " << blocks;
+        EXPECT_TRUE(test::close_to_scale(got, want.grad, 1e-5, 1e-4)) << "blocks " << blocks;
+        EXPECT_GT(test::norm2(got), 0.0);
+        if (k.activation == Activation::ReLU) {  // no exp: the twin's every operation is the block's
+          EXPECT_TRUE(test::bits_equal(got.data(), want.grad.data(), got.size())) << "blocks " << blocks;
+          EXPECT_TRUE(test::bits_equal(&got_loss, &want.loss, 1)) << "blocks " << blocks;
+        }
+      }
+    }
+  }
+}
+
+TEST(GpuFusedTrain, TrainerMatchesTheLayeredStep) {
+  CUFM_REQUIRE_GPU();
+  const FusedTrainCase cases[] = {
+      {"silu, classes", {64, 64}, Activation::SiLU, 2, 8, 3, 0},
+      {"gelu, context", {128, 128, 128}, Activation::GELU, 3, 0, 0, 4},
+      {"relu", {48}, Activation::ReLU, 5, 0, 0, 0},
+  };
+  for (const FusedTrainCase& k : cases) {
+    for (const int batch : {129, test::pick(4096, 512)}) {
+      SCOPED_TRACE(std::string(k.name) + ", batch " + std::to_string(batch));
+      const MlpConfig m = fused_train_model(k);
+      const Dataset data = data_for(m.data_dim, k.classes, 2000, k.context);
+      TrainConfig cfg = train_config();
+      cfg.batch_size = batch;
+      cfg.context_dropout = k.context > 0 ? 0.25f : 0.0f;
+      const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
+      detail::CudaTrainerOptions fused, layered;
+      fused.mlp = cuda::GpuMlp::Fused;
+      layered.mlp = cuda::GpuMlp::Layered;
+      EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, fused)->mlp(), "cuda fused");
+      EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, layered)->mlp(), "cuda layered");
+      const int steps = test::pick(5, 2);
+      const TrainRun a = run_backend(m, cfg, data, init, steps, fused);
+      const TrainRun b = run_backend(m, cfg, data, init, steps, layered);
+      for (int s = 0; s < steps; ++s)
+        EXPECT_NEAR(a.losses[s], b.losses[s], 1e-5 * b.losses[s]) << "step " << s;
+      EXPECT_TRUE(test::close_to_scale(a.state.params, b.state.params, 1e-5, 1e-4)) << "params";
+      EXPECT_TRUE(test::close_to_scale(a.state.adam_m, b.state.adam_m, 1e-4, 1e-3)) << "adam m";
+      std::vector<float> moved_a(a.state.params.size()), moved_b(a.state.params.size());
+      for (size_t i = 0; i < moved_a.size(); ++i) {
+        moved_a[i] = a.state.params[i] - init.params[i];
+        moved_b[i] = b.state.params[i] - init.params[i];
+      }
+      EXPECT_GT(test::norm2(moved_b), 0.0);
+      EXPECT_TRUE(test::close_to_scale(moved_a, moved_b, 1e-3, 1e-3)) << "weight updates";
+    }
+  }
+}
+
+TEST(GpuFusedTrain, GraphEqualsEagerAndRunsRepeat) {
+  CUFM_REQUIRE_GPU();
+  MlpConfig m;
+  m.data_dim = 2;
+  m.hidden = {128, 128, 128, 128};
+  m.num_classes = 3;
+  m.time_features = 8;
+  const Dataset data = data_for(2, 3);
+  TrainConfig cfg = train_config();
+  cfg.batch_size = test::pick(8191, 1029);  // many runs of several tiles, the last one ragged
+  const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
+  detail::CudaTrainerOptions graph, eager;
+  graph.mlp = eager.mlp = cuda::GpuMlp::Fused;
+  eager.launch = detail::StepLaunch::Eager;
+  const int steps = test::pick(5, 2);
+  const TrainRun g1 = run_backend(m, cfg, data, init, steps, graph);
+  const TrainRun e1 = run_backend(m, cfg, data, init, steps, eager);
+  const TrainRun g2 = run_backend(m, cfg, data, init, steps, graph);
+  expect_same_bits(g1, e1);
+  expect_same_bits(g1, g2);
+  EXPECT_GT(test::norm2(g1.state.params), 0.0);
+}
+
+TEST(GpuFusedTrain, RefusalsNameTheLayeredPath) {
+  CUFM_REQUIRE_GPU();
+  const auto state_of = [](const MlpConfig& m) { return TrainState{0, Model(m, 1).params(), {}, {}, {}}; };
+  const MlpConfig wide = plain_mlp({256}), narrow = plain_mlp({64});
+  detail::CudaTrainerOptions fused;
+  fused.mlp = cuda::GpuMlp::Fused;
+  const std::string e = test::error_of(
+      [&] { detail::make_cuda_trainer_with(wide, train_config(), data_for(2, 0), state_of(wide), fused); });
+  EXPECT_NE(e.find("256"), std::string::npos) << e;
+  EXPECT_NE(e.find("layered"), std::string::npos) << e;
+  fused.precision = Precision::BF16;
+  const std::string b = test::error_of([&] {
+    detail::make_cuda_trainer_with(narrow, train_config(), data_for(2, 0), state_of(narrow), fused);
+  });
+  EXPECT_NE(b.find("bf16"), std::string::npos) << b;
+  // Auto: the layered path where the fused one does not apply, the fused one where it does.
+  detail::CudaTrainerOptions automatic;
+  automatic.mlp = cuda::GpuMlp::Auto;
+  EXPECT_EQ(
+      detail::make_cuda_trainer_with(wide, train_config(), data_for(2, 0), state_of(wide), automatic)->mlp(),
+      "cuda layered");
+  EXPECT_EQ(
+      detail::make_cuda_trainer_with(narrow, train_config(), data_for(2, 0), state_of(narrow), automatic)
+          ->mlp(),
+      "cuda fused");
 }
 
 }  // namespace
