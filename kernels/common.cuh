@@ -3,10 +3,15 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "kernels/cuda_check.hpp"
 
 namespace cufm::cuda {
 
@@ -105,6 +110,33 @@ struct ReductionWorkspace {
 inline ReductionWorkspace reduction_workspace(void* workspace) {
   return {static_cast<unsigned int*>(workspace),
           reinterpret_cast<double*>(static_cast<char*>(workspace) + kReductionPartialsOffset)};
+}
+
+// ---- dynamic shared memory -------------------------------------------------------------------
+// Opts Kernel in to all the dynamic shared memory a block may have on the current device (the
+// opt-in limit less the kernel's static shared memory), once per device, and returns that limit in
+// bytes. cudaFuncAttributeMaxDynamicSharedMemorySize belongs to the kernel, not to a launch: set per
+// launch to that launch's size, a smaller launch (another trainer's, on another thread) could lower
+// it under a larger one, or under a graph captured with it. Call it outside stream capture first
+// (the launchers' tile choices do).
+template <auto Kernel>
+int64_t opt_in_dynamic_smem() {
+  static std::mutex mutex;
+  static std::map<int, int64_t> limits;  // per device
+  int device = 0;
+  CUFM_CUDA_CHECK(cudaGetDevice(&device));
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = limits.find(device);
+  if (it != limits.end()) return it->second;
+  int optin = 0;
+  CUFM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attributes{};
+  CUFM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, Kernel));
+  const int64_t limit = static_cast<int64_t>(optin) - static_cast<int64_t>(attributes.sharedSizeBytes);
+  CUFM_CUDA_CHECK(
+      cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(limit)));
+  limits.emplace(device, limit);
+  return limit;
 }
 
 }  // namespace cufm::cuda

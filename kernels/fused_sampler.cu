@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cufm/error.hpp"
+#include "kernels/common.cuh"
 #include "kernels/cuda_check.hpp"
 #include "kernels/fused_sampler.hpp"
 #include "kernels/fused_sampler_launch.hpp"
@@ -97,13 +98,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sample_kernel(const __grid_
 }  // namespace
 
 int fused_sampler_tile(const FusedSample& p) {
-  int device = 0, optin = 0;
-  CUFM_CUDA_CHECK(cudaGetDevice(&device));
-  CUFM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   // The limit holds the kernel's static shared memory (its copy of the parameters) too.
-  cudaFuncAttributes attributes{};
-  CUFM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, fused_sample_kernel));
-  const int64_t dynamic_limit = static_cast<int64_t>(optin) - static_cast<int64_t>(attributes.sharedSizeBytes);
+  const int64_t dynamic_limit = opt_in_dynamic_smem<fused_sample_kernel>();
   FusedSample q = p;
   for (int tile = 64; tile >= 4; tile /= 2) {
     q.tile = tile;
@@ -123,8 +119,10 @@ void fused_sample(const FusedSample& p, cudaStream_t stream) {
   const std::string bad = fused_tangents_error(p);
   CUFM_REQUIRE(bad.empty(), "fused_sample: " << bad);
   const size_t bytes = static_cast<size_t>(fused_smem_floats(p)) * sizeof(float);
-  CUFM_CUDA_CHECK(cudaFuncSetAttribute(fused_sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
+  const int64_t limit = opt_in_dynamic_smem<fused_sample_kernel>();
+  CUFM_REQUIRE(static_cast<int64_t>(bytes) <= limit,
+               "fused_sample: the tile needs " << bytes << " bytes of shared memory; this GPU gives a block "
+                                               << limit);
   const int64_t blocks = (p.n + p.tile - 1) / p.tile;
   CUFM_REQUIRE(blocks <= 0x7FFFFFFF, "fused_sample: " << p.n << " points make too many tiles");
   fused_sample_kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(p);

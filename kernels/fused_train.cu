@@ -3,8 +3,9 @@
 // pre-activations, gradients, targets and one layer's weights in dynamic shared memory;
 // fused_train_reduce_kernel then adds the blocks' partials in block order into the gradient and the
 // loss. Built with -fmad=false: the products take one explicit fmaf a term and the rest rounds as
-// the CPU twin's does.
+// the CPU twin's does. At TF32 the three products of a layer run on the tensor cores (DeviceMma).
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <string>
 
@@ -19,7 +20,7 @@ namespace cufm::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kFusedTrainThreads;
 
 struct DeviceSync {
   __device__ void operator()() const { __syncthreads(); }
@@ -44,6 +45,104 @@ struct FmTargets {
   }
 };
 
+// A layer's three products on the tensor cores at tf32 (fused_train_tile's mma; FusedTrainTwinMma is
+// the CPU's emulation): every 16 x 16 tile of the output by one warp, k steps of 8, the operands
+// rounded to tf32 in the fragments, fp32 accumulation. R and every stride are multiples of 16 (the
+// staged weights': of 4), and every operand starts on 32 bytes (fused_train_smem_carve), as wmma's
+// loads need.
+struct DeviceMma {
+  template <class Frag>
+  __device__ static void to_tf32(Frag& f) {
+#pragma unroll
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
+  }
+
+  // dst [R, ld(out)] = x [R, ld(in)] W^T: W staged [ld(out), wld] is the column-major B operand.
+  __device__ void forward(const FusedTrain& p, int l, int R, const float* x, float* dst,
+                          const FusedTrainSmem& s, int tid, int nt) const {
+    namespace wmma = nvcuda::wmma;
+    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
+              wld = fused_train_wld(p, p.in[l]);
+    const int tiles_c = ldo / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
+    for (int t = tid / 32; t < tiles; t += nt / 32) {
+      const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int k0 = 0; k0 < ldi; k0 += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+        wmma::load_matrix_sync(a, x + r0 * ldi + k0, ldi);
+        wmma::load_matrix_sync(b, s.w + c0 * wld + k0, wld);
+        to_tf32(a);
+        to_tf32(b);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(dst + r0 * ldo + c0, acc, ldo, wmma::mem_row_major);
+    }
+  }
+
+  // dst [R, ld(in)] = g [R, ld(out)] W: the same staged W is the row-major B operand.
+  __device__ void dgrad(const FusedTrain& p, int l, int R, const float* g, float* dst,
+                        const FusedTrainSmem& s, int tid, int nt) const {
+    namespace wmma = nvcuda::wmma;
+    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
+              wld = fused_train_wld(p, p.in[l]);
+    const int tiles_c = ldi / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
+    for (int t = tid / 32; t < tiles; t += nt / 32) {
+      const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int k0 = 0; k0 < ldo; k0 += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+        wmma::load_matrix_sync(a, g + r0 * ldo + k0, ldo);
+        wmma::load_matrix_sync(b, s.w + k0 * wld + c0, wld);
+        to_tf32(a);
+        to_tf32(b);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(dst + r0 * ldi + c0, acc, ldi, wmma::mem_row_major);
+    }
+  }
+
+  // dW (+)= g^T x over R rows: g [R, ld(out)] read as the column-major A operand (o, r), x [R, ld(in)]
+  // as the row-major B operand (r, k); each 16 x 16 tile of sums goes through the warp's scratch
+  // into the block's partial, for o < out and k < in only (the padded layout's rows are p.ld apart).
+  __device__ void wgrad(const FusedTrain& p, int l, int R, const float* g, const float* x, float* dw,
+                        bool first_tile, const FusedTrainSmem& s, int tid, int nt) const {
+    namespace wmma = nvcuda::wmma;
+    const int in = p.in[l], out = p.out[l], ld = p.ld[l];
+    const int ldi = fused_train_ld(p, in), ldo = fused_train_ld(p, out);
+    const int tiles_c = ldi / kFusedMma, tiles = (ldo / kFusedMma) * tiles_c;
+    const int warp = tid / 32, lane = tid % 32;
+    float* scratch = s.scratch + warp * kFusedMma * kFusedMma;
+    for (int t = warp; t < tiles; t += nt / 32) {
+      const int o0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int k0 = 0; k0 < R; k0 += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+        wmma::load_matrix_sync(a, g + k0 * ldo + o0, ldo);
+        wmma::load_matrix_sync(b, x + k0 * ldi + c0, ldi);
+        to_tf32(a);
+        to_tf32(b);
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(scratch, acc, kFusedMma, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < kFusedMma * kFusedMma; e += 32) {
+        const int o = o0 + e / kFusedMma, k = c0 + e % kFusedMma;
+        if (o < out && k < in) {
+          float* d = dw + static_cast<int64_t>(o) * ld + k;
+          *d = first_tile ? scratch[e] : hd::rn_add(*d, scratch[e]);
+        }
+      }
+      __syncwarp();  // the scratch is read before the next tile's sums land in it
+    }
+  }
+};
+
 // The step's description is copied to shared memory first: the program indexes its arrays by the
 // layer, which in the kernel's parameter space would put a copy of them in local memory.
 __global__ void __launch_bounds__(kThreads, 1)
@@ -60,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const FusedTrainSmem s = fused_train_smem_carve(p, smem);
   const FmTargets targets{&batch, kernels::fm_step(batch)};
   fused_train_block(p, static_cast<int>(blockIdx.x), s, static_cast<int>(threadIdx.x), kThreads,
-                    hd::FastExp{}, DeviceSync{}, targets);
+                    hd::FastExp{}, DeviceSync{}, targets, DeviceMma{});
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -72,15 +171,11 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 int fused_train_tile(const FusedTrain& p) {
-  int device = 0, optin = 0;
-  CUFM_CUDA_CHECK(cudaGetDevice(&device));
-  CUFM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attributes{};
-  CUFM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, fused_train_kernel));
-  const int64_t dynamic_limit =
-      static_cast<int64_t>(optin) - static_cast<int64_t>(attributes.sharedSizeBytes);
+  // The limit holds the kernel's static shared memory (its copy of the parameters) too.
+  const int64_t dynamic_limit = opt_in_dynamic_smem<fused_train_kernel>();
   FusedTrain q = p;
-  for (int tile = 64; tile >= 8; tile /= 2) {
+  const int smallest = fused_train_tc(p) ? kFusedMma : 8;  // the tensor cores: multiples of 16
+  for (int tile = 64; tile >= smallest; tile /= 2) {
     q.tile = tile;
     if (fused_train_smem_floats(q) * static_cast<int64_t>(sizeof(float)) <= dynamic_limit) return tile;
   }
@@ -98,8 +193,10 @@ void fused_train(const FusedTrain& p, const kernels::FmBatch& batch, float* grad
   CUFM_REQUIRE(batch.data && batch.n_data >= 1, "fused_train: the draws need the device dataset");
   CUFM_REQUIRE(grads && loss, "fused_train: grads and loss must be device arrays");
   const size_t bytes = static_cast<size_t>(fused_train_smem_floats(p)) * sizeof(float);
-  CUFM_CUDA_CHECK(cudaFuncSetAttribute(fused_train_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(bytes)));
+  const int64_t limit = opt_in_dynamic_smem<fused_train_kernel>();
+  CUFM_REQUIRE(
+      static_cast<int64_t>(bytes) <= limit,
+      "fused_train: the tile needs " << bytes << " bytes of shared memory; this GPU gives a block " << limit);
   fused_train_kernel<<<static_cast<unsigned>(p.blocks), kThreads, bytes, stream>>>(p, batch);
   CUFM_CUDA_CHECK_LAUNCH("fused_train_kernel");
   const int blocks = grid_for(p.total, kThreads, 1024);

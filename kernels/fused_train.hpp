@@ -4,9 +4,11 @@
 // there; backward, each layer's input gradient goes on to the layer below without leaving the SM.
 // What leaves it is each block's part of the weight and bias gradients and of the loss: a block owns
 // a run of consecutive tiles and adds each tile's sums into its own partial in global memory; a
-// second kernel adds the blocks' partials in block order. The tile and the block count depend on
-// the model and the batch alone, and every sum runs in an order fixed by its element (a product: k
-// from 0 up, one fmaf a term; a partial: tile after tile), so a step repeats bit for bit.
+// second kernel adds the blocks' partials in block order. The tile (the largest whose shared memory
+// fits the GPU: a function of the model and of the GPU's model) and the block count (of the batch
+// and the tile) never depend on the schedule, and every sum runs in an order fixed by its element
+// (a product: k from 0 up, one fmaf a term; a partial: tile after tile), so a step repeats bit for
+// bit on one GPU model; on another the tile, and so the last bits, may differ.
 //
 // Written once as __host__ __device__ phases over (tid, nthreads), as the fused sampler's
 // (kernels/fused_sampler.hpp): the kernel (kernels/fused_train.cu) runs them with its threads and
@@ -36,9 +38,10 @@
 
 namespace cufm::cuda {
 
-// What the fused step takes (fused_train_refusal says why not, naming the layered path): fp32,
-// widths up to kFusedMaxWidth, up to kFusedMaxLayers layers, D up to kFusedMaxDim.
+// What the fused step takes (fused_train_refusal says why not, naming the layered path): fp32 or
+// tf32, widths up to kFusedMaxWidth, up to kFusedMaxLayers layers, D up to kFusedMaxDim.
 constexpr int kFusedTrainMaxBlocks = 256;  // blocks of a step (each owns a partial of the gradient)
+constexpr int kFusedTrainThreads = 256;    // the kernel's threads (a warp's scratch each, at tf32)
 
 struct FusedTrain {
   // The model: layer l's weights [out, in] at params + w_off[l] with rows ld[l] apart, its bias
@@ -65,6 +68,10 @@ struct FusedTrain {
   int blocks = 1;
   float* partial = nullptr;        // [blocks, total]: each block's sums of the gradient
   double* loss_partial = nullptr;  // [blocks]: each block's sum of squared errors
+  // FP32: every product on the CUDA cores, one fmaf a term. TF32: on the tensor cores
+  // (nvcuda::wmma 16 x 16 tiles, k steps of 8, fp32 accumulation), the tile's rows and every
+  // width padded to 16 with zeros; the tile is then a multiple of 16.
+  Precision precision = Precision::FP32;
 };
 
 // The layer geometry and offsets of `model` over its parameters laid out by `layout_of` (a
@@ -95,17 +102,40 @@ FusedTrain fused_train_of(const MlpConfig& model, const float* params, int64_t t
 }
 
 // The step's blocks for a batch: one per tile up to kFusedTrainMaxBlocks (a function of the batch
-// and the tile alone, never of the GPU).
+// and the tile alone).
 CUFM_HD int fused_train_blocks(int64_t batch, int tile) {
   const int64_t tiles = (batch + tile - 1) / tile;
   return static_cast<int>(tiles < kFusedTrainMaxBlocks ? tiles : kFusedTrainMaxBlocks);
+}
+
+// ---- the tensor cores' padding ---------------------------------------------------------------------
+CUFM_HD bool fused_train_tc(const FusedTrain& p) {
+  return p.precision == Precision::TF32;
+}
+// An activation row's stride for a layer `width` wide: the width on the CUDA cores, padded to 16 on
+// the tensor cores.
+CUFM_HD int fused_train_ld(const FusedTrain& p, int width) {
+  return fused_train_tc(p) ? fused_round_up(width, kFusedMma) : width;
+}
+// The rows the products run over: the tile's, padded to 16 on the tensor cores (the padding rows of
+// the input and of the loss's gradient are zeros, so they add nothing to the weights' gradient).
+CUFM_HD int fused_train_rows(const FusedTrain& p, int rows) {
+  return fused_train_tc(p) ? fused_round_up(rows, kFusedMma) : rows;
+}
+// The staged weights' row stride on the tensor cores: W [ld(out), ld(in) + 4] as it is, zeros in the
+// padding (the forward reads it as the column-major B operand, the backward as the row-major one).
+CUFM_HD int fused_train_wld(const FusedTrain& p, int in) {
+  return fused_train_ld(p, in) + 4;
 }
 
 // ---- shared memory -----------------------------------------------------------------------------
 // A block's shared memory, every region on 32 bytes: the input rows a0 [T, in0]; each hidden
 // layer's pre-activations z_l [T, out_l], one after the other from z (fused_train_z); the
 // activation a [T, widest hidden]; the output gradients g0, g1 [T, widest layer output]; the
-// targets u [T, D]; one layer's staged weights and bias; each row's squared error (double) [T].
+// targets u [T, D]; one layer's staged weights; two biases (layer l's in slot l % 2: a phase may
+// read one while the next is staged); each row's squared error (double) [T]; at tf32 a 16 x 16
+// scratch per warp (the weights' gradient tiles on their way to the partial). Widths as held
+// (fused_train_ld).
 // (Pointers computed, not arrays indexed by the layer: an index into an array here would put it in
 // local memory on the device.)
 struct FusedTrainSmem {
@@ -116,40 +146,47 @@ struct FusedTrainSmem {
   float* g1;
   float* u;
   float* w;
-  float* bias;
+  float* bias;  // [2, widest layer output as held]
   double* row_loss;
+  float* scratch;
 };
 
 CUFM_HD int fused_train_widest_hidden(const FusedTrain& p) {
   int w = 0;
   for (int l = 0; l + 1 < p.layers; ++l) w = w > p.out[l] ? w : p.out[l];
-  return w;
+  return fused_train_ld(p, w);
 }
 CUFM_HD int fused_train_widest_out(const FusedTrain& p) {
   int w = 0;
   for (int l = 0; l < p.layers; ++l) w = w > p.out[l] ? w : p.out[l];
-  return w;
+  return fused_train_ld(p, w);
 }
-// A layer staged forward is W^T [in, out + 1] (the odd stride spreads the staging's transposed
-// writes over the banks); backward, W [out, in] as it is.
+// A staged layer's weights. CUDA cores: forward W^T [in, out + 1] (the odd stride spreads the
+// staging's transposed writes over the banks), backward W [out, in] as it is. Tensor cores:
+// [ld(out), fused_train_wld(in)] both ways.
 CUFM_HD int fused_train_weight_floats(const FusedTrain& p) {
   int m = 0;
   for (int l = 0; l < p.layers; ++l) {
-    const int f = p.in[l] * (p.out[l] + 1);
+    const int f = fused_train_tc(p) ? fused_train_ld(p, p.out[l]) * fused_train_wld(p, p.in[l])
+                                    : p.in[l] * (p.out[l] + 1);
     m = m > f ? m : f;
   }
   return m;
 }
+CUFM_HD int64_t fused_train_scratch_floats(const FusedTrain& p) {
+  return fused_train_tc(p) ? (kFusedTrainThreads / 32) * kFusedMma * kFusedMma : 0;
+}
 
 CUFM_HD int64_t fused_train_smem_floats(const FusedTrain& p) {
   const int64_t T = p.tile;
-  int64_t f = fused_align8(T * p.in[0]);
-  for (int l = 0; l + 1 < p.layers; ++l) f += fused_align8(T * p.out[l]);
+  int64_t f = fused_align8(T * fused_train_ld(p, p.in[0]));
+  for (int l = 0; l + 1 < p.layers; ++l) f += fused_align8(T * fused_train_ld(p, p.out[l]));
   f += fused_align8(T * fused_train_widest_hidden(p));
   f += 2 * fused_align8(T * fused_train_widest_out(p));
   f += fused_align8(T * p.dim);
-  f += fused_align8(fused_train_weight_floats(p)) + fused_align8(fused_train_widest_out(p));
+  f += fused_align8(fused_train_weight_floats(p)) + fused_align8(2 * fused_train_widest_out(p));
   f += fused_align8(2 * T);  // the doubles
+  f += fused_align8(fused_train_scratch_floats(p));
   return f;
 }
 
@@ -158,9 +195,9 @@ CUFM_HD FusedTrainSmem fused_train_smem_carve(const FusedTrain& p, float* base) 
   FusedTrainSmem s{};
   float* at = base;
   s.a0 = at;
-  at += fused_align8(T * p.in[0]);
+  at += fused_align8(T * fused_train_ld(p, p.in[0]));
   s.z = at;
-  for (int l = 0; l + 1 < p.layers; ++l) at += fused_align8(T * p.out[l]);
+  for (int l = 0; l + 1 < p.layers; ++l) at += fused_align8(T * fused_train_ld(p, p.out[l]));
   s.a = at;
   at += fused_align8(T * fused_train_widest_hidden(p));
   s.g0 = at;
@@ -172,22 +209,28 @@ CUFM_HD FusedTrainSmem fused_train_smem_carve(const FusedTrain& p, float* base) 
   s.w = at;
   at += fused_align8(fused_train_weight_floats(p));
   s.bias = at;
-  at += fused_align8(fused_train_widest_out(p));
+  at += fused_align8(2 * fused_train_widest_out(p));
   s.row_loss = reinterpret_cast<double*>(at);
+  at += fused_align8(2 * T);
+  s.scratch = at;
   return s;
 }
 
-// Hidden layer l's pre-activations [T, out_l].
+// Hidden layer l's pre-activations [T, ld(out_l)].
 CUFM_HD float* fused_train_z(const FusedTrain& p, const FusedTrainSmem& s, int l) {
   float* z = s.z;
-  for (int j = 0; j < l; ++j) z += fused_align8(static_cast<int64_t>(p.tile) * p.out[j]);
+  for (int j = 0; j < l; ++j) z += fused_align8(static_cast<int64_t>(p.tile) * fused_train_ld(p, p.out[j]));
   return z;
+}
+// Layer l's staged bias (slot l % 2).
+CUFM_HD float* fused_train_bias(const FusedTrain& p, const FusedTrainSmem& s, int l) {
+  return s.bias + (l % 2) * fused_train_widest_out(p);
 }
 
 // Empty where the fused step trains this model at this precision; else why not.
 inline std::string fused_train_refusal(const MlpConfig& model, Precision precision) {
-  if (precision != Precision::FP32) {
-    return "the fused training step runs fp32; " + std::string(to_string(precision)) +
+  if (precision != Precision::FP32 && precision != Precision::TF32) {
+    return "the fused training step runs fp32 and tf32; " + std::string(to_string(precision)) +
            " trains on the layered path";
   }
   if (model.num_layers() > kFusedMaxLayers) {
@@ -233,6 +276,12 @@ inline std::string fused_train_error(const FusedTrain& p) {
              " parameters";
     }
   }
+  if (p.precision != Precision::FP32 && p.precision != Precision::TF32) {
+    return "the fused step runs fp32 and tf32, not " + std::string(to_string(p.precision));
+  }
+  if (fused_train_tc(p) && p.tile % kFusedMma != 0) {
+    return "on the tensor cores the tile must be a multiple of 16 rows, got " + std::to_string(p.tile);
+  }
   const int64_t tiles = p.tile >= 1 ? (p.batch + p.tile - 1) / p.tile : 0;
   if (p.tile < 1 || p.blocks < 1 || p.blocks > tiles || p.blocks > kFusedTrainMaxBlocks) {
     return "tile " + std::to_string(p.tile) + " and blocks " + std::to_string(p.blocks) +
@@ -254,10 +303,11 @@ inline std::string fused_train_error(const FusedTrain& p) {
 
 // C[r, c] = sum_k A(r, k) B(k, c) over r < R, c < N, k < K, A(r, k) at a[r * a_r + k * a_k] and
 // B(k, c) at b[k * b_k + c * b_c]: a work item is a 4 x 4 tile of C, each element summing k from 0
-// up, one fmaf a term; then epi(r, c, sum) for each element of the tile inside C.
+// up, one fmaf a term (tf32: of the operands rounded as the tensor cores round them, the CPU twin's
+// emulation); then epi(r, c, sum) for each element of the tile inside C.
 template <class Epi>
 CUFM_HD void fused_train_product(int R, int N, int K, const float* a, int a_r, int a_k, const float* b,
-                                 int b_k, int b_c, int tid, int nt, Epi epi) {
+                                 int b_k, int b_c, bool tf32, int tid, int nt, Epi epi) {
   const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
   const int col_tiles = (N + kFusedTileCols - 1) / kFusedTileCols;
   for (int item = tid; item < row_tiles * col_tiles; item += nt) {
@@ -269,6 +319,12 @@ CUFM_HD void fused_train_product(int R, int N, int K, const float* a, int a_r, i
       for (int i = 0; i < kFusedTileRows; ++i) x[i] = r0 + i < R ? a[(r0 + i) * a_r + k * a_k] : 0.0f;
       CUFM_FUSED_TRAIN_UNROLL
       for (int j = 0; j < kFusedTileCols; ++j) y[j] = c0 + j < N ? b[k * b_k + (c0 + j) * b_c] : 0.0f;
+      if (tf32) {
+        CUFM_FUSED_TRAIN_UNROLL
+        for (int i = 0; i < kFusedTileRows; ++i) x[i] = fused_tf32(x[i]);
+        CUFM_FUSED_TRAIN_UNROLL
+        for (int j = 0; j < kFusedTileCols; ++j) y[j] = fused_tf32(y[j]);
+      }
       CUFM_FUSED_TRAIN_UNROLL
       for (int i = 0; i < kFusedTileRows; ++i) {
         CUFM_FUSED_TRAIN_UNROLL
@@ -285,30 +341,44 @@ CUFM_HD void fused_train_product(int R, int N, int K, const float* a, int a_r, i
   }
 }
 
-// Layer l's weights into shared memory, transposed for the forward (W^T [in, out + 1]) or as they
-// are for the backward (W [out, in]), and its bias; the global reads run along the weights' rows.
+// Layer l's weights into shared memory and its bias into its slot. CUDA cores: transposed for the
+// forward (W^T [in, out + 1]) or as they are for the backward (W [out, in]). Tensor cores: as they
+// are, [ld(out), wld(in)], zeros in the padding (bias too). The global reads run along the rows.
 CUFM_HD void fused_train_stage(const FusedTrain& p, int l, bool forward, const FusedTrainSmem& s, int tid,
                                int nt) {
   const int in = p.in[l], out = p.out[l], ld = p.ld[l];
   const float* w = p.params + p.w_off[l];
+  float* bias = fused_train_bias(p, s, l);
+  if (fused_train_tc(p)) {
+    const int wld = fused_train_wld(p, in), e_end = fused_train_ld(p, out) * wld;
+    for (int e = tid; e < e_end; e += nt) {
+      const int o = e / wld, k = e - o * wld;
+      s.w[e] = o < out && k < in ? w[static_cast<int64_t>(o) * ld + k] : 0.0f;
+    }
+    for (int o = tid; o < fused_train_ld(p, out); o += nt)
+      bias[o] = o < out ? p.params[p.b_off[l] + o] : 0.0f;
+    return;
+  }
   for (int e = tid; e < in * out; e += nt) {
     const int o = e / in, k = e - o * in;
     s.w[forward ? k * (out + 1) + o : e] = w[static_cast<int64_t>(o) * ld + k];
   }
   if (forward) {
-    for (int o = tid; o < out; o += nt) s.bias[o] = p.params[p.b_off[l] + o];
+    for (int o = tid; o < out; o += nt) bias[o] = p.params[p.b_off[l] + o];
   }
 }
 
-// The tile's input rows into a0, its targets into u (targets(row, group, u4): u of columns
-// [4 group, 4 group + 4) of batch row `row`), and layer 0's weights.
+// The tile's input rows into a0 (the padding rows and columns as zeros), its targets into u
+// (targets(row, group, u4): u of columns [4 group, 4 group + 4) of batch row `row`), and layer 0's
+// weights.
 template <class Targets>
 CUFM_HD void fused_train_load(const FusedTrain& p, int64_t first, int rows, const FusedTrainSmem& s, int tid,
                               int nt, Targets targets) {
-  const int in = p.in[0], D = p.dim, groups = (D + 3) / 4;
-  for (int e = tid; e < rows * in; e += nt) {
-    const int r = e / in, c = e - r * in;
-    s.a0[e] = p.input[(first + r) * p.input_ld + c];
+  const int in = p.in[0], ld = fused_train_ld(p, in), D = p.dim, groups = (D + 3) / 4;
+  const int e_end = fused_train_rows(p, rows) * ld;
+  for (int e = tid; e < e_end; e += nt) {
+    const int r = e / ld, c = e - r * ld;
+    s.a0[e] = r < rows && c < in ? p.input[(first + r) * p.input_ld + c] : 0.0f;
   }
   for (int e = tid; e < rows * groups; e += nt) {
     const int r = e / groups, g = e - r * groups;
@@ -327,43 +397,93 @@ CUFM_HD const float* fused_train_layer_input(const FusedTrainSmem& s, int l) {
   return l == 0 ? s.a0 : s.a;
 }
 
+// The tensor cores' three products of layer l over R rows (a multiple of 16), as the CPU twin
+// computes them (FusedTrainTwinMma: fused_train_product over the padded shapes, the operands rounded
+// to tf32; the hardware sums each k step in an order of its own, so the twin matches it to a
+// tolerance). The kernel's DeviceMma (kernels/fused_train.cu) runs them with nvcuda::wmma.
+//   forward: dst [R, ld(out)] = x [R, ld(in)] W^T, no bias;
+//   dgrad:   dst [R, ld(in)] = g [R, ld(out)] W, no act';
+//   wgrad:   the block's partial of dW (+)= g^T x over the R rows, for o < out and k < in only.
+struct FusedTrainTwinMma {
+  CUFM_HD void forward(const FusedTrain& p, int l, int R, const float* x, float* dst, const FusedTrainSmem& s,
+                       int tid, int nt) const {
+    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
+              wld = fused_train_wld(p, p.in[l]);
+    fused_train_product(R, ldo, ldi, x, ldi, 1, s.w, 1, wld, true, tid, nt,
+                        [&](int r, int c, float acc) { dst[r * ldo + c] = acc; });
+  }
+  CUFM_HD void dgrad(const FusedTrain& p, int l, int R, const float* g, float* dst, const FusedTrainSmem& s,
+                     int tid, int nt) const {
+    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
+              wld = fused_train_wld(p, p.in[l]);
+    fused_train_product(R, ldi, ldo, g, ldo, 1, s.w, wld, 1, true, tid, nt,
+                        [&](int r, int c, float acc) { dst[r * ldi + c] = acc; });
+  }
+  CUFM_HD void wgrad(const FusedTrain& p, int l, int R, const float* g, const float* x, float* dw,
+                     bool first_tile, const FusedTrainSmem& /*s*/, int tid, int nt) const {
+    const int in = p.in[l], out = p.out[l], ld = p.ld[l];
+    const int ldi = fused_train_ld(p, in), ldo = fused_train_ld(p, out);
+    fused_train_product(out, in, R, g, 1, ldo, x, ldi, 1, true, tid, nt, [&](int o, int k, float acc) {
+      float* d = dw + static_cast<int64_t>(o) * ld + k;
+      *d = first_tile ? acc : hd::rn_add(*d, acc);
+    });
+  }
+};
+
 // The whole tile [first, first + rows): forward, loss, backward, its sums added into the block's
 // partial (first_tile: written over). Returns the tile's sum of squared errors (on tid 0; the twin's
-// one thread), summed in double row by row in order. sync() separates the phases.
-template <class Exp, class Sync, class Targets>
+// one thread), summed in double row by row in order. sync() separates the phases; mma runs the
+// tensor cores' products (tf32).
+template <class Exp, class Sync, class Targets, class Mma>
 CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, int rows, bool first_tile,
-                                const FusedTrainSmem& s, int tid, int nt, Exp exp, Sync sync,
-                                Targets targets) {
-  const int L = p.layers, D = p.dim;
+                                const FusedTrainSmem& s, int tid, int nt, Exp exp, Sync sync, Targets targets,
+                                Mma mma) {
+  const int L = p.layers, D = p.dim, ldD = fused_train_ld(p, D);
+  const bool tc = fused_train_tc(p);
+  const int R = fused_train_rows(p, rows);  // the rows the products run over
   fused_train_load(p, first, rows, s, tid, nt, targets);
   sync();
   // Forward: z_l = a W^T + b, then a = act(z_l) beside it with the next layer's weights.
   for (int l = 0; l < L; ++l) {
-    const int in = p.in[l], out = p.out[l];
+    const int in = p.in[l], out = p.out[l], ldo = fused_train_ld(p, out);
     const bool hidden = l + 1 < L;
     float* const dst =
         hidden ? fused_train_z(p, s, l) : s.g0;  // the output v lands where its gradient will be
     const float* src = fused_train_layer_input(s, l);
-    const float* bias = s.bias;
-    fused_train_product(rows, out, in, src, in, 1, s.w, out + 1, 1, tid, nt,
-                        [&](int r, int c, float acc) { dst[r * out + c] = hd::rn_add(acc, bias[c]); });
+    const float* bias = fused_train_bias(p, s, l);
+    if (tc) {
+      mma.forward(p, l, R, src, dst, s, tid, nt);  // the bias follows, in the next phase
+    } else {
+      fused_train_product(rows, out, in, src, in, 1, s.w, out + 1, 1, false, tid, nt,
+                          [&](int r, int c, float acc) { dst[r * out + c] = hd::rn_add(acc, bias[c]); });
+    }
     sync();
     if (hidden) {
-      for (int e = tid; e < rows * out; e += nt) s.a[e] = hd::activate(p.activation, dst[e], exp);
+      for (int e = tid; e < R * ldo; e += nt) {
+        const float z = tc ? hd::rn_add(dst[e], bias[e % ldo]) : dst[e];
+        if (tc) dst[e] = z;
+        s.a[e] = hd::activate(p.activation, z, exp);
+      }
       fused_train_stage(p, l + 1, true, s, tid, nt);
     } else {
-      // dL/dv = scale (v - u) in place of v, each row's squared error in double; the last layer's
-      // weights staged again for the backward.
-      for (int r = tid; r < rows; r += nt) {
+      // dL/dv = scale (v - u) in place of v, each row's squared error in double (the padding: zeros);
+      // the last layer's weights staged again for the backward (on the tensor cores they are staged
+      // one way for both).
+      for (int r = tid; r < R; r += nt) {
         double sum = 0.0;
-        for (int c = 0; c < D; ++c) {
-          const float diff = hd::rn_sub(s.g0[r * D + c], s.u[r * D + c]);
-          s.g0[r * D + c] = hd::rn_mul(diff, p.scale);
+        for (int c = 0; c < ldD; ++c) {
+          float* v = s.g0 + r * ldD + c;
+          if (r >= rows || c >= D) {
+            *v = 0.0f;
+            continue;
+          }
+          const float diff = hd::rn_sub(tc ? hd::rn_add(*v, bias[c]) : *v, s.u[r * D + c]);
+          *v = hd::rn_mul(diff, p.scale);
           sum += static_cast<double>(diff) * diff;
         }
-        s.row_loss[r] = sum;
+        if (r < rows) s.row_loss[r] = sum;
       }
-      fused_train_stage(p, l, false, s, tid, nt);
+      if (!tc) fused_train_stage(p, l, false, s, tid, nt);
     }
     sync();
   }
@@ -376,34 +496,49 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
   int cur = 0;
   for (int l = L - 1; l >= 0; --l) {
     const int in = p.in[l], out = p.out[l], ld = p.ld[l];
+    const int ldi = fused_train_ld(p, in), ldo = fused_train_ld(p, out);
     const float* g = cur == 0 ? s.g0 : s.g1;
+    float* const next = cur == 0 ? s.g1 : s.g0;
     const float* x = fused_train_layer_input(s, l);
     float* dw = p.partial + static_cast<int64_t>(block) * p.total + p.w_off[l];
     float* db = p.partial + static_cast<int64_t>(block) * p.total + p.b_off[l];
-    fused_train_product(out, in, rows, g, 1, out, x, in, 1, tid, nt, [&](int o, int k, float acc) {
-      float* d = dw + static_cast<int64_t>(o) * ld + k;
-      *d = first_tile ? acc : hd::rn_add(*d, acc);
-    });
+    if (tc) {
+      mma.wgrad(p, l, R, g, x, dw, first_tile, s, tid, nt);
+    } else {
+      fused_train_product(out, in, rows, g, 1, out, x, in, 1, false, tid, nt, [&](int o, int k, float acc) {
+        float* d = dw + static_cast<int64_t>(o) * ld + k;
+        *d = first_tile ? acc : hd::rn_add(*d, acc);
+      });
+    }
     for (int o = tid; o < out; o += nt) {
       float acc = 0.0f;
-      for (int r = 0; r < rows; ++r) acc = hd::rn_add(acc, g[r * out + o]);
+      for (int r = 0; r < rows; ++r) acc = hd::rn_add(acc, g[r * ldo + o]);
       db[o] = first_tile ? acc : hd::rn_add(db[o], acc);
     }
     if (l > 0) {
-      float* const next = cur == 0 ? s.g1 : s.g0;
       const float* z = fused_train_z(p, s, l - 1);
       const Activation act = p.activation;
-      fused_train_product(rows, in, out, g, out, 1, s.w, in, 1, tid, nt, [&](int r, int k, float acc) {
-        next[r * in + k] = hd::rn_mul(acc, hd::activate_grad(act, z[r * in + k], exp));
-      });
+      if (tc) {
+        mma.dgrad(p, l, R, g, next, s, tid, nt);  // act' follows, in the next phase
+      } else {
+        fused_train_product(rows, in, out, g, out, 1, s.w, in, 1, false, tid, nt,
+                            [&](int r, int k, float acc) {
+                              next[r * in + k] = hd::rn_mul(acc, hd::activate_grad(act, z[r * in + k], exp));
+                            });
+      }
     }
     sync();
     if (l > 0) {  // layer l - 1's weights and input, in place of layer l's
       fused_train_stage(p, l - 1, false, s, tid, nt);
       if (l - 1 > 0) {
-        const int w = p.out[l - 2];
+        const int w = fused_train_ld(p, p.out[l - 2]);
         const float* z = fused_train_z(p, s, l - 2);
-        for (int e = tid; e < rows * w; e += nt) s.a[e] = hd::activate(p.activation, z[e], exp);
+        for (int e = tid; e < R * w; e += nt) s.a[e] = hd::activate(p.activation, z[e], exp);
+      }
+      if (tc) {
+        const float* z = fused_train_z(p, s, l - 1);
+        for (int e = tid; e < R * ldi; e += nt)
+          next[e] = hd::rn_mul(next[e], hd::activate_grad(p.activation, z[e], exp));
       }
       sync();
     }
@@ -414,16 +549,16 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
 
 // Block g's tiles, in order: [g T / G, (g + 1) T / G) of the T tiles; its loss sum into
 // loss_partial[g] (tid 0).
-template <class Exp, class Sync, class Targets>
+template <class Exp, class Sync, class Targets, class Mma>
 CUFM_HD void fused_train_block(const FusedTrain& p, int block, const FusedTrainSmem& s, int tid, int nt,
-                               Exp exp, Sync sync, Targets targets) {
+                               Exp exp, Sync sync, Targets targets, Mma mma) {
   const int64_t tiles = (p.batch + p.tile - 1) / p.tile;
   const int64_t t0 = tiles * block / p.blocks, t1 = tiles * (block + 1) / p.blocks;
   double loss = 0.0;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t first = t * p.tile;
     const int rows = static_cast<int>(p.batch - first < p.tile ? p.batch - first : p.tile);
-    loss += fused_train_tile(p, block, first, rows, t == t0, s, tid, nt, exp, sync, targets);
+    loss += fused_train_tile(p, block, first, rows, t == t0, s, tid, nt, exp, sync, targets, mma);
     sync();  // the tile's shared memory is free again
   }
   if (tid == 0) p.loss_partial[block] = loss;

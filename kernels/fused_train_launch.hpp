@@ -9,8 +9,8 @@
 
 namespace cufm::cuda {
 
-// The most rows per tile (64, 32, 16 or 8) whose shared memory, with the kernel's static shared
-// memory, fits this device's opt-in limit, or 0 when not even 8 fit.
+// The most rows per tile (64, 32, 16, or at fp32 8) whose shared memory, with the kernel's static
+// shared memory, fits this device's opt-in limit, or 0 when not even the smallest fits.
 int fused_train_tile(const FusedTrain& p);
 
 // One step's loss and gradient, enqueued on stream: p.input holds the batch's model input

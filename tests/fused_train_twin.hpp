@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "cufm/loss.hpp"
@@ -95,12 +96,15 @@ struct TwinStep {
 
 // blocks 0: fused_train_blocks(B, tile).
 inline TwinStep run_train_twin(const Model& model, const FlowRows& r, float sigma_min, int tile,
-                               int blocks = 0) {
+                               int blocks = 0, Precision precision = Precision::FP32) {
   const MlpConfig& m = model.config();
   const std::vector<float> input = flow_rows_input(m, r, sigma_min), u = flow_rows_targets(r, sigma_min);
   cuda::FusedTrain p = fused_train_over(m, model.params().data(), r.size, tile,
                                         blocks > 0 ? blocks : cuda::fused_train_blocks(r.size, tile));
-  std::vector<float> partial(static_cast<size_t>(p.blocks) * p.total, 0.0f);
+  p.precision = precision;
+  // NaN in every element a block's first tile must write over (this layout has no padding).
+  std::vector<float> partial(static_cast<size_t>(p.blocks) * p.total,
+                             std::numeric_limits<float>::quiet_NaN());
   std::vector<double> loss_partial(static_cast<size_t>(p.blocks));
   p.input = input.data();
   p.partial = partial.data();

@@ -7,8 +7,10 @@
 // kernel to this twin).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -88,6 +90,37 @@ TEST(FusedTrainTwin, MatchesTheCpuLossAndGradient) {
   }
 }
 
+// TF32: the same program with every product on the tensor cores' padded tiles, the operands rounded
+// as the hardware rounds them (the twin's emulation); against the CPU's fp32 within tf32's rounding,
+// its shared memory NaN-filled, so that a read of padding no phase zeroed shows.
+TEST(FusedTrainTwin, Tf32FollowsTheCpuWithinItsRounding) {
+  PathConfig path;
+  RunOptions cpu;
+  cpu.device = Device::CPU;
+  double worst = 0.0;
+  for (const TrainCase& k : kCases) {
+    SCOPED_TRACE(k.name);
+    const Model model(case_model(k), 23);
+    for (const int64_t B : {int64_t{1}, int64_t{127}, int64_t{129}}) {
+      const test::FlowRows rows = test::random_flow_rows(model.config(), B, 31);
+      const LossGrad want = loss_and_grad(model, rows.batch(), path, cpu);
+      for (const int tile : {16, 64}) {
+        for (const int blocks : {0, 3}) {
+          if (blocks > (B + tile - 1) / tile) continue;
+          const test::TwinStep got = test::run_train_twin(model, rows, 0.0f, tile, blocks, Precision::TF32);
+          EXPECT_NEAR(got.loss, want.loss, 5e-3 * want.loss) << "B " << B << " tile " << tile;
+          EXPECT_TRUE(test::close_to_scale(got.grad, want.grad, 2e-2, 2e-2)) << "B " << B << " tile " << tile;
+          worst = std::max(worst, test::relative_l2(got.grad, want.grad));
+          // Not fp32 in disguise: the operands were rounded.
+          const test::TwinStep fp32 = test::run_train_twin(model, rows, 0.0f, tile, blocks);
+          EXPECT_FALSE(same_bits(got.grad, fp32.grad));
+        }
+      }
+    }
+  }
+  std::printf("tf32 twin: worst relative L2 of the gradient against the CPU's fp32: %.3g\n", worst);
+}
+
 // Each block's sums run in an order fixed by the batch and the tile: a second run, on however many
 // threads, gives the same bits.
 TEST(FusedTrainTwin, RepeatsBitForBit) {
@@ -134,7 +167,18 @@ TEST(FusedTrainTwin, PaddedRowsAreSkipped) {
   p.scale = 2.0f / (static_cast<float>(rows.size) * static_cast<float>(m.data_dim));
   p.tile = 16;
   p.blocks = cuda::fused_train_blocks(rows.size, 16);
+  // The partials: zeros in the padding (the trainer's memset), NaN in every layer element (a block's
+  // first tile writes over them).
   std::vector<float> partial(static_cast<size_t>(p.blocks) * p.total, 0.0f), grad(padded.size(), -1.0f);
+  for (int g = 0; g < p.blocks; ++g) {
+    float* part = partial.data() + static_cast<size_t>(g) * p.total;
+    for (int l = 0; l < m.num_layers(); ++l) {
+      for (int o = 0; o < m.layer_out(l); ++o) {
+        for (int k = 0; k < m.layer_in(l); ++k) part[at[l].w_off + o * (m.layer_in(l) + 3) + k] = NAN;
+        part[at[l].b_off + o] = NAN;
+      }
+    }
+  }
   std::vector<double> loss_partial(static_cast<size_t>(p.blocks));
   p.partial = partial.data();
   p.loss_partial = loss_partial.data();
@@ -154,6 +198,10 @@ TEST(FusedTrainTwin, PaddedRowsAreSkipped) {
       }
       EXPECT_EQ(float_bits(grad[at[l].b_off + o]), float_bits(want.grad[layout.bias_offset(l) + o]));
     }
+    for (int k = 0; k < 5; ++k) {  // the gaps after each tensor
+      EXPECT_EQ(grad[at[l].b_off - 5 + k], 0.0f) << "layer " << l << " gap";
+      EXPECT_EQ(grad[at[l].b_off + m.layer_out(l) + k], 0.0f) << "layer " << l << " gap";
+    }
   }
 }
 
@@ -162,6 +210,7 @@ TEST(FusedTrainTwin, RefusesWhatItCannotRun) {
   m.data_dim = 2;
   m.hidden = {64, 64};
   EXPECT_EQ(cuda::fused_train_refusal(m, Precision::FP32), "");
+  EXPECT_EQ(cuda::fused_train_refusal(m, Precision::TF32), "");
   EXPECT_NE(cuda::fused_train_refusal(m, Precision::BF16).find("layered"), std::string::npos);
   m.hidden = {129};
   EXPECT_NE(cuda::fused_train_refusal(m, Precision::FP32).find("129"), std::string::npos);
@@ -179,6 +228,9 @@ TEST(FusedTrainTwin, RefusesWhatItCannotRun) {
   EXPECT_NE(cuda::fused_train_error(p).find("partial"), std::string::npos);  // no arrays
   p.ld[0] = 1;
   EXPECT_NE(cuda::fused_train_error(p).find("layer 0"), std::string::npos);
+  p.ld[0] = m.layer_in(0);
+  p.precision = Precision::TF32;  // tiles of 4 rows: not the tensor cores' 16
+  EXPECT_NE(cuda::fused_train_error(p).find("multiple of 16"), std::string::npos);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // on the OpenMP team (each writes only its own partial), then the same second pass. It computes what
 // each GPU block computes, apart from the activations' exp, and so tests the kernel's tiling, sums
 // and loss here, without a GPU.
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -23,13 +24,15 @@ void fused_train(const cuda::FusedTrain& p, const float* targets, float* grads, 
   const int64_t floats = cuda::fused_train_smem_floats(p);
 #pragma omp parallel
   {
-    // NaN where nothing was written: a phase that reads what no phase wrote shows in the results.
-    std::vector<float> smem(static_cast<size_t>(floats), std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> smem(static_cast<size_t>(floats));
     const cuda::FusedTrainSmem s = cuda::fused_train_smem_carve(p, smem.data());
 #pragma omp for schedule(static)
     for (int g = 0; g < p.blocks; ++g) {
+      // NaN where nothing was written, for each block: a phase that reads what no phase wrote shows
+      // in the results (with one tile a block, the tests' usual geometry, a ragged last tile too).
+      std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
       cuda::fused_train_block(
-          p, g, s, 0, 1, hd::FastExp{}, [] {}, rows_targets);
+          p, g, s, 0, 1, hd::FastExp{}, [] {}, rows_targets, cuda::FusedTrainTwinMma{});
     }
   }
   for (int64_t e = 0; e < p.total; ++e) grads[e] = cuda::fused_train_gradient(p, e);

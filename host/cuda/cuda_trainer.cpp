@@ -2,7 +2,7 @@
 // step index in device memory, so run(n) enqueues n graph launches and never waits for the device.
 // The loss is read back only when asked. The step: fm_prepare into the model input, then either the
 // fused step (kernels/fused_train.cu: forward, loss, backward and the gradient's partial sums in
-// one kernel, the partials added by a second; fp32 models up to 128 wide) or the layered one
+// one kernel, the partials added by a second; fp32 and tf32 models up to 128 wide) or the layered one
 // (LtMlp's forward, fm_loss_grad, LtMlp's backward); then clipping, Adam and the EMA.
 #include "host/cuda/cuda_trainer.hpp"
 
@@ -240,8 +240,10 @@ class CudaTrainer final : public TrainBackend {
 
   std::string describe() const override {
     if (!fused_) return mlp_->describe();
-    return "fused training step, fp32 on the CUDA cores: tiles of " + std::to_string(fused_step_.tile) +
-           " rows, " + std::to_string(fused_step_.blocks) +
+    return std::string("fused training step, ") +
+           (fused_step_.precision == Precision::TF32 ? "tf32 on the tensor cores"
+                                                     : "fp32 on the CUDA cores") +
+           ": tiles of " + std::to_string(fused_step_.tile) + " rows, " + std::to_string(fused_step_.blocks) +
            " blocks, the gradient's partials added in block order\n";
   }
   std::string mlp() const override { return fused_ ? "cuda fused" : "cuda layered"; }
@@ -276,8 +278,9 @@ class CudaTrainer final : public TrainBackend {
         return cuda::FusedTrainLayer{layout_.in_pad[l], static_cast<int64_t>(layout_.w_off[l]),
                                      static_cast<int64_t>(layout_.b_off[l])};
       });
+      p.precision = options.precision;
       p.tile = cuda::fused_train_tile(p);
-      if (p.tile == 0) why = "a tile of 8 rows of this model does not fit the GPU's shared memory";
+      if (p.tile == 0) why = "the smallest tile of this model does not fit the GPU's shared memory";
     }
     if (!cuda::take_fused(options.mlp, why)) return;
     p.batch = config.batch_size;

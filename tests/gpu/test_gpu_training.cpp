@@ -575,6 +575,7 @@ TEST(GpuFusedTrain, KernelMatchesItsTwin) {
       {"silu", {32, 48}, Activation::SiLU, 2, 0, 0, 0},
       {"relu, time features", {64, 64, 64}, Activation::ReLU, 3, 8, 0, 0},
       {"gelu, classes, context", {128, 96}, Activation::GELU, 5, 4, 4, 5},
+      {"relu, one hidden layer", {48}, Activation::ReLU, 2, 0, 0, 0},
       {"silu, 8 layers of 128, D 64", {128, 128, 128, 128, 128, 128, 128}, Activation::SiLU, 64, 2, 0, 0},
   };
   const float sigma_min = 0.001f;
@@ -587,36 +588,47 @@ TEST(GpuFusedTrain, KernelMatchesItsTwin) {
       const test::FlowRows rows = test::random_flow_rows(m, B, 41);
       const std::vector<float> input = test::flow_rows_input(m, rows, sigma_min);
       test::DeviceArray<float> params(model.params()), x1(rows.x1), t(rows.t), eps(rows.eps), in(input);
-      cuda::FusedTrain probe = test::fused_train_over(m, params.get(), B, 8, 1);
-      const int tile = std::min(32, cuda::fused_train_tile(probe));
-      ASSERT_GE(tile, 8);
-      for (const int blocks : {cuda::fused_train_blocks(B, tile), 3}) {
-        if (blocks > (B + tile - 1) / tile) continue;
-        cuda::FusedTrain p = test::fused_train_over(m, params.get(), B, tile, blocks);
-        test::DeviceArray<float> partial(static_cast<size_t>(blocks) * p.total), grad(p.total), loss(1);
-        test::DeviceArray<double> loss_partial(static_cast<size_t>(blocks));
-        partial.zero();
-        p.input = in.get();
-        p.partial = partial.get();
-        p.loss_partial = loss_partial.get();
-        kernels::FmBatch b;
-        b.batch = static_cast<int>(B);
-        b.dim = m.data_dim;
-        b.data = x1.get();
-        b.n_data = static_cast<uint32_t>(B);
-        b.sigma_min = sigma_min;
-        b.given_t = t.get();
-        b.given_eps = eps.get();
-        cuda::fused_train(p, b, grad.get(), loss.get(), nullptr);
-        const std::vector<float> got = grad.download();
-        const float got_loss = loss.download()[0];
-        const test::TwinStep want = test::run_train_twin(model, rows, sigma_min, tile, blocks);
-        EXPECT_NEAR(got_loss, want.loss, 1e-5 * want.loss) << "blocks " << blocks;
-        EXPECT_TRUE(test::close_to_scale(got, want.grad, 1e-5, 1e-4)) << "blocks " << blocks;
-        EXPECT_GT(test::norm2(got), 0.0);
-        if (k.activation == Activation::ReLU) {  // no exp: the twin's every operation is the block's
-          EXPECT_TRUE(test::bits_equal(got.data(), want.grad.data(), got.size())) << "blocks " << blocks;
-          EXPECT_TRUE(test::bits_equal(&got_loss, &want.loss, 1)) << "blocks " << blocks;
+      for (const Precision precision : {Precision::FP32, Precision::TF32}) {
+        const bool tf32 = precision == Precision::TF32;
+        cuda::FusedTrain probe = test::fused_train_over(m, params.get(), B, 16, 1);
+        probe.precision = precision;
+        // The trainer's tile (the largest that fits) with its blocks, and 16 rows in 3 runs of tiles.
+        const int largest = cuda::fused_train_tile(probe);
+        ASSERT_GE(largest, tf32 ? 16 : 8);
+        for (const auto& [tile, blocks] : {std::pair<int, int>{largest, cuda::fused_train_blocks(B, largest)},
+                                          std::pair<int, int>{16, 3}}) {
+          if (blocks > (B + tile - 1) / tile) continue;
+          SCOPED_TRACE(std::string(to_string(precision)) + ", tile " + std::to_string(tile) + ", blocks " +
+                       std::to_string(blocks));
+          cuda::FusedTrain p = test::fused_train_over(m, params.get(), B, tile, blocks);
+          p.precision = precision;
+          test::DeviceArray<float> partial(static_cast<size_t>(blocks) * p.total), grad(p.total), loss(1);
+          test::DeviceArray<double> loss_partial(static_cast<size_t>(blocks));
+          partial.poison();  // NaN: a block's first tile writes over every element (no padding here)
+          p.input = in.get();
+          p.partial = partial.get();
+          p.loss_partial = loss_partial.get();
+          kernels::FmBatch b;
+          b.batch = static_cast<int>(B);
+          b.dim = m.data_dim;
+          b.data = x1.get();
+          b.n_data = static_cast<uint32_t>(B);
+          b.sigma_min = sigma_min;
+          b.given_t = t.get();
+          b.given_eps = eps.get();
+          cuda::fused_train(p, b, grad.get(), loss.get(), nullptr);
+          const std::vector<float> got = grad.download();
+          const float got_loss = loss.download()[0];
+          const test::TwinStep want = test::run_train_twin(model, rows, sigma_min, tile, blocks, precision);
+          // TF32: the hardware sums each k step of 8 in an order of its own.
+          EXPECT_NEAR(got_loss, want.loss, (tf32 ? 1e-3 : 1e-5) * want.loss);
+          EXPECT_TRUE(test::close_to_scale(got, want.grad, tf32 ? 2e-3 : 1e-5, tf32 ? 2e-3 : 1e-4));
+          EXPECT_GT(test::norm2(got), 0.0);
+          if (k.activation == Activation::ReLU &&
+              !tf32) {  // no exp: the twin's every operation is the block's
+            EXPECT_TRUE(test::bits_equal(got.data(), want.grad.data(), got.size()));
+            EXPECT_TRUE(test::bits_equal(&got_loss, &want.loss, 1));
+          }
         }
       }
     }
@@ -631,33 +643,38 @@ TEST(GpuFusedTrain, TrainerMatchesTheLayeredStep) {
       {"relu", {48}, Activation::ReLU, 5, 0, 0, 0},
   };
   for (const FusedTrainCase& k : cases) {
-    for (const int batch : {129, test::pick(4096, 512)}) {
-      SCOPED_TRACE(std::string(k.name) + ", batch " + std::to_string(batch));
-      const MlpConfig m = fused_train_model(k);
-      const Dataset data = data_for(m.data_dim, k.classes, 2000, k.context);
-      TrainConfig cfg = train_config();
-      cfg.batch_size = batch;
-      cfg.context_dropout = k.context > 0 ? 0.25f : 0.0f;
-      const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
-      detail::CudaTrainerOptions fused, layered;
-      fused.mlp = cuda::GpuMlp::Fused;
-      layered.mlp = cuda::GpuMlp::Layered;
-      EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, fused)->mlp(), "cuda fused");
-      EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, layered)->mlp(), "cuda layered");
-      const int steps = test::pick(5, 2);
-      const TrainRun a = run_backend(m, cfg, data, init, steps, fused);
-      const TrainRun b = run_backend(m, cfg, data, init, steps, layered);
-      for (int s = 0; s < steps; ++s)
-        EXPECT_NEAR(a.losses[s], b.losses[s], 1e-5 * b.losses[s]) << "step " << s;
-      EXPECT_TRUE(test::close_to_scale(a.state.params, b.state.params, 1e-5, 1e-4)) << "params";
-      EXPECT_TRUE(test::close_to_scale(a.state.adam_m, b.state.adam_m, 1e-4, 1e-3)) << "adam m";
-      std::vector<float> moved_a(a.state.params.size()), moved_b(a.state.params.size());
-      for (size_t i = 0; i < moved_a.size(); ++i) {
-        moved_a[i] = a.state.params[i] - init.params[i];
-        moved_b[i] = b.state.params[i] - init.params[i];
+    for (const Precision precision : {Precision::FP32, Precision::TF32}) {
+      for (const int batch : {129, test::pick(4096, 512)}) {
+        SCOPED_TRACE(std::string(k.name) + ", " + to_string(precision) + ", batch " + std::to_string(batch));
+        const bool tf32 = precision == Precision::TF32;
+        const MlpConfig m = fused_train_model(k);
+        const Dataset data = data_for(m.data_dim, k.classes, 2000, k.context);
+        TrainConfig cfg = train_config();
+        cfg.batch_size = batch;
+        cfg.context_dropout = k.context > 0 ? 0.25f : 0.0f;
+        const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
+        detail::CudaTrainerOptions fused, layered;
+        fused.mlp = cuda::GpuMlp::Fused;
+        layered.mlp = cuda::GpuMlp::Layered;
+        fused.precision = layered.precision = precision;
+        EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, fused)->mlp(), "cuda fused");
+        EXPECT_EQ(detail::make_cuda_trainer_with(m, cfg, data, init, layered)->mlp(), "cuda layered");
+        const int steps = test::pick(5, 2);
+        const TrainRun a = run_backend(m, cfg, data, init, steps, fused);
+        const TrainRun b = run_backend(m, cfg, data, init, steps, layered);
+        for (int s = 0; s < steps; ++s)
+          EXPECT_NEAR(a.losses[s], b.losses[s], 1e-5 * b.losses[s]) << "step " << s;
+        EXPECT_TRUE(test::close_to_scale(a.state.params, b.state.params, 1e-5, 1e-4)) << "params";
+        EXPECT_TRUE(test::close_to_scale(a.state.adam_m, b.state.adam_m, 1e-4, 1e-3)) << "adam m";
+        std::vector<float> moved_a(a.state.params.size()), moved_b(a.state.params.size());
+        for (size_t i = 0; i < moved_a.size(); ++i) {
+          moved_a[i] = a.state.params[i] - init.params[i];
+          moved_b[i] = b.state.params[i] - init.params[i];
+        }
+        EXPECT_GT(test::norm2(moved_b), 0.0);
+        EXPECT_TRUE(test::close_to_scale(moved_a, moved_b, tf32 ? 3e-2 : 1e-3, tf32 ? 3e-2 : 1e-3))
+            << "weight updates";
       }
-      EXPECT_GT(test::norm2(moved_b), 0.0);
-      EXPECT_TRUE(test::close_to_scale(moved_a, moved_b, 1e-3, 1e-3)) << "weight updates";
     }
   }
 }
@@ -673,16 +690,20 @@ TEST(GpuFusedTrain, GraphEqualsEagerAndRunsRepeat) {
   TrainConfig cfg = train_config();
   cfg.batch_size = test::pick(8191, 1029);  // many runs of several tiles, the last one ragged
   const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
-  detail::CudaTrainerOptions graph, eager;
-  graph.mlp = eager.mlp = cuda::GpuMlp::Fused;
-  eager.launch = detail::StepLaunch::Eager;
-  const int steps = test::pick(5, 2);
-  const TrainRun g1 = run_backend(m, cfg, data, init, steps, graph);
-  const TrainRun e1 = run_backend(m, cfg, data, init, steps, eager);
-  const TrainRun g2 = run_backend(m, cfg, data, init, steps, graph);
-  expect_same_bits(g1, e1);
-  expect_same_bits(g1, g2);
-  EXPECT_GT(test::norm2(g1.state.params), 0.0);
+  for (const Precision precision : {Precision::FP32, Precision::TF32}) {
+    SCOPED_TRACE(to_string(precision));
+    detail::CudaTrainerOptions graph, eager;
+    graph.mlp = eager.mlp = cuda::GpuMlp::Fused;
+    graph.precision = eager.precision = precision;
+    eager.launch = detail::StepLaunch::Eager;
+    const int steps = test::pick(5, 2);
+    const TrainRun g1 = run_backend(m, cfg, data, init, steps, graph);
+    const TrainRun e1 = run_backend(m, cfg, data, init, steps, eager);
+    const TrainRun g2 = run_backend(m, cfg, data, init, steps, graph);
+    expect_same_bits(g1, e1);
+    expect_same_bits(g1, g2);
+    EXPECT_GT(test::norm2(g1.state.params), 0.0);
+  }
 }
 
 TEST(GpuFusedTrain, RefusalsNameTheLayeredPath) {
@@ -695,7 +716,7 @@ TEST(GpuFusedTrain, RefusalsNameTheLayeredPath) {
       [&] { detail::make_cuda_trainer_with(wide, train_config(), data_for(2, 0), state_of(wide), fused); });
   EXPECT_NE(e.find("256"), std::string::npos) << e;
   EXPECT_NE(e.find("layered"), std::string::npos) << e;
-  fused.precision = Precision::BF16;
+  fused.precision = Precision::BF16;  // tf32 runs fused; bf16 does not
   const std::string b = test::error_of([&] {
     detail::make_cuda_trainer_with(narrow, train_config(), data_for(2, 0), state_of(narrow), fused);
   });
