@@ -54,6 +54,14 @@ json_inc=$(dirname "$(find /usr/include /usr/local/include -maxdepth 2 -name jso
 cp -r "$json_inc" "$STAGE/pydeps/include/nlohmann"
 cp -r "$json_dir" "$STAGE/pydeps/share/cmake/nlohmann_json"
 
+# The peers' Python packages the GPU image lacks, as wheels (its python3 has torch, scipy and
+# torchdiffeq, and no network): flow_matching, for bench/likelihood_bench.py --device cuda. Without a
+# network here the pack goes without it, and gpu-python-check says its rows did not run.
+mkdir -p "$STAGE/pywheels"
+if ! timeout 120 python3 -m pip download --quiet --no-deps --dest "$STAGE/pywheels" flow_matching==1.0.10; then
+  echo "gpu-pack: warning: could not download the flow_matching wheel; the GPU peer rows will not run" >&2
+fi
+
 git -C "$ROOT" rev-parse HEAD >"$STAGE/.prebuilt"
 echo "$ARCH" >"$STAGE/.arch"
 

@@ -91,6 +91,35 @@ fi
 DEVICE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
 DEVICE=${DEVICE:-unknown-gpu}
 SLUG=$(echo "$DEVICE" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-//; s/-$//')
+
+# 4. The peers on this GPU, when the time allows: log-likelihoods and sampling against
+# flow_matching's ODESolver (bench/likelihood_bench.py --device cuda), its wheel from the pack.
+PEERS_REPORT="$RESULTS/$(date -u +%Y-%m-%d)-$SLUG-likelihood-peers.md"
+if [ $BUILT -eq 1 ]; then
+  t0=$(date +%s)
+  left=$(remaining)
+  wheel=$(ls "$PACK"/pywheels/flow_matching-*.whl 2>/dev/null | head -n1)
+  if [ -z "$wheel" ]; then
+    row "likelihood_bench.py --device cuda" "NOT RUN (no flow_matching wheel in the pack)" 0
+  elif [ "$left" -lt 60 ]; then
+    row "likelihood_bench.py --device cuda" "NOT RUN (the time budget is spent)" 0
+  else
+    rm -rf "$WORK/peers"
+    python3 -m pip install --quiet --no-deps --no-index --target "$WORK/peers" "$wheel" >"$WORK/peers.log" 2>&1 &&
+      (cd "$WORK" && timeout "$((left - 10))" env PYTHONPATH="$WORK/site:$WORK/peers:$ROOT/bench" \
+        LD_LIBRARY_PATH="$PACK/lib${LIBS:+:$LIBS}" \
+        python3 "$ROOT/bench/likelihood_bench.py" --device cuda --points 100000 --rounds 2 \
+        --out "$PEERS_REPORT" --json "$WORK/likelihood-peers.json") >>"$WORK/peers.log" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+      row "likelihood_bench.py --device cuda" "pass ($(basename "$PEERS_REPORT"))" $(($(date +%s) - t0))
+    else
+      row "likelihood_bench.py --device cuda" "FAIL (exit $rc: $(tail -n1 "$WORK/peers.log" | cut -c1-200))" \
+        $(($(date +%s) - t0))
+      FAILED=1
+    fi
+  fi
+fi
 REPORT="$RESULTS/$(date -u +%Y-%m-%d)-$SLUG-python-check.md"
 RESULT=PASS
 [ $FAILED -ne 0 ] && RESULT=FAIL
@@ -124,6 +153,7 @@ echo "report: $REPORT ($RESULT)"
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
   cp "$REPORT" "$OUT/"
-  tar -C "$WORK" -czf "$OUT/python-check-logs.tar.gz" preflight.log build.log pytest.log 2>/dev/null || true
+  [ -f "$PEERS_REPORT" ] && cp "$PEERS_REPORT" "$OUT/"
+  tar -C "$WORK" -czf "$OUT/python-check-logs.tar.gz" preflight.log build.log pytest.log peers.log 2>/dev/null || true
 fi
 [ $FAILED -eq 0 ]
