@@ -8,6 +8,7 @@
 #include <mma.h>
 
 #include <string>
+#include <type_traits>
 
 #include "cufm/error.hpp"
 #include "kernels/common.cuh"
@@ -51,58 +52,57 @@ struct FmTargets {
 // staged weights': of 4), and every operand starts on 32 bytes (fused_train_smem_carve), as wmma's
 // loads need.
 struct DeviceMma {
-  template <class Frag>
-  __device__ static void to_tf32(Frag& f) {
+  using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
+
+  // acc += A B for one 16 x 16 tile over K (k steps of 8): a and b point at the tile's first row of
+  // A and first column of B, whose layouts say how a k step advances.
+  template <class ALayout, class BLayout>
+  __device__ static void sum_tile(Acc& acc, const float* a, int lda, const float* b, int ldb, int K) {
+    namespace wmma = nvcuda::wmma;
+    constexpr bool a_rows = std::is_same_v<ALayout, wmma::row_major>;
+    constexpr bool b_rows = std::is_same_v<BLayout, wmma::row_major>;
+    for (int k0 = 0; k0 < K; k0 += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, ALayout> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, BLayout> fb;
+      wmma::load_matrix_sync(fa, a + (a_rows ? k0 : k0 * lda), lda);
+      wmma::load_matrix_sync(fb, b + (b_rows ? k0 * ldb : k0), ldb);
 #pragma unroll
-    for (int i = 0; i < f.num_elements; ++i) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
+      for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+#pragma unroll
+      for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+  }
+
+  // dst [R, C] = a [R, K] (row-major) times the staged weights as B, each warp a 16 x 16 tile at a
+  // time: the forward (B column-major: W^T) and the input gradient (B row-major: W).
+  template <class BLayout>
+  __device__ static void rows_times_weights(int R, int C, int K, const float* a, const float* w, int wld,
+                                            float* dst, int tid, int nt) {
+    namespace wmma = nvcuda::wmma;
+    constexpr bool b_rows = std::is_same_v<BLayout, wmma::row_major>;
+    const int tiles_c = C / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
+    for (int t = tid / 32; t < tiles; t += nt / 32) {
+      const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
+      Acc acc;
+      wmma::fill_fragment(acc, 0.0f);
+      sum_tile<wmma::row_major, BLayout>(acc, a + r0 * K, K, w + (b_rows ? c0 : c0 * wld), wld, K);
+      wmma::store_matrix_sync(dst + r0 * C + c0, acc, C, wmma::mem_row_major);
+    }
   }
 
   // dst [R, ld(out)] = x [R, ld(in)] W^T: W staged [ld(out), wld] is the column-major B operand.
   __device__ void forward(const FusedTrain& p, int l, int R, const float* x, float* dst,
                           const FusedTrainSmem& s, int tid, int nt) const {
-    namespace wmma = nvcuda::wmma;
-    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
-              wld = fused_train_wld(p, p.in[l]);
-    const int tiles_c = ldo / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
-    for (int t = tid / 32; t < tiles; t += nt / 32) {
-      const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < ldi; k0 += 8) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
-        wmma::load_matrix_sync(a, x + r0 * ldi + k0, ldi);
-        wmma::load_matrix_sync(b, s.w + c0 * wld + k0, wld);
-        to_tf32(a);
-        to_tf32(b);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(dst + r0 * ldo + c0, acc, ldo, wmma::mem_row_major);
-    }
+    rows_times_weights<nvcuda::wmma::col_major>(R, fused_train_ld(p, p.out[l]), fused_train_ld(p, p.in[l]), x,
+                                                s.w, fused_train_wld(p, p.in[l]), dst, tid, nt);
   }
 
   // dst [R, ld(in)] = g [R, ld(out)] W: the same staged W is the row-major B operand.
   __device__ void dgrad(const FusedTrain& p, int l, int R, const float* g, float* dst,
                         const FusedTrainSmem& s, int tid, int nt) const {
-    namespace wmma = nvcuda::wmma;
-    const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
-              wld = fused_train_wld(p, p.in[l]);
-    const int tiles_c = ldi / kFusedMma, tiles = (R / kFusedMma) * tiles_c;
-    for (int t = tid / 32; t < tiles; t += nt / 32) {
-      const int r0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < ldo; k0 += 8) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-        wmma::load_matrix_sync(a, g + r0 * ldo + k0, ldo);
-        wmma::load_matrix_sync(b, s.w + k0 * wld + c0, wld);
-        to_tf32(a);
-        to_tf32(b);
-        wmma::mma_sync(acc, a, b, acc);
-      }
-      wmma::store_matrix_sync(dst + r0 * ldi + c0, acc, ldi, wmma::mem_row_major);
-    }
+    rows_times_weights<nvcuda::wmma::row_major>(R, fused_train_ld(p, p.in[l]), fused_train_ld(p, p.out[l]), g,
+                                                s.w, fused_train_wld(p, p.in[l]), dst, tid, nt);
   }
 
   // dW (+)= g^T x over R rows: g [R, ld(out)] read as the column-major A operand (o, r), x [R, ld(in)]
@@ -118,17 +118,9 @@ struct DeviceMma {
     float* scratch = s.scratch + warp * kFusedMma * kFusedMma;
     for (int t = warp; t < tiles; t += nt / 32) {
       const int o0 = (t / tiles_c) * kFusedMma, c0 = (t % tiles_c) * kFusedMma;
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      Acc acc;
       wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < R; k0 += 8) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-        wmma::load_matrix_sync(a, g + k0 * ldo + o0, ldo);
-        wmma::load_matrix_sync(b, x + k0 * ldi + c0, ldi);
-        to_tf32(a);
-        to_tf32(b);
-        wmma::mma_sync(acc, a, b, acc);
-      }
+      sum_tile<wmma::col_major, wmma::row_major>(acc, g + o0, ldo, x + c0, ldi, R);
       wmma::store_matrix_sync(scratch, acc, kFusedMma, wmma::mem_row_major);
       __syncwarp();
       for (int e = lane; e < kFusedMma * kFusedMma; e += 32) {

@@ -15,6 +15,24 @@
 
 namespace cufm::test {
 
+// A model shape for the fused step's tests.
+struct TrainCase {
+  const char* name;
+  std::vector<int> hidden;
+  Activation activation;
+  int dim, time_features, classes, context;
+};
+inline MlpConfig train_case_model(const TrainCase& k) {
+  MlpConfig m;
+  m.data_dim = k.dim;
+  m.hidden = k.hidden;
+  m.activation = k.activation;
+  m.time_features = k.time_features;
+  m.num_classes = k.classes;
+  m.context_dim = k.context;
+  return m;
+}
+
 // A batch with the caller's draws: x1, t, eps, and labels and contexts (some null) where the model
 // takes them.
 struct FlowRows {

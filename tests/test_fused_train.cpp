@@ -32,22 +32,10 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
-struct TrainCase {
-  const char* name;
-  std::vector<int> hidden;
-  Activation activation;
-  int dim, time_features, classes, context;
-};
+using test::TrainCase;
 
 MlpConfig case_model(const TrainCase& k) {
-  MlpConfig m;
-  m.data_dim = k.dim;
-  m.hidden = k.hidden;
-  m.activation = k.activation;
-  m.time_features = k.time_features;
-  m.num_classes = k.classes;
-  m.context_dim = k.context;
-  return m;
+  return test::train_case_model(k);
 }
 
 const TrainCase kCases[] = {

@@ -551,22 +551,10 @@ TEST(GpuTraining, WrongStateSizeThrowsCufmError) {
 // its bits from run to run. These tests choose the path themselves (the layered variants of this file skip
 // them).
 
-struct FusedTrainCase {
-  const char* name;
-  std::vector<int> hidden;
-  Activation activation;
-  int dim, time_features, classes, context;
-};
+using FusedTrainCase = test::TrainCase;
 
 MlpConfig fused_train_model(const FusedTrainCase& k) {
-  MlpConfig m;
-  m.data_dim = k.dim;
-  m.hidden = k.hidden;
-  m.activation = k.activation;
-  m.time_features = k.time_features;
-  m.num_classes = k.classes;
-  m.context_dim = k.context;
-  return m;
+  return test::train_case_model(k);
 }
 
 TEST(GpuFusedTrain, KernelMatchesItsTwin) {
