@@ -110,7 +110,12 @@ CUFM_HD int fused_train_blocks(int64_t batch, int tile) {
 
 // ---- the tensor cores' padding ---------------------------------------------------------------------
 CUFM_HD bool fused_train_tc(const FusedTrain& p) {
-  return p.precision == Precision::TF32;
+  return p.precision == Precision::TF32 || p.precision == Precision::BF16;
+}
+// BF16: the products read bf16 copies of their operands (the weights staged as bf16; the layer's
+// input and the gradient kept beside their fp32 values), k steps of 16.
+CUFM_HD bool fused_train_bf16(const FusedTrain& p) {
+  return p.precision == Precision::BF16;
 }
 // An activation row's stride for a layer `width` wide: the width on the CUDA cores, padded to 16 on
 // the tensor cores.
@@ -122,10 +127,11 @@ CUFM_HD int fused_train_ld(const FusedTrain& p, int width) {
 CUFM_HD int fused_train_rows(const FusedTrain& p, int rows) {
   return fused_train_tc(p) ? fused_round_up(rows, kFusedMma) : rows;
 }
-// The staged weights' row stride on the tensor cores: W [ld(out), ld(in) + 4] as it is, zeros in the
-// padding (the forward reads it as the column-major B operand, the backward as the row-major one).
+// The staged weights' row stride on the tensor cores, in elements: W [ld(out), ld(in) + 4 floats or
+// + 8 bf16] as it is, zeros in the padding (the forward reads it as the column-major B operand, the
+// backward as the row-major one; ldm a multiple of 16 bytes).
 CUFM_HD int fused_train_wld(const FusedTrain& p, int in) {
-  return fused_train_ld(p, in) + 4;
+  return fused_train_ld(p, in) + (fused_train_bf16(p) ? 8 : 4);
 }
 
 // ---- shared memory -----------------------------------------------------------------------------
@@ -135,7 +141,8 @@ CUFM_HD int fused_train_wld(const FusedTrain& p, int in) {
 // targets u [T, D]; one layer's staged weights; two biases (layer l's in slot l % 2: a phase may
 // read one while the next is staged); each row's squared error (double) [T]; at tf32 a 16 x 16
 // scratch per warp (the weights' gradient tiles on their way to the partial). Widths as held
-// (fused_train_ld).
+// (fused_train_ld). BF16 adds the bf16 copies of the layer's input x16 [T, widest input] and of the
+// gradient g16 [T, widest layer output], and stages the weights as bf16 (w16, at w).
 // (Pointers computed, not arrays indexed by the layer: an index into an array here would put it in
 // local memory on the device.)
 struct FusedTrainSmem {
@@ -149,6 +156,9 @@ struct FusedTrainSmem {
   float* bias;  // [2, widest layer output as held]
   double* row_loss;
   float* scratch;
+  uint16_t* w16;  // BF16: the staged weights' bits (at w)
+  uint16_t* x16;  // BF16: the layer's input as bf16 bits
+  uint16_t* g16;  // BF16: the gradient as bf16 bits
 };
 
 CUFM_HD int fused_train_widest_hidden(const FusedTrain& p) {
@@ -167,14 +177,24 @@ CUFM_HD int fused_train_widest_out(const FusedTrain& p) {
 CUFM_HD int fused_train_weight_floats(const FusedTrain& p) {
   int m = 0;
   for (int l = 0; l < p.layers; ++l) {
-    const int f = fused_train_tc(p) ? fused_train_ld(p, p.out[l]) * fused_train_wld(p, p.in[l])
-                                    : p.in[l] * (p.out[l] + 1);
+    const int f = fused_train_bf16(p) ? (fused_train_ld(p, p.out[l]) * fused_train_wld(p, p.in[l]) + 1) / 2
+                  : fused_train_tc(p) ? fused_train_ld(p, p.out[l]) * fused_train_wld(p, p.in[l])
+                                      : p.in[l] * (p.out[l] + 1);
     m = m > f ? m : f;
   }
   return m;
 }
 CUFM_HD int64_t fused_train_scratch_floats(const FusedTrain& p) {
   return fused_train_tc(p) ? (kFusedTrainThreads / 32) * kFusedMma * kFusedMma : 0;
+}
+// BF16: floats of the bf16 copies x16 and g16 (two values a float).
+CUFM_HD int64_t fused_train_x16_floats(const FusedTrain& p) {
+  const int widest = fused_train_ld(p, p.in[0]) > fused_train_widest_hidden(p) ? fused_train_ld(p, p.in[0])
+                                                                               : fused_train_widest_hidden(p);
+  return fused_train_bf16(p) ? (static_cast<int64_t>(p.tile) * widest + 1) / 2 : 0;
+}
+CUFM_HD int64_t fused_train_g16_floats(const FusedTrain& p) {
+  return fused_train_bf16(p) ? (static_cast<int64_t>(p.tile) * fused_train_widest_out(p) + 1) / 2 : 0;
 }
 
 CUFM_HD int64_t fused_train_smem_floats(const FusedTrain& p) {
@@ -187,6 +207,7 @@ CUFM_HD int64_t fused_train_smem_floats(const FusedTrain& p) {
   f += fused_align8(fused_train_weight_floats(p)) + fused_align8(2 * fused_train_widest_out(p));
   f += fused_align8(2 * T);  // the doubles
   f += fused_align8(fused_train_scratch_floats(p));
+  f += fused_align8(fused_train_x16_floats(p)) + fused_align8(fused_train_g16_floats(p));
   return f;
 }
 
@@ -213,6 +234,11 @@ CUFM_HD FusedTrainSmem fused_train_smem_carve(const FusedTrain& p, float* base) 
   s.row_loss = reinterpret_cast<double*>(at);
   at += fused_align8(2 * T);
   s.scratch = at;
+  at += fused_align8(fused_train_scratch_floats(p));
+  s.w16 = reinterpret_cast<uint16_t*>(s.w);
+  s.x16 = fused_train_bf16(p) ? reinterpret_cast<uint16_t*>(at) : nullptr;
+  at += fused_align8(fused_train_x16_floats(p));
+  s.g16 = fused_train_bf16(p) ? reinterpret_cast<uint16_t*>(at) : nullptr;
   return s;
 }
 
@@ -229,9 +255,9 @@ CUFM_HD float* fused_train_bias(const FusedTrain& p, const FusedTrainSmem& s, in
 
 // Empty where the fused step trains this model at this precision; else why not.
 inline std::string fused_train_refusal(const MlpConfig& model, Precision precision) {
-  if (precision != Precision::FP32 && precision != Precision::TF32) {
-    return "the fused training step runs fp32 and tf32; " + std::string(to_string(precision)) +
-           " trains on the layered path";
+  if (precision != Precision::FP32 && precision != Precision::TF32 && precision != Precision::BF16) {
+    return "the fused training step runs fp32, tf32 and bf16, not " + std::string(to_string(precision)) +
+           ": use the layered path";
   }
   if (model.num_layers() > kFusedMaxLayers) {
     return "the model has " + std::to_string(model.num_layers()) + " layers; the fused step takes up to " +
@@ -276,8 +302,8 @@ inline std::string fused_train_error(const FusedTrain& p) {
              " parameters";
     }
   }
-  if (p.precision != Precision::FP32 && p.precision != Precision::TF32) {
-    return "the fused step runs fp32 and tf32, not " + std::string(to_string(p.precision));
+  if (p.precision != Precision::FP32 && p.precision != Precision::TF32 && p.precision != Precision::BF16) {
+    return "the fused step runs fp32, tf32 and bf16, not " + std::string(to_string(p.precision));
   }
   if (fused_train_tc(p) && p.tile % kFusedMma != 0) {
     return "on the tensor cores the tile must be a multiple of 16 rows, got " + std::to_string(p.tile);
@@ -351,9 +377,15 @@ CUFM_HD void fused_train_stage(const FusedTrain& p, int l, bool forward, const F
   float* bias = fused_train_bias(p, s, l);
   if (fused_train_tc(p)) {
     const int wld = fused_train_wld(p, in), e_end = fused_train_ld(p, out) * wld;
+    const bool bf16 = fused_train_bf16(p);
     for (int e = tid; e < e_end; e += nt) {
       const int o = e / wld, k = e - o * wld;
-      s.w[e] = o < out && k < in ? w[static_cast<int64_t>(o) * ld + k] : 0.0f;
+      const float v = o < out && k < in ? w[static_cast<int64_t>(o) * ld + k] : 0.0f;
+      if (bf16) {
+        s.w16[e] = fused_bf16_bits(v);
+      } else {
+        s.w[e] = v;
+      }
     }
     for (int o = tid; o < fused_train_ld(p, out); o += nt)
       bias[o] = o < out ? p.params[p.b_off[l] + o] : 0.0f;
@@ -379,6 +411,7 @@ CUFM_HD void fused_train_load(const FusedTrain& p, int64_t first, int rows, cons
   for (int e = tid; e < e_end; e += nt) {
     const int r = e / ld, c = e - r * ld;
     s.a0[e] = r < rows && c < in ? p.input[(first + r) * p.input_ld + c] : 0.0f;
+    if (s.x16) s.x16[e] = fused_bf16_bits(s.a0[e]);
   }
   for (int e = tid; e < rows * groups; e += nt) {
     const int r = e / groups, g = e - r * groups;
@@ -405,10 +438,20 @@ CUFM_HD const float* fused_train_layer_input(const FusedTrainSmem& s, int l) {
 //   dgrad:   dst [R, ld(in)] = g [R, ld(out)] W, no act';
 //   wgrad:   the block's partial of dW (+)= g^T x over the R rows, for o < out and k < in only.
 struct FusedTrainTwinMma {
+  CUFM_HD static float bf(uint16_t b) { return fused_bf16_float(b); }
   CUFM_HD void forward(const FusedTrain& p, int l, int R, const float* x, float* dst, const FusedTrainSmem& s,
                        int tid, int nt) const {
     const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
               wld = fused_train_wld(p, p.in[l]);
+    if (fused_train_bf16(p)) {  // the bf16 copies, as the tensor cores read them
+      for (int e = tid; e < R * ldo; e += nt) {
+        const int r = e / ldo, c = e - r * ldo;
+        float acc = 0.0f;
+        for (int k = 0; k < ldi; ++k) acc = hd::rn_fma(bf(s.x16[r * ldi + k]), bf(s.w16[c * wld + k]), acc);
+        dst[e] = acc;
+      }
+      return;
+    }
     fused_train_product(R, ldo, ldi, x, ldi, 1, s.w, 1, wld, true, tid, nt,
                         [&](int r, int c, float acc) { dst[r * ldo + c] = acc; });
   }
@@ -416,24 +459,43 @@ struct FusedTrainTwinMma {
                      int tid, int nt) const {
     const int ldi = fused_train_ld(p, p.in[l]), ldo = fused_train_ld(p, p.out[l]),
               wld = fused_train_wld(p, p.in[l]);
+    if (fused_train_bf16(p)) {
+      for (int e = tid; e < R * ldi; e += nt) {
+        const int r = e / ldi, c = e - r * ldi;
+        float acc = 0.0f;
+        for (int o = 0; o < ldo; ++o) acc = hd::rn_fma(bf(s.g16[r * ldo + o]), bf(s.w16[o * wld + c]), acc);
+        dst[e] = acc;
+      }
+      return;
+    }
     fused_train_product(R, ldi, ldo, g, ldo, 1, s.w, wld, 1, true, tid, nt,
                         [&](int r, int c, float acc) { dst[r * ldi + c] = acc; });
   }
   CUFM_HD void wgrad(const FusedTrain& p, int l, int R, const float* g, const float* x, float* dw,
-                     bool first_tile, const FusedTrainSmem& /*s*/, int tid, int nt) const {
+                     bool first_tile, const FusedTrainSmem& s, int tid, int nt) const {
     const int in = p.in[l], out = p.out[l], ld = p.ld[l];
     const int ldi = fused_train_ld(p, in), ldo = fused_train_ld(p, out);
-    fused_train_product(out, in, R, g, 1, ldo, x, ldi, 1, true, tid, nt, [&](int o, int k, float acc) {
+    const auto add = [&](int o, int k, float acc) {
       float* d = dw + static_cast<int64_t>(o) * ld + k;
       *d = first_tile ? acc : hd::rn_add(*d, acc);
-    });
+    };
+    if (fused_train_bf16(p)) {
+      for (int e = tid; e < out * in; e += nt) {
+        const int o = e / in, k = e - o * in;
+        float acc = 0.0f;
+        for (int r = 0; r < R; ++r) acc = hd::rn_fma(bf(s.g16[r * ldo + o]), bf(s.x16[r * ldi + k]), acc);
+        add(o, k, acc);
+      }
+      return;
+    }
+    fused_train_product(out, in, R, g, 1, ldo, x, ldi, 1, true, tid, nt, add);
   }
 };
 
 // The whole tile [first, first + rows): forward, loss, backward, its sums added into the block's
 // partial (first_tile: written over). Returns the tile's sum of squared errors (on tid 0; the twin's
 // one thread), summed in double row by row in order. sync() separates the phases; mma runs the
-// tensor cores' products (tf32).
+// tensor cores' products (tf32, bf16).
 template <class Exp, class Sync, class Targets, class Mma>
 CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, int rows, bool first_tile,
                                 const FusedTrainSmem& s, int tid, int nt, Exp exp, Sync sync, Targets targets,
@@ -460,9 +522,11 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
     sync();
     if (hidden) {
       for (int e = tid; e < R * ldo; e += nt) {
-        const float z = tc ? hd::rn_add(dst[e], bias[e % ldo]) : dst[e];
+        // The tensor cores' padding rows: zeros (act(0) = 0), whatever the bias would make of them.
+        const float z = !tc ? dst[e] : e / ldo >= rows ? 0.0f : hd::rn_add(dst[e], bias[e % ldo]);
         if (tc) dst[e] = z;
         s.a[e] = hd::activate(p.activation, z, exp);
+        if (s.x16) s.x16[e] = fused_bf16_bits(s.a[e]);  // the next layer's input
       }
       fused_train_stage(p, l + 1, true, s, tid, nt);
     } else {
@@ -475,10 +539,12 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
           float* v = s.g0 + r * ldD + c;
           if (r >= rows || c >= D) {
             *v = 0.0f;
+            if (s.g16) s.g16[r * ldD + c] = 0;
             continue;
           }
           const float diff = hd::rn_sub(tc ? hd::rn_add(*v, bias[c]) : *v, s.u[r * D + c]);
           *v = hd::rn_mul(diff, p.scale);
+          if (s.g16) s.g16[r * ldD + c] = fused_bf16_bits(*v);
           sum += static_cast<double>(diff) * diff;
         }
         if (r < rows) s.row_loss[r] = sum;
@@ -533,12 +599,20 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
       if (l - 1 > 0) {
         const int w = fused_train_ld(p, p.out[l - 2]);
         const float* z = fused_train_z(p, s, l - 2);
-        for (int e = tid; e < R * w; e += nt) s.a[e] = hd::activate(p.activation, z[e], exp);
+        for (int e = tid; e < R * w; e += nt) {
+          s.a[e] = hd::activate(p.activation, z[e], exp);
+          if (s.x16) s.x16[e] = fused_bf16_bits(s.a[e]);
+        }
+      } else if (s.x16) {  // layer 0's input
+        const int w = fused_train_ld(p, p.in[0]);
+        for (int e = tid; e < R * w; e += nt) s.x16[e] = fused_bf16_bits(s.a0[e]);
       }
       if (tc) {
         const float* z = fused_train_z(p, s, l - 1);
-        for (int e = tid; e < R * ldi; e += nt)
+        for (int e = tid; e < R * ldi; e += nt) {
           next[e] = hd::rn_mul(next[e], hd::activate_grad(p.activation, z[e], exp));
+          if (s.g16) s.g16[e] = fused_bf16_bits(next[e]);
+        }
       }
       sync();
     }

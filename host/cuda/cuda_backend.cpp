@@ -119,7 +119,7 @@ class CudaBackend final : public Backend {
     std::ostringstream os;
     os << "CUDA backend: built (nvcc " << CUFM_CUDA_COMPILER << ", architectures " << CUFM_CUDA_ARCHITECTURES
        << "); training: the fused step (one kernel for the forward, the loss and the backward; fp32 on the "
-          "CUDA cores, tf32 on the tensor cores, widths "
+          "CUDA cores, tf32 and bf16 on the tensor cores, widths "
           "up to "
        << cuda::kFusedMaxWidth << ", D up to " << cuda::kFusedMaxDim
        << ") where it applies, else cuBLASLt layer by layer; "

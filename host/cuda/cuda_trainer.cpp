@@ -2,7 +2,7 @@
 // step index in device memory, so run(n) enqueues n graph launches and never waits for the device.
 // The loss is read back only when asked. The step: fm_prepare into the model input, then either the
 // fused step (kernels/fused_train.cu: forward, loss, backward and the gradient's partial sums in
-// one kernel, the partials added by a second; fp32 and tf32 models up to 128 wide) or the layered one
+// one kernel, the partials added by a second; models up to 128 wide) or the layered one
 // (LtMlp's forward, fm_loss_grad, LtMlp's backward); then clipping, Adam and the EMA.
 #include "host/cuda/cuda_trainer.hpp"
 
@@ -241,8 +241,9 @@ class CudaTrainer final : public TrainBackend {
   std::string describe() const override {
     if (!fused_) return mlp_->describe();
     return std::string("fused training step, ") +
-           (fused_step_.precision == Precision::TF32 ? "tf32 on the tensor cores"
-                                                     : "fp32 on the CUDA cores") +
+           (fused_step_.precision == Precision::FP32
+                ? std::string("fp32 on the CUDA cores")
+                : std::string(to_string(fused_step_.precision)) + " on the tensor cores") +
            ": tiles of " + std::to_string(fused_step_.tile) + " rows, " + std::to_string(fused_step_.blocks) +
            " blocks, the gradient's partials added in block order\n";
   }

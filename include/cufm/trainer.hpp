@@ -135,7 +135,7 @@ class Trainer {
   Device device() const { return device_; }
   // How the step runs the model: "cpu" (layer by layer), "cpu fused" (the narrow models' fused step
   // on CPUs with AVX-512), "cuda fused" (one kernel runs the forward, the loss and the backward of a
-  // tile of rows: fp32 and tf32 models up to 128 wide) or "cuda layered" (cuBLASLt, a GEMM per layer and
+  // tile of rows: models up to 128 wide, at any precision) or "cuda layered" (cuBLASLt, a GEMM per layer and
   // direction). CUFM_GPU_MLP=fused|layered overrides the GPU's choice.
   std::string mlp() const;
   const TrainConfig& config() const { return config_; }

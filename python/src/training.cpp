@@ -193,7 +193,7 @@ void bind_trainer(nb::module_& m) {
       .def_prop_ro(
           "mlp", &cufm::Trainer::mlp,
           "How the step runs the model: 'cpu', 'cpu fused', 'cuda fused' (one kernel for the forward, "
-          "the loss and the backward; fp32 and tf32 models up to 128 wide) or 'cuda layered'.")
+          "the loss and the backward; models up to 128 wide) or 'cuda layered'.")
       .def("model", &cufm::Trainer::model, "The current weights.")
       .def("ema_model", &cufm::Trainer::ema_model, "The EMA weights (EMA must be on).")
       .def(

@@ -576,13 +576,13 @@ TEST(GpuFusedTrain, KernelMatchesItsTwin) {
       const test::FlowRows rows = test::random_flow_rows(m, B, 41);
       const std::vector<float> input = test::flow_rows_input(m, rows, sigma_min);
       test::DeviceArray<float> params(model.params()), x1(rows.x1), t(rows.t), eps(rows.eps), in(input);
-      for (const Precision precision : {Precision::FP32, Precision::TF32}) {
-        const bool tf32 = precision == Precision::TF32;
+      for (const Precision precision : {Precision::FP32, Precision::TF32, Precision::BF16}) {
+        const bool tc = precision != Precision::FP32, bf16 = precision == Precision::BF16;
         cuda::FusedTrain probe = test::fused_train_over(m, params.get(), B, 16, 1);
         probe.precision = precision;
         // The trainer's tile (the largest that fits) with its blocks, and 16 rows in 3 runs of tiles.
         const int largest = cuda::fused_train_tile(probe);
-        ASSERT_GE(largest, tf32 ? 16 : 8);
+        ASSERT_GE(largest, tc ? 16 : 8);
         for (const auto& [tile, blocks] : {std::pair<int, int>{largest, cuda::fused_train_blocks(B, largest)},
                                           std::pair<int, int>{16, 3}}) {
           if (blocks > (B + tile - 1) / tile) continue;
@@ -608,12 +608,13 @@ TEST(GpuFusedTrain, KernelMatchesItsTwin) {
           const std::vector<float> got = grad.download();
           const float got_loss = loss.download()[0];
           const test::TwinStep want = test::run_train_twin(model, rows, sigma_min, tile, blocks, precision);
-          // TF32: the hardware sums each k step of 8 in an order of its own.
-          EXPECT_NEAR(got_loss, want.loss, (tf32 ? 1e-3 : 1e-5) * want.loss);
-          EXPECT_TRUE(test::close_to_scale(got, want.grad, tf32 ? 2e-3 : 1e-5, tf32 ? 2e-3 : 1e-4));
+          // The tensor cores sum each k step in an order (and with roundings) of their own; at bf16 a
+          // last-bit difference may move an activation's or a gradient's bf16 copy by a bf16 ulp.
+          const double tol = bf16 ? 1e-2 : tc ? 2e-3 : 1e-5;
+          EXPECT_NEAR(got_loss, want.loss, (tc ? tol : 1e-5) * want.loss);
+          EXPECT_TRUE(test::close_to_scale(got, want.grad, tol, tc ? tol : 1e-4));
           EXPECT_GT(test::norm2(got), 0.0);
-          if (k.activation == Activation::ReLU &&
-              !tf32) {  // no exp: the twin's every operation is the block's
+          if (k.activation == Activation::ReLU && !tc) {  // no exp: the twin's every operation is the block's
             EXPECT_TRUE(test::bits_equal(got.data(), want.grad.data(), got.size()));
             EXPECT_TRUE(test::bits_equal(&got_loss, &want.loss, 1));
           }
@@ -631,10 +632,14 @@ TEST(GpuFusedTrain, TrainerMatchesTheLayeredStep) {
       {"relu", {48}, Activation::ReLU, 5, 0, 0, 0},
   };
   for (const FusedTrainCase& k : cases) {
-    for (const Precision precision : {Precision::FP32, Precision::TF32}) {
+    for (const Precision precision : {Precision::FP32, Precision::TF32, Precision::BF16}) {
       for (const int batch : {129, test::pick(4096, 512)}) {
         SCOPED_TRACE(std::string(k.name) + ", " + to_string(precision) + ", batch " + std::to_string(batch));
-        const bool tf32 = precision == Precision::TF32;
+        // Two roundings of the tensor cores' products (cuBLASLt's and the fused kernel's), as GpuVsCpu
+        // allows against the CPU's fp32: loss, weights (atol of scale, rtol), Adam's m.
+        const bool tf32 = precision == Precision::TF32, bf16 = precision == Precision::BF16;
+        const double loss_rtol = bf16 ? 5e-2 : tf32 ? 1e-2 : 1e-5;
+        const double w_atol = bf16 ? 5e-3 : tf32 ? 1e-3 : 1e-5, w_rtol = bf16 ? 5e-2 : tf32 ? 1e-2 : 1e-4;
         const MlpConfig m = fused_train_model(k);
         const Dataset data = data_for(m.data_dim, k.classes, 2000, k.context);
         TrainConfig cfg = train_config();
@@ -651,17 +656,22 @@ TEST(GpuFusedTrain, TrainerMatchesTheLayeredStep) {
         const TrainRun a = run_backend(m, cfg, data, init, steps, fused);
         const TrainRun b = run_backend(m, cfg, data, init, steps, layered);
         for (int s = 0; s < steps; ++s)
-          EXPECT_NEAR(a.losses[s], b.losses[s], 1e-5 * b.losses[s]) << "step " << s;
-        EXPECT_TRUE(test::close_to_scale(a.state.params, b.state.params, 1e-5, 1e-4)) << "params";
-        EXPECT_TRUE(test::close_to_scale(a.state.adam_m, b.state.adam_m, 1e-4, 1e-3)) << "adam m";
+          EXPECT_NEAR(a.losses[s], b.losses[s], loss_rtol * b.losses[s]) << "step " << s;
+        EXPECT_TRUE(test::close_to_scale(a.state.params, b.state.params, w_atol, w_rtol)) << "params";
+        EXPECT_TRUE(test::close_to_scale(a.state.adam_m, b.state.adam_m, 10 * w_atol, 10 * w_rtol))
+            << "adam m";
         std::vector<float> moved_a(a.state.params.size()), moved_b(a.state.params.size());
         for (size_t i = 0; i < moved_a.size(); ++i) {
           moved_a[i] = a.state.params[i] - init.params[i];
           moved_b[i] = b.state.params[i] - init.params[i];
         }
         EXPECT_GT(test::norm2(moved_b), 0.0);
-        EXPECT_TRUE(test::close_to_scale(moved_a, moved_b, tf32 ? 3e-2 : 1e-3, tf32 ? 3e-2 : 1e-3))
-            << "weight updates";
+        if (bf16) {  // as a whole: see GpuVsCpu
+          EXPECT_LT(test::relative_l2(moved_a, moved_b), 5e-2) << "weight updates";
+        } else {
+          EXPECT_TRUE(test::close_to_scale(moved_a, moved_b, tf32 ? 3e-2 : 1e-3, tf32 ? 3e-2 : 1e-3))
+              << "weight updates";
+        }
       }
     }
   }
@@ -678,7 +688,7 @@ TEST(GpuFusedTrain, GraphEqualsEagerAndRunsRepeat) {
   TrainConfig cfg = train_config();
   cfg.batch_size = test::pick(8191, 1029);  // many runs of several tiles, the last one ragged
   const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
-  for (const Precision precision : {Precision::FP32, Precision::TF32}) {
+  for (const Precision precision : {Precision::FP32, Precision::TF32, Precision::BF16}) {
     SCOPED_TRACE(to_string(precision));
     detail::CudaTrainerOptions graph, eager;
     graph.mlp = eager.mlp = cuda::GpuMlp::Fused;
@@ -704,11 +714,10 @@ TEST(GpuFusedTrain, RefusalsNameTheLayeredPath) {
       [&] { detail::make_cuda_trainer_with(wide, train_config(), data_for(2, 0), state_of(wide), fused); });
   EXPECT_NE(e.find("256"), std::string::npos) << e;
   EXPECT_NE(e.find("layered"), std::string::npos) << e;
-  fused.precision = Precision::BF16;  // tf32 runs fused; bf16 does not
-  const std::string b = test::error_of([&] {
-    detail::make_cuda_trainer_with(narrow, train_config(), data_for(2, 0), state_of(narrow), fused);
-  });
-  EXPECT_NE(b.find("bf16"), std::string::npos) << b;
+  const MlpConfig deep = plain_mlp(std::vector<int>(8, 16));  // 9 layers
+  const std::string d = test::error_of(
+      [&] { detail::make_cuda_trainer_with(deep, train_config(), data_for(2, 0), state_of(deep), fused); });
+  EXPECT_NE(d.find("9 layers"), std::string::npos) << d;
   // Auto: the layered path where the fused one does not apply, the fused one where it does.
   detail::CudaTrainerOptions automatic;
   automatic.mlp = cuda::GpuMlp::Auto;
