@@ -150,8 +150,8 @@ void run_training(const std::vector<Backend>& bs, const std::map<std::string, do
     double cpu_ms = NAN;
     for (const Backend& b : bs) {
       if (!b.available) continue;
-      // fp32 on the GPU: the automatic choice, then, where that was the fused step, the layered one
-      // in the same run.
+      // On the GPU: the automatic choice, then, where that was the fused step, the layered one in
+      // the same run.
       std::string auto_mlp;
       for (const char* setting : {static_cast<const char*>(nullptr), "layered"}) {
         if (setting && !(b.device == Device::CUDA && auto_mlp == "cuda fused")) continue;

@@ -165,12 +165,13 @@ def main():
             if t and t.get("batch") != r["batch"]:
                 sys.exit(f"compare: {key}: cuFM batch {r['batch']} but PyTorch batch {t.get('batch')}")
         rows.append([(r["workload"] + " " + (r.get("variant") or "")).strip(), r["batch"], r["backend"],
-                     ms if ok else f"failed: {r.get('reason', '')}", te_ms if te else "not run", tc_cell,
+                     r.get("mlp", "-"), ms if ok else f"failed: {r.get('reason', '')}", te_ms if te else "not run", tc_cell,
                      ratio(te_ms, ms), ratio(tc_ms, ms), r.get("tflops"),
                      None if r.get("ceiling_fraction") is None else f"{100 * r['ceiling_fraction']:.3g}%",
                      r.get("speedup_vs_cpu")])
     L += ["## Training: ms/step (median)", "",
-          table(["Workload", "Batch", "Backend", "cuFM", "PyTorch eager", "PyTorch compile", "speedup vs eager",
+          table(["Workload", "Batch", "Backend", "cuFM MLP", "cuFM", "PyTorch eager", "PyTorch compile",
+                 "speedup vs eager",
                  "speedup vs compile", "cuFM TFLOP/s", "cuFM % of ceiling", "cuFM vs own CPU"], rows), ""]
 
     # ---- sampling
