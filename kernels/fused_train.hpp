@@ -38,8 +38,8 @@
 
 namespace cufm::cuda {
 
-// What the fused step takes (fused_train_refusal says why not, naming the layered path): fp32 or
-// tf32, widths up to kFusedMaxWidth, up to kFusedMaxLayers layers, D up to kFusedMaxDim.
+// What the fused step takes (fused_train_refusal says why not, naming the layered path): fp32, tf32
+// or bf16, widths up to kFusedMaxWidth, up to kFusedMaxLayers layers, D up to kFusedMaxDim.
 constexpr int kFusedTrainMaxBlocks = 256;  // blocks of a step (each owns a partial of the gradient)
 constexpr int kFusedTrainThreads = 256;    // the kernel's threads (a warp's scratch each, at tf32)
 
@@ -68,9 +68,10 @@ struct FusedTrain {
   int blocks = 1;
   float* partial = nullptr;        // [blocks, total]: each block's sums of the gradient
   double* loss_partial = nullptr;  // [blocks]: each block's sum of squared errors
-  // FP32: every product on the CUDA cores, one fmaf a term. TF32: on the tensor cores
-  // (nvcuda::wmma 16 x 16 tiles, k steps of 8, fp32 accumulation), the tile's rows and every
-  // width padded to 16 with zeros; the tile is then a multiple of 16.
+  // FP32: every product on the CUDA cores, one fmaf a term. TF32 and BF16: on the tensor cores
+  // (nvcuda::wmma 16 x 16 tiles, fp32 accumulation; k steps of 8 over the operands rounded to
+  // tf32, or of 16 over their bf16 copies), the tile's rows and every width padded to 16 with
+  // zeros; the tile is then a multiple of 16.
   Precision precision = Precision::FP32;
 };
 
@@ -431,9 +432,10 @@ CUFM_HD const float* fused_train_layer_input(const FusedTrainSmem& s, int l) {
 }
 
 // The tensor cores' three products of layer l over R rows (a multiple of 16), as the CPU twin
-// computes them (FusedTrainTwinMma: fused_train_product over the padded shapes, the operands rounded
-// to tf32; the hardware sums each k step in an order of its own, so the twin matches it to a
-// tolerance). The kernel's DeviceMma (kernels/fused_train.cu) runs them with nvcuda::wmma.
+// computes them (FusedTrainTwinMma: over the padded shapes, the operands rounded to tf32, or at bf16
+// read from the same bf16 copies; the hardware sums each k step in an order, and with roundings, of
+// its own, so the twin matches it to a tolerance). The kernel's DeviceMma (kernels/fused_train.cu) runs them
+// with nvcuda::wmma.
 //   forward: dst [R, ld(out)] = x [R, ld(in)] W^T, no bias;
 //   dgrad:   dst [R, ld(in)] = g [R, ld(out)] W, no act';
 //   wgrad:   the block's partial of dW (+)= g^T x over the R rows, for o < out and k < in only.

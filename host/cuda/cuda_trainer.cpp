@@ -69,18 +69,21 @@ class CudaTrainer final : public TrainBackend {
     // refuse early, with numbers, when they cannot all fit.
     const size_t data_bytes = static_cast<size_t>(data.n) * (data.dim + data.context_dim) * sizeof(float) +
                               (model.num_classes > 0 ? static_cast<size_t>(data.n) * sizeof(int32_t) : 0);
-    const bool bf16 = options.precision == Precision::BF16;
-    size_t widths = layout_.in_pad[0];
-    for (int w : layout_.out_pad) widths += static_cast<size_t>(w);
-    const size_t model_bytes =
-        layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) +
-        (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
-        static_cast<size_t>(config.batch_size) * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) +
-        (size_t{32} << 20) +  // parameters, gradients, Adam, EMA; activations; the cuBLASLt workspace
-        static_cast<size_t>(config.batch_size) * (2 * model.data_dim + model.context_dim + 3) *
-            4 +  // step(batch)'s staging
-        (fused_ ? static_cast<size_t>(fused_step_.blocks) * layout_.total * sizeof(float)
-                : 0);  // the partials
+    const size_t rows = static_cast<size_t>(config.batch_size);
+    const size_t staging = rows * (2 * model.data_dim + model.context_dim + 3) * 4;  // step(batch)'s
+    size_t step_bytes = 0;                                                           // the step's own buffers
+    if (fused_) {  // the model input and the blocks' partial sums
+      step_bytes = rows * layout_.in_pad[0] * sizeof(float) +
+                   static_cast<size_t>(fused_step_.blocks) * layout_.total * sizeof(float);
+    } else {  // the bf16 weights; the activations and their gradients; the cuBLASLt workspace
+      const bool bf16 = options.precision == Precision::BF16;
+      size_t widths = layout_.in_pad[0];
+      for (int w : layout_.out_pad) widths += static_cast<size_t>(w);
+      step_bytes = (bf16 ? layout_.total * sizeof(__nv_bfloat16) : 0) +
+                   rows * (2 * widths + 2 * layout_.max_width_pad()) * (bf16 ? 2 : 4) + (size_t{32} << 20);
+    }
+    // Parameters, gradients, Adam's moments, the EMA; the step's buffers; the staging.
+    const size_t model_bytes = layout_.total * sizeof(float) * (4 + (ema_on ? 1 : 0)) + step_bytes + staging;
     size_t free_b = 0, total_b = 0;
     CUFM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     if (options.memory_limit > 0) free_b = std::min(free_b, options.memory_limit);
@@ -344,7 +347,7 @@ class CudaTrainer final : public TrainBackend {
       ema_ = DeviceBuffer(pbytes, "the EMA weights", s);
       upload(ema_, pe.data(), pbytes, s);
     }
-    if (options_.precision == Precision::BF16) {
+    if (options_.precision == Precision::BF16 && !fused_) {  // the fused step rounds as it stages
       params_bf16_ = DeviceBuffer(np * sizeof(__nv_bfloat16), "the bf16 weights", s);
       cuda::convert_to_bf16(params_.as<float>(), params_bf16_.as<__nv_bfloat16>(), np, s);
     }
