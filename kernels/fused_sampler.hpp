@@ -415,6 +415,47 @@ CUFM_HD float fused_tf32(float x) {
   return hd::bits_to_float(u);
 }
 
+// C[r, c] = sum_k A(r, k) B(k, c) over r < R, c < N, k < K, A(r, k) at a[r * a_r + k * a_k] and
+// B(k, c) at b[k * b_k + c * b_c]: a work item is a 4 x 4 tile of C, each element summing k from 0
+// up, one fmaf a term (tf32: of the operands rounded as the tensor cores round them, the CPU twin's
+// emulation); then epi(r, c, sum) for each element of the tile inside C. The fused sampler's layers
+// and the fused training step's three products (kernels/fused_train.hpp) are this.
+template <class Epi>
+CUFM_HD void fused_product(int R, int N, int K, const float* a, int a_r, int a_k, const float* b, int b_k,
+                           int b_c, bool tf32, int tid, int nt, Epi epi) {
+  const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
+  const int col_tiles = (N + kFusedTileCols - 1) / kFusedTileCols;
+  for (int item = tid; item < row_tiles * col_tiles; item += nt) {
+    const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
+    float acc[kFusedTileRows][kFusedTileCols] = {};
+    for (int k = 0; k < K; ++k) {
+      float x[kFusedTileRows], y[kFusedTileCols];
+      CUFM_FUSED_UNROLL
+      for (int i = 0; i < kFusedTileRows; ++i) x[i] = r0 + i < R ? a[(r0 + i) * a_r + k * a_k] : 0.0f;
+      CUFM_FUSED_UNROLL
+      for (int j = 0; j < kFusedTileCols; ++j) y[j] = c0 + j < N ? b[k * b_k + (c0 + j) * b_c] : 0.0f;
+      if (tf32) {
+        CUFM_FUSED_UNROLL
+        for (int i = 0; i < kFusedTileRows; ++i) x[i] = fused_tf32(x[i]);
+        CUFM_FUSED_UNROLL
+        for (int j = 0; j < kFusedTileCols; ++j) y[j] = fused_tf32(y[j]);
+      }
+      CUFM_FUSED_UNROLL
+      for (int i = 0; i < kFusedTileRows; ++i) {
+        CUFM_FUSED_UNROLL
+        for (int j = 0; j < kFusedTileCols; ++j) acc[i][j] = hd::rn_fma(x[i], y[j], acc[i][j]);
+      }
+    }
+    CUFM_FUSED_UNROLL
+    for (int i = 0; i < kFusedTileRows; ++i) {
+      CUFM_FUSED_UNROLL
+      for (int j = 0; j < kFusedTileCols; ++j) {
+        if (r0 + i < R && c0 + j < N) epi(r0 + i, c0 + j, acc[i][j]);
+      }
+    }
+  }
+}
+
 // Layer l over R rows: dst[r, o] = sum_k src[r, k] w[o, k], plus bias[o] on the rows r < R_bias,
 // then act() when `activate`. A work item is a 4 x 4 tile of (rows, outputs); each output sums k
 // from 0 up, one fmaf a term, then adds the bias. With tensor cores (only the CPU twin runs this for
@@ -426,43 +467,13 @@ CUFM_HD void fused_layer(const FusedSample& p, int l, int R, int R_bias, bool ac
   const bool tf32 = fused_tensor_cores(p);
   // The tensor cores' products run over the padding too (zeros), as DeviceMma's do.
   const int n_in = tf32 ? ld_in : in, n_out = tf32 ? ld_out : out;
-  const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
-  const int col_tiles = (n_out + kFusedTileCols - 1) / kFusedTileCols;
-  const float* w = s.w;
+  const int wld = fused_weight_ld(p, in, out);  // fused_weight_index's layout
   const float* bias = s.w + fused_weight_floats(p, in, out);
-  for (int item = tid; item < row_tiles * col_tiles; item += nt) {
-    const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
-    float acc[kFusedTileRows][kFusedTileCols] = {};
-    for (int k = 0; k < n_in; ++k) {
-      float a[kFusedTileRows], b[kFusedTileCols];
-      CUFM_FUSED_UNROLL
-      for (int i = 0; i < kFusedTileRows; ++i) a[i] = r0 + i < R ? src[(r0 + i) * ld_in + k] : 0.0f;
-      CUFM_FUSED_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) {
-        b[j] = c0 + j < n_out ? w[fused_weight_index(p, in, out, c0 + j, k)] : 0.0f;
-      }
-      if (tf32) {
-        CUFM_FUSED_UNROLL
-        for (int i = 0; i < kFusedTileRows; ++i) a[i] = fused_tf32(a[i]);
-        CUFM_FUSED_UNROLL
-        for (int j = 0; j < kFusedTileCols; ++j) b[j] = fused_tf32(b[j]);
-      }
-      CUFM_FUSED_UNROLL
-      for (int i = 0; i < kFusedTileRows; ++i) {
-        CUFM_FUSED_UNROLL
-        for (int j = 0; j < kFusedTileCols; ++j) acc[i][j] = hd::rn_fma(a[i], b[j], acc[i][j]);
-      }
-    }
-    CUFM_FUSED_UNROLL
-    for (int i = 0; i < kFusedTileRows; ++i) {
-      CUFM_FUSED_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) {
-        if (r0 + i >= R || c0 + j >= n_out) continue;
-        const float z = r0 + i < R_bias ? hd::rn_add(acc[i][j], bias[c0 + j]) : acc[i][j];
-        dst[(r0 + i) * ld_out + c0 + j] = activate ? hd::activate(p.net.activation, z, exp) : z;
-      }
-    }
-  }
+  fused_product(R, n_out, n_in, src, ld_in, 1, s.w, tf32 ? 1 : wld, tf32 ? wld : 1, tf32, tid, nt,
+                [&](int r, int c, float acc) {
+                  const float z = r < R_bias ? hd::rn_add(acc, bias[c]) : acc;
+                  dst[r * ld_out + c] = activate ? hd::activate(p.net.activation, z, exp) : z;
+                });
 }
 
 // After the tensor cores' products (dst [R, out], row stride fused_ld(out)): the bias on the rows

@@ -328,46 +328,6 @@ inline std::string fused_train_error(const FusedTrain& p) {
 #define CUFM_FUSED_TRAIN_UNROLL
 #endif
 
-// C[r, c] = sum_k A(r, k) B(k, c) over r < R, c < N, k < K, A(r, k) at a[r * a_r + k * a_k] and
-// B(k, c) at b[k * b_k + c * b_c]: a work item is a 4 x 4 tile of C, each element summing k from 0
-// up, one fmaf a term (tf32: of the operands rounded as the tensor cores round them, the CPU twin's
-// emulation); then epi(r, c, sum) for each element of the tile inside C.
-template <class Epi>
-CUFM_HD void fused_train_product(int R, int N, int K, const float* a, int a_r, int a_k, const float* b,
-                                 int b_k, int b_c, bool tf32, int tid, int nt, Epi epi) {
-  const int row_tiles = (R + kFusedTileRows - 1) / kFusedTileRows;
-  const int col_tiles = (N + kFusedTileCols - 1) / kFusedTileCols;
-  for (int item = tid; item < row_tiles * col_tiles; item += nt) {
-    const int r0 = (item / col_tiles) * kFusedTileRows, c0 = (item % col_tiles) * kFusedTileCols;
-    float acc[kFusedTileRows][kFusedTileCols] = {};
-    for (int k = 0; k < K; ++k) {
-      float x[kFusedTileRows], y[kFusedTileCols];
-      CUFM_FUSED_TRAIN_UNROLL
-      for (int i = 0; i < kFusedTileRows; ++i) x[i] = r0 + i < R ? a[(r0 + i) * a_r + k * a_k] : 0.0f;
-      CUFM_FUSED_TRAIN_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) y[j] = c0 + j < N ? b[k * b_k + (c0 + j) * b_c] : 0.0f;
-      if (tf32) {
-        CUFM_FUSED_TRAIN_UNROLL
-        for (int i = 0; i < kFusedTileRows; ++i) x[i] = fused_tf32(x[i]);
-        CUFM_FUSED_TRAIN_UNROLL
-        for (int j = 0; j < kFusedTileCols; ++j) y[j] = fused_tf32(y[j]);
-      }
-      CUFM_FUSED_TRAIN_UNROLL
-      for (int i = 0; i < kFusedTileRows; ++i) {
-        CUFM_FUSED_TRAIN_UNROLL
-        for (int j = 0; j < kFusedTileCols; ++j) acc[i][j] = hd::rn_fma(x[i], y[j], acc[i][j]);
-      }
-    }
-    CUFM_FUSED_TRAIN_UNROLL
-    for (int i = 0; i < kFusedTileRows; ++i) {
-      CUFM_FUSED_TRAIN_UNROLL
-      for (int j = 0; j < kFusedTileCols; ++j) {
-        if (r0 + i < R && c0 + j < N) epi(r0 + i, c0 + j, acc[i][j]);
-      }
-    }
-  }
-}
-
 // Layer l's weights into shared memory and its bias into its slot. CUDA cores: transposed for the
 // forward (W^T [in, out + 1]) or as they are for the backward (W [out, in]). Tensor cores: as they
 // are, [ld(out), wld(in)], zeros in the padding (bias too). The global reads run along the rows.
@@ -454,8 +414,8 @@ struct FusedTrainTwinMma {
       }
       return;
     }
-    fused_train_product(R, ldo, ldi, x, ldi, 1, s.w, 1, wld, true, tid, nt,
-                        [&](int r, int c, float acc) { dst[r * ldo + c] = acc; });
+    fused_product(R, ldo, ldi, x, ldi, 1, s.w, 1, wld, true, tid, nt,
+                  [&](int r, int c, float acc) { dst[r * ldo + c] = acc; });
   }
   CUFM_HD void dgrad(const FusedTrain& p, int l, int R, const float* g, float* dst, const FusedTrainSmem& s,
                      int tid, int nt) const {
@@ -470,8 +430,8 @@ struct FusedTrainTwinMma {
       }
       return;
     }
-    fused_train_product(R, ldi, ldo, g, ldo, 1, s.w, wld, 1, true, tid, nt,
-                        [&](int r, int c, float acc) { dst[r * ldi + c] = acc; });
+    fused_product(R, ldi, ldo, g, ldo, 1, s.w, wld, 1, true, tid, nt,
+                  [&](int r, int c, float acc) { dst[r * ldi + c] = acc; });
   }
   CUFM_HD void wgrad(const FusedTrain& p, int l, int R, const float* g, const float* x, float* dw,
                      bool first_tile, const FusedTrainSmem& s, int tid, int nt) const {
@@ -490,7 +450,7 @@ struct FusedTrainTwinMma {
       }
       return;
     }
-    fused_train_product(out, in, R, g, 1, ldo, x, ldi, 1, true, tid, nt, add);
+    fused_product(out, in, R, g, 1, ldo, x, ldi, 1, true, tid, nt, add);
   }
 };
 
@@ -518,8 +478,8 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
     if (tc) {
       mma.forward(p, l, R, src, dst, s, tid, nt);  // the bias follows, in the next phase
     } else {
-      fused_train_product(rows, out, in, src, in, 1, s.w, out + 1, 1, false, tid, nt,
-                          [&](int r, int c, float acc) { dst[r * out + c] = hd::rn_add(acc, bias[c]); });
+      fused_product(rows, out, in, src, in, 1, s.w, out + 1, 1, false, tid, nt,
+                    [&](int r, int c, float acc) { dst[r * out + c] = hd::rn_add(acc, bias[c]); });
     }
     sync();
     if (hidden) {
@@ -573,7 +533,7 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
     if (tc) {
       mma.wgrad(p, l, R, g, x, dw, first_tile, s, tid, nt);
     } else {
-      fused_train_product(out, in, rows, g, 1, out, x, in, 1, false, tid, nt, [&](int o, int k, float acc) {
+      fused_product(out, in, rows, g, 1, out, x, in, 1, false, tid, nt, [&](int o, int k, float acc) {
         float* d = dw + static_cast<int64_t>(o) * ld + k;
         *d = first_tile ? acc : hd::rn_add(*d, acc);
       });
@@ -589,10 +549,9 @@ CUFM_HD double fused_train_tile(const FusedTrain& p, int block, int64_t first, i
       if (tc) {
         mma.dgrad(p, l, R, g, next, s, tid, nt);  // act' follows, in the next phase
       } else {
-        fused_train_product(rows, in, out, g, out, 1, s.w, in, 1, false, tid, nt,
-                            [&](int r, int k, float acc) {
-                              next[r * in + k] = hd::rn_mul(acc, hd::activate_grad(act, z[r * in + k], exp));
-                            });
+        fused_product(rows, in, out, g, out, 1, s.w, in, 1, false, tid, nt, [&](int r, int k, float acc) {
+          next[r * in + k] = hd::rn_mul(acc, hd::activate_grad(act, z[r * in + k], exp));
+        });
       }
     }
     sync();

@@ -185,6 +185,22 @@ void expect_same_bits(const TrainRun& a, const TrainRun& b) {
   EXPECT_TRUE(test::bits_equal(a.state.ema.data(), b.state.ema.data(), a.state.ema.size())) << "ema";
 }
 
+// `steps` steps with `options`, captured as a graph and launched eagerly, and the graph once more:
+// the same bits all three times, and the weights moved.
+void expect_graph_equals_eager_and_repeats(const MlpConfig& mc, const TrainConfig& cfg, const Dataset& data,
+                                           const TrainState& init, int steps,
+                                           const detail::CudaTrainerOptions& options) {
+  detail::CudaTrainerOptions graph = options, eager = options;
+  graph.launch = detail::StepLaunch::Graph;
+  eager.launch = detail::StepLaunch::Eager;
+  const TrainRun g1 = run_backend(mc, cfg, data, init, steps, graph);
+  const TrainRun e1 = run_backend(mc, cfg, data, init, steps, eager);
+  const TrainRun g2 = run_backend(mc, cfg, data, init, steps, graph);
+  expect_same_bits(g1, e1);
+  expect_same_bits(g1, g2);
+  EXPECT_GT(test::norm2(g1.state.params), 0.0);
+}
+
 class Determinism : public ::testing::TestWithParam<Precision> {};
 
 TEST_P(Determinism, GraphEqualsEagerAndRunsRepeat) {
@@ -197,16 +213,9 @@ TEST_P(Determinism, GraphEqualsEagerAndRunsRepeat) {
   const Dataset data = data_for(2, 3);
   const TrainConfig cfg = train_config();
   const TrainState init{0, Model(mc, 3).params(), {}, {}, {}};
-  const int steps = test::pick(5, 2);
-  detail::CudaTrainerOptions graph, eager;
-  graph.precision = eager.precision = GetParam();
-  eager.launch = detail::StepLaunch::Eager;
-  const TrainRun g1 = run_backend(mc, cfg, data, init, steps, graph);
-  const TrainRun e1 = run_backend(mc, cfg, data, init, steps, eager);
-  const TrainRun g2 = run_backend(mc, cfg, data, init, steps, graph);
-  expect_same_bits(g1, e1);
-  expect_same_bits(g1, g2);
-  EXPECT_GT(test::norm2(g1.state.params), 0.0);
+  detail::CudaTrainerOptions options;
+  options.precision = GetParam();
+  expect_graph_equals_eager_and_repeats(mc, cfg, data, init, test::pick(5, 2), options);
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, Determinism,
@@ -690,17 +699,10 @@ TEST(GpuFusedTrain, GraphEqualsEagerAndRunsRepeat) {
   const TrainState init{0, Model(m, 3).params(), {}, {}, {}};
   for (const Precision precision : {Precision::FP32, Precision::TF32, Precision::BF16}) {
     SCOPED_TRACE(to_string(precision));
-    detail::CudaTrainerOptions graph, eager;
-    graph.mlp = eager.mlp = cuda::GpuMlp::Fused;
-    graph.precision = eager.precision = precision;
-    eager.launch = detail::StepLaunch::Eager;
-    const int steps = test::pick(5, 2);
-    const TrainRun g1 = run_backend(m, cfg, data, init, steps, graph);
-    const TrainRun e1 = run_backend(m, cfg, data, init, steps, eager);
-    const TrainRun g2 = run_backend(m, cfg, data, init, steps, graph);
-    expect_same_bits(g1, e1);
-    expect_same_bits(g1, g2);
-    EXPECT_GT(test::norm2(g1.state.params), 0.0);
+    detail::CudaTrainerOptions options;
+    options.mlp = cuda::GpuMlp::Fused;
+    options.precision = precision;
+    expect_graph_equals_eager_and_repeats(m, cfg, data, init, test::pick(5, 2), options);
   }
 }
 
